@@ -1,1 +1,10 @@
-pub fn _x(){}
+//! Data, the training loop, teacher and student training, distillation losses and metrics.
+
+pub mod checkpoint;
+pub mod data;
+pub mod ema;
+pub mod grid;
+pub mod metrics;
+pub mod optim;
+pub mod paths;
+pub mod train;

@@ -1,1 +1,18 @@
-pub fn _x(){}
+//! The DiT of ditkd: an adaLN-Zero Diffusion Transformer in candle whose weight names match
+//! facebookresearch/DiT, its presets, analytic parameter and FLOP counts, the noise schedule and
+//! the DDPM/DDIM samplers.
+
+pub mod config;
+pub mod counts;
+pub mod io;
+pub mod model;
+pub mod ops;
+pub mod params;
+pub mod rng;
+pub mod sampler;
+pub mod schedule;
+
+pub use config::{ConfigError, DitConfig};
+pub use model::DiT;
+pub use sampler::{SamplerConfig, SamplerKind};
+pub use schedule::NoiseSchedule;

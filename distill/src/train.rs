@@ -1,0 +1,439 @@
+//! The training loop: seeded batches, an objective's loss, backward, clipped AdamW with warm-up +
+//! cosine LR, EMA, `metrics.jsonl`, atomic checkpoints and exact resume.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use dit::rng::HostRng;
+use dit::{DiT, DitConfig, SamplerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, CheckpointMeta, RngState};
+use crate::data::{DataConfig, Dataset};
+use crate::ema::Ema;
+use crate::optim::{AdamW, OptimConfig};
+
+/// Everything that defines a diffusion training run (the teacher's YAML, or a student's resolved config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run name (directory under `results/teachers/` for a teacher).
+    pub name: String,
+    /// The DiT shape.
+    #[serde(default)]
+    pub model: DitConfig,
+    /// Training images.
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Optimiser updates.
+    pub steps: usize,
+    /// Images per update.
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Seed of every random draw (init, data order, noise, timesteps, label dropout).
+    #[serde(default)]
+    pub seed: u64,
+    /// EMA target decay.
+    #[serde(default = "d_ema")]
+    pub ema_decay: f64,
+    /// EMA warm-up `min(decay, (1+n)/(10+n))`.
+    #[serde(default = "d_true")]
+    pub ema_warmup: bool,
+    /// Save a checkpoint every this many steps (and at the end).
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: usize,
+    /// Log a metrics line every this many steps.
+    #[serde(default = "d_log")]
+    pub log_every: usize,
+    /// How the run's sample grid is drawn.
+    #[serde(default = "d_sampler")]
+    pub sampler: SamplerConfig,
+}
+
+fn d_batch() -> usize {
+    128
+}
+fn d_ema() -> f64 {
+    0.9999
+}
+fn d_true() -> bool {
+    true
+}
+fn d_ckpt() -> usize {
+    250
+}
+fn d_log() -> usize {
+    25
+}
+fn d_sampler() -> SamplerConfig {
+    SamplerConfig { cfg_scale: 2.0, ..Default::default() }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate().context("model")?;
+        if self.steps == 0 {
+            bail!("steps: must be positive");
+        }
+        if self.batch_size == 0 {
+            bail!("batch_size: must be positive");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            bail!("ema_decay: must lie in [0, 1) (got {})", self.ema_decay);
+        }
+        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
+            bail!("optim.lr: must be positive (got {})", self.optim.lr);
+        }
+        if self.checkpoint_every == 0 || self.log_every == 0 {
+            bail!("checkpoint_every and log_every: must be positive");
+        }
+        Ok(())
+    }
+
+    /// Read and validate a YAML file; unknown keys and wrong types are errors naming the file.
+    pub fn from_yaml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let cfg: Self = serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Stable hash of the resolved config (keys runs and guards resumes).
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let s = serde_json::to_string(self).expect("config serialises");
+        hex::encode(&Sha256::digest(s.as_bytes())[..8])
+    }
+}
+
+/// The deterministic order of training examples: epoch `e` is a permutation drawn from
+/// `seed` and `e`, so batch `s` is a function of the step alone (exact resume needs no state).
+pub struct DataOrder {
+    seed: u64,
+    n: usize,
+    epoch: usize,
+    perm: Vec<usize>,
+}
+
+impl DataOrder {
+    pub fn new(seed: u64, n: usize) -> Self {
+        let mut o = Self { seed, n, epoch: usize::MAX, perm: Vec::new() };
+        o.load_epoch(0);
+        o
+    }
+
+    fn load_epoch(&mut self, e: usize) {
+        use rand::seq::SliceRandom;
+        let mut rng = dit::rng::seeded(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (e as u64).wrapping_add(0xD1B5));
+        self.perm = (0..self.n).collect();
+        self.perm.shuffle(&mut rng);
+        self.epoch = e;
+    }
+
+    /// Indices of batch `step` of size `b`.
+    pub fn batch(&mut self, step: usize, b: usize) -> Vec<usize> {
+        (0..b)
+            .map(|j| {
+                let k = step * b + j;
+                let e = k / self.n;
+                if e != self.epoch {
+                    self.load_epoch(e);
+                }
+                self.perm[k % self.n]
+            })
+            .collect()
+    }
+}
+
+/// One batch as the objective sees it.
+pub struct Batch {
+    /// `[B, C, H, W]` clean images in [-1, 1].
+    pub x0: Tensor,
+    /// Labels after label dropout (null class = num_classes).
+    pub y: Vec<u32>,
+}
+
+/// What a training run minimises. The teacher's objective is the DDPM epsilon loss; distillation
+/// objectives add teacher terms.
+pub trait Objective {
+    /// The scalar loss for `batch`, drawing any randomness from `rng`; may return named parts
+    /// for the log.
+    fn loss(&mut self, model: &DiT, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)>;
+    /// Variables the optimiser updates besides the model's (e.g. feature projectors).
+    fn extra_vars(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+}
+
+/// The simple DDPM loss: MSE between the true and the predicted noise at a uniform timestep.
+pub struct EpsilonObjective {
+    pub schedule: dit::NoiseSchedule,
+}
+
+impl EpsilonObjective {
+    pub fn new() -> Self {
+        Self { schedule: dit::NoiseSchedule::dit_default() }
+    }
+}
+
+impl Default for EpsilonObjective {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Draw `(t, eps, x_t)` for a batch from the host RNG.
+pub fn noise_batch(schedule: &dit::NoiseSchedule, x0: &Tensor, rng: &mut HostRng) -> Result<(Vec<usize>, Tensor, Tensor)> {
+    let n = x0.dim(0)?;
+    let t: Vec<usize> = dit::rng::uniform_ints(rng, n, schedule.num_steps()).iter().map(|&v| v as usize).collect();
+    let eps = dit::rng::randn(rng, x0.dims(), x0.device())?.to_dtype(x0.dtype())?;
+    let xt = schedule.q_sample(x0, &eps, &t)?;
+    Ok((t, eps, xt))
+}
+
+impl Objective for EpsilonObjective {
+    fn loss(&mut self, model: &DiT, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
+        let (t, eps, xt) = noise_batch(&self.schedule, &batch.x0, rng)?;
+        let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+        let pred = model.forward_eps(&xt, &tf, &batch.y)?;
+        let loss = (pred - eps)?.sqr()?.mean_all()?;
+        Ok((loss, Vec::new()))
+    }
+}
+
+/// Paths of a run directory.
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+}
+
+/// What a finished (or stopped) training call reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    pub steps_done: usize,
+    pub final_loss: f64,
+    pub wall_time_s: f64,
+    pub resumed_from: Option<usize>,
+}
+
+/// Options of one training call that are not part of the run's identity.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Stop (after checkpointing) once this many steps are done in total, even if `steps` is larger
+    /// (used to split a long run into sittings, and by the resume test).
+    pub stop_at: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Prefix shown on the progress bar.
+    pub label: String,
+}
+
+/// Keep only metrics lines of steps `<= step` (a resumed run rewrites what came after its checkpoint).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    dit::io::write_atomic(path, kept.as_bytes())
+}
+
+/// Train `model` on `data` with `objective`, resuming from `run`'s checkpoint when there is one.
+/// The EMA weights are written to `run/ema.safetensors` at every checkpoint.
+pub fn train(
+    cfg: &TrainConfig,
+    model: &mut DiT,
+    data: &Dataset,
+    objective: &mut dyn Objective,
+    run: &RunPaths,
+    opts: &TrainOptions,
+) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
+    let device = model.device().clone();
+    let mut vars: Vec<(String, Var)> =
+        model.varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let model_vars = vars.clone();
+    vars.extend(objective.extra_vars());
+    let mut opt = AdamW::new(vars, cfg.optim.clone())?;
+    let mut ema = Ema::new(&model_vars, cfg.ema_decay, cfg.ema_warmup)?;
+    let mut rng = dit::rng::seeded(cfg.seed ^ 0x5EED_0F_D1FF);
+    let config_hash = cfg.hash();
+    let mut wall_before = 0.0;
+    let mut resumed_from = None;
+
+    // ---- resume -------------------------------------------------------------------------------
+    if let Some(dir) = checkpoint::find(&run.dir) {
+        let meta = checkpoint::read_meta(&dir)?;
+        if meta.config_hash != config_hash {
+            bail!(
+                "{}: checkpoint was written by another config (hash {} != {}); move it away to start over",
+                dir.display(),
+                meta.config_hash,
+                config_hash
+            );
+        }
+        checkpoint::restore(&dir, model, &mut ema, &mut opt)?;
+        restore_extra_vars(&dir, &opt, model_vars.len())?;
+        rng = meta.rng.restore()?;
+        wall_before = meta.wall_time_s;
+        resumed_from = Some(meta.step);
+        truncate_metrics(&run.metrics(), meta.step)?;
+    }
+    let start = opt.step;
+    let end = opts.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
+    let mut order = DataOrder::new(cfg.seed, data.len());
+    let null = model.cfg.null_class() as u32;
+    let p_drop = model.cfg.class_dropout_prob;
+
+    let pb = if opts.progress && end > start {
+        let pb = indicatif::ProgressBar::new(cfg.steps as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} ETA {eta}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(opts.label.clone());
+        pb.set_position(start as u64);
+        pb.reset_eta();
+        Some(pb)
+    } else {
+        None
+    };
+
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(run.metrics())?;
+    let t0 = Instant::now();
+    let mut window = (0.0f64, 0usize, Instant::now());
+    let mut last_loss = f64::NAN;
+    for step in start..end {
+        // ---- batch: images, labels with dropout -------------------------------------------------
+        let idx = order.batch(step, cfg.batch_size);
+        let (x, mut y) = data.gather(&idx);
+        for label in y.iter_mut() {
+            if p_drop > 0.0 && rand::Rng::random::<f64>(&mut rng) < p_drop {
+                *label = null;
+            }
+        }
+        let x0 = Tensor::from_vec(x, (idx.len(), data.channels, data.height, data.width), &device)?
+            .to_dtype(model.dtype())?;
+        let batch = Batch { x0, y };
+
+        // ---- loss, backward, update ---------------------------------------------------------------
+        let (loss, parts) = objective.loss(model, &batch, &mut rng)?;
+        let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        if !loss_v.is_finite() {
+            bail!("diverged: loss is {loss_v} at step {step} (the last checkpoint is kept; lower optim.lr or check the data)");
+        }
+        let grads = loss.backward()?;
+        let lr = cfg.optim.lr_at(step, cfg.steps);
+        let gnorm = opt.step(&grads, lr)?;
+        ema.update(&model_vars, step)?;
+        last_loss = loss_v;
+
+        // ---- log, checkpoint ----------------------------------------------------------------------
+        window.0 += loss_v;
+        window.1 += 1;
+        let done = step + 1;
+        if done % cfg.log_every == 0 || done == end {
+            let secs = window.2.elapsed().as_secs_f64();
+            let mut rec = serde_json::json!({
+                "step": done,
+                "loss": window.0 / window.1 as f64,
+                "lr": lr,
+                "grad_norm": gnorm,
+                "it_per_s": window.1 as f64 / secs.max(1e-9),
+                "wall_time_s": wall_before + t0.elapsed().as_secs_f64(),
+            });
+            for (k, v) in &parts {
+                rec[k] = serde_json::json!(v);
+            }
+            writeln!(log, "{rec}")?;
+            log.flush()?;
+            if let Some(pb) = &pb {
+                pb.set_message(format!("loss {:.4}", window.0 / window.1 as f64));
+            }
+            window = (0.0, 0, Instant::now());
+        }
+        if let Some(pb) = &pb {
+            pb.set_position(done as u64);
+        }
+        if done % cfg.checkpoint_every == 0 || done == end {
+            let meta = CheckpointMeta {
+                step: done,
+                rng: RngState::capture(&rng),
+                wall_time_s: wall_before + t0.elapsed().as_secs_f64(),
+                config_hash: config_hash.clone(),
+            };
+            checkpoint::save(&run.dir, model, &ema, &opt, &meta)?;
+            save_extra_vars(&run.dir, &opt, model_vars.len())?;
+            dit::io::save_safetensors_atomic(&ema.tensors(), &run.dir.join("ema.safetensors"))?;
+            dit::io::write_json_atomic(&run.dir.join("dit.json"), &model.cfg)?;
+        }
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(TrainOutcome {
+        steps_done: opt.step,
+        final_loss: last_loss,
+        wall_time_s: wall_before + t0.elapsed().as_secs_f64(),
+        resumed_from,
+    })
+}
+
+/// Extra (non-model) variables, e.g. feature projectors, are saved beside the checkpoint.
+fn save_extra_vars(run_dir: &Path, opt: &AdamW, skip: usize) -> Result<()> {
+    let extra: std::collections::HashMap<String, Tensor> =
+        opt.vars().iter().skip(skip).map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    if extra.is_empty() {
+        return Ok(());
+    }
+    dit::io::save_safetensors_atomic(&extra, &run_dir.join(checkpoint::CHECKPOINT_DIR).join("extra.safetensors"))
+}
+
+fn restore_extra_vars(dir: &Path, opt: &AdamW, skip: usize) -> Result<()> {
+    if opt.vars().len() == skip {
+        return Ok(());
+    }
+    let p = dir.join("extra.safetensors");
+    let t = candle_core::safetensors::load(&p, &Device::Cpu).with_context(|| format!("{}: missing", p.display()))?;
+    for (name, var) in opt.vars().iter().skip(skip) {
+        let v = t.get(name).with_context(|| format!("{}: tensor `{name}` missing", p.display()))?;
+        var.set(&v.to_device(var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Draw `n` samples (labels cycling 0..num_classes) from `model` with a seeded RNG and save a grid.
+pub fn sample_grid(model: &DiT, sampler: &SamplerConfig, n: usize, seed: u64, path: &Path) -> Result<Tensor> {
+    let mut rng = dit::rng::seeded(seed);
+    let c = &model.cfg;
+    let labels: Vec<u32> = (0..n).map(|i| (i % c.num_classes) as u32).collect();
+    let noise = dit::rng::randn(&mut rng, &[n, c.in_channels, c.input_size, c.input_size], model.device())?;
+    let x = dit::sampler::sample(model, &dit::NoiseSchedule::dit_default(), &noise, &labels, sampler, &mut rng)?;
+    let cols = if n % c.num_classes == 0 && n >= c.num_classes { c.num_classes } else { (n as f64).sqrt().ceil() as usize };
+    crate::grid::save_grid(&x, cols, 2, path)?;
+    Ok(x)
+}

@@ -1,0 +1,120 @@
+//! Exact resume: N steps in one go and N/2 + resume + N/2 give bit-identical weights, EMA and
+//! optimiser state; a checkpoint of another config is refused; a diverging run stops with an error
+//! and keeps its last checkpoint.
+
+use candle_core::{DType, Device, Tensor};
+use dit::{DiT, DitConfig};
+use distill::data::{DataConfig, Split};
+use distill::optim::OptimConfig;
+use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
+
+fn tiny_config() -> TrainConfig {
+    TrainConfig {
+        name: "resume-test".into(),
+        model: DitConfig { hidden_size: 32, depth: 2, num_heads: 2, patch_size: 7, ..Default::default() },
+        data: DataConfig::default(),
+        optim: OptimConfig { lr: 1e-3, warmup_steps: 2, ..Default::default() },
+        steps: 8,
+        batch_size: 16,
+        seed: 5,
+        ema_decay: 0.99,
+        ema_warmup: true,
+        checkpoint_every: 3,
+        log_every: 2,
+        sampler: Default::default(),
+    }
+}
+
+fn tensors(path: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn assert_same(a: &std::path::Path, b: &std::path::Path) {
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(ta.len(), tb.len());
+    for (k, va) in &ta {
+        let va: Vec<f32> = va.flatten_all().unwrap().to_vec1().unwrap();
+        let vb: Vec<f32> = tb[k].flatten_all().unwrap().to_vec1().unwrap();
+        assert!(va == vb, "{}: `{k}` differs after resume", a.display());
+    }
+}
+
+#[test]
+fn split_run_equals_straight_run() {
+    let data = DataConfig::default().load(Split::Train).unwrap().take(512);
+    let cfg = tiny_config();
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
+    let out = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&a), &TrainOptions::default()).unwrap();
+    assert_eq!(out.steps_done, 8);
+    assert!(out.final_loss.is_finite());
+
+    let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
+    let opts = TrainOptions { stop_at: Some(4), ..Default::default() };
+    let half = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&b), &opts).unwrap();
+    assert_eq!(half.steps_done, 4);
+    // A new process would start from a fresh model: do the same.
+    let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
+    let rest = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&b), &TrainOptions::default()).unwrap();
+    assert_eq!(rest.resumed_from, Some(4));
+    assert_eq!(rest.steps_done, 8);
+
+    for f in ["model.safetensors", "ema.safetensors", "optim.safetensors"] {
+        assert_same(&a.join("checkpoint").join(f), &b.join("checkpoint").join(f));
+    }
+    // The metrics logs agree on the losses, line for line.
+    let losses = |d: &std::path::Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(losses(&a), losses(&b));
+    assert_eq!(losses(&a).len(), 4);
+
+    // A different config must not silently resume this checkpoint.
+    let other = TrainConfig { seed: 6, ..cfg.clone() };
+    let mut m = DiT::new(&other.model, other.seed, DType::F32, &dev).unwrap();
+    let e = train(&other, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&b), &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another config"), "{e}");
+}
+
+#[test]
+fn diverging_run_is_an_error_and_keeps_its_checkpoint() {
+    let data = DataConfig::default().load(Split::Train).unwrap().take(256);
+    let mut cfg = tiny_config();
+    cfg.optim = OptimConfig { lr: 1e6, warmup_steps: 1, grad_clip: 0.0, ..Default::default() };
+    cfg.steps = 60;
+    cfg.checkpoint_every = 1;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &Device::Cpu).unwrap();
+    let e = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(tmp.path()), &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("diverged"), "{e}");
+    assert!(tmp.path().join("checkpoint/state.json").exists());
+}
+
+#[test]
+fn yaml_config_errors_name_file_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("t.yaml");
+    std::fs::write(&p, "name: x\nsteps: 10\nmodel:\n  depht: 3\n").unwrap();
+    let e = TrainConfig::from_yaml_file(&p).unwrap_err().to_string();
+    assert!(e.contains("t.yaml") && e.contains("depht"), "{e}");
+    std::fs::write(&p, "name: x\nsteps: 10\nmodel:\n  num_heads: 5\n").unwrap();
+    let e = TrainConfig::from_yaml_file(&p).unwrap_err().to_string();
+    assert!(e.contains("t.yaml") && e.contains("num_heads"), "{e}");
+    std::fs::write(&p, "name: x\nsteps: ten\n").unwrap();
+    let e = TrainConfig::from_yaml_file(&p).unwrap_err().to_string();
+    assert!(e.contains("t.yaml") && e.contains("steps"), "{e}");
+}

@@ -1,0 +1,358 @@
+//! The adaLN-Zero Diffusion Transformer (Peebles & Xie 2023), following facebookresearch/DiT
+//! `models.py` layer for layer and name for name, so its checkpoints load here unchanged.
+//!
+//! Every op in the training path carries a gradient: candle's fused CPU `softmax_last_dim`,
+//! `layer_norm` and flash-attention do not, so softmax, layer norm, GELU and the attention matmuls
+//! come from `crate::ops` (fused, with hand-written backward; see `tests/gradcheck.rs`).
+
+use candle_core::{DType, Device, IndexOp, Result, Tensor};
+use candle_nn::VarMap;
+
+use crate::config::DitConfig;
+use crate::counts::TIME_FREQ_DIM;
+use crate::ops;
+use crate::params::{Init, Params};
+
+//################################################################################
+//                 Embedding Layers for Timesteps and Class Labels                #
+//################################################################################
+
+/// Sinusoidal timestep features, `[cos, sin]` over `dim / 2` frequencies (max period 10000),
+/// computed on the host: they need no gradient.
+pub fn timestep_embedding(t: &[f32], dim: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> =
+        (0..half).map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp()).collect();
+    let mut out = Vec::with_capacity(t.len() * dim);
+    for &ti in t {
+        let args: Vec<f32> = freqs.iter().map(|f| ti * f).collect();
+        out.extend(args.iter().map(|a| a.cos()));
+        out.extend(args.iter().map(|a| a.sin()));
+        if dim % 2 == 1 {
+            out.push(0.0);
+        }
+    }
+    Tensor::from_vec(out, (t.len(), dim), device)?.to_dtype(dtype)
+}
+
+/// The fixed 2D sin-cos position embedding `[T, D]` of MAE/DiT: the first half of each row encodes
+/// the grid column (what the reference calls `emb_h`, built from `meshgrid(w, h)[0]`), the second
+/// half the row; each half is `[sin, cos]`.
+pub fn pos_embed_2d(dim: usize, grid: usize) -> Vec<f32> {
+    let quarter = dim / 4;
+    let omega: Vec<f64> =
+        (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let mut out = Vec::with_capacity(grid * grid * dim);
+    for row in 0..grid {
+        for col in 0..grid {
+            for pos in [col as f64, row as f64] {
+                out.extend(omega.iter().map(|w| (pos * w).sin() as f32));
+                out.extend(omega.iter().map(|w| (pos * w).cos() as f32));
+            }
+        }
+    }
+    out
+}
+
+//################################################################################
+//                              Primitive layers                                   #
+//################################################################################
+
+/// `y = x W^T + b` over the last axis, with the leading axes folded into one GEMM.
+fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let last = *dims.last().unwrap();
+    let rows = x.elem_count() / last;
+    let y = x.reshape((rows, last))?.matmul(&w.t()?)?.broadcast_add(b)?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().unwrap() = w.dim(0)?;
+    y.reshape(out_dims)
+}
+
+/// `x * (1 + scale) + shift` with `x: [N, T, D]`, `shift, scale: [N, D]`.
+fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    x.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
+}
+
+//################################################################################
+//                                 Core DiT Model                                 #
+//################################################################################
+
+/// One DiT block with adaptive layer norm zero (adaLN-Zero) conditioning.
+pub struct DiTBlock {
+    qkv_w: Tensor,
+    qkv_b: Tensor,
+    proj_w: Tensor,
+    proj_b: Tensor,
+    fc1_w: Tensor,
+    fc1_b: Tensor,
+    fc2_w: Tensor,
+    fc2_b: Tensor,
+    ada_w: Tensor,
+    ada_b: Tensor,
+    num_heads: usize,
+}
+
+impl DiTBlock {
+    fn new(p: &mut Params, prefix: &str, cfg: &DitConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let h = cfg.mlp_hidden();
+        let xavier = |fan_in, fan_out| Init::XavierUniform { fan_in, fan_out };
+        Ok(Self {
+            qkv_w: p.get(&format!("{prefix}.attn.qkv.weight"), &[3 * d, d], xavier(d, 3 * d))?,
+            qkv_b: p.get(&format!("{prefix}.attn.qkv.bias"), &[3 * d], Init::Zeros)?,
+            proj_w: p.get(&format!("{prefix}.attn.proj.weight"), &[d, d], xavier(d, d))?,
+            proj_b: p.get(&format!("{prefix}.attn.proj.bias"), &[d], Init::Zeros)?,
+            fc1_w: p.get(&format!("{prefix}.mlp.fc1.weight"), &[h, d], xavier(d, h))?,
+            fc1_b: p.get(&format!("{prefix}.mlp.fc1.bias"), &[h], Init::Zeros)?,
+            fc2_w: p.get(&format!("{prefix}.mlp.fc2.weight"), &[d, h], xavier(h, d))?,
+            fc2_b: p.get(&format!("{prefix}.mlp.fc2.bias"), &[d], Init::Zeros)?,
+            // adaLN-Zero: the block starts as the identity.
+            ada_w: p.get(&format!("{prefix}.adaLN_modulation.1.weight"), &[6 * d, d], Init::Zeros)?,
+            ada_b: p.get(&format!("{prefix}.adaLN_modulation.1.bias"), &[6 * d], Init::Zeros)?,
+            num_heads: cfg.num_heads,
+        })
+    }
+
+    /// Multi-head self-attention (timm `Attention` with qkv bias).
+    fn attn(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, t, d) = x.dims3()?;
+        let heads = self.num_heads;
+        let hd = d / heads;
+        let qkv = linear(x, &self.qkv_w, &self.qkv_b)?; // (N, T, 3D)
+        let qkv = qkv.reshape((n, t, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?; // (3, N, H, T, hd)
+        let q = (qkv.i(0)?.contiguous()? * (hd as f64).powf(-0.5))?.reshape((n * heads, t, hd))?;
+        let k = qkv.i(1)?.contiguous()?.reshape((n * heads, t, hd))?;
+        let v = qkv.i(2)?.contiguous()?.reshape((n * heads, t, hd))?;
+        let att = ops::softmax_last(&ops::bmm(&q, &k.t()?)?)?; // (N*H, T, T)
+        let o = ops::bmm(&att, &v)?; // (N*H, T, hd)
+        let o = o.reshape((n, heads, t, hd))?.transpose(1, 2)?.reshape((n, t, d))?;
+        linear(&o, &self.proj_w, &self.proj_b)
+    }
+
+    fn mlp(&self, x: &Tensor) -> Result<Tensor> {
+        let h = linear(x, &self.fc1_w, &self.fc1_b)?; // (N, T, 4D)
+        let h = ops::gelu(&h)?; // tanh approximation
+        linear(&h, &self.fc2_w, &self.fc2_b)
+    }
+
+    /// `x: [N, T, D]`, `c: [N, D]` (the SiLU of the conditioning is applied by the caller once).
+    pub fn forward(&self, x: &Tensor, c_silu: &Tensor) -> Result<Tensor> {
+        let m = linear(c_silu, &self.ada_w, &self.ada_b)?.chunk(6, 1)?;
+        let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
+        let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
+        let a = self.attn(&modulate(&ops::layer_norm(x)?, shift_msa, scale_msa)?)?;
+        let x = (x + a.broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
+        let f = self.mlp(&modulate(&ops::layer_norm(&x)?, shift_mlp, scale_mlp)?)?;
+        x + f.broadcast_mul(&gate_mlp.unsqueeze(1)?)?
+    }
+}
+
+/// Diffusion model with a Transformer backbone.
+pub struct DiT {
+    pub cfg: DitConfig,
+    pub varmap: VarMap,
+    x_w: Tensor, // x_embedder.proj.weight viewed as [D, C*p*p]
+    x_b: Tensor,
+    pos_embed: Tensor, // [1, T, D], fixed
+    t_w0: Tensor,
+    t_b0: Tensor,
+    t_w2: Tensor,
+    t_b2: Tensor,
+    y_table: Tensor,
+    pub blocks: Vec<DiTBlock>,
+    f_ada_w: Tensor,
+    f_ada_b: Tensor,
+    f_w: Tensor,
+    f_b: Tensor,
+    device: Device,
+    dtype: DType,
+}
+
+impl DiT {
+    /// A freshly initialised DiT (the reference's `initialize_weights`), every draw from `seed`.
+    pub fn new(cfg: &DitConfig, seed: u64, dtype: DType, device: &Device) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let mut p = Params::new(seed, dtype, device);
+        let d = cfg.hidden_size;
+        let c = cfg.in_channels;
+        let ps = cfg.patch_size;
+        let cpp = c * ps * ps;
+        let out = ps * ps * cfg.out_channels();
+        let x_w = p.get("x_embedder.proj.weight", &[d, c, ps, ps], Init::XavierUniform { fan_in: cpp, fan_out: d })?;
+        let x_b = p.get("x_embedder.proj.bias", &[d], Init::Zeros)?;
+        let t_w0 = p.get("t_embedder.mlp.0.weight", &[d, TIME_FREQ_DIM], Init::Normal(0.02))?;
+        let t_b0 = p.get("t_embedder.mlp.0.bias", &[d], Init::Zeros)?;
+        let t_w2 = p.get("t_embedder.mlp.2.weight", &[d, d], Init::Normal(0.02))?;
+        let t_b2 = p.get("t_embedder.mlp.2.bias", &[d], Init::Zeros)?;
+        let y_table = p.get("y_embedder.embedding_table.weight", &[cfg.label_rows(), d], Init::Normal(0.02))?;
+        let mut blocks = Vec::with_capacity(cfg.depth);
+        for i in 0..cfg.depth {
+            blocks.push(DiTBlock::new(&mut p, &format!("blocks.{i}"), cfg)?);
+        }
+        // Zero-out the output layers: the initial model predicts 0.
+        let f_ada_w = p.get("final_layer.adaLN_modulation.1.weight", &[2 * d, d], Init::Zeros)?;
+        let f_ada_b = p.get("final_layer.adaLN_modulation.1.bias", &[2 * d], Init::Zeros)?;
+        let f_w = p.get("final_layer.linear.weight", &[out, d], Init::Zeros)?;
+        let f_b = p.get("final_layer.linear.bias", &[out], Init::Zeros)?;
+        let pos = pos_embed_2d(d, cfg.grid_size());
+        let pos_embed = Tensor::from_vec(pos, (1, cfg.num_tokens(), d), device)?.to_dtype(dtype)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            varmap: p.varmap,
+            x_w: x_w.reshape((d, cpp))?,
+            x_b,
+            pos_embed,
+            t_w0,
+            t_b0,
+            t_w2,
+            t_b2,
+            y_table,
+            blocks,
+            f_ada_w,
+            f_ada_b,
+            f_w,
+            f_b,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Build the shape of `cfg` and load its weights from a safetensors file with the reference names.
+    pub fn load(cfg: &DitConfig, path: &std::path::Path, dtype: DType, device: &Device) -> anyhow::Result<Self> {
+        let mut m = Self::new(cfg, 0, dtype, device)?;
+        m.load_weights(path)?;
+        Ok(m)
+    }
+
+    /// Overwrite every variable from a safetensors file; a missing tensor or a shape mismatch is an
+    /// error naming the tensor and the file.
+    pub fn load_weights(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let tensors = candle_core::safetensors::load(path, &self.device)
+            .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+        let data = self.varmap.data().lock().unwrap();
+        for (name, var) in data.iter() {
+            let t = tensors
+                .get(name)
+                .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
+            if t.dims() != var.dims() {
+                anyhow::bail!(
+                    "{}: tensor `{name}` has shape {:?}, the config expects {:?}",
+                    path.display(),
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&t.to_dtype(self.dtype)?)?;
+        }
+        Ok(())
+    }
+
+    /// Save every variable (plus the fixed `pos_embed`, as the reference's state_dict has it).
+    pub fn save_weights(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let mut map = self.named_tensors();
+        map.insert("pos_embed".to_string(), self.pos_embed.clone());
+        crate::io::save_safetensors_atomic(&map, path)
+    }
+
+    /// Name → current value of every trainable variable.
+    pub fn named_tensors(&self) -> std::collections::HashMap<String, Tensor> {
+        let data = self.varmap.data().lock().unwrap();
+        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Summed sizes of the variables (equals `cfg.num_params()`).
+    pub fn num_vars_params(&self) -> usize {
+        crate::params::count_vars(&self.varmap)
+    }
+
+    /// `[N, C, H, W] -> [N, T, C*p*p]`, flattening each patch in the conv weight's (c, i, j) order.
+    fn patchify(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, _, _) = x.dims4()?;
+        let p = self.cfg.patch_size;
+        let g = self.cfg.grid_size();
+        x.reshape((n, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))? // (N, h, w, C, p, q)
+            .reshape((n, g * g, c * p * p))
+    }
+
+    /// `[N, T, p*p*C] -> [N, C, H, W]` ('nhwpqc->nchpwq').
+    fn unpatchify(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let p = self.cfg.patch_size;
+        let g = self.cfg.grid_size();
+        let c = self.cfg.out_channels();
+        x.reshape((n, g, g, p, p, c))?.permute((0, 5, 1, 3, 2, 4))?.reshape((n, c, g * p, g * p))
+    }
+
+    /// Conditioning vector `c = t_emb + y_emb`, `[N, D]`. Labels equal to `num_classes` are the null class.
+    fn condition(&self, t: &[f32], y: &[u32]) -> Result<Tensor> {
+        let tf = timestep_embedding(t, TIME_FREQ_DIM, &self.device, self.dtype)?;
+        let te = linear(&linear(&tf, &self.t_w0, &self.t_b0)?.silu()?, &self.t_w2, &self.t_b2)?;
+        let ids = Tensor::from_slice(y, y.len(), &self.device)?;
+        let ye = self.y_table.embedding(&ids)?;
+        te + ye
+    }
+
+    /// Forward pass returning the output `[N, C_out, H, W]` and the hidden states after each block
+    /// (`[N, T, D]`), which feature distillation matches.
+    ///
+    /// `x: [N, C, H, W]` images or latents, `t: [N]` timesteps, `y: [N]` labels (null class = `num_classes`).
+    pub fn forward_with_features(&self, x: &Tensor, t: &[f32], y: &[u32]) -> Result<(Tensor, Vec<Tensor>)> {
+        if t.len() != x.dim(0)? || y.len() != x.dim(0)? {
+            candle_core::bail!("forward: batch {} with {} timesteps and {} labels", x.dim(0)?, t.len(), y.len());
+        }
+        let mut h = linear(&self.patchify(x)?, &self.x_w, &self.x_b)?.broadcast_add(&self.pos_embed)?; // (N, T, D)
+        let c = self.condition(t, y)?.silu()?; // (N, D); every adaLN starts with SiLU
+        let mut feats = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            h = b.forward(&h, &c)?; // (N, T, D)
+            feats.push(h.clone());
+        }
+        let m = linear(&c, &self.f_ada_w, &self.f_ada_b)?.chunk(2, 1)?;
+        let h = modulate(&ops::layer_norm(&h)?, &m[0], &m[1])?;
+        let out = linear(&h, &self.f_w, &self.f_b)?; // (N, T, p*p*C_out)
+        Ok((self.unpatchify(&out)?, feats)) // (N, C_out, H, W)
+    }
+
+    /// `forward(x, t, y) -> [N, C_out, H, W]`.
+    pub fn forward(&self, x: &Tensor, t: &[f32], y: &[u32]) -> Result<Tensor> {
+        Ok(self.forward_with_features(x, t, y)?.0)
+    }
+
+    /// The predicted noise: the first `in_channels` output channels.
+    pub fn forward_eps(&self, x: &Tensor, t: &[f32], y: &[u32]) -> Result<Tensor> {
+        let out = self.forward(x, t, y)?;
+        if self.cfg.learn_sigma {
+            out.narrow(1, 0, self.cfg.in_channels)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// Classifier-free guidance: `eps_u + scale * (eps_c - eps_u)` from one batched pass over the
+    /// conditional and null-class inputs. Scale 1 is the plain conditional model (one pass).
+    pub fn forward_cfg(&self, x: &Tensor, t: &[f32], y: &[u32], scale: f64) -> Result<Tensor> {
+        if (scale - 1.0).abs() < 1e-12 || self.cfg.label_rows() == self.cfg.num_classes {
+            return self.forward_eps(x, t, y);
+        }
+        let n = x.dim(0)?;
+        let xx = Tensor::cat(&[x, x], 0)?;
+        let tt: Vec<f32> = t.iter().chain(t.iter()).copied().collect();
+        let null = self.cfg.null_class() as u32;
+        let yy: Vec<u32> = y.iter().copied().chain(std::iter::repeat_n(null, n)).collect();
+        let eps = self.forward_eps(&xx, &tt, &yy)?;
+        let cond = eps.narrow(0, 0, n)?;
+        let uncond = eps.narrow(0, n, n)?;
+        &uncond + ((&cond - &uncond)? * scale)?
+    }
+}

@@ -1,0 +1,418 @@
+//! Fused CPU ops with hand-written backward passes, for the training step's hot spots.
+//!
+//! candle's own fused CPU softmax / layer-norm carry no gradient, its GELU backward is a chain of
+//! about a dozen scalar tensor ops, and its batched matmul runs one multi-threaded GEMM per batch
+//! item (thread hand-off dominates for attention's 49x32 tiles). Each op here computes in f32 or
+//! f64, parallelises over rows or batch items with rayon, and defines `bwd` so autograd flows.
+//! On other devices the model uses the equivalent candle primitives (`*_reference` below), which
+//! the tests compare against; `tests/gradcheck.rs` checks every gradient by finite differences.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// Rows handed to one rayon task (amortises scheduling for short rows).
+const CHUNK: usize = 8192;
+
+/// Contiguous data of a CPU storage, or an error for anything we do not handle.
+fn slice<'a, T: candle_core::WithDType>(s: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+trait Float: candle_core::WithDType + num_traits::Float + Send + Sync {}
+impl Float for f32 {}
+impl Float for f64 {}
+
+fn cast<T: Float>(v: f64) -> T {
+    T::from(v).unwrap()
+}
+
+//--------------------------------------------------------------------------------
+// GELU (tanh approximation)
+//--------------------------------------------------------------------------------
+
+const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
+const GELU_A: f64 = 0.044_715;
+
+fn gelu_fwd<T: Float>(x: &[T]) -> Vec<T> {
+    let (c, a, half) = (cast::<T>(GELU_C), cast::<T>(GELU_A), cast::<T>(0.5));
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = half * x * (T::one() + (c * (x + a * x * x * x)).tanh());
+        }
+    });
+    out
+}
+
+fn gelu_bwd<T: Float>(x: &[T], g: &[T]) -> Vec<T> {
+    let (c, a, half, three) = (cast::<T>(GELU_C), cast::<T>(GELU_A), cast::<T>(0.5), cast::<T>(3.0));
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(o, (x, g))| {
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+            let th = (c * (x + a * x * x * x)).tanh();
+            let d = half * (T::one() + th) + half * x * (T::one() - th * th) * c * (T::one() + three * a * x * x);
+            *o = g * d;
+        }
+    });
+    out
+}
+
+struct Gelu;
+struct GeluGrad;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "ditkd-gelu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(gelu_fwd(slice(v, l, "gelu")?)),
+            CpuStorage::F64(v) => CpuStorage::F64(gelu_fwd(slice(v, l, "gelu")?)),
+            _ => candle_core::bail!("gelu: f32 or f64 only"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "ditkd-gelu-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(gelu_bwd(slice(x, l1, "gelu")?, slice(g, l2, "gelu")?)),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(gelu_bwd(slice(x, l1, "gelu")?, slice(g, l2, "gelu")?)),
+            _ => candle_core::bail!("gelu grad: f32 or f64 only"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// GELU, tanh approximation (as the reference's `nn.GELU(approximate="tanh")`).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        x.contiguous()?.apply_op1(Gelu)
+    } else {
+        x.gelu()
+    }
+}
+
+//--------------------------------------------------------------------------------
+// Row-wise ops: softmax and affine-free layer norm over the last axis
+//--------------------------------------------------------------------------------
+
+fn rows<T: Float>(n: usize, x: &[T], f: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    let per = (CHUNK / n.max(1)).max(1) * n;
+    out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| {
+        for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+            f(x, o);
+        }
+    });
+    out
+}
+
+fn rows2<T: Float>(n: usize, a: &[T], b: &[T], f: impl Fn(&[T], &[T], &mut [T]) + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    let per = (CHUNK / n.max(1)).max(1) * n;
+    out.par_chunks_mut(per).zip(a.par_chunks(per).zip(b.par_chunks(per))).for_each(|(o, (a, b))| {
+        for ((o, a), b) in o.chunks_mut(n).zip(a.chunks(n)).zip(b.chunks(n)) {
+            f(a, b, o);
+        }
+    });
+    out
+}
+
+fn softmax_row<T: Float>(x: &[T], o: &mut [T]) {
+    let m = x.iter().copied().fold(T::neg_infinity(), num_traits::Float::max);
+    let mut s = T::zero();
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = (x - m).exp();
+        s = s + *o;
+    }
+    let inv = T::one() / s;
+    o.iter_mut().for_each(|o| *o = *o * inv);
+}
+
+/// dx = y * (dy - sum(dy * y)).
+fn softmax_grad_row<T: Float>(y: &[T], g: &[T], o: &mut [T]) {
+    let dot = y.iter().zip(g).fold(T::zero(), |acc, (&y, &g)| acc + y * g);
+    for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+        *o = y * (g - dot);
+    }
+}
+
+const LN_EPS: f64 = 1e-6;
+
+fn layer_norm_row<T: Float>(x: &[T], o: &mut [T]) {
+    let n = cast::<T>(x.len() as f64);
+    let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
+    let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
+    let inv = T::one() / (var + cast(LN_EPS)).sqrt();
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = (x - mean) * inv;
+    }
+}
+
+/// With y = (x - mu) / sigma: dx = (dy - mean(dy) - y * mean(dy * y)) / sigma.
+fn layer_norm_grad_row<T: Float>(x: &[T], g: &[T], o: &mut [T]) {
+    let n = cast::<T>(x.len() as f64);
+    let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
+    let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
+    let inv = T::one() / (var + cast(LN_EPS)).sqrt();
+    let (mut mg, mut mgy) = (T::zero(), T::zero());
+    for (&x, &g) in x.iter().zip(g) {
+        mg = mg + g;
+        mgy = mgy + g * (x - mean) * inv;
+    }
+    mg = mg / n;
+    mgy = mgy / n;
+    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+        *o = (g - mg - (x - mean) * inv * mgy) * inv;
+    }
+}
+
+macro_rules! row_op {
+    ($fwd:ident, $grad:ident, $name:literal, $row:ident, $grad_row:ident, $grad_from_res:expr) => {
+        struct $fwd;
+        struct $grad;
+        impl CustomOp1 for $fwd {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+                let n = *l.dims().last().unwrap();
+                let out = match s {
+                    CpuStorage::F32(v) => CpuStorage::F32(rows(n, slice(v, l, $name)?, $row)),
+                    CpuStorage::F64(v) => CpuStorage::F64(rows(n, slice(v, l, $name)?, $row)),
+                    _ => candle_core::bail!("{}: f32 or f64 only", $name),
+                };
+                Ok((out, l.shape().clone()))
+            }
+            fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+                let saved = if $grad_from_res { res } else { arg };
+                Ok(Some(saved.apply_op2_no_bwd(&grad.contiguous()?, &$grad)?))
+            }
+        }
+        impl CustomOp2 for $grad {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+                let n = *l1.dims().last().unwrap();
+                let out = match (s1, s2) {
+                    (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                        CpuStorage::F32(rows2(n, slice(a, l1, $name)?, slice(b, l2, $name)?, $grad_row))
+                    }
+                    (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                        CpuStorage::F64(rows2(n, slice(a, l1, $name)?, slice(b, l2, $name)?, $grad_row))
+                    }
+                    _ => candle_core::bail!("{}: f32 or f64 only", $name),
+                };
+                Ok((out, l1.shape().clone()))
+            }
+        }
+    };
+}
+
+row_op!(Softmax, SoftmaxGrad, "ditkd-softmax", softmax_row, softmax_grad_row, true);
+row_op!(LayerNorm, LayerNormGrad, "ditkd-layer-norm", layer_norm_row, layer_norm_grad_row, false);
+
+/// Softmax over the last axis from candle primitives (max detached: softmax is shift-invariant).
+pub fn softmax_last_reference(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Affine-free LayerNorm (eps 1e-6) over the last axis from candle primitives.
+pub fn layer_norm_reference(x: &Tensor) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)
+}
+
+fn fused_cpu(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Softmax over the last axis, with a gradient.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if fused_cpu(x) {
+        x.contiguous()?.apply_op1(Softmax)
+    } else {
+        softmax_last_reference(x)
+    }
+}
+
+/// LayerNorm over the last axis without affine weights (eps 1e-6), with a gradient.
+pub fn layer_norm(x: &Tensor) -> Result<Tensor> {
+    if fused_cpu(x) {
+        x.contiguous()?.apply_op1(LayerNorm)
+    } else {
+        layer_norm_reference(x)
+    }
+}
+
+//--------------------------------------------------------------------------------
+// Batched matmul: one single-threaded GEMM per batch item, batch items in parallel
+//--------------------------------------------------------------------------------
+
+struct Bmm;
+
+fn bmm_cpu<T: Float + 'static>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Result<(Vec<T>, Shape)> {
+    let (bs, m, k) = la.shape().dims3()?;
+    let (bs2, k2, n) = lb.shape().dims3()?;
+    if bs != bs2 || k != k2 {
+        candle_core::bail!("bmm: shapes {:?} and {:?} do not multiply", la.dims(), lb.dims());
+    }
+    let (sa, sb) = (la.stride(), lb.stride());
+    let a = &a[la.start_offset()..];
+    let b = &b[lb.start_offset()..];
+    let mut out = vec![T::zero(); bs * m * n];
+    out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(i, dst)| unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr().add(i * sa[0]),
+            sa[2] as isize,
+            sa[1] as isize,
+            b.as_ptr().add(i * sb[0]),
+            sb[2] as isize,
+            sb[1] as isize,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    });
+    Ok((out, Shape::from((bs, m, n))))
+}
+
+impl CustomOp2 for Bmm {
+    fn name(&self) -> &'static str {
+        "ditkd-bmm"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => bmm_cpu(a, l1, b, l2).map(|(v, s)| (CpuStorage::F32(v), s)),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => bmm_cpu(a, l1, b, l2).map(|(v, s)| (CpuStorage::F64(v), s)),
+            _ => candle_core::bail!("bmm: f32 or f64 only"),
+        }
+    }
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // C = A B  =>  dA = dC B^T, dB = A^T dC (transposes are stride views, no copies).
+        Ok((Some(bmm(g, &b.t()?)?), Some(bmm(&a.t()?, g)?)))
+    }
+}
+
+/// `[B, M, K] x [B, K, N] -> [B, M, N]`, any strides, with a gradient.
+pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused_cpu(a) {
+        a.apply_op2(b, Bmm)
+    } else {
+        a.matmul(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut r = crate::rng::seeded(seed);
+        crate::rng::randn(&mut r, shape, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// Forward and gradient of each fused op equal candle's primitive version.
+    fn same_as_reference(f: impl Fn(&Tensor) -> Result<Tensor>, r: impl Fn(&Tensor) -> Result<Tensor>, shape: &[usize], grad_tol: f64) {
+        let x = Var::from_tensor(&(rand(shape, 1) * 2.0).unwrap()).unwrap();
+        let w = rand(shape, 2);
+        let (yf, yr) = (f(x.as_tensor()).unwrap(), r(x.as_tensor()).unwrap());
+        assert!(max_diff(&yf, &yr) < 1e-12);
+        let gf = (yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let d = max_diff(gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
+        assert!(d < grad_tol, "gradient differs by {d}");
+    }
+
+    #[test]
+    fn gelu_matches_candle() {
+        // candle's GELU backward uses 6-digit constants; ours is exact (see the finite-difference test).
+        same_as_reference(gelu, |x| x.gelu(), &[3, 5, 7], 1e-5);
+    }
+
+    #[test]
+    fn softmax_matches_primitives() {
+        same_as_reference(softmax_last, softmax_last_reference, &[4, 3, 9], 1e-10);
+    }
+
+    #[test]
+    fn layer_norm_matches_primitives() {
+        same_as_reference(layer_norm, layer_norm_reference, &[4, 3, 16], 1e-10);
+    }
+
+    #[test]
+    fn bmm_matches_matmul_with_strided_inputs() {
+        let a = Var::from_tensor(&rand(&[6, 5, 4], 3)).unwrap();
+        let b = Var::from_tensor(&rand(&[6, 7, 4], 4)).unwrap(); // used transposed: a stride view
+        let w = rand(&[6, 5, 7], 5);
+        let bt = b.as_tensor().t().unwrap();
+        let (yf, yr) = (bmm(a.as_tensor(), &bt).unwrap(), a.as_tensor().matmul(&bt).unwrap());
+        assert!(max_diff(&yf, &yr) < 1e-12);
+        let gf = (yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&a, &b] {
+            assert!(max_diff(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap()) < 1e-12);
+        }
+    }
+
+    /// Each op's gradient against central differences, element by element (f64).
+    #[test]
+    fn fused_ops_pass_finite_differences() {
+        let ops: Vec<(&str, Box<dyn Fn(&Tensor) -> Result<Tensor>>)> = vec![
+            ("gelu", Box::new(gelu)),
+            ("softmax", Box::new(softmax_last)),
+            ("layer_norm", Box::new(layer_norm)),
+            ("bmm", Box::new(|x: &Tensor| bmm(x, &x.t()?))),
+        ];
+        for (name, f) in ops {
+            let x0 = rand(&[2, 3, 3], 7);
+            let w = f(&x0).map(|y| rand(y.dims(), 8)).unwrap();
+            let x = Var::from_tensor(&x0).unwrap();
+            let g = (f(x.as_tensor()).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let g: Vec<f64> = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let base: Vec<f64> = x0.flatten_all().unwrap().to_vec1().unwrap();
+            for i in 0..base.len() {
+                let at = |d: f64| {
+                    let mut v = base.clone();
+                    v[i] += d;
+                    let t = Tensor::from_vec(v, x0.dims(), &Device::Cpu).unwrap();
+                    (f(&t).unwrap() * &w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                };
+                let num = (at(1e-6) - at(-1e-6)) / 2e-6;
+                let err = (num - g[i]).abs() / num.abs().max(g[i].abs()).max(1e-6);
+                assert!(err < 1e-5, "{name}[{i}]: analytic {} numeric {num}", g[i]);
+            }
+        }
+    }
+}

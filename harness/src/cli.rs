@@ -1,0 +1,75 @@
+//! Command-line definitions (clap) and dispatch.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ditkd", version, about = "What is the best compact Diffusion Transformer for my parameter budget?")]
+pub struct Cli {
+    /// Threads for candle's CPU kernels (0 = all cores).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub threads: usize,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print a DiT's parameter count, GFLOPs per forward, tokens and head dim.
+    Info {
+        /// A preset (`DiT-XL/2`), a `dit.json`/YAML config, a run directory, or `depth=4,width=96,heads=4[,patch=4]`.
+        model: String,
+    },
+    /// Train (or resume) a teacher DiT from a YAML config.
+    Teacher {
+        /// Training config (see sweeps/teachers/fashion-mnist.yaml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Parent directory of the run (the run is `<out>/<name>`).
+        #[arg(long, default_value = "results/teachers")]
+        out: PathBuf,
+        /// Stop after this many total steps (a sitting of a longer run); resume later with the same command.
+        #[arg(long)]
+        stop_at: Option<usize>,
+        /// Images in the sample grid written at the end.
+        #[arg(long, default_value_t = 60)]
+        grid: usize,
+    },
+    /// Sample an image grid from a trained model.
+    Sample {
+        /// Run directory, checkpoint directory or weights file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Respaced sampler steps.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Classifier-free guidance scale.
+        #[arg(long, default_value_t = 1.0)]
+        cfg: f64,
+        /// ddim or ddpm.
+        #[arg(long, default_value = "ddim")]
+        sampler: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "grid.png")]
+        out: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if cli.threads > 0 {
+        // candle's CPU kernels read RAYON_NUM_THREADS; set it before any tensor work.
+        std::env::set_var("RAYON_NUM_THREADS", cli.threads.to_string());
+    }
+    match cli.command {
+        Command::Info { model } => crate::cmd::info::run(&model),
+        Command::Teacher { config, out, stop_at, grid } => crate::cmd::teacher::run(&config, &out, stop_at, grid),
+        Command::Sample { checkpoint, n, steps, cfg, sampler, seed, out } => {
+            crate::cmd::sample::run(&checkpoint, n, steps, cfg, &sampler, seed, &out)
+        }
+    }
+}

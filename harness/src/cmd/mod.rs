@@ -1,0 +1,5 @@
+//! One file per subcommand.
+
+pub mod info;
+pub mod sample;
+pub mod teacher;

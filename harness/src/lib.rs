@@ -1,0 +1,5 @@
+//! The `ditkd` command line and everything behind it: sweep specs, the runner, tables, law
+//! fitting, plots and queries.
+
+pub mod cli;
+pub mod cmd;
