@@ -37,6 +37,16 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         grid: usize,
     },
+    /// Time the training step (forward + backward + AdamW) on benchmark configs A and B.
+    Bench {
+        /// Only this config (A or B).
+        #[arg(long)]
+        only: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
     /// Sample an image grid from a trained model.
     Sample {
         /// Run directory, checkpoint directory or weights file.
@@ -68,6 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model } => crate::cmd::info::run(&model),
         Command::Teacher { config, out, stop_at, grid } => crate::cmd::teacher::run(&config, &out, stop_at, grid),
+        Command::Bench { only, warmup, iters } => crate::cmd::bench::run(only, warmup, iters),
         Command::Sample { checkpoint, n, steps, cfg, sampler, seed, out } => {
             crate::cmd::sample::run(&checkpoint, n, steps, cfg, &sampler, seed, &out)
         }

@@ -1,0 +1,111 @@
+//! `ditkd bench`: time the DiT training step (forward + backward + AdamW) and sampling.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use dit::{DiT, DitConfig};
+use distill::optim::{AdamW, OptimConfig};
+
+/// A benchmark configuration of the training step.
+pub struct BenchCase {
+    pub name: &'static str,
+    pub model: DitConfig,
+    pub batch: usize,
+}
+
+/// Config A and B of the speed issue: the teacher shape, and a CIFAR-sized patch-2 model.
+pub fn cases() -> Vec<BenchCase> {
+    vec![
+        BenchCase { name: "A", model: DitConfig::default(), batch: 128 },
+        BenchCase {
+            name: "B",
+            model: DitConfig {
+                input_size: 32,
+                patch_size: 2,
+                in_channels: 3,
+                hidden_size: 256,
+                depth: 8,
+                num_heads: 4,
+                ..Default::default()
+            },
+            batch: 64,
+        },
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub struct StepTiming {
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optim_ms: f64,
+    pub step_ms: f64,
+}
+
+/// Median timings of `iters` training steps after `warmup` steps.
+pub fn time_step(case: &BenchCase, warmup: usize, iters: usize) -> Result<StepTiming> {
+    let dev = Device::Cpu;
+    let m = &case.model;
+    let model = DiT::new(m, 0, DType::F32, &dev)?;
+    // Random weights so no path is trivially zero (adaLN-Zero init would skip work in no kernel, but be safe).
+    let mut rng = dit::rng::seeded(1);
+    let mut vars: Vec<(String, candle_core::Var)> =
+        model.varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, v) in &vars {
+        v.set(&(dit::rng::randn(&mut rng, v.dims(), &dev)? * 0.02)?)?;
+    }
+    let mut opt = AdamW::new(vars, OptimConfig::default())?;
+    let (mut f, mut b, mut o, mut s) = (vec![], vec![], vec![], vec![]);
+    for i in 0..warmup + iters {
+        let x = dit::rng::randn(&mut rng, &[case.batch, m.in_channels, m.input_size, m.input_size], &dev)?;
+        let eps = dit::rng::randn(&mut rng, x.dims(), &dev)?;
+        let t: Vec<f32> = dit::rng::uniform_ints(&mut rng, case.batch, 1000).iter().map(|&v| v as f32).collect();
+        let y = dit::rng::uniform_ints(&mut rng, case.batch, m.num_classes);
+        let t0 = Instant::now();
+        let loss = (model.forward_eps(&x, &t, &y)? - eps)?.sqr()?.mean_all()?;
+        let _ = loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        opt.step(&grads, 1e-4)?;
+        let t3 = Instant::now();
+        drop(grads);
+        if i >= warmup {
+            f.push((t1 - t0).as_secs_f64() * 1e3);
+            b.push((t2 - t1).as_secs_f64() * 1e3);
+            o.push((t3 - t2).as_secs_f64() * 1e3);
+            s.push((t3 - t0).as_secs_f64() * 1e3);
+        }
+    }
+    let _ = Tensor::zeros(1, DType::F32, &dev)?;
+    Ok(StepTiming { forward_ms: median(f), backward_ms: median(b), optim_ms: median(o), step_ms: median(s) })
+}
+
+pub fn run(only: Option<String>, warmup: usize, iters: usize) -> Result<()> {
+    println!("threads: {}", candle_core::utils::get_num_threads());
+    for case in cases() {
+        if only.as_deref().is_some_and(|o| o != case.name) {
+            continue;
+        }
+        let m = &case.model;
+        let t = time_step(&case, warmup, iters)?;
+        let flops = 3.0 * m.forward_flops() as f64 * case.batch as f64; // fwd + 2x for bwd
+        println!(
+            "config {} ({} params, batch {}): step {:.0} ms (fwd {:.0}, bwd {:.0}, adamw {:.0}), {:.1} GFLOP/s",
+            case.name,
+            crate::cmd::info::group(m.num_params()),
+            case.batch,
+            t.step_ms,
+            t.forward_ms,
+            t.backward_ms,
+            t.optim_ms,
+            flops / t.step_ms / 1e6
+        );
+    }
+    Ok(())
+}
