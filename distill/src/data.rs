@@ -18,6 +18,12 @@ pub struct Dataset {
     pub num_classes: usize,
 }
 
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dataset({} x {}x{}x{}, {} classes)", self.len(), self.channels, self.height, self.width, self.num_classes)
+    }
+}
+
 impl Dataset {
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -4,20 +4,21 @@ use std::collections::HashMap;
 
 use candle_core::{Result, Tensor, Var};
 
+
 /// EMA of named variables with the warm-up decay `min(target, (1 + n) / (10 + n))`, so early
 /// averages are not dominated by the random initialisation.
 pub struct Ema {
     pub target_decay: f64,
     pub warmup: bool,
     names: Vec<String>,
-    values: Vec<Tensor>,
+    values: Vec<Var>, // updated in place, see optim.rs
 }
 
 impl Ema {
     /// Start from a copy of the current weights.
     pub fn new(vars: &[(String, Var)], target_decay: f64, warmup: bool) -> Result<Self> {
         let names = vars.iter().map(|(n, _)| n.clone()).collect();
-        let values = vars.iter().map(|(_, v)| v.as_tensor().copy().map(|t| t.detach())).collect::<Result<_>>()?;
+        let values = vars.iter().map(|(_, v)| Var::from_tensor(&v.as_tensor().copy()?)).collect::<Result<_>>()?;
         Ok(Self { target_decay, warmup, names, values })
     }
 
@@ -34,13 +35,13 @@ impl Ema {
     pub fn update(&mut self, vars: &[(String, Var)], n: usize) -> Result<()> {
         let d = self.decay_at(n);
         for (e, (_, v)) in self.values.iter_mut().zip(vars) {
-            *e = ((&*e * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
+            e.set(&((e.as_tensor() * d)? + (v.as_tensor().detach() * (1.0 - d))?)?)?;
         }
         Ok(())
     }
 
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.names.iter().cloned().zip(self.values.iter().cloned()).collect()
+        self.names.iter().cloned().zip(self.values.iter().map(|v| v.as_tensor().detach())).collect()
     }
 
     pub fn load(&mut self, t: &HashMap<String, Tensor>) -> anyhow::Result<()> {
@@ -49,7 +50,7 @@ impl Ema {
             if s.dims() != slot.dims() {
                 anyhow::bail!("EMA state: `{name}` has shape {:?}, expected {:?}", s.dims(), slot.dims());
             }
-            *slot = s.to_device(slot.device())?.to_dtype(slot.dtype())?;
+            slot.set(&s.to_device(slot.device())?.to_dtype(slot.dtype())?)?;
         }
         Ok(())
     }

@@ -3,8 +3,13 @@
 pub mod checkpoint;
 pub mod data;
 pub mod ema;
+pub mod eval;
+pub mod featnet;
 pub mod grid;
+pub mod kd;
 pub mod metrics;
 pub mod optim;
 pub mod paths;
+pub mod progress;
+pub mod run;
 pub mod train;

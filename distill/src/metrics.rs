@@ -65,32 +65,20 @@ fn to_f64(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }
 
-/// Sum of `f(a_l, b_l)`; eight independent accumulators let LLVM vectorise the reduction
-/// (it may not reorder a single floating-point sum).
-#[inline]
-fn reduce8(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += f(x[l], y[l]);
-        }
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(&x, &y)| f(x, y)).sum();
-    acc.iter().sum::<f64>() + tail
-}
-
-#[inline]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    reduce8(a, b, |x, y| x * y)
-}
-
 /// Exact squared Euclidean distance (differences, not the |a|^2 - 2ab + |b|^2 expansion, so
 /// duplicates give exactly 0 and the strict `<` tests are not decided by cancellation noise).
+/// Eight independent accumulators let LLVM vectorise the reduction (it may not reorder one sum).
 #[inline]
 fn sqdist(a: &[f64], b: &[f64]) -> f64 {
-    reduce8(a, b, |x, y| (x - y) * (x - y))
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| (x - y) * (x - y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += (x[l] - y[l]) * (x[l] - y[l]);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// Mean and covariance (N-1 normalisation, as `np.cov(rowvar=False)`) of `n x dim` rows.
@@ -142,30 +130,42 @@ pub fn frechet_distance(real: &[f32], fake: &[f32], dim: usize) -> Result<f64> {
     Ok(d.max(0.0))
 }
 
-/// Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3 between the rows `xi` of `x` and `yi` of `y`.
-/// Per-row partial sums are collected in order then summed, so the result does not depend on
-/// rayon's scheduling.
-fn mmd2_unbiased(x: &[f64], xi: &[usize], y: &[f64], yi: &[usize], dim: usize) -> f64 {
-    fn row(s: &[f64], i: usize, dim: usize) -> &[f64] {
-        &s[i * dim..(i + 1) * dim]
-    }
-    let k = |a: &[f64], b: &[f64]| (dot(a, b) / dim as f64 + 1.0).powi(3);
-    let ordered_sum = |v: Vec<f64>| v.iter().sum::<f64>();
-    // Sum over i != j of the within-set kernel = 2 * sum over i < j.
-    let off_diag = |s: &[f64], idx: &[usize]| {
-        let rows = (0..idx.len())
-            .into_par_iter()
-            .map(|a| idx[a + 1..].iter().map(|&b| k(row(s, idx[a], dim), row(s, b, dim))).sum::<f64>())
-            .collect();
-        2.0 * ordered_sum(rows)
-    };
-    let (m, n) = (xi.len() as f64, yi.len() as f64);
-    let kxy = ordered_sum(
-        xi.par_iter()
-            .map(|&a| yi.iter().map(|&b| k(row(x, a, dim), row(y, b, dim))).sum::<f64>())
-            .collect(),
-    );
-    off_diag(x, xi) / (m * (m - 1.0)) + off_diag(y, yi) / (n * (n - 1.0)) - 2.0 * kxy / (m * n)
+/// Sum of k(a, b) = (a.b / d + 1)^3 over all rows a of `x` and b of `y` (minus the diagonal
+/// when `skip_diag`, for x = y). Blocks of rows go through nalgebra's GEMM (much faster than
+/// row-by-row dots) so at most a block x n kernel tile per thread is live; block sums are
+/// collected in order, so the result does not depend on rayon's scheduling.
+fn kernel_sum(x: &DMatrix<f64>, y: &DMatrix<f64>, skip_diag: bool) -> f64 {
+    const BLOCK: usize = 128;
+    let (d, yt) = (x.ncols() as f64, y.transpose());
+    let starts: Vec<usize> = (0..x.nrows()).step_by(BLOCK).collect();
+    let parts: Vec<f64> = starts
+        .par_iter()
+        .map(|&r0| {
+            let g = x.rows(r0, BLOCK.min(x.nrows() - r0)) * &yt;
+            let mut s = 0.0;
+            for (j, col) in g.column_iter().enumerate() {
+                for (i, &v) in col.iter().enumerate() {
+                    if !(skip_diag && r0 + i == j) {
+                        s += (v / d + 1.0).powi(3);
+                    }
+                }
+            }
+            s
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+/// The rows `idx` of a row-major `dim`-column buffer, as a matrix.
+fn gather(x: &[f64], idx: &[usize], dim: usize) -> DMatrix<f64> {
+    DMatrix::from_fn(idx.len(), dim, |i, j| x[idx[i] * dim + j])
+}
+
+/// Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3 between the rows of `x` (m) and `y` (n).
+fn mmd2_unbiased(x: &DMatrix<f64>, y: &DMatrix<f64>) -> f64 {
+    let (m, n) = (x.nrows() as f64, y.nrows() as f64);
+    kernel_sum(x, x, true) / (m * (m - 1.0)) + kernel_sum(y, y, true) / (n * (n - 1.0))
+        - 2.0 * kernel_sum(x, y, false) / (m * n)
 }
 
 /// KID as the golden vectors define it: one subset made of the first m = min(N, M) rows of each
@@ -173,8 +173,9 @@ fn mmd2_unbiased(x: &[f64], xi: &[usize], y: &[f64], yi: &[usize], dim: usize) -
 pub fn kid_first_rows(real: &[f32], fake: &[f32], dim: usize) -> f64 {
     let n = check("real", real, dim, 2).unwrap_or_else(|e| panic!("kid: {e}"));
     let m = check("fake", fake, dim, 2).unwrap_or_else(|e| panic!("kid: {e}"));
-    let idx: Vec<usize> = (0..n.min(m)).collect();
-    mmd2_unbiased(&to_f64(real), &idx, &to_f64(fake), &idx, dim)
+    let r = n.min(m);
+    let rows = |v: &[f32]| DMatrix::from_row_slice(r, dim, &to_f64(&v[..r * dim]));
+    mmd2_unbiased(&rows(real), &rows(fake))
 }
 
 /// KID over `n_subsets` random subsets of `subset_size` rows per set (default and cap
@@ -199,7 +200,7 @@ pub fn kid(
         .map(|_| {
             let xi = rand::seq::index::sample(&mut rng, n, s).into_vec();
             let yi = rand::seq::index::sample(&mut rng, m, s).into_vec();
-            mmd2_unbiased(&x, &xi, &y, &yi, dim)
+            mmd2_unbiased(&gather(&x, &xi, dim), &gather(&y, &yi, dim))
         })
         .collect();
     let mean = mmds.iter().sum::<f64>() / mmds.len() as f64;

@@ -89,8 +89,10 @@ impl OptimConfig {
 pub struct AdamW {
     pub cfg: OptimConfig,
     vars: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    // Moments live in fixed buffers updated in place (`Var::set`): re-allocating long-lived
+    // tensors every step fragmented the heap until memory grew without bound.
+    m: Vec<Var>,
+    v: Vec<Var>,
     /// Updates applied so far (bias correction uses step + 1).
     pub step: usize,
 }
@@ -99,8 +101,9 @@ impl AdamW {
     /// `vars` in a fixed (sorted) order so state files line up.
     pub fn new(mut vars: Vec<(String, Var)>, cfg: OptimConfig) -> Result<Self> {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let m = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
+        let zeros = |v: &Var| Var::from_tensor(&v.zeros_like()?);
+        let m = vars.iter().map(|(_, v)| zeros(v)).collect::<Result<Vec<_>>>()?;
+        let v = vars.iter().map(|(_, v)| zeros(v)).collect::<Result<Vec<_>>>()?;
         Ok(Self { cfg, vars, m, v, step: 0 })
     }
 
@@ -131,16 +134,16 @@ impl AdamW {
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let g = if clip != 1.0 { (g * clip)? } else { g.clone() };
-            let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let m = ((self.m[i].as_tensor() * b1)? + (&g * (1.0 - b1))?)?;
+            let v = ((self.v[i].as_tensor() * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let update = ((&m * (1.0 / bc1))? / ((&v * (1.0 / bc2))?.sqrt()? + self.cfg.eps)?)?;
             let mut w = var.as_tensor().clone();
             if self.cfg.weight_decay > 0.0 {
                 w = (w * (1.0 - lr * self.cfg.weight_decay))?;
             }
             var.set(&(w - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i].set(&m)?;
+            self.v[i].set(&v)?;
         }
         self.step += 1;
         Ok(norm)
@@ -150,8 +153,8 @@ impl AdamW {
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for (i, (name, _)) in self.vars.iter().enumerate() {
-            out.insert(format!("m.{name}"), self.m[i].clone());
-            out.insert(format!("v.{name}"), self.v[i].clone());
+            out.insert(format!("m.{name}"), self.m[i].as_tensor().clone());
+            out.insert(format!("v.{name}"), self.v[i].as_tensor().clone());
         }
         out
     }
@@ -165,7 +168,7 @@ impl AdamW {
                 if s.dims() != var.dims() {
                     anyhow::bail!("optimiser state: `{key}` has shape {:?}, expected {:?}", s.dims(), var.dims());
                 }
-                *slot = s.to_device(var.device())?.to_dtype(var.dtype())?;
+                slot.set(&s.to_device(var.device())?.to_dtype(var.dtype())?)?;
             }
         }
         self.step = step;

@@ -168,6 +168,10 @@ pub trait Objective {
     fn extra_vars(&self) -> Vec<(String, Var)> {
         Vec::new()
     }
+    /// Seconds spent in a live teacher so far (0 without one).
+    fn teacher_secs(&self) -> f64 {
+        0.0
+    }
 }
 
 /// The simple DDPM loss: MSE between the true and the predicted noise at a uniform timestep.
@@ -306,22 +310,12 @@ pub fn train(
     let null = model.cfg.null_class() as u32;
     let p_drop = model.cfg.class_dropout_prob;
 
-    let pb = if opts.progress && end > start {
-        let pb = indicatif::ProgressBar::new(cfg.steps as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} ETA {eta}",
-            )
-            .unwrap()
-            .progress_chars("=> "),
-        );
-        pb.set_prefix(opts.label.clone());
+    let pb = (opts.progress && end > start).then(|| {
+        let pb = crate::progress::bar(cfg.steps as u64, &opts.label, true);
         pb.set_position(start as u64);
         pb.reset_eta();
-        Some(pb)
-    } else {
-        None
-    };
+        pb
+    });
 
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(run.metrics())?;
     let t0 = Instant::now();

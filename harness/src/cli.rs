@@ -47,6 +47,45 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         iters: usize,
     },
+    /// Train the FID-proxy feature network (a small CNN classifier) and ship it.
+    Featnet {
+        #[arg(long, default_value = "results/featnet")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Distill one student from a teacher (or train it from scratch) and evaluate it.
+    Distill {
+        /// Teacher run directory or weights file.
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// Student shape, e.g. `depth=4,width=96,heads=4[,patch=4]`.
+        #[arg(long, default_value = "depth=4,width=64,heads=4")]
+        student: String,
+        /// kd, onestep or scratch.
+        #[arg(long, default_value = "kd")]
+        mode: String,
+        #[arg(long, default_value_t = 1000)]
+        steps: usize,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Generated images for the metrics.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        /// random, or teacher (copy teacher blocks; same width only).
+        #[arg(long, default_value = "random")]
+        init: String,
+        /// Parent of the run directory.
+        #[arg(long, default_value = "results/distill")]
+        out: PathBuf,
+        /// A full YAML DistillConfig instead of the flags.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Sample an image grid from a trained model.
     Sample {
         /// Run directory, checkpoint directory or weights file.
@@ -79,6 +118,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info { model } => crate::cmd::info::run(&model),
         Command::Teacher { config, out, stop_at, grid } => crate::cmd::teacher::run(&config, &out, stop_at, grid),
         Command::Bench { only, warmup, iters } => crate::cmd::bench::run(only, warmup, iters),
+        Command::Featnet { out, epochs, seed } => crate::cmd::featnet::run(&out, epochs, seed),
+        Command::Distill { teacher, student, mode, steps, batch, seed, samples, init, out, config } => {
+            crate::cmd::distill::run(crate::cmd::distill::Args { teacher, student, mode, steps, batch, seed, samples, init, out, config })
+        }
         Command::Sample { checkpoint, n, steps, cfg, sampler, seed, out } => {
             crate::cmd::sample::run(&checkpoint, n, steps, cfg, &sampler, seed, &out)
         }

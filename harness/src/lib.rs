@@ -1,5 +1,6 @@
 //! The `ditkd` command line and everything behind it: sweep specs, the runner, tables, law
 //! fitting, plots and queries.
 
+pub mod alloc;
 pub mod cli;
 pub mod cmd;

@@ -36,10 +36,13 @@ pub fn resolve_model(spec: &str) -> Result<DitConfig> {
     }
     if p.is_file() {
         let text = std::fs::read_to_string(&p)?;
-        let cfg: DitConfig = if spec.ends_with(".json") {
-            serde_json::from_str(&text).with_context(|| format!("{}", p.display()))?
-        } else {
-            serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        // A bare DiT config (JSON or YAML), or a training config whose `model` is one.
+        let cfg = match serde_yaml_ng::from_str::<DitConfig>(&text) {
+            Ok(c) => c,
+            Err(bare) => match serde_yaml_ng::from_str::<distill::train::TrainConfig>(&text) {
+                Ok(t) => t.model,
+                Err(_) => bail!("{}: {bare}", p.display()),
+            },
         };
         cfg.validate().with_context(|| format!("{}", p.display()))?;
         return Ok(cfg);

@@ -1,6 +1,8 @@
 //! One file per subcommand.
 
 pub mod bench;
+pub mod distill;
+pub mod featnet;
 pub mod info;
 pub mod sample;
 pub mod teacher;

@@ -1,0 +1,334 @@
+//! Distillation objectives: multi-step output (and feature) KD, one-step distillation from a bank
+//! of teacher samples, and the scratch baseline they are compared against.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor, Var};
+use dit::rng::HostRng;
+use dit::{DiT, NoiseSchedule, SamplerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::train::{noise_batch, Batch, Objective};
+
+/// Which way a student learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Multi-step KD: match the teacher's epsilon (and optionally its block features) on the same x_t.
+    Kd,
+    /// One-step: map noise to the teacher's DDIM sample in a single forward pass.
+    Onestep,
+    /// No teacher: the plain diffusion loss (the baseline).
+    Scratch,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "kd" => Ok(Self::Kd),
+            "onestep" => Ok(Self::Onestep),
+            "scratch" => Ok(Self::Scratch),
+            _ => Err(format!("unknown mode `{s}` (kd, onestep, scratch)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kd => "kd",
+            Self::Onestep => "onestep",
+            Self::Scratch => "scratch",
+        })
+    }
+}
+
+/// Loss weights of multi-step KD: `kd * MSE(eps_S, eps_T) + data * MSE(eps_S, eps) + feat * sum_l MSE(P_l f_S^l, f_T^l)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KdWeights {
+    #[serde(default = "d_kd")]
+    pub kd: f64,
+    #[serde(default = "d_data")]
+    pub data: f64,
+    #[serde(default)]
+    pub feat: f64,
+}
+
+fn d_kd() -> f64 {
+    0.9
+}
+fn d_data() -> f64 {
+    0.1
+}
+
+impl Default for KdWeights {
+    fn default() -> Self {
+        Self { kd: d_kd(), data: d_data(), feat: 0.0 }
+    }
+}
+
+/// Teacher block matched by student block `i` when depths differ: blocks are spread uniformly
+/// and the last student block always meets the last teacher block (`ceil((i+1) * Dt / Ds) - 1`).
+pub fn block_map(student_depth: usize, teacher_depth: usize) -> Vec<usize> {
+    (0..student_depth).map(|i| ((i + 1) * teacher_depth).div_ceil(student_depth) - 1).collect()
+}
+
+fn mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    (a - b)?.sqr()?.mean_all()
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Multi-step output/feature KD. Teacher and student see the same x_t, t, labels (with the same
+/// label-dropout mask) in each step.
+pub struct KdObjective {
+    pub teacher: DiT,
+    pub schedule: NoiseSchedule,
+    pub weights: KdWeights,
+    /// Learned `[W_T, W_S]` projectors, one per student block, when widths differ and feat > 0.
+    projectors: Vec<Var>,
+    map: Vec<usize>,
+    /// Seconds spent in the teacher's forward passes (for the teacher-cost report).
+    pub teacher_secs: f64,
+}
+
+impl KdObjective {
+    pub fn new(teacher: DiT, student_cfg: &dit::DitConfig, weights: KdWeights, seed: u64) -> Result<Self> {
+        let map = block_map(student_cfg.depth, teacher.cfg.depth);
+        let (ws, wt) = (student_cfg.hidden_size, teacher.cfg.hidden_size);
+        let mut projectors = Vec::new();
+        if weights.feat > 0.0 && ws != wt {
+            let mut p = dit::params::Params::new(seed ^ 0x9E0, DType::F32, teacher.device());
+            for i in 0..student_cfg.depth {
+                let w = p.get(&format!("proj.{i}"), &[wt, ws], dit::params::Init::XavierUniform { fan_in: ws, fan_out: wt })?;
+                projectors.push(p.varmap.data().lock().unwrap()[&format!("proj.{i}")].clone());
+                let _ = w;
+            }
+        }
+        Ok(Self { teacher, schedule: NoiseSchedule::dit_default(), weights, projectors, map, teacher_secs: 0.0 })
+    }
+}
+
+impl Objective for KdObjective {
+    fn loss(&mut self, model: &DiT, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
+        let (t, eps, xt) = noise_batch(&self.schedule, &batch.x0, rng)?;
+        let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+        let c = model.cfg.in_channels;
+        let want_feats = self.weights.feat > 0.0;
+
+        let t0 = std::time::Instant::now();
+        let (out_t, feats_t) = self.teacher.forward_with_features(&xt, &tf, &batch.y)?;
+        let eps_t = out_t.narrow(1, 0, c)?.detach();
+        let feats_t: Vec<Tensor> = if want_feats { feats_t.iter().map(|f| f.detach()).collect() } else { Vec::new() };
+        self.teacher_secs += t0.elapsed().as_secs_f64();
+
+        let (out_s, feats_s) = model.forward_with_features(&xt, &tf, &batch.y)?;
+        let eps_s = out_s.narrow(1, 0, c)?;
+        let l_kd = mse(&eps_s, &eps_t)?;
+        let l_data = mse(&eps_s, &eps)?;
+        let mut loss = ((&l_kd * self.weights.kd)? + (&l_data * self.weights.data)?)?;
+        let mut parts = vec![("loss_kd".to_string(), scalar(&l_kd)?), ("loss_data".to_string(), scalar(&l_data)?)];
+        if want_feats {
+            let mut l_feat = Tensor::zeros((), DType::F32, model.device())?;
+            for (i, fs) in feats_s.iter().enumerate() {
+                let ft = &feats_t[self.map[i]];
+                let fs = match self.projectors.get(i) {
+                    Some(p) => {
+                        let (n, tk, w) = fs.dims3()?;
+                        fs.reshape((n * tk, w))?.matmul(&p.as_tensor().t()?)?.reshape((n, tk, ft.dim(2)?))?
+                    }
+                    None => fs.clone(),
+                };
+                l_feat = (l_feat + mse(&fs, ft)?)?;
+            }
+            parts.push(("loss_feat".to_string(), scalar(&l_feat)?));
+            loss = (loss + (l_feat * self.weights.feat)?)?;
+        }
+        Ok((loss, parts))
+    }
+
+    fn teacher_secs(&self) -> f64 {
+        self.teacher_secs
+    }
+
+    fn extra_vars(&self) -> Vec<(String, Var)> {
+        self.projectors.iter().enumerate().map(|(i, v)| (format!("proj.{i}"), v.clone())).collect()
+    }
+}
+
+//--------------------------------------------------------------------------------
+// One-step distillation
+//--------------------------------------------------------------------------------
+
+/// Timestep at which a one-step student is queried: it always sees pure noise.
+pub const ONESTEP_T: f32 = 999.0;
+
+/// A bank of (noise, label, teacher sample) triples, generated once per teacher and sampler
+/// settings and cached on disk.
+pub struct SampleBank {
+    pub noise: Tensor,
+    pub labels: Vec<u32>,
+    pub samples: Tensor,
+}
+
+/// Settings that key a sample bank.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BankConfig {
+    /// Triples in the bank.
+    #[serde(default = "d_bank")]
+    pub size: usize,
+    /// Teacher sampler (DDIM with S steps).
+    #[serde(default = "d_bank_sampler")]
+    pub sampler: SamplerConfig,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn d_bank() -> usize {
+    2048
+}
+fn d_bank_sampler() -> SamplerConfig {
+    SamplerConfig { steps: 25, cfg_scale: 2.0, ..Default::default() }
+}
+
+impl Default for BankConfig {
+    fn default() -> Self {
+        Self { size: d_bank(), sampler: d_bank_sampler(), seed: 0 }
+    }
+}
+
+impl SampleBank {
+    /// Path of the cached bank for `teacher_hash` and `cfg` under `cache_dir`.
+    pub fn path(cache_dir: &Path, teacher_hash: &str, cfg: &BankConfig) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let key = format!("{teacher_hash}|{}", serde_json::to_string(cfg).unwrap());
+        let h = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
+        cache_dir.join(format!("bank-{}-{h}.safetensors", &teacher_hash[..teacher_hash.len().min(12)]))
+    }
+
+    /// Load the cached bank, or generate it with the teacher (batches of 256) and cache it.
+    pub fn load_or_generate(teacher: &DiT, teacher_hash: &str, cfg: &BankConfig, cache_dir: &Path, progress: bool) -> Result<Self> {
+        let path = Self::path(cache_dir, teacher_hash, cfg);
+        let dev = teacher.device();
+        if path.exists() {
+            let t = candle_core::safetensors::load(&path, dev).with_context(|| format!("{}: corrupt sample bank (delete it to regenerate)", path.display()))?;
+            let get = |k: &str| t.get(k).cloned().with_context(|| format!("{}: `{k}` missing", path.display()));
+            let labels = get("labels")?.to_vec1::<u32>()?;
+            return Ok(Self { noise: get("noise")?, labels, samples: get("samples")? });
+        }
+        let c = &teacher.cfg;
+        let mut rng = dit::rng::seeded(cfg.seed ^ 0xBA4C);
+        let noise = dit::rng::randn(&mut rng, &[cfg.size, c.in_channels, c.input_size, c.input_size], dev)?;
+        let labels = dit::rng::uniform_ints(&mut rng, cfg.size, c.num_classes);
+        let mut samples = Vec::new();
+        let pb = crate::progress::bar(cfg.size as u64, "sample bank", progress);
+        for start in (0..cfg.size).step_by(256) {
+            let b = 256.min(cfg.size - start);
+            let x = dit::sampler::sample(teacher, &NoiseSchedule::dit_default(), &noise.narrow(0, start, b)?, &labels[start..start + b], &cfg.sampler, &mut rng)?;
+            samples.push(x);
+            pb.inc(b as u64);
+        }
+        pb.finish_and_clear();
+        let samples = Tensor::cat(&samples, 0)?;
+        let mut map = std::collections::HashMap::new();
+        map.insert("noise".to_string(), noise.clone());
+        map.insert("labels".to_string(), Tensor::from_slice(&labels, labels.len(), dev)?);
+        map.insert("samples".to_string(), samples.clone());
+        dit::io::save_safetensors_atomic(&map, &path)?;
+        Ok(Self { noise, labels, samples })
+    }
+}
+
+/// One-step student forward: noise -> image, `[N, C, H, W]`.
+pub fn onestep_generate(model: &DiT, noise: &Tensor, labels: &[u32]) -> candle_core::Result<Tensor> {
+    let t = vec![ONESTEP_T; labels.len()];
+    model.forward_eps(noise, &t, labels)
+}
+
+/// L2 (or feature-space) regression of the student's one-step output onto the teacher's samples.
+/// The batch's images are ignored: the bank is the data.
+pub struct OnestepObjective {
+    pub bank: SampleBank,
+    /// Optional perceptual loss: MSE between feature-net features, added with this weight.
+    pub perceptual: Option<(crate::featnet::FeatNet, f64)>,
+    cursor_seed: u64,
+}
+
+impl OnestepObjective {
+    pub fn new(bank: SampleBank, perceptual: Option<(crate::featnet::FeatNet, f64)>, seed: u64) -> Self {
+        Self { bank, perceptual, cursor_seed: seed }
+    }
+}
+
+impl Objective for OnestepObjective {
+    fn loss(&mut self, model: &DiT, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
+        let n = batch.y.len();
+        let size = self.bank.labels.len();
+        let idx: Vec<u32> = (0..n).map(|_| rand::Rng::random_range(rng, 0..size) as u32).collect();
+        let _ = self.cursor_seed;
+        let ids = Tensor::from_slice(&idx, n, model.device())?;
+        let noise = self.bank.noise.index_select(&ids, 0)?;
+        let target = self.bank.samples.index_select(&ids, 0)?;
+        let labels: Vec<u32> = idx.iter().map(|&i| self.bank.labels[i as usize]).collect();
+        let out = onestep_generate(model, &noise, &labels)?;
+        let l2 = mse(&out, &target)?;
+        let mut parts = vec![("loss_l2".to_string(), scalar(&l2)?)];
+        let mut loss = l2;
+        if let Some((net, w)) = &self.perceptual {
+            let lp = mse(&net.features(&out)?, &net.features(&target)?.detach())?;
+            parts.push(("loss_perceptual".to_string(), scalar(&lp)?));
+            loss = (loss + (lp * *w)?)?;
+        }
+        Ok((loss, parts))
+    }
+}
+
+/// Copy teacher blocks into a student of the same width: student block i <- teacher block map[i],
+/// plus the embedders and the final layer. Errors when widths (or patch/channels) differ.
+pub fn init_from_teacher(student: &DiT, teacher: &DiT) -> Result<()> {
+    let (s, t) = (&student.cfg, &teacher.cfg);
+    if s.hidden_size != t.hidden_size || s.patch_size != t.patch_size || s.in_channels != t.in_channels || s.mlp_ratio != t.mlp_ratio {
+        anyhow::bail!(
+            "student init `teacher` needs the teacher's width, patch, channels and mlp_ratio (student {}, teacher {})",
+            s.shape_label(),
+            t.shape_label()
+        );
+    }
+    let map = block_map(s.depth, t.depth);
+    let tt = teacher.named_tensors();
+    let data = student.varmap.data().lock().unwrap();
+    for (name, var) in data.iter() {
+        let src = match name.strip_prefix("blocks.") {
+            Some(rest) => {
+                let (i, tail) = rest.split_once('.').unwrap();
+                format!("blocks.{}.{tail}", map[i.parse::<usize>()?])
+            }
+            None => name.clone(),
+        };
+        let v = tt.get(&src).with_context(|| format!("teacher has no `{src}`"))?;
+        if v.dims() == var.dims() {
+            var.set(v)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_map_spreads_and_ends_together() {
+        assert_eq!(block_map(4, 4), vec![0, 1, 2, 3]);
+        assert_eq!(block_map(2, 4), vec![1, 3]);
+        assert_eq!(block_map(3, 4), vec![1, 2, 3]);
+        assert_eq!(block_map(6, 4), vec![0, 1, 1, 2, 3, 3]);
+        assert_eq!(*block_map(5, 12).last().unwrap(), 11);
+    }
+}

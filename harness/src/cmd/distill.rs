@@ -1,0 +1,67 @@
+//! `ditkd distill`: train one student from a teacher (or from scratch) and evaluate it.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::Device;
+use distill::kd::Mode;
+use distill::run::{run_distill, DistillConfig, Shared, StudentInit};
+
+pub struct Args {
+    pub teacher: Option<PathBuf>,
+    pub student: String,
+    pub mode: String,
+    pub steps: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub samples: usize,
+    pub init: String,
+    pub out: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            serde_yaml_ng::from_str::<DistillConfig>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => {
+            let mode: Mode = a.mode.parse().map_err(anyhow::Error::msg)?;
+            let teacher_cfg = match &a.teacher {
+                Some(t) => distill::checkpoint::read_dit_config(&distill::checkpoint::locate_model(t)?.0)?,
+                None => dit::DitConfig::default(),
+            };
+            // The student inherits the teacher's input, classes and patch unless the shape string says otherwise.
+            let student = crate::cmd::info::parse_shape(&a.student, &teacher_cfg)?;
+            let mut c = DistillConfig::new(a.teacher.clone(), mode, student, a.steps);
+            c.batch_size = a.batch;
+            c.seed = a.seed;
+            c.eval.samples = a.samples;
+            c.init = match a.init.as_str() {
+                "random" => StudentInit::Random,
+                "teacher" => StudentInit::Teacher,
+                other => anyhow::bail!("--init: `{other}` (random or teacher)"),
+            };
+            c
+        }
+    };
+    let device = Device::Cpu;
+    let shared = Shared::load(&cfg.data, &cfg.featnet, &device)?;
+    let dir = distill::paths::resolve(&a.out).join(cfg.run_label());
+    eprintln!(
+        "student {} ({} params, {:.4} GFLOPs/forward), mode {}, {} steps -> {}",
+        cfg.student.shape_label(),
+        crate::cmd::info::group(cfg.student.num_params()),
+        cfg.student.forward_gflops(),
+        cfg.mode,
+        cfg.steps,
+        dir.display()
+    );
+    let s = run_distill(&cfg, &dir, &shared, true)?;
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    if s.status != "ok" {
+        anyhow::bail!("run failed: {}", s.reason.unwrap_or_default());
+    }
+    Ok(())
+}
