@@ -41,7 +41,7 @@ pub struct FeatNetMeta {
     pub dataset: String,
     /// FID-proxy of 5,000 held-out-from-the-metric real training images against the test set:
     /// the floor any generator can reach with this sample size.
-    pub fid_proxy_floor: f64,
+    pub fid_proxy_floor: Option<f64>,
     pub wall_time_s: f64,
 }
 
@@ -63,7 +63,7 @@ impl FeatNet {
             epochs: 0,
             seed,
             dataset: String::new(),
-            fid_proxy_floor: f64::NAN,
+            fid_proxy_floor: None,
             wall_time_s: 0.0,
         };
         Ok(Self { conv1, conv2, fc1, fc2, varmap: p.varmap, meta, device: device.clone() })

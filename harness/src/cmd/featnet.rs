@@ -22,14 +22,15 @@ pub fn run(out: &Path, epochs: usize, seed: u64) -> Result<()> {
     let (held, _) = train.gather(&order.batch(0, 5000));
     let f_held = net.features_of(&held, 500)?;
     let f_test = net.features_of(&test.images, 500)?;
-    net.meta.fid_proxy_floor = distill::metrics::frechet_distance(&f_test, &f_held, FEAT_DIM)?;
+    let floor = distill::metrics::frechet_distance(&f_test, &f_held, FEAT_DIM)?;
+    net.meta.fid_proxy_floor = Some(floor);
     net.meta.wall_time_s = t0.elapsed().as_secs_f64();
     let dir = distill::paths::resolve(out);
     net.save(&dir)?;
     println!(
         "feature net: test accuracy {:.2}% after {epochs} epochs, FID-proxy floor {:.3} (5k train vs 10k test), {:.0} s; saved to {} (hash {})",
         100.0 * net.meta.test_accuracy,
-        net.meta.fid_proxy_floor,
+        floor,
         net.meta.wall_time_s,
         dir.display(),
         FeatNet::hash(&dir)?

@@ -1,0 +1,103 @@
+//! End to end on tiny models: a teacher, a feature net, and students in every mode, each leaving a
+//! run directory with a summary a sweep can read; finished runs are skipped; a student can teach.
+
+use candle_core::{DType, Device};
+use dit::{DiT, DitConfig, SamplerConfig};
+use distill::data::{DataConfig, Split};
+use distill::featnet::FeatNet;
+use distill::kd::Mode;
+use distill::run::{run_distill, DistillConfig, Shared};
+use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
+
+#[test]
+fn students_in_every_mode_leave_complete_run_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dev = Device::Cpu;
+    let data = DataConfig::default();
+    let train_set = data.load(Split::Train).unwrap().take(1024);
+
+    // A tiny feature net (a real one is trained by `ditkd featnet`).
+    let mut net = FeatNet::new(1, 28, 10, 0, &dev).unwrap();
+    net.train(&train_set, 1, 0, false).unwrap();
+    net.save(&root.join("featnet")).unwrap();
+
+    // A tiny teacher.
+    let tcfg = TrainConfig {
+        name: "t".into(),
+        model: DitConfig { hidden_size: 32, depth: 2, num_heads: 2, patch_size: 7, ..Default::default() },
+        data: data.clone(),
+        optim: Default::default(),
+        steps: 10,
+        batch_size: 16,
+        seed: 0,
+        ema_decay: 0.9,
+        ema_warmup: true,
+        checkpoint_every: 10,
+        log_every: 5,
+        sampler: Default::default(),
+    };
+    let teacher_dir = root.join("teacher");
+    let mut t = DiT::new(&tcfg.model, 0, DType::F32, &dev).unwrap();
+    train(&tcfg, &mut t, &train_set, &mut EpsilonObjective::new(), &RunPaths::new(&teacher_dir), &TrainOptions::default()).unwrap();
+
+    let shared = Shared::load(&data, &root.join("featnet"), &dev).unwrap();
+    assert_eq!(shared.test_feats.len(), 10_000 * distill::featnet::FEAT_DIM);
+    let student = DitConfig { hidden_size: 16, depth: 1, num_heads: 2, patch_size: 7, ..Default::default() };
+    let mk = |mode: Mode, teacher: &std::path::Path| {
+        let mut c = DistillConfig::new(Some(teacher.to_path_buf()), mode, student.clone(), 6);
+        c.batch_size = 16;
+        c.eval.samples = 40;
+        c.eval.sampler = SamplerConfig { steps: 4, cfg_scale: 2.0, ..Default::default() };
+        c.eval.speed = mode == Mode::Kd;
+        c.bank.size = 24;
+        c.bank.sampler.steps = 4;
+        c.featnet = root.join("featnet");
+        c.cache_dir = root.join("cache");
+        c
+    };
+    for mode in [Mode::Kd, Mode::Scratch, Mode::Onestep] {
+        let cfg = mk(mode, &teacher_dir);
+        let dir = root.join("runs").join(cfg.run_label());
+        let s = run_distill(&cfg, &dir, &shared, false).unwrap();
+        assert_eq!(s.status, "ok", "{mode}: {:?}", s.reason);
+        assert_eq!(s.params, student.num_params());
+        assert!(s.metrics.fid_proxy.is_finite() && s.metrics.fid_proxy >= 0.0);
+        assert!((0.0..=1.0).contains(&s.metrics.precision) && (0.0..=1.0).contains(&s.metrics.coverage));
+        assert!(s.metrics.fidelity_mse.is_some(), "{mode}: teacher fidelity is measured whenever a teacher is given");
+        assert!(s.teacher_hash.is_some());
+        assert_eq!(s.featnet_hash, FeatNet::hash(&root.join("featnet")).unwrap());
+        for f in ["config.yaml", "metrics.jsonl", "summary.json", "grid.png", "ema.safetensors", "checkpoint/state.json"] {
+            assert!(dir.join(f).exists(), "{mode}: {f} missing");
+        }
+        match mode {
+            Mode::Kd => {
+                assert!(s.teacher_fraction > 0.0 && s.teacher_fraction < 1.0, "{}", s.teacher_fraction);
+                assert!(s.metrics.latency_ms.unwrap() > 0.0 && s.metrics.images_per_s.unwrap() > 0.0);
+                assert_eq!(s.metrics.forwards_per_image, 8);
+            }
+            Mode::Onestep => {
+                assert_eq!(s.metrics.forwards_per_image, 1);
+                let banks = std::fs::read_dir(root.join("cache")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("bank-")).count();
+                assert_eq!(banks, 1, "the sample bank is cached once per teacher and sampler");
+            }
+            Mode::Scratch => assert_eq!(s.teacher_fraction, 0.0),
+        }
+        // A finished run is not trained again.
+        let again = run_distill(&cfg, &dir, &shared, false).unwrap();
+        assert_eq!(again.train_wall_s, s.train_wall_s);
+    }
+
+    // Teacher -> teaching assistant -> student.
+    let ta = root.join("runs").join(mk(Mode::Kd, &teacher_dir).run_label());
+    let cfg = DistillConfig { student: DitConfig { hidden_size: 8, num_heads: 1, ..student.clone() }, ..mk(Mode::Kd, &ta) };
+    let s = run_distill(&cfg, &root.join("runs/from-ta"), &shared, false).unwrap();
+    assert_eq!(s.status, "ok", "{:?}", s.reason);
+    assert_ne!(s.teacher_hash, Some(String::new()));
+}
+
+#[test]
+fn kd_needs_a_teacher() {
+    let cfg = DistillConfig::new(None, Mode::Kd, DitConfig::default(), 10);
+    assert!(cfg.validate().unwrap_err().to_string().contains("teacher"));
+}
