@@ -86,6 +86,31 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run (or plan with --dry-run) a sweep: budgets -> shapes -> distilled runs -> table.
+    Sweep {
+        spec: PathBuf,
+        /// Print the planned runs without training.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run only shard K of N (`K/N`), for Slurm job arrays.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Output directory (default results/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a sweep's table, aggregated over seeds (mean, std), or raw with --raw.
+    Table {
+        dir: PathBuf,
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Merge shard outputs into one results directory and table.
+    Merge {
+        #[arg(long)]
+        out: PathBuf,
+        inputs: Vec<PathBuf>,
+    },
     /// Sample an image grid from a trained model.
     Sample {
         /// Run directory, checkpoint directory or weights file.
@@ -122,6 +147,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Distill { teacher, student, mode, steps, batch, seed, samples, init, out, config } => {
             crate::cmd::distill::run(crate::cmd::distill::Args { teacher, student, mode, steps, batch, seed, samples, init, out, config })
         }
+        Command::Sweep { spec, dry_run, shard, out } => crate::cmd::sweep::run(&spec, dry_run, shard.as_deref(), out.as_deref()),
+        Command::Table { dir, raw } => crate::cmd::sweep::table(&dir, raw),
+        Command::Merge { out, inputs } => crate::cmd::sweep::merge(&out, &inputs),
         Command::Sample { checkpoint, n, steps, cfg, sampler, seed, out } => {
             crate::cmd::sample::run(&checkpoint, n, steps, cfg, &sampler, seed, &out)
         }

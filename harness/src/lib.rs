@@ -4,3 +4,6 @@
 pub mod alloc;
 pub mod cli;
 pub mod cmd;
+pub mod runner;
+pub mod spec;
+pub mod table;

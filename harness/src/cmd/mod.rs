@@ -5,4 +5,5 @@ pub mod distill;
 pub mod featnet;
 pub mod info;
 pub mod sample;
+pub mod sweep;
 pub mod teacher;

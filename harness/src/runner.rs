@@ -1,0 +1,149 @@
+//! The sweep runner: spec -> planned runs -> concurrent, resumable distillation runs, with the
+//! table rewritten after every finished run (an interrupted sweep still leaves a valid table).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use dit::DitConfig;
+use distill::kd::Mode;
+use distill::optim::OptimConfig;
+use distill::run::{run_distill, DistillConfig, Shared, Summary};
+
+use crate::spec::{enumerate, SweepSpec};
+
+/// One run of the sweep.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// Position in the deterministic plan (shards split on it).
+    pub index: usize,
+    pub budget: usize,
+    pub cfg: DistillConfig,
+}
+
+impl RunPlan {
+    /// `007-d4-w96-h4-kd-s0`.
+    pub fn dir_name(&self) -> String {
+        let s = &self.cfg.student;
+        format!("{:03}-d{}-w{}-h{}-{}-s{}", self.index, s.depth, s.hidden_size, s.num_heads, self.cfg.mode, self.cfg.seed)
+    }
+}
+
+/// The sweep's output directory: `results/<name>` unless overridden.
+pub fn sweep_dir(spec: &SweepSpec, out: Option<&Path>) -> PathBuf {
+    match out {
+        Some(o) => o.to_path_buf(),
+        None => distill::paths::resolve(Path::new("results")).join(&spec.name),
+    }
+}
+
+/// The teacher's config fixes the students' input, channels and classes.
+pub fn base_config(spec: &SweepSpec) -> Result<DitConfig> {
+    let (cfg, _) = distill::checkpoint::locate_model(&spec.teacher).with_context(|| "teacher")?;
+    distill::checkpoint::read_dit_config(&cfg)
+}
+
+/// Every run: shapes x modes x seeds, in a fixed order.
+pub fn plan(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<RunPlan>> {
+    let shapes = enumerate(spec, base)?;
+    let mut runs = Vec::new();
+    for p in &shapes {
+        for &mode in &spec.distill.modes {
+            for &seed in &spec.seeds {
+                // Scratch runs get the teacher too: only for the teacher-fidelity columns.
+                let mut c = DistillConfig::new(Some(spec.teacher.clone()), mode, p.cfg.clone(), spec.distill.steps);
+                c.kd = spec.distill.kd.clone();
+                c.batch_size = spec.distill.batch_size;
+                c.optim = OptimConfig { lr: spec.distill.lr, warmup_steps: spec.distill.warmup_steps, ..Default::default() };
+                c.seed = seed;
+                c.eval = spec.eval.clone();
+                c.data = spec.data.clone();
+                c.featnet = spec.featnet.clone();
+                c.cache_dir = spec.cache_dir.clone();
+                runs.push(RunPlan { index: runs.len(), budget: p.budget, cfg: c });
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// `K/N` -> (K, N), 1-based K.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let (k, n) = s.split_once('/').with_context(|| format!("--shard `{s}`: expected K/N, e.g. 2/4"))?;
+    let (k, n): (usize, usize) = (k.trim().parse()?, n.trim().parse()?);
+    if n == 0 || k == 0 || k > n {
+        anyhow::bail!("--shard `{s}`: need 1 <= K <= N");
+    }
+    Ok((k, n))
+}
+
+/// Runs of shard K of N: every N-th run starting at K-1 (deterministic, balanced by shape order).
+pub fn shard(runs: Vec<RunPlan>, k: usize, n: usize) -> Vec<RunPlan> {
+    runs.into_iter().filter(|r| r.index % n == k - 1).collect()
+}
+
+/// Rough wall-time estimate of a run on one thread (s): training FLOPs at ~10 GFLOP/s plus
+/// evaluation sampling. For the dry-run table only.
+pub fn estimate_secs(r: &RunPlan, teacher: &DitConfig) -> f64 {
+    let s = &r.cfg.student;
+    let per_img = 3.0 * s.forward_flops() as f64
+        + if r.cfg.mode == Mode::Kd { teacher.forward_flops() as f64 } else { 0.0 };
+    let train = per_img * (r.cfg.steps * r.cfg.batch_size) as f64;
+    let eval = r.cfg.eval.samples as f64 * distill::eval::forwards_per_image(r.cfg.mode, &r.cfg.eval.sampler) as f64 * s.forward_flops() as f64;
+    (train + eval) / 10e9
+}
+
+/// Execute `runs` with `jobs` concurrent workers of `threads` candle threads each.
+pub fn execute(spec: &SweepSpec, runs: &[RunPlan], dir: &Path, progress: bool) -> Result<Vec<Summary>> {
+    std::fs::create_dir_all(dir.join("runs"))?;
+    dit::io::write_atomic(&dir.join("spec.yaml"), serde_yaml_ng::to_string(spec)?.as_bytes())?;
+    // candle's GEMM reads its thread count from RAYON_NUM_THREADS; each worker runs in its own pool.
+    std::env::set_var("RAYON_NUM_THREADS", spec.parallel.threads_per_job.to_string());
+    let shared = Shared::load(&spec.data, &spec.featnet, &Device::Cpu)?;
+    let queue = Mutex::new(runs.iter().cloned().collect::<VecDeque<_>>());
+    let results = Mutex::new(Vec::new());
+    let first_error = Mutex::new(None);
+    let overall = distill::progress::bar(runs.len() as u64, &format!("sweep {}", spec.name), progress);
+    let jobs = spec.parallel.jobs.min(runs.len()).max(1);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(spec.parallel.threads_per_job).build().expect("thread pool");
+                loop {
+                    let Some(r) = queue.lock().unwrap().pop_front() else { break };
+                    let run_dir = dir.join("runs").join(r.dir_name());
+                    overall.set_message(r.dir_name());
+                    let plan = serde_json::json!({"index": r.index, "budget": r.budget, "sweep": spec.name});
+                    if let Err(e) = dit::io::write_json_atomic(&run_dir.join("plan.json"), &plan) {
+                        first_error.lock().unwrap().get_or_insert(format!("{}: {e:#}", r.dir_name()));
+                        continue;
+                    }
+                    let out = pool.install(|| run_distill(&r.cfg, &run_dir, &shared, progress && jobs == 1));
+                    match out {
+                        Ok(summary) => {
+                            if summary.status != "ok" {
+                                overall.println(format!("{}: failed: {}", r.dir_name(), summary.reason.clone().unwrap_or_default()));
+                            }
+                            results.lock().unwrap().push(summary);
+                            if let Err(e) = crate::table::rebuild(dir) {
+                                overall.println(format!("table: {e:#}"));
+                            }
+                        }
+                        Err(e) => {
+                            first_error.lock().unwrap().get_or_insert(format!("{}: {e:#}", r.dir_name()));
+                        }
+                    }
+                    overall.inc(1);
+                }
+            });
+        }
+    });
+    overall.finish_and_clear();
+    crate::table::rebuild(dir)?;
+    if let Some(e) = first_error.into_inner().unwrap() {
+        anyhow::bail!(e);
+    }
+    Ok(results.into_inner().unwrap())
+}
