@@ -111,6 +111,27 @@ pub enum Command {
         out: PathBuf,
         inputs: Vec<PathBuf>,
     },
+    /// Print (or write with -o) a Slurm submission script: a job array of shards plus a merge job.
+    Slurm {
+        spec: PathBuf,
+        /// Array tasks (default: one per run).
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Sweep output directory (default results/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the script here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Time limit per array task.
+        #[arg(long, default_value = "04:00:00")]
+        time: String,
+        #[arg(long)]
+        partition: Option<String>,
+        /// The ditkd binary the jobs run (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Sample an image grid from a trained model.
     Sample {
         /// Run directory, checkpoint directory or weights file.
@@ -150,6 +171,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sweep { spec, dry_run, shard, out } => crate::cmd::sweep::run(&spec, dry_run, shard.as_deref(), out.as_deref()),
         Command::Table { dir, raw } => crate::cmd::sweep::table(&dir, raw),
         Command::Merge { out, inputs } => crate::cmd::sweep::merge(&out, &inputs),
+        Command::Slurm { spec, shards, out, output, time, partition, binary } => {
+            crate::cmd::slurm::run(crate::cmd::slurm::Args { spec, shards, out, output, time, partition, binary })
+        }
         Command::Sample { checkpoint, n, steps, cfg, sampler, seed, out } => {
             crate::cmd::sample::run(&checkpoint, n, steps, cfg, &sampler, seed, &out)
         }

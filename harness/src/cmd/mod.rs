@@ -5,5 +5,6 @@ pub mod distill;
 pub mod featnet;
 pub mod info;
 pub mod sample;
+pub mod slurm;
 pub mod sweep;
 pub mod teacher;
