@@ -95,6 +95,66 @@ pub struct KdObjective {
     map: Vec<usize>,
     /// Seconds spent in the teacher's forward passes (for the teacher-cost report).
     pub teacher_secs: f64,
+    /// Shared store of teacher outputs (output KD only).
+    cache: Option<TeacherCache>,
+}
+
+/// Teacher epsilon predictions shared by every student of a sweep that trains with the same seed
+/// and batch size: their x_t, t and labels are identical step for step (all drawn from the same
+/// seeded streams), so the teacher's forward pass is computed once and read back from disk by the
+/// others. Stored in chunks of `CHUNK` steps as f16 under `results/cache/`.
+pub struct TeacherCache {
+    dir: PathBuf,
+    chunk_index: usize,
+    chunk: Vec<Tensor>,
+    loaded: Option<(usize, Tensor)>,
+}
+
+const CACHE_CHUNK: usize = 50;
+
+impl TeacherCache {
+    /// The cache of `teacher_hash` for runs with this seed, batch size and label-dropout rate.
+    pub fn new(cache_dir: &Path, teacher_hash: &str, seed: u64, batch: usize, label_dropout: f64) -> Self {
+        let dir = cache_dir.join(format!("kd-{teacher_hash}-s{seed}-b{batch}-p{label_dropout}"));
+        Self { dir, chunk_index: usize::MAX, chunk: Vec::new(), loaded: None }
+    }
+
+    fn path(&self, chunk: usize) -> PathBuf {
+        self.dir.join(format!("steps-{:06}.safetensors", chunk * CACHE_CHUNK))
+    }
+
+    /// The cached teacher output of `step`, if present.
+    fn get(&mut self, step: usize) -> Option<Tensor> {
+        let c = step / CACHE_CHUNK;
+        if self.loaded.as_ref().map(|(i, _)| *i) != Some(c) {
+            let t = candle_core::safetensors::load(self.path(c), &candle_core::Device::Cpu).ok()?;
+            self.loaded = Some((c, t.get("eps")?.clone()));
+        }
+        let (_, all) = self.loaded.as_ref()?;
+        all.get(step % CACHE_CHUNK).ok()?.to_dtype(DType::F32).ok()
+    }
+
+    /// Record a computed output; a full chunk is written atomically.
+    fn put(&mut self, step: usize, eps: &Tensor) -> Result<()> {
+        let c = step / CACHE_CHUNK;
+        if c != self.chunk_index || step % CACHE_CHUNK != self.chunk.len() {
+            // Only contiguous runs of steps from a chunk start are stored (a resumed run may begin mid-chunk).
+            self.chunk_index = c;
+            self.chunk.clear();
+            if step % CACHE_CHUNK != 0 {
+                return Ok(());
+            }
+        }
+        self.chunk.push(eps.to_dtype(DType::F16)?);
+        if self.chunk.len() == CACHE_CHUNK {
+            let mut m = std::collections::HashMap::new();
+            m.insert("eps".to_string(), Tensor::stack(&self.chunk, 0)?);
+            dit::io::save_safetensors_atomic(&m, &self.path(c))?;
+            self.chunk.clear();
+            self.chunk_index = usize::MAX;
+        }
+        Ok(())
+    }
 }
 
 impl KdObjective {
@@ -110,7 +170,15 @@ impl KdObjective {
                 let _ = w;
             }
         }
-        Ok(Self { teacher, schedule: NoiseSchedule::dit_default(), weights, projectors, map, teacher_secs: 0.0 })
+        Ok(Self { teacher, schedule: NoiseSchedule::dit_default(), weights, projectors, map, teacher_secs: 0.0, cache: None })
+    }
+
+    /// Share teacher outputs through `cache` (used when no feature term needs the teacher's blocks).
+    pub fn with_cache(mut self, cache: TeacherCache) -> Self {
+        if self.weights.feat == 0.0 {
+            self.cache = Some(cache);
+        }
+        self
     }
 }
 
@@ -122,9 +190,22 @@ impl Objective for KdObjective {
         let want_feats = self.weights.feat > 0.0;
 
         let t0 = std::time::Instant::now();
-        let (out_t, feats_t) = self.teacher.forward_with_features(&xt, &tf, &batch.y)?;
-        let eps_t = out_t.narrow(1, 0, c)?.detach();
-        let feats_t: Vec<Tensor> = if want_feats { feats_t.iter().map(|f| f.detach()).collect() } else { Vec::new() };
+        let cached = self.cache.as_mut().and_then(|c| c.get(batch.step)).filter(|e| e.dims() == xt.dims());
+        let (eps_t, feats_t) = match cached {
+            Some(e) => (e.to_device(xt.device())?, Vec::new()),
+            None => {
+                let (out_t, feats_t) = self.teacher.forward_with_features(&xt, &tf, &batch.y)?;
+                let mut eps_t = out_t.narrow(1, 0, c)?.detach();
+                if let Some(cache) = self.cache.as_mut() {
+                    // Targets are always the f16-rounded values, so a student reads the same numbers
+                    // whether it computed them or found them cached (results never depend on run order).
+                    eps_t = eps_t.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+                    cache.put(batch.step, &eps_t)?;
+                }
+                let feats_t: Vec<Tensor> = if want_feats { feats_t.iter().map(|f| f.detach()).collect() } else { Vec::new() };
+                (eps_t, feats_t)
+            }
+        };
         self.teacher_secs += t0.elapsed().as_secs_f64();
 
         let (out_s, feats_s) = model.forward_with_features(&xt, &tf, &batch.y)?;
@@ -322,6 +403,26 @@ pub fn init_from_teacher(student: &DiT, teacher: &DiT) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn teacher_cache_round_trips_whole_chunks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = candle_core::Device::Cpu;
+        let mut c = TeacherCache::new(dir.path(), "abc", 0, 2, 0.1);
+        let val = |s: usize| Tensor::full(s as f32 * 0.5, (2, 1, 2, 2), &dev).unwrap();
+        // A run resumed mid-chunk stores nothing for that chunk.
+        for s in 3..CACHE_CHUNK {
+            c.put(s, &val(s)).unwrap();
+        }
+        assert!(c.get(3).is_none());
+        for s in CACHE_CHUNK..2 * CACHE_CHUNK {
+            c.put(s, &val(s)).unwrap();
+        }
+        let mut fresh = TeacherCache::new(dir.path(), "abc", 0, 2, 0.1);
+        let got = fresh.get(CACHE_CHUNK + 7).unwrap();
+        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![(CACHE_CHUNK + 7) as f32 * 0.5; 8]);
+        assert!(TeacherCache::new(dir.path(), "abc", 1, 2, 0.1).get(CACHE_CHUNK).is_none(), "another seed has its own cache");
+    }
 
     #[test]
     fn block_map_spreads_and_ends_together() {

@@ -292,7 +292,14 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
             Mode::Scratch => Box::new(EpsilonObjective::new()),
             Mode::Kd => {
                 let t = crate::checkpoint::load_model(cfg.teacher.as_ref().unwrap(), &device)?;
-                Box::new(KdObjective::new(t, s, cfg.kd.clone(), cfg.seed)?)
+                let cache = crate::kd::TeacherCache::new(
+                    &crate::paths::resolve(&cfg.cache_dir),
+                    summary.teacher_hash.as_ref().unwrap(),
+                    cfg.seed,
+                    cfg.batch_size,
+                    s.class_dropout_prob,
+                );
+                Box::new(KdObjective::new(t, s, cfg.kd.clone(), cfg.seed)?.with_cache(cache))
             }
             Mode::Onestep => {
                 let t = teacher.as_ref().unwrap();

@@ -156,6 +156,8 @@ pub struct Batch {
     pub x0: Tensor,
     /// Labels after label dropout (null class = num_classes).
     pub y: Vec<u32>,
+    /// 0-based optimiser step this batch is for.
+    pub step: usize,
 }
 
 /// What a training run minimises. The teacher's objective is the DDPM epsilon loss; distillation
@@ -332,7 +334,7 @@ pub fn train(
         }
         let x0 = Tensor::from_vec(x, (idx.len(), data.channels, data.height, data.width), &device)?
             .to_dtype(model.dtype())?;
-        let batch = Batch { x0, y };
+        let batch = Batch { x0, y, step };
 
         // ---- loss, backward, update ---------------------------------------------------------------
         let (loss, parts) = objective.loss(model, &batch, &mut rng)?;
