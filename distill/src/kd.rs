@@ -165,9 +165,9 @@ impl KdObjective {
         if weights.feat > 0.0 && ws != wt {
             let mut p = dit::params::Params::new(seed ^ 0x9E0, DType::F32, teacher.device());
             for i in 0..student_cfg.depth {
-                let w = p.get(&format!("proj.{i}"), &[wt, ws], dit::params::Init::XavierUniform { fan_in: ws, fan_out: wt })?;
-                projectors.push(p.varmap.data().lock().unwrap()[&format!("proj.{i}")].clone());
-                let _ = w;
+                let name = format!("proj.{i}");
+                p.get(&name, &[wt, ws], dit::params::Init::XavierUniform { fan_in: ws, fan_out: wt })?;
+                projectors.push(p.varmap.data().lock().unwrap()[&name].clone());
             }
         }
         Ok(Self { teacher, schedule: NoiseSchedule::dit_default(), weights, projectors, map, teacher_secs: 0.0, cache: None })
@@ -338,12 +338,11 @@ pub struct OnestepObjective {
     pub bank: SampleBank,
     /// Optional perceptual loss: MSE between feature-net features, added with this weight.
     pub perceptual: Option<(crate::featnet::FeatNet, f64)>,
-    cursor_seed: u64,
 }
 
 impl OnestepObjective {
-    pub fn new(bank: SampleBank, perceptual: Option<(crate::featnet::FeatNet, f64)>, seed: u64) -> Self {
-        Self { bank, perceptual, cursor_seed: seed }
+    pub fn new(bank: SampleBank, perceptual: Option<(crate::featnet::FeatNet, f64)>) -> Self {
+        Self { bank, perceptual }
     }
 }
 
@@ -352,7 +351,6 @@ impl Objective for OnestepObjective {
         let n = batch.y.len();
         let size = self.bank.labels.len();
         let idx: Vec<u32> = (0..n).map(|_| rand::Rng::random_range(rng, 0..size) as u32).collect();
-        let _ = self.cursor_seed;
         let ids = Tensor::from_slice(&idx, n, model.device())?;
         let noise = self.bank.noise.index_select(&ids, 0)?;
         let target = self.bank.samples.index_select(&ids, 0)?;

@@ -308,7 +308,7 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
                 let perceptual = (cfg.perceptual_weight > 0.0)
                     .then(|| FeatNet::load(&cfg.featnet, &device).map(|n| (n, cfg.perceptual_weight)))
                     .transpose()?;
-                Box::new(OnestepObjective::new(bank, perceptual, cfg.seed))
+                Box::new(OnestepObjective::new(bank, perceptual))
             }
         };
         let t0 = Instant::now();
