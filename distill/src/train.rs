@@ -230,6 +230,7 @@ impl RunPaths {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainOutcome {
     pub steps_done: usize,
+    /// Mean loss of the last logged window.
     pub final_loss: f64,
     pub wall_time_s: f64,
     pub resumed_from: Option<usize>,
@@ -346,7 +347,6 @@ pub fn train(
         let lr = cfg.optim.lr_at(step, cfg.steps);
         let gnorm = opt.step(&grads, lr)?;
         ema.update(&model_vars, step)?;
-        last_loss = loss_v;
 
         // ---- log, checkpoint ----------------------------------------------------------------------
         window.0 += loss_v;
@@ -365,6 +365,7 @@ pub fn train(
             for (k, v) in &parts {
                 rec[k] = serde_json::json!(v);
             }
+            last_loss = window.0 / window.1 as f64;
             writeln!(log, "{rec}")?;
             log.flush()?;
             if let Some(pb) = &pb {
@@ -390,6 +391,14 @@ pub fn train(
     }
     if let Some(pb) = pb {
         pb.finish_and_clear();
+    }
+    if last_loss.is_nan() {
+        // Nothing left to train (resumed at the end): the last logged window, as an uninterrupted run reports.
+        last_loss = std::fs::read_to_string(run.metrics())
+            .ok()
+            .and_then(|t| t.lines().last().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()))
+            .and_then(|v| v["loss"].as_f64())
+            .unwrap_or(f64::NAN);
     }
     Ok(TrainOutcome {
         steps_done: opt.step,

@@ -64,14 +64,14 @@ parallel: {{jobs: 2, threads_per_job: 1}}
 }
 
 pub fn table_rows(dir: &Path) -> Vec<String> {
-    // Metrics and identity columns, not timings.
+    // Metrics and identity columns, not timings or the commit the binary was built from.
     let text = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().trim_start_matches('\u{feff}').split(',').collect();
     let keep: Vec<usize> = header
         .iter()
         .enumerate()
-        .filter(|(_, h)| !h.contains("wall") && !h.contains("fraction") && !h.contains("latency") && !h.contains("images_per_s"))
+        .filter(|(_, h)| !h.contains("wall") && !h.contains("fraction") && !h.contains("latency") && !h.contains("images_per_s") && **h != "code_version")
         .map(|(i, _)| i)
         .collect();
     let mut rows: Vec<String> = lines.map(|l| {
