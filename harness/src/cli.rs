@@ -51,7 +51,7 @@ pub enum Command {
     Featnet {
         #[arg(long, default_value = "results/featnet")]
         out: PathBuf,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 6)]
         epochs: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -98,6 +98,26 @@ pub enum Command {
         /// Output directory (default results/<name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Override the spec's concurrent runs (`parallel.jobs`).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Override the spec's candle threads per run (`parallel.threads_per_job`).
+        #[arg(long)]
+        threads_per_job: Option<usize>,
+    },
+    /// The main job: run a sweep, fit the design law, draw the plots and write the report.
+    Study {
+        spec: PathBuf,
+        /// Output directory (default results/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[arg(long)]
+        threads_per_job: Option<usize>,
+        /// Bootstrap resamples for the law's intervals.
+        #[arg(long, default_value_t = 200)]
+        bootstrap: usize,
     },
     /// Print a sweep's table, aggregated over seeds (mean, std), or raw with --raw.
     Table {
@@ -131,6 +151,51 @@ pub enum Command {
         /// The ditkd binary the jobs run (default: this one).
         #[arg(long)]
         binary: Option<PathBuf>,
+    },
+    /// Fit candidate design laws (log FID-proxy vs shape) to a sweep's table; writes law.json.
+    Fit {
+        /// Sweep results directory (holds runs.parquet).
+        dir: PathBuf,
+        /// The metric column to model.
+        #[arg(long, default_value = "fid_proxy")]
+        metric: String,
+        /// Distillation mode whose runs are fitted (kd, onestep, scratch).
+        #[arg(long, default_value = "kd")]
+        mode: String,
+        /// Bootstrap resamples for the coefficient intervals.
+        #[arg(long, default_value_t = 200)]
+        bootstrap: usize,
+        /// Leave this budget out of the fit (held-out validation), e.g. `320k`.
+        #[arg(long)]
+        hold_out: Option<String>,
+        /// Write the law here instead of <dir>/law.json.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// The best DiT shape for a parameter budget, predicted by a fitted law.
+    Best {
+        /// Parameter budget, e.g. `750k`, `1.2M`, `250000`.
+        #[arg(long)]
+        budget: String,
+        /// Sweep results directory holding law.json and runs.parquet.
+        #[arg(long, default_value = "results/fashion-mnist")]
+        results: PathBuf,
+        /// Only shapes whose predicted batch-1 latency (ms per image) is at most this.
+        #[arg(long)]
+        max_latency_ms: Option<f64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw the sweep's plots (PNG and SVG) into <dir>/plots.
+    Plot {
+        dir: PathBuf,
+    },
+    /// Write <dir>/report.md: best shape per budget, the law, the design formula, KD vs scratch, plots.
+    Report {
+        dir: PathBuf,
     },
     /// Sample an image grid from a trained model.
     Sample {
@@ -168,12 +233,29 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Distill { teacher, student, mode, steps, batch, seed, samples, init, out, config } => {
             crate::cmd::distill::run(crate::cmd::distill::Args { teacher, student, mode, steps, batch, seed, samples, init, out, config })
         }
-        Command::Sweep { spec, dry_run, shard, out } => crate::cmd::sweep::run(&spec, dry_run, shard.as_deref(), out.as_deref()),
+        Command::Sweep { spec, dry_run, shard, out, jobs, threads_per_job } => {
+            crate::cmd::sweep::run(&spec, dry_run, shard.as_deref(), out.as_deref(), jobs, threads_per_job)
+        }
+        Command::Study { spec, out, jobs, threads_per_job, bootstrap } => {
+            crate::cmd::study::run(&spec, out.as_deref(), jobs, threads_per_job, bootstrap)
+        }
         Command::Table { dir, raw } => crate::cmd::sweep::table(&dir, raw),
         Command::Merge { out, inputs } => crate::cmd::sweep::merge(&out, &inputs),
         Command::Slurm { spec, shards, out, output, time, partition, binary } => {
             crate::cmd::slurm::run(crate::cmd::slurm::Args { spec, shards, out, output, time, partition, binary })
         }
+        Command::Fit { dir, metric, mode, bootstrap, hold_out, out, seed } => crate::cmd::fit::run(crate::cmd::fit::Args {
+            dir,
+            metric,
+            mode,
+            bootstrap,
+            hold_out,
+            out,
+            seed,
+        }),
+        Command::Best { budget, results, max_latency_ms, json } => crate::cmd::best::run(&budget, &results, max_latency_ms, json),
+        Command::Plot { dir } => crate::cmd::plot::run(&dir),
+        Command::Report { dir } => crate::cmd::report::run(&dir),
         Command::Sample { checkpoint, n, steps, cfg, sampler, seed, out } => {
             crate::cmd::sample::run(&checkpoint, n, steps, cfg, &sampler, seed, &out)
         }

@@ -4,6 +4,8 @@
 pub mod alloc;
 pub mod cli;
 pub mod cmd;
+pub mod law;
+pub mod plot;
 pub mod runner;
 pub mod spec;
 pub mod table;

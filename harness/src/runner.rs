@@ -105,6 +105,10 @@ pub fn execute(spec: &SweepSpec, runs: &[RunPlan], dir: &Path, progress: bool) -
     let queue = Mutex::new(runs.iter().cloned().collect::<VecDeque<_>>());
     let results = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);
+    // One line for the sweep, one per active run beneath it (each run's training bar).
+    if progress {
+        distill::progress::attach(indicatif::MultiProgress::new());
+    }
     let overall = distill::progress::bar(runs.len() as u64, &format!("sweep {}", spec.name), progress);
     let jobs = spec.parallel.jobs.min(runs.len()).max(1);
     std::thread::scope(|s| {
@@ -120,7 +124,7 @@ pub fn execute(spec: &SweepSpec, runs: &[RunPlan], dir: &Path, progress: bool) -
                         first_error.lock().unwrap().get_or_insert(format!("{}: {e:#}", r.dir_name()));
                         continue;
                     }
-                    let out = pool.install(|| run_distill(&r.cfg, &run_dir, &shared, progress && jobs == 1));
+                    let out = pool.install(|| run_distill(&r.cfg, &run_dir, &shared, progress));
                     match out {
                         Ok(summary) => {
                             if summary.status != "ok" {

@@ -8,8 +8,24 @@ use crate::cmd::info::group;
 use crate::runner::{base_config, estimate_secs, execute, parse_shard, plan, shard, sweep_dir};
 use crate::spec::SweepSpec;
 
-pub fn run(spec_path: &Path, dry_run: bool, shard_arg: Option<&str>, out: Option<&Path>) -> Result<()> {
-    let spec = SweepSpec::from_file(spec_path)?;
+pub fn run(
+    spec_path: &Path,
+    dry_run: bool,
+    shard_arg: Option<&str>,
+    out: Option<&Path>,
+    jobs: Option<usize>,
+    threads_per_job: Option<usize>,
+) -> Result<()> {
+    let mut spec = SweepSpec::from_file(spec_path)?;
+    // Parallelism changes how fast runs go, never what they compute (not part of a run's hash).
+    if let Some(j) = jobs {
+        anyhow::ensure!(j >= 1, "--jobs must be at least 1");
+        spec.parallel.jobs = j;
+    }
+    if let Some(t) = threads_per_job {
+        anyhow::ensure!(t >= 1, "--threads-per-job must be at least 1");
+        spec.parallel.threads_per_job = t;
+    }
     let base = base_config(&spec)?;
     let mut runs = plan(&spec, &base)?;
     let total = runs.len();

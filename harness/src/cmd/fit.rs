@@ -1,0 +1,106 @@
+//! `ditkd fit`: fit the candidate design laws to a sweep's table and save them, with the chosen
+//! one marked, as law.json (see `harness::law`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::law::pipeline::{fit_sweep, Options};
+use crate::law::{LawFile, ScoredShape};
+
+pub struct Args {
+    pub dir: PathBuf,
+    pub metric: String,
+    pub mode: String,
+    pub bootstrap: usize,
+    pub hold_out: Option<String>,
+    pub out: Option<PathBuf>,
+    pub seed: u64,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let hold_out = match &a.hold_out {
+        Some(s) => Some(crate::spec::parse_count(s).map_err(|e| anyhow::anyhow!("--hold-out: {e}"))? as u64),
+        None => None,
+    };
+    let law = fit_sweep(&Options { dir: a.dir.clone(), metric: a.metric, mode: a.mode, bootstrap: a.bootstrap, hold_out, seed: a.seed })?;
+    let out = a.out.unwrap_or_else(|| a.dir.join("law.json"));
+    law.save(&out).with_context(|| format!("writing {}", out.display()))?;
+    print!("{}", summary(&law));
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.4}"))
+}
+
+fn shape(s: &ScoredShape) -> String {
+    format!("d={} w={} h={} (head_dim {}, {} params)", s.depth, s.width, s.heads, s.head_dim, s.params)
+}
+
+/// The human summary: the laws, the chosen one's coefficients, the design formula, the checks.
+pub fn summary(l: &LawFile) -> String {
+    let mut s = String::new();
+    let mut line = |t: String| {
+        s.push_str(&t);
+        s.push('\n');
+    };
+    line(format!("{} ({} mode): {} runs, budgets {:?}, params {}..{}, table {}", l.metric, l.mode, l.n_runs, l.budgets, l.params_range[0], l.params_range[1], l.table));
+    line(format!("{:<6}{:>3}{:>12}{:>10}{:>11}{:>11}  formula", "law", "k", "RSS", "AIC", "LOBO CV", "k-fold CV"));
+    for f in &l.laws {
+        let mark = if f.name == l.chosen { " *" } else { "  " };
+        line(format!("{:<6}{:>3}{:>12.5}{:>10.2}{:>11}{:>11.4}  {}", format!("{}{mark}", f.name), f.k, f.rss, f.aic, opt(f.cv_lobo_rmse), f.cv_kfold_rmse, f.formula));
+    }
+    for sk in &l.skipped {
+        line(format!("{:<6} skipped: {}", sk.name, sk.reason));
+    }
+    let c = l.chosen();
+    line(format!(
+        "chosen: ({}) {}  — lowest {} CV error, RMSE {:.4} on ln {} ≈ ±{:.1} %",
+        c.name,
+        c.formula,
+        if l.cv_kind == "lobo" { "leave-one-budget-out" } else { "k-fold" },
+        c.cv_rmse(),
+        l.metric,
+        100.0 * c.typical_error()
+    ));
+    // In the formula's order (the map is alphabetical).
+    let names: Vec<String> = match c.form() {
+        Some(f) => f.coef_names().iter().map(|n| n.to_string()).collect(),
+        None => c.coef.keys().cloned().collect(),
+    };
+    for k in &names {
+        let v = c.coef.get(k).copied().unwrap_or(f64::NAN);
+        let iv = c.intervals.get(k).map_or(String::new(), |[lo, hi]| format!("   90% [{lo:.4e}, {hi:.4e}]"));
+        line(format!("  {k:<6} = {v:.4e}{iv}"));
+    }
+    line(format!("design: {}", l.design.formula));
+    line(format!("  {:>10}{:>7}{:>7}{:>7}{:>10}{:>10}{:>11}", "budget", "depth", "width", "heads", "head_dim", "params", "predicted"));
+    for i in 0..l.design.budgets.len() {
+        let d = &l.design;
+        line(format!("  {:>10}{:>7}{:>7}{:>7}{:>10}{:>10}{:>11.4}", d.budgets[i], d.depth[i], d.width[i], d.heads[i], d.head_dim[i], d.params[i], d.predicted[i]));
+    }
+    match &l.latency_model {
+        Some(m) => line(format!("latency: {} with c = [{:.3}, {:.4}, {:.3}], R² {:.3} ({} runs)", m.formula, m.coef[0], m.coef[1], m.coef[2], m.r2, m.n)),
+        None => line("latency: no model (fewer than 4 ok runs with a measured latency)".into()),
+    }
+    if let Some(h) = &l.holdout {
+        line(format!("hold-out budget {}: {} runs, RMSE(ln) {:.4}, mean abs error {:.1} %", h.budget, h.n_runs, h.rmse_log, h.mape));
+        let r = &h.recommended;
+        line(format!(
+            "  law's optimum in [0.9B, 1.1B]: {} predicted {}, measured {}{}",
+            shape(r),
+            opt(r.predicted),
+            opt(r.measured),
+            h.recommended_within_5pct.map_or(" (not run)".into(), |w| format!(" ({} 5 % of the best)", if w { "within" } else { "not within" }))
+        ));
+        line(format!("  best predicted among the measured: {} measured {}", shape(&h.best_predicted_measured), opt(h.best_predicted_measured.measured)));
+        line(format!("  best measured: {} measured {}", shape(&h.best_measured), opt(h.best_measured.measured)));
+        line(format!("  within 5 % of the best measured: {}", if h.within_5pct { "yes" } else { "no" }));
+    }
+    for n in &l.notes {
+        line(format!("note: {n}"));
+    }
+    s
+}

@@ -1,0 +1,210 @@
+//! From a sweep's table to the points a law is fitted on, and the students' base config.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use dit::DitConfig;
+use polars::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::{Feat, Shape};
+
+/// One usable run: status ok, the fitted mode, a finite positive metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub run_id: String,
+    pub budget: u64,
+    pub shape: Shape,
+    pub seed: Option<i64>,
+    /// The metric (not its log).
+    pub y: f64,
+}
+
+impl Point {
+    pub fn feat(&self) -> Feat {
+        self.shape.feat()
+    }
+}
+
+/// `<dir>/runs.parquet`, its SHA-256 and its contents.
+pub struct Table {
+    pub path: PathBuf,
+    pub hash: String,
+    pub df: DataFrame,
+}
+
+/// SHA-256 (hex) of a file's bytes.
+pub fn file_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+impl Table {
+    pub fn load(dir: &Path) -> Result<Table> {
+        let path = dir.join("runs.parquet");
+        if !path.is_file() {
+            bail!("{}: no table (run `ditkd sweep` into {} first)", path.display(), dir.display());
+        }
+        let hash = file_hash(&path)?;
+        let df = crate::table::read(dir)?;
+        Ok(Table { path, hash, df })
+    }
+
+    fn need(&self, name: &str) -> Result<&Column> {
+        self.df.column(name).map_err(|_| {
+            let names: Vec<String> = self.df.get_column_names().iter().map(|s| s.to_string()).collect();
+            anyhow::anyhow!("{}: no column `{name}` (columns: {})", self.path.display(), names.join(", "))
+        })
+    }
+
+    /// A numeric column as f64 (null -> None); missing column -> error naming the file.
+    pub fn f64s(&self, name: &str) -> Result<Vec<Option<f64>>> {
+        let c = self.need(name)?.cast(&DataType::Float64).map_err(|e| anyhow::anyhow!("{}: column `{name}` is not numeric: {e}", self.path.display()))?;
+        Ok(c.f64()?.iter().collect())
+    }
+
+    /// A numeric column, or None if the table lacks it.
+    pub fn f64s_opt(&self, name: &str) -> Option<Vec<Option<f64>>> {
+        self.df.column(name).ok().and_then(|_| self.f64s(name).ok())
+    }
+
+    pub fn strs(&self, name: &str) -> Result<Vec<Option<String>>> {
+        let c = self.need(name)?.cast(&DataType::String)?;
+        Ok(c.str()?.iter().map(|o| o.map(str::to_string)).collect())
+    }
+
+    /// The usable runs of `mode` for `metric`: status ok and a finite positive metric (the laws
+    /// are fitted on its log). Errors name the file when nothing is left.
+    pub fn points(&self, metric: &str, mode: &str) -> Result<Vec<Point>> {
+        let p = self.path.display();
+        let status = self.strs("status")?;
+        let modes = self.strs("mode")?;
+        let ys = self.f64s(metric)?;
+        let run_ids = self.strs("run_id")?;
+        let budget = self.f64s("budget")?;
+        let depth = self.f64s("depth")?;
+        let width = self.f64s("width")?;
+        let heads = self.f64s("heads")?;
+        let params = self.f64s("params")?;
+        let seed = self.f64s_opt("seed");
+        let ok: Vec<usize> = (0..self.df.height())
+            .filter(|&i| status[i].as_deref() == Some("ok") && modes[i].as_deref() == Some(mode))
+            .collect();
+        if ok.is_empty() {
+            let mut present: Vec<String> = modes.iter().flatten().cloned().collect();
+            present.sort();
+            present.dedup();
+            bail!("{p}: no runs with status `ok` and mode `{mode}` (modes in the table: {})", if present.is_empty() { "none".into() } else { present.join(", ") });
+        }
+        let mut pts = Vec::new();
+        for i in ok {
+            let Some(y) = ys[i].filter(|y| y.is_finite() && *y > 0.0) else { continue };
+            let int = |col: &[Option<f64>], name: &str| -> Result<usize> {
+                match col[i] {
+                    Some(v) if v >= 1.0 => Ok(v as usize),
+                    _ => bail!("{p}: run {} has no valid `{name}`", run_ids[i].as_deref().unwrap_or("?")),
+                }
+            };
+            let shape = Shape { depth: int(&depth, "depth")?, width: int(&width, "width")?, heads: int(&heads, "heads")?, params: int(&params, "params")? };
+            pts.push(Point {
+                run_id: run_ids[i].clone().unwrap_or_default(),
+                budget: int(&budget, "budget")? as u64,
+                shape,
+                seed: seed.as_ref().and_then(|s| s[i]).map(|v| v as i64),
+                y,
+            });
+        }
+        Ok(pts)
+    }
+
+    /// The first value of a column among the given runs, with whether the runs disagree.
+    fn common(&self, name: &str, run_ids: &[&str]) -> Option<(f64, bool)> {
+        let col = self.f64s_opt(name)?;
+        let ids = self.strs("run_id").ok()?;
+        let vals: Vec<f64> = (0..col.len()).filter(|&i| ids[i].as_deref().is_some_and(|id| run_ids.contains(&id))).filter_map(|i| col[i]).collect();
+        let first = *vals.first()?;
+        Some((first, vals.iter().any(|v| *v != first)))
+    }
+}
+
+/// The students' config minus depth/width/heads. Tried in order: a fitted run's `config.yaml`
+/// (`student`, the exact config it trained), its `dit.json`, the teacher named in that
+/// config.yaml (students share its input, channels and classes), and last the Fashion-MNIST
+/// defaults of `DitConfig` with `patch`/`mlp_ratio` from the table. Returns the config, where it
+/// came from, and notes (mixed patch sizes or MLP ratios, which the laws do not model).
+pub fn base_config(dir: &Path, table: &Table, pts: &[Point]) -> (DitConfig, String, Vec<String>) {
+    let ids: Vec<&str> = pts.iter().map(|p| p.run_id.as_str()).collect();
+    let mut notes = Vec::new();
+    let patch = table.common("patch", &ids);
+    let mlp = table.common("mlp_ratio", &ids);
+    if patch.is_some_and(|p| p.1) {
+        notes.push("the fitted runs mix patch sizes; the laws ignore the patch (base uses the first run's)".into());
+    }
+    if mlp.is_some_and(|m| m.1) {
+        notes.push("the fitted runs mix MLP ratios; the laws ignore it (base uses the first run's)".into());
+    }
+    let from_table = |mut c: DitConfig| {
+        if let Some((p, _)) = patch {
+            c.patch_size = p as usize;
+        }
+        if let Some((m, _)) = mlp {
+            c.mlp_ratio = m;
+        }
+        c
+    };
+    for p in pts {
+        let run = dir.join("runs").join(&p.run_id);
+        let yaml = std::fs::read_to_string(run.join("config.yaml")).ok().and_then(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&t).ok());
+        if let Some(y) = &yaml {
+            if let Some(c) = y.get("student").and_then(|s| serde_yaml_ng::from_value::<DitConfig>(s.clone()).ok()) {
+                return (c, format!("{}", run.join("config.yaml").display()), notes);
+            }
+        }
+        for cand in [run.join("dit.json"), run.join("checkpoint").join("dit.json")] {
+            if let Ok(c) = distill::checkpoint::read_dit_config(&cand) {
+                return (c, cand.display().to_string(), notes);
+            }
+        }
+        let teacher = yaml.as_ref().and_then(|y| y.get("teacher")).and_then(|t| t.as_str()).map(PathBuf::from);
+        if let Some(t) = teacher {
+            if let Ok((cfg, _)) = distill::checkpoint::locate_model(&t) {
+                if let Ok(c) = distill::checkpoint::read_dit_config(&cfg) {
+                    return (from_table(c), format!("teacher {} with patch/mlp_ratio from the table", cfg.display()), notes);
+                }
+            }
+        }
+    }
+    (from_table(DitConfig::default()), "DitConfig defaults (28x28x1, 10 classes) with patch/mlp_ratio from the table".into(), notes)
+}
+
+/// `base` as JSON without the three shape fields the laws vary.
+pub fn base_json(base: &DitConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(base).unwrap_or(serde_json::Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        for k in ["depth", "hidden_size", "num_heads"] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+/// Mean measured value per shape (over seeds), in first-seen order.
+pub fn by_shape(pts: &[Point]) -> Vec<(Shape, f64, usize)> {
+    let mut acc: BTreeMap<(usize, usize, usize), (Shape, f64, usize, usize)> = BTreeMap::new();
+    for (i, p) in pts.iter().enumerate() {
+        let e = acc.entry((p.shape.depth, p.shape.width, p.shape.heads)).or_insert((p.shape, 0.0, 0, i));
+        e.1 += p.y;
+        e.2 += 1;
+    }
+    let mut v: Vec<_> = acc.into_values().collect();
+    v.sort_by_key(|e| e.3);
+    v.into_iter().map(|(s, sum, n, _)| (s, sum / n as f64, n)).collect()
+}
+
+/// [min, max] of a per-point quantity.
+pub fn range(pts: &[Point], f: impl Fn(&Point) -> usize) -> [usize; 2] {
+    let lo = pts.iter().map(&f).min().unwrap_or(0);
+    let hi = pts.iter().map(&f).max().unwrap_or(0);
+    [lo, hi]
+}

@@ -1,0 +1,252 @@
+//! The candidate laws: their formulas, coefficient names, and the two parameterisations each has.
+//!
+//! * The reported ("raw") coefficients are in the formula's own units (N in parameters, d in
+//!   blocks, w in channels), so a notebook can evaluate the formula without knowing anything else.
+//! * The fitting parameters θ are unconstrained: positive coefficients are `exp` of a free number
+//!   (so f > 0 everywhere and ln f is defined), and the shape variables are centred on a scale
+//!   (their geometric mean) so the problem is well conditioned. The conversion between the two is
+//!   exact, which lets every refit (CV folds, bootstrap draws) warm-start from the full fit.
+//! * The head-dim sweet spot h0 of law (c) is bounded (ln h0 = mid + half·tanh(t)) to the fitted
+//!   head-dim range widened 4× each way: a "sweet spot" far outside the data is no sweet spot but
+//!   a disguised linear term in ln head_dim, which the unbounded fit happily finds.
+
+use std::collections::BTreeMap;
+
+/// Exponent arguments are clamped here so a wild LM step gives a large but finite residual
+/// instead of an infinity that would stall the optimiser.
+const EXP_CLAMP: f64 = 300.0;
+
+fn cexp(x: f64) -> f64 {
+    x.clamp(-EXP_CLAMP, EXP_CLAMP).exp()
+}
+
+/// One of the candidate laws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// y = E + A·N^(−α): parameters only.
+    A,
+    /// y = E + A·d^(−α) + B·w^(−β): depth and width with diminishing returns.
+    B,
+    /// (b) + C·(ln(head_dim/h0))²: a head-dimension sweet spot.
+    C,
+}
+
+/// The natural logs of a shape's variables (what every law is a function of).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Feat {
+    pub ln_n: f64,
+    pub ln_d: f64,
+    pub ln_w: f64,
+    pub ln_h: f64,
+}
+
+impl Feat {
+    pub fn new(params: f64, depth: f64, width: f64, head_dim: f64) -> Self {
+        Self { ln_n: params.ln(), ln_d: depth.ln(), ln_w: width.ln(), ln_h: head_dim.ln() }
+    }
+}
+
+/// Fitting constants: the centres (logs of the geometric means of the fitted data; a shift only,
+/// no change in the model, but LM then starts near unit-scale coefficients) and the bounds of ln h0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scales {
+    pub c: Feat,
+    pub ln_h0: [f64; 2],
+}
+
+impl Scales {
+    fn h0_mid_half(&self) -> (f64, f64) {
+        ((self.ln_h0[0] + self.ln_h0[1]) / 2.0, ((self.ln_h0[1] - self.ln_h0[0]) / 2.0).max(1e-9))
+    }
+
+    /// ln h0 from its free parameter, and d(ln h0)/dt.
+    fn ln_h0(&self, t: f64) -> (f64, f64) {
+        let (mid, half) = self.h0_mid_half();
+        let th = t.tanh();
+        (mid + half * th, half * (1.0 - th * th))
+    }
+
+    /// The free parameter of ln h0 (just inside the bounds if h0 lies outside them).
+    fn t_of(&self, ln_h0: f64) -> f64 {
+        let (mid, half) = self.h0_mid_half();
+        ((ln_h0 - mid) / half).clamp(-0.999_999, 0.999_999).atanh()
+    }
+}
+
+impl Form {
+    pub const ALL: [Form; 3] = [Form::A, Form::B, Form::C];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::A => "a",
+            Form::B => "b",
+            Form::C => "c",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Form> {
+        Form::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    pub fn formula(self) -> &'static str {
+        match self {
+            Form::A => "E + A*N^(-alpha)",
+            Form::B => "E + A*d^(-alpha) + B*w^(-beta)",
+            Form::C => "E + A*d^(-alpha) + B*w^(-beta) + C*ln(head_dim/h0)^2",
+        }
+    }
+
+    /// Coefficient names, in the order of `raw` vectors.
+    pub fn coef_names(self) -> &'static [&'static str] {
+        match self {
+            Form::A => &["E", "A", "alpha"],
+            Form::B => &["E", "A", "alpha", "B", "beta"],
+            Form::C => &["E", "A", "alpha", "B", "beta", "C", "h0"],
+        }
+    }
+
+    pub fn k(self) -> usize {
+        self.coef_names().len()
+    }
+
+    /// Does the law distinguish depth from width / the head count?
+    pub fn uses_shape(self) -> bool {
+        self != Form::A
+    }
+    pub fn uses_heads(self) -> bool {
+        self == Form::C
+    }
+
+    /// f(x; θ) and ∂f/∂θ, with θ the free parameters and x centred by `sc`.
+    pub fn eval_theta(self, th: &[f64], x: &Feat, sc: &Scales, grad: &mut [f64]) -> f64 {
+        let e = cexp(th[0]);
+        grad[0] = e;
+        match self {
+            Form::A => {
+                let xn = x.ln_n - sc.c.ln_n;
+                let t = cexp(th[1] - th[2] * xn);
+                grad[1] = t;
+                grad[2] = -t * xn;
+                e + t
+            }
+            Form::B | Form::C => {
+                let (xd, xw) = (x.ln_d - sc.c.ln_d, x.ln_w - sc.c.ln_w);
+                let t1 = cexp(th[1] - th[2] * xd);
+                let t2 = cexp(th[3] - th[4] * xw);
+                grad[1] = t1;
+                grad[2] = -t1 * xd;
+                grad[3] = t2;
+                grad[4] = -t2 * xw;
+                let mut f = e + t1 + t2;
+                if self == Form::C {
+                    let c = cexp(th[5]);
+                    let (lh0, dlh0) = sc.ln_h0(th[6]);
+                    let z = x.ln_h - lh0;
+                    grad[5] = c * z * z;
+                    grad[6] = -2.0 * c * z * dlh0;
+                    f += c * z * z;
+                }
+                f
+            }
+        }
+    }
+
+    /// θ -> coefficients in the formula's units (see the module doc).
+    pub fn to_raw(self, th: &[f64], sc: &Scales) -> Vec<f64> {
+        let mut r = vec![th[0].exp()];
+        match self {
+            Form::A => r.extend([(th[1] + th[2] * sc.c.ln_n).exp(), th[2]]),
+            Form::B | Form::C => {
+                r.extend([(th[1] + th[2] * sc.c.ln_d).exp(), th[2], (th[3] + th[4] * sc.c.ln_w).exp(), th[4]]);
+                if self == Form::C {
+                    r.extend([th[5].exp(), sc.ln_h0(th[6]).0.exp()]);
+                }
+            }
+        }
+        r
+    }
+
+    /// The inverse of `to_raw` (raw positive coefficients must be > 0; h0 is pulled inside its bounds).
+    pub fn to_theta(self, raw: &[f64], sc: &Scales) -> Vec<f64> {
+        let mut t = vec![raw[0].ln()];
+        match self {
+            Form::A => t.extend([raw[1].ln() - raw[2] * sc.c.ln_n, raw[2]]),
+            Form::B | Form::C => {
+                t.extend([raw[1].ln() - raw[2] * sc.c.ln_d, raw[2], raw[3].ln() - raw[4] * sc.c.ln_w, raw[4]]);
+                if self == Form::C {
+                    t.extend([raw[5].ln(), sc.t_of(raw[6].ln())]);
+                }
+            }
+        }
+        t
+    }
+
+    /// The law's value from raw coefficients (computed through logs: A·N^(−α) = exp(ln A − α ln N)).
+    pub fn eval_raw(self, raw: &[f64], x: &Feat) -> f64 {
+        let pow = |c: f64, a: f64, lx: f64| (c.ln() - a * lx).exp();
+        match self {
+            Form::A => raw[0] + pow(raw[1], raw[2], x.ln_n),
+            Form::B | Form::C => {
+                let mut f = raw[0] + pow(raw[1], raw[2], x.ln_d) + pow(raw[3], raw[4], x.ln_w);
+                if self == Form::C {
+                    let z = x.ln_h - raw[6].ln();
+                    f += raw[5] * z * z;
+                }
+                f
+            }
+        }
+    }
+
+    /// Raw vector -> named map (the JSON form).
+    pub fn to_map(self, raw: &[f64]) -> BTreeMap<String, f64> {
+        self.coef_names().iter().zip(raw).map(|(n, v)| (n.to_string(), *v)).collect()
+    }
+
+    /// Named map -> raw vector; NaN for a missing name (the prediction is then NaN, not a panic).
+    pub fn from_map(self, m: &BTreeMap<String, f64>) -> Vec<f64> {
+        self.coef_names().iter().map(|n| m.get(*n).copied().unwrap_or(f64::NAN)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sc() -> Scales {
+        Scales { c: Feat::new(3e5, 4.0, 96.0, 24.0), ln_h0: [2.0f64.ln(), 256.0f64.ln()] }
+    }
+
+    #[test]
+    fn theta_and_raw_agree() {
+        let x = Feat::new(2.1e5, 6.0, 64.0, 16.0);
+        for form in Form::ALL {
+            let th: Vec<f64> = (0..form.k()).map(|i| 0.3 - 0.17 * i as f64).collect();
+            let mut g = vec![0.0; form.k()];
+            let f = form.eval_theta(&th, &x, &sc(), &mut g);
+            let raw = form.to_raw(&th, &sc());
+            assert!((form.eval_raw(&raw, &x) - f).abs() < 1e-12 * f.abs().max(1.0), "{form:?}");
+            let back = form.to_theta(&raw, &sc());
+            for (a, b) in th.iter().zip(&back) {
+                assert!((a - b).abs() < 1e-9, "{form:?}: {th:?} vs {back:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let x = Feat::new(4.4e5, 3.0, 128.0, 32.0);
+        for form in Form::ALL {
+            let th: Vec<f64> = (0..form.k()).map(|i| -0.2 + 0.11 * i as f64).collect();
+            let mut g = vec![0.0; form.k()];
+            form.eval_theta(&th, &x, &sc(), &mut g);
+            for j in 0..form.k() {
+                let (mut p, mut m) = (th.clone(), th.clone());
+                p[j] += 1e-6;
+                m[j] -= 1e-6;
+                let mut tmp = vec![0.0; form.k()];
+                let fd = (form.eval_theta(&p, &x, &sc(), &mut tmp) - form.eval_theta(&m, &x, &sc(), &mut tmp)) / 2e-6;
+                assert!((fd - g[j]).abs() < 1e-6 * fd.abs().max(1.0), "{form:?} θ{j}: {fd} vs {}", g[j]);
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Design laws: how a sweep's metric (the FID-proxy by default) depends on a DiT's shape, fitted
+//! by `ditkd fit` into `law.json` and queried by `ditkd best`, the plots and the notebooks.
+//!
+//! This file holds the public types — `LawFile` is exactly the JSON schema of `law.json` — and
+//! prediction. The fitting lives beside it, one idea per file: `forms` (the candidate laws and
+//! their parameterisations), `data` (table -> points), `fit` (Levenberg–Marquardt), `cv`
+//! (leave-one-budget-out and k-fold), `bootstrap`, `design` (feasible shapes, optima, the design
+//! formula), `latency` (the latency model), `holdout`, `pipeline` (all of it, in order) and `query` (`ditkd best`).
+
+pub mod bootstrap;
+pub mod cv;
+pub mod data;
+pub mod design;
+pub mod fit;
+pub mod forms;
+pub mod holdout;
+pub mod latency;
+pub mod pipeline;
+pub mod query;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use dit::DitConfig;
+use serde::{Deserialize, Serialize};
+
+pub use forms::{Feat, Form};
+
+/// A DiT shape, as the laws see it. `params` comes from `dit::counts` on the sweep's base config
+/// (or the table's `params` column for measured runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shape {
+    pub depth: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub params: usize,
+}
+
+impl Shape {
+    pub fn head_dim(&self) -> usize {
+        self.width / self.heads.max(1)
+    }
+
+    pub fn feat(&self) -> Feat {
+        Feat::new(self.params as f64, self.depth as f64, self.width as f64, self.head_dim() as f64)
+    }
+
+    /// The shape on `base` (input, patch, channels, classes, mlp ratio), with its params recounted.
+    pub fn on_base(depth: usize, width: usize, heads: usize, base: &DitConfig) -> Self {
+        let cfg = DitConfig { depth, hidden_size: width, num_heads: heads, ..base.clone() };
+        Self { depth, width, heads, params: cfg.num_params() }
+    }
+
+    pub fn config(&self, base: &DitConfig) -> DitConfig {
+        DitConfig { depth: self.depth, hidden_size: self.width, num_heads: self.heads, ..base.clone() }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "depth={},width={},heads={}", self.depth, self.width, self.heads)
+    }
+}
+
+/// One fitted candidate law.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LawFit {
+    /// "a", "b" or "c" (see `Form`).
+    pub name: String,
+    pub formula: String,
+    /// Coefficients in the formula's units (N in parameters, d in blocks, w and h0 in channels).
+    pub coef: BTreeMap<String, f64>,
+    /// 90 % bootstrap percentile intervals; empty with `--bootstrap 0`.
+    pub intervals: BTreeMap<String, [f64; 2]>,
+    /// Residual sum of squares on ln(metric).
+    pub rss: f64,
+    /// n·ln(RSS/n) + 2k.
+    pub aic: f64,
+    /// Leave-one-budget-out RMSE on ln(metric); null with fewer than two budgets.
+    pub cv_lobo_rmse: Option<f64>,
+    /// k-fold (k = min(5, n), seeded shuffle) RMSE on ln(metric).
+    pub cv_kfold_rmse: f64,
+    /// Coefficients.
+    pub k: usize,
+    /// Points fitted.
+    pub n: usize,
+}
+
+impl LawFit {
+    pub fn form(&self) -> Option<Form> {
+        Form::from_name(&self.name)
+    }
+
+    /// The predicted metric (not its log) for a shape; NaN for an unknown law name.
+    pub fn predict(&self, s: &Shape) -> f64 {
+        self.predict_with(&self.coef, s)
+    }
+
+    /// The prediction with other coefficients of the same law (a bootstrap draw).
+    pub fn predict_with(&self, coef: &BTreeMap<String, f64>, s: &Shape) -> f64 {
+        match self.form() {
+            Some(f) => f.eval_raw(&f.from_map(coef), &s.feat()),
+            None => f64::NAN,
+        }
+    }
+
+    /// The CV error the law was chosen on (LOBO, else k-fold), as RMSE on ln(metric).
+    pub fn cv_rmse(&self) -> f64 {
+        self.cv_lobo_rmse.unwrap_or(self.cv_kfold_rmse)
+    }
+
+    /// The CV error as a typical relative error: exp(rmse) − 1 (0.12 = ±12 %).
+    pub fn typical_error(&self) -> f64 {
+        self.cv_rmse().exp() - 1.0
+    }
+}
+
+/// A law skipped for lack of points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
+}
+
+/// One run's out-of-sample prediction by the chosen law.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CvPrediction {
+    pub run_id: String,
+    pub budget: u64,
+    pub depth: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub params: usize,
+    pub seed: Option<i64>,
+    pub measured: f64,
+    pub predicted: f64,
+}
+
+/// The scaling exponent of one design variable: x* ≈ c·N^s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exponent {
+    pub s: f64,
+    pub c: f64,
+    /// 90 % bootstrap interval of `s`; null without bootstrap draws.
+    pub interval: Option<[f64; 2]>,
+}
+
+/// Exponents of the optimal depth, width and head dimension; null where the law cannot tell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exponents {
+    pub depth: Option<Exponent>,
+    pub width: Option<Exponent>,
+    pub head_dim: Option<Exponent>,
+}
+
+/// The chosen law's optimum on a log-spaced grid of budgets, and the power laws through it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Design {
+    pub budgets: Vec<u64>,
+    pub depth: Vec<usize>,
+    pub width: Vec<usize>,
+    pub heads: Vec<usize>,
+    pub head_dim: Vec<usize>,
+    pub params: Vec<usize>,
+    pub predicted: Vec<f64>,
+    /// Null for law (a): depth and width are not identifiable from parameters alone.
+    pub exponents: Option<Exponents>,
+    pub formula: String,
+}
+
+/// Batch-1 latency per image: latency_ms = c0 + c1·depth·forwards_per_image + c2·gflops_per_image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyModel {
+    pub formula: String,
+    pub coef: Vec<f64>,
+    pub r2: f64,
+    /// Rows fitted.
+    pub n: usize,
+    /// Forwards per image of the fitted mode's sampler (the typical value in the table), used to
+    /// predict unmeasured shapes.
+    pub forwards_per_image: f64,
+}
+
+impl LatencyModel {
+    /// Predicted batch-1 latency (ms per image) of a shape.
+    pub fn predict(&self, cfg: &DitConfig) -> f64 {
+        let fpi = self.forwards_per_image;
+        let c = |i: usize| self.coef.get(i).copied().unwrap_or(f64::NAN);
+        c(0) + c(1) * cfg.depth as f64 * fpi + c(2) * cfg.forward_gflops() * fpi
+    }
+}
+
+/// A shape with its predicted and (if run) measured metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredShape {
+    pub depth: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub params: usize,
+    pub predicted: Option<f64>,
+    /// Mean over seeds of the measured metric; null when the shape was not run.
+    pub measured: Option<f64>,
+}
+
+/// `--hold-out B`: how the law fitted on the other budgets does on budget B.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Holdout {
+    pub budget: u64,
+    pub n_runs: usize,
+    /// RMSE of ln predicted vs ln measured over the held-out runs.
+    pub rmse_log: f64,
+    /// Mean absolute percentage error (in %).
+    pub mape: f64,
+    /// The law's optimum among feasible shapes with params in [0.9B, 1.1B] (should no feasible
+    /// shape fall in that band: the optimum below 1.1B).
+    pub recommended: ScoredShape,
+    /// The recommended shape's measured value is within 5 % of the best measured (null if not run).
+    /// (The sweep rarely ran the exact optimum, hence `within_5pct` below.)
+    pub recommended_within_5pct: Option<bool>,
+    /// The best-predicted shape among those measured at B.
+    pub best_predicted_measured: ScoredShape,
+    /// The best measured shape at B (mean over seeds).
+    pub best_measured: ScoredShape,
+    /// `best_predicted_measured` is within 5 % of `best_measured`.
+    pub within_5pct: bool,
+}
+
+/// `law.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LawFile {
+    pub metric: String,
+    pub mode: String,
+    /// Path of the runs.parquet fitted.
+    pub table: String,
+    /// SHA-256 (hex) of that file's bytes.
+    pub table_hash: String,
+    /// Runs fitted (after the hold-out, if any).
+    pub n_runs: usize,
+    /// Budgets of the fitted runs.
+    pub budgets: Vec<u64>,
+    pub held_out_budget: Option<u64>,
+    pub params_range: [usize; 2],
+    pub depth_range: [usize; 2],
+    pub width_range: [usize; 2],
+    pub head_dim_range: [usize; 2],
+    /// The students' DitConfig without depth, hidden_size and num_heads (see `base_source`).
+    pub base: serde_json::Value,
+    /// Where `base` came from (a run's config.yaml, a dit.json, or defaults plus the table).
+    #[serde(default)]
+    pub base_source: String,
+    /// Name of the chosen law (lowest leave-one-budget-out CV error; k-fold with < 2 budgets).
+    pub chosen: String,
+    pub laws: Vec<LawFit>,
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+    /// "lobo" or "kfold": which CV the choice and `cv_predictions` use.
+    #[serde(default)]
+    pub cv_kind: String,
+    pub cv_predictions: Vec<CvPrediction>,
+    pub design: Design,
+    pub latency_model: Option<LatencyModel>,
+    #[serde(default)]
+    pub holdout: Option<Holdout>,
+    /// The chosen law's bootstrap coefficient draws (for prediction intervals).
+    #[serde(default)]
+    pub bootstrap: Vec<BTreeMap<String, f64>>,
+    #[serde(default)]
+    pub seed: u64,
+    /// Caveats found while fitting (mixed patch sizes, failed fits, extrapolation).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// `<dir>/law.json`, or the path itself when it names a `.json` file.
+pub fn law_path(path_or_dir: &Path) -> PathBuf {
+    if path_or_dir.is_dir() || path_or_dir.extension().is_none_or(|e| e != "json") {
+        path_or_dir.join("law.json")
+    } else {
+        path_or_dir.to_path_buf()
+    }
+}
+
+impl LawFile {
+    /// Read `law.json` (or `<dir>/law.json`).
+    pub fn load(path_or_dir: impl AsRef<Path>) -> Result<LawFile> {
+        let p = law_path(path_or_dir.as_ref());
+        if !p.exists() {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            bail!("{}: no fitted law (run `ditkd fit {}` first)", p.display(), dir.display());
+        }
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let law: LawFile = serde_json::from_str(&text).with_context(|| format!("{}: not a law.json", p.display()))?;
+        if law.laws.iter().all(|l| l.name != law.chosen) {
+            bail!("{}: chosen law `{}` is not among the fitted laws", p.display(), law.chosen);
+        }
+        Ok(law)
+    }
+
+    /// Write atomically (temporary file + rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        dit::io::write_json_atomic(path, self)
+    }
+
+    /// The chosen law (`load` checked that it exists).
+    pub fn chosen(&self) -> &LawFit {
+        self.laws.iter().find(|l| l.name == self.chosen).unwrap_or(&self.laws[0])
+    }
+
+    /// The base DitConfig of the sweep's students (depth/width/heads are placeholders).
+    pub fn base_config(&self) -> Result<DitConfig> {
+        let cfg: DitConfig = serde_json::from_value(self.base.clone()).context("law.json: `base` is not a DitConfig")?;
+        Ok(cfg)
+    }
+
+    /// Every feasible shape on the base config (see `design::feasible`).
+    pub fn feasible_shapes(&self) -> Result<Vec<Shape>> {
+        Ok(design::feasible(&self.base_config()?))
+    }
+
+    /// 90 % interval of the chosen law's prediction for `s`, from the bootstrap draws.
+    pub fn predict_interval(&self, s: &Shape) -> Option<[f64; 2]> {
+        let law = self.chosen();
+        let preds: Vec<f64> = self.bootstrap.iter().map(|c| law.predict_with(c, s)).filter(|v| v.is_finite()).collect();
+        bootstrap::interval90(&preds)
+    }
+
+    /// A shape lies outside the fitted ranges (params, depth, width or head dim)?
+    pub fn extrapolates(&self, s: &Shape) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |name: &str, v: usize, r: [usize; 2]| {
+            if v < r[0] || v > r[1] {
+                out.push(format!("{name} {v} outside the fitted {}..={}", r[0], r[1]));
+            }
+        };
+        check("params", s.params, self.params_range);
+        check("depth", s.depth, self.depth_range);
+        check("width", s.width, self.width_range);
+        check("head_dim", s.head_dim(), self.head_dim_range);
+        out
+    }
+
+    /// Reference shape for breaking ties the law cannot resolve (the centre of the fitted ranges).
+    pub fn reference(&self) -> design::Reference {
+        design::Reference::from_ranges(self.depth_range, self.width_range, self.head_dim_range)
+    }
+}

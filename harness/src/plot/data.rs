@@ -1,0 +1,359 @@
+//! A sweep as plain structs: the runs of `runs.parquet`, their training curves, and the fitted
+//! law's overlays. The plots take these (not files), so tests can draw from hand-made data.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use polars::prelude::*;
+use serde_json::Value;
+
+use crate::law::LawFile;
+
+/// One row of the table (the fields the plots and the report use).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub run_id: String,
+    pub budget: i64,
+    pub mode: String,
+    pub seed: i64,
+    pub depth: i64,
+    pub width: i64,
+    pub heads: i64,
+    pub head_dim: i64,
+    pub params: f64,
+    /// The plotted metric (the law's metric, `fid_proxy` without a law); None if not measured.
+    pub metric: Option<f64>,
+    pub latency_ms: Option<f64>,
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.status == "ok"
+    }
+    /// The metric of a usable run: ok, finite and positive (the plots are log scale).
+    pub fn value(&self) -> Option<f64> {
+        self.metric.filter(|v| self.ok() && v.is_finite() && *v > 0.0)
+    }
+}
+
+/// One shape in one mode: its runs' metric averaged over seeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub budget: i64,
+    pub mode: String,
+    pub depth: i64,
+    pub width: i64,
+    pub heads: i64,
+    pub head_dim: i64,
+    pub params: f64,
+    pub mean: f64,
+    /// Sample standard deviation over seeds (0 for a single seed).
+    pub std: f64,
+    pub n: usize,
+    /// Mean batch-1 latency (ms per image) of the seeds that measured it.
+    pub latency_ms: Option<f64>,
+}
+
+impl Point {
+    pub fn shape(&self) -> String {
+        format!("d{} w{} h{}", self.depth, self.width, self.heads)
+    }
+}
+
+/// A run's training loss against its step (`metrics.jsonl`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Curve {
+    pub run_id: String,
+    pub budget: i64,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The law's prediction along one line of shapes (one depth, or the parameter axis for law a).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LawCurve {
+    /// The depth the curve is drawn at; None for a law of parameters only.
+    pub depth: Option<i64>,
+    /// (params, predicted metric), ordered by params.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One cross-validated prediction of law.json's `cv_predictions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CvPoint {
+    pub budget: i64,
+    pub measured: f64,
+    pub predicted: f64,
+}
+
+/// What the plots draw from law.json.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LawOverlay {
+    pub name: String,
+    pub formula: String,
+    /// RMSE on ln(metric) of the cross-validation the law was chosen on.
+    pub cv_rmse: Option<f64>,
+    /// "lobo" (leave one budget out) or "kfold".
+    pub cv_kind: String,
+    /// The head dim the curves hold fixed (laws of the shape only).
+    pub head_dim: Option<f64>,
+    pub curves: Vec<LawCurve>,
+    pub cv: Vec<CvPoint>,
+}
+
+/// A sweep, ready to plot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sweep {
+    pub name: String,
+    /// The metric column plotted (`fid_proxy` unless law.json models another).
+    pub metric: String,
+    /// The mode of the shape plots and the law (law.json's, else kd when present).
+    pub mode: String,
+    pub runs: Vec<Run>,
+    pub curves: Vec<Curve>,
+    pub law: Option<LawOverlay>,
+}
+
+/// Mean and std of one mode's runs in one budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModeStat {
+    pub mode: String,
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+/// All modes of one budget, compared on the same shapes where every mode ran some.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModeComparison {
+    pub budget: i64,
+    /// Shapes every mode ran (0: no shape is shared, so all runs of each mode are used).
+    pub matched_shapes: usize,
+    pub stats: Vec<ModeStat>,
+}
+
+impl Sweep {
+    /// Read `dir/runs.parquet`, `dir/runs/*/metrics.jsonl` and, if present, `dir/law.json`.
+    pub fn load(dir: &Path) -> Result<Sweep> {
+        let df = crate::table::read(dir)?;
+        let law = read_law(dir)?;
+        let metric = law.as_ref().map(|l| l.metric.clone()).unwrap_or_else(|| "fid_proxy".into());
+        let runs = runs_of(&df, &metric).with_context(|| format!("{}: reading the table", dir.display()))?;
+        let mode = law.as_ref().map(|l| l.mode.clone()).unwrap_or_else(|| default_mode(&runs));
+        let curves = curves_of(dir, &runs)?;
+        let mut sweep = Sweep { name: sweep_name(dir), metric, mode, runs, curves, law: None };
+        if let Some(l) = law {
+            let overlay = super::overlay::overlay(&l, &sweep.points()).with_context(|| format!("{}: law.json", dir.display()))?;
+            sweep.law = Some(overlay);
+        }
+        Ok(sweep)
+    }
+
+    /// What the axes call the metric.
+    pub fn metric_label(&self) -> String {
+        match self.metric.as_str() {
+            "fid_proxy" => "FID-proxy".into(),
+            "kid" => "KID".into(),
+            m => m.into(),
+        }
+    }
+
+    /// Usable runs of every mode, averaged over seeds per (budget, shape, mode).
+    pub fn points_all(&self) -> Vec<Point> {
+        let mut groups: BTreeMap<(i64, i64, i64, i64, String), Vec<&Run>> = BTreeMap::new();
+        for r in self.runs.iter().filter(|r| r.value().is_some()) {
+            groups.entry((r.budget, r.depth, r.width, r.heads, r.mode.clone())).or_default().push(r);
+        }
+        groups
+            .into_iter()
+            .map(|((budget, depth, width, heads, mode), rs)| {
+                let (mean, std) = mean_std(rs.iter().filter_map(|r| r.value()));
+                let lat: Vec<f64> = rs.iter().filter_map(|r| r.latency_ms).filter(|v| v.is_finite()).collect();
+                Point {
+                    budget,
+                    mode,
+                    depth,
+                    width,
+                    heads,
+                    head_dim: rs[0].head_dim,
+                    params: rs[0].params,
+                    mean,
+                    std,
+                    n: rs.len(),
+                    latency_ms: (!lat.is_empty()).then(|| lat.iter().sum::<f64>() / lat.len() as f64),
+                }
+            })
+            .collect()
+    }
+
+    /// `points_all` of the sweep's main mode.
+    pub fn points(&self) -> Vec<Point> {
+        self.points_all().into_iter().filter(|p| p.mode == self.mode).collect()
+    }
+
+    /// Budgets with usable runs, ascending.
+    pub fn budgets(&self) -> Vec<i64> {
+        self.runs.iter().filter(|r| r.value().is_some()).map(|r| r.budget).collect::<BTreeSet<_>>().into_iter().collect()
+    }
+
+    /// The best (lowest mean) shape of the main mode per budget.
+    pub fn best_per_budget(&self) -> Vec<Point> {
+        let mut best: BTreeMap<i64, Point> = BTreeMap::new();
+        for p in self.points() {
+            match best.get(&p.budget) {
+                Some(b) if b.mean <= p.mean => {}
+                _ => {
+                    best.insert(p.budget, p);
+                }
+            }
+        }
+        best.into_values().collect()
+    }
+
+    /// Modes compared per budget. Shapes differ in quality far more than modes do, so when some
+    /// shapes ran in every mode of a budget only those are compared; otherwise all runs are.
+    pub fn compare_modes(&self) -> Vec<ModeComparison> {
+        let mut out = Vec::new();
+        for b in self.budgets() {
+            let runs: Vec<&Run> = self.runs.iter().filter(|r| r.budget == b && r.value().is_some()).collect();
+            let modes: BTreeSet<&str> = runs.iter().map(|r| r.mode.as_str()).collect();
+            let shapes_of = |m: &str| -> BTreeSet<(i64, i64, i64)> {
+                runs.iter().filter(|r| r.mode == m).map(|r| (r.depth, r.width, r.heads)).collect()
+            };
+            let mut shared: Option<BTreeSet<(i64, i64, i64)>> = None;
+            for m in &modes {
+                let s = shapes_of(m);
+                shared = Some(match shared {
+                    None => s,
+                    Some(prev) => prev.intersection(&s).copied().collect(),
+                });
+            }
+            let shared = shared.unwrap_or_default();
+            let matched = modes.len() > 1 && !shared.is_empty();
+            let stats = modes
+                .iter()
+                .map(|m| {
+                    let vals = runs
+                        .iter()
+                        .filter(|r| r.mode == *m && (!matched || shared.contains(&(r.depth, r.width, r.heads))))
+                        .filter_map(|r| r.value());
+                    let vals: Vec<f64> = vals.collect();
+                    let (mean, std) = mean_std(vals.iter().copied());
+                    ModeStat { mode: m.to_string(), mean, std, n: vals.len() }
+                })
+                .collect();
+            out.push(ModeComparison { budget: b, matched_shapes: if matched { shared.len() } else { 0 }, stats });
+        }
+        out
+    }
+}
+
+/// Mean and sample std (0 for fewer than two values).
+pub fn mean_std(vals: impl Iterator<Item = f64>) -> (f64, f64) {
+    let v: Vec<f64> = vals.collect();
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// law.json of a sweep directory, if it has one.
+pub fn read_law(dir: &Path) -> Result<Option<LawFile>> {
+    if !dir.join("law.json").exists() {
+        return Ok(None);
+    }
+    LawFile::load(dir).map(Some)
+}
+
+/// The sweep's name: the `name` of its spec.yaml, else the directory's name.
+pub fn sweep_name(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("spec.yaml"))
+        .ok()
+        .and_then(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&t).ok())
+        .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+        .unwrap_or_else(|| {
+            let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+            abs.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into())
+        })
+}
+
+/// kd when it ran, else the first mode with a usable run (failed runs may not record their mode).
+fn default_mode(runs: &[Run]) -> String {
+    let modes: BTreeSet<&str> = runs.iter().filter(|r| r.value().is_some()).map(|r| r.mode.as_str()).collect();
+    if modes.contains("kd") || modes.is_empty() {
+        "kd".into()
+    } else {
+        modes.into_iter().next().unwrap().into()
+    }
+}
+
+fn floats(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
+    match df.column(name) {
+        Err(_) => Ok(vec![None; df.height()]),
+        Ok(c) => Ok(c.cast(&DataType::Float64)?.f64()?.iter().collect()),
+    }
+}
+
+fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
+    match df.column(name) {
+        Err(_) => Ok(vec![None; df.height()]),
+        Ok(c) => Ok(c.cast(&DataType::String)?.str()?.iter().map(|s| s.map(str::to_string)).collect()),
+    }
+}
+
+/// The table's rows as `Run`s; integer columns that are missing read as 0 (a failed run that never
+/// recorded its shape still counts as failed).
+pub fn runs_of(df: &DataFrame, metric: &str) -> Result<Vec<Run>> {
+    let int = |name: &str| -> Result<Vec<i64>> { Ok(floats(df, name)?.into_iter().map(|v| v.unwrap_or(0.0) as i64).collect()) };
+    let (budget, seed, depth, width, heads, head_dim) =
+        (int("budget")?, int("seed")?, int("depth")?, int("width")?, int("heads")?, int("head_dim")?);
+    let (params, value, latency) = (floats(df, "params")?, floats(df, metric)?, floats(df, "latency_ms")?);
+    let (id, mode, status, reason) = (strings(df, "run_id")?, strings(df, "mode")?, strings(df, "status")?, strings(df, "reason")?);
+    Ok((0..df.height())
+        .map(|i| Run {
+            run_id: id[i].clone().unwrap_or_default(),
+            budget: budget[i],
+            mode: mode[i].clone().unwrap_or_default(),
+            seed: seed[i],
+            depth: depth[i],
+            width: width[i],
+            heads: heads[i],
+            head_dim: if head_dim[i] > 0 || heads[i] == 0 { head_dim[i] } else { width[i] / heads[i] },
+            params: params[i].unwrap_or(f64::NAN),
+            metric: value[i],
+            latency_ms: latency[i],
+            status: status[i].clone().unwrap_or_else(|| "unknown".into()),
+            reason: reason[i].clone(),
+        })
+        .collect())
+}
+
+/// Loss curves of the table's runs (runs without a readable metrics.jsonl are left out).
+fn curves_of(dir: &Path, runs: &[Run]) -> Result<Vec<Curve>> {
+    let mut out = Vec::new();
+    for r in runs {
+        let Ok(text) = std::fs::read_to_string(dir.join("runs").join(&r.run_id).join("metrics.jsonl")) else { continue };
+        let mut points: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| Some((v["step"].as_f64()?, v["loss"].as_f64()?)))
+            .filter(|(s, l)| s.is_finite() && l.is_finite() && *l > 0.0)
+            .collect();
+        // A resumed run logs again the steps after its last checkpoint: keep the latest of each.
+        points.reverse();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points.dedup_by(|later, kept| later.0 == kept.0);
+        if !points.is_empty() {
+            out.push(Curve { run_id: r.run_id.clone(), budget: r.budget, points });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,86 @@
+//! kd_vs_scratch: per budget, the mean ± std of every distillation mode the sweep ran, side by
+//! side (on the shapes all modes share where there are any; see `Sweep::compare_modes`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::data::{ModeComparison, Sweep};
+use super::style::{self, LogAxis, color, log_bounds, Ticks, FAMILY};
+use super::{footnote, render, DrawResult, Figure};
+
+struct KdVsScratch<'a> {
+    sweep: &'a Sweep,
+    cmp: Vec<ModeComparison>,
+    modes: Vec<String>,
+}
+
+pub fn kd_vs_scratch(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
+    let cmp = sweep.compare_modes();
+    let modes: BTreeSet<String> = cmp.iter().flat_map(|c| c.stats.iter().map(|s| s.mode.clone())).collect();
+    render(dir, "kd_vs_scratch", &KdVsScratch { sweep, cmp, modes: modes.into_iter().collect() })
+}
+
+impl Figure for KdVsScratch<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let metric = self.sweep.metric_label();
+        let matched = self.cmp.iter().filter(|c| c.matched_shapes > 0).count();
+        let note = format!(
+            "Mean over runs, bars ± 1 std. {matched} of {} budgets compare only the shapes every mode ran; the others use all runs of each mode.",
+            self.cmp.len()
+        );
+        let area = footnote(root, &note)?;
+        let n = self.cmp.len().max(1) as f64;
+        let (y0, y1) = log_bounds(self.cmp.iter().flat_map(|c| c.stats.iter().flat_map(|s| [s.mean, s.mean + s.std])), 1.2);
+        let keys: Vec<f64> = (0..self.cmp.len()).map(|i| i as f64).collect();
+        let labels: Vec<String> = self.cmp.iter().map(|c| style::si(c.budget as f64)).collect();
+        let fmt = |v: &f64| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+        };
+        let mut chart = ChartBuilder::on(&area)
+            .caption(format!("{}: {metric} by distillation mode", self.sweep.name), (FAMILY, style::TITLE))
+            .margin(20)
+            .x_label_area_size(60)
+            .y_label_area_size(90)
+            .build_cartesian_2d(Ticks { lo: -0.5, hi: n - 0.5, keys }, LogAxis::new((y0, y1)))?;
+        chart
+            .configure_mesh()
+            .x_desc("parameter budget (count)")
+            .y_desc(format!("{metric} (lower is better, log scale)"))
+            .axis_desc_style((FAMILY, style::LABEL))
+            .label_style((FAMILY, style::TICK))
+            .x_label_formatter(&fmt)
+            .y_label_formatter(&|v| style::num(*v))
+            .disable_x_mesh()
+            .draw()?;
+        // Modes sit side by side inside a budget's slot, at a fixed order across budgets.
+        let m = self.modes.len().max(1) as f64;
+        for (k, mode) in self.modes.iter().enumerate() {
+            let c = color(k);
+            let dx = (k as f64 - (m - 1.0) / 2.0) * 0.6 / m;
+            let pts: Vec<(f64, f64, f64)> = self
+                .cmp
+                .iter()
+                .enumerate()
+                .filter_map(|(i, cmp)| cmp.stats.iter().find(|s| &s.mode == mode).map(|s| (i as f64 + dx, s.mean, s.std)))
+                .collect();
+            chart.draw_series(pts.iter().map(|&(x, mu, sd)| ErrorBar::new_vertical(x, (mu - sd).max(y0), mu, mu + sd, c.stroke_width(2), 12)))?;
+            chart
+                .draw_series(pts.iter().map(|&(x, mu, _)| Circle::new((x, mu), 7, c.filled())))?
+                .label(mode.clone())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 7, c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FAMILY, style::TICK))
+            .draw()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! What the plots draw from law.json: the chosen law's curves through the measured points and its
+//! cross-validated predictions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{anyhow, Result};
+use dit::DitConfig;
+
+use super::data::{CvPoint, LawCurve, LawOverlay, Point};
+use crate::law::{Feat, LawFile};
+
+/// Samples per curve: smooth at the plot's size.
+const SAMPLES: usize = 80;
+
+/// The overlay of `law` over the measured `points` (the law's mode).
+pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
+    let chosen = law.chosen();
+    let form = chosen.form().ok_or_else(|| anyhow!("unknown law `{}`", chosen.name))?;
+    let raw = form.from_map(&chosen.coef);
+    let [n_lo, n_hi] = law.params_range.map(|v| v as f64);
+    let in_range = |n: f64| n >= n_lo / 1.1 && n <= n_hi * 1.1;
+    let mut curves = Vec::new();
+    let mut head_dim = None;
+    if form.uses_shape() {
+        let base = law.base_config()?;
+        // Law c depends on the head dim: hold it at the one most runs used, as the sweep did.
+        let hd = mode(points.iter().map(|p| p.head_dim)).map(|h| h as f64).unwrap_or_else(|| {
+            let [a, b] = law.head_dim_range.map(|v| v as f64);
+            (a * b).sqrt()
+        });
+        head_dim = Some(hd);
+        let mut depths: BTreeSet<i64> = points.iter().map(|p| p.depth).collect();
+        if depths.is_empty() {
+            depths.extend(law.depth_range[0] as i64..=law.depth_range[1] as i64);
+        }
+        for d in depths {
+            // Width runs continuously (every integer the geometric grid hits) across the fitted range.
+            let widths: BTreeSet<usize> = geom(law.width_range[0] as f64, law.width_range[1] as f64).map(|w| w.round() as usize).collect();
+            let pts: Vec<(f64, f64)> = widths
+                .into_iter()
+                .filter(|&w| w > 0)
+                .map(|w| {
+                    let n = DitConfig { depth: d as usize, hidden_size: w, ..base.clone() }.num_params() as f64;
+                    (n, form.eval_raw(&raw, &Feat::new(n, d as f64, w as f64, hd)))
+                })
+                .filter(|&(n, y)| in_range(n) && y.is_finite() && y > 0.0)
+                .collect();
+            if pts.len() > 1 {
+                curves.push(LawCurve { depth: Some(d), points: pts });
+            }
+        }
+    } else {
+        let pts = geom(n_lo / 1.1, n_hi * 1.1)
+            .map(|n| (n, form.eval_raw(&raw, &Feat::new(n, 1.0, 1.0, 1.0))))
+            .filter(|&(_, y)| y.is_finite() && y > 0.0)
+            .collect();
+        curves.push(LawCurve { depth: None, points: pts });
+    }
+    Ok(LawOverlay {
+        name: chosen.name.clone(),
+        formula: chosen.formula.clone(),
+        cv_rmse: Some(chosen.cv_rmse()).filter(|v| v.is_finite()),
+        cv_kind: law.cv_kind.clone(),
+        head_dim,
+        curves,
+        cv: law
+            .cv_predictions
+            .iter()
+            .filter(|c| c.measured > 0.0 && c.predicted > 0.0)
+            .map(|c| CvPoint { budget: c.budget as i64, measured: c.measured, predicted: c.predicted })
+            .collect(),
+    })
+}
+
+/// `SAMPLES` log-spaced values from `lo` to `hi`.
+fn geom(lo: f64, hi: f64) -> impl Iterator<Item = f64> {
+    let (a, b) = (lo.max(1e-12).ln(), hi.max(lo).max(1e-12).ln());
+    (0..SAMPLES).map(move |i| (a + (b - a) * i as f64 / (SAMPLES - 1) as f64).exp())
+}
+
+/// The most frequent value (the smallest among ties).
+fn mode(vals: impl Iterator<Item = i64>) -> Option<i64> {
+    let mut count: BTreeMap<i64, usize> = BTreeMap::new();
+    for v in vals {
+        *count.entry(v).or_default() += 1;
+    }
+    count.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(v, _)| v)
+}

@@ -1,0 +1,75 @@
+//! parity: the law's cross-validated predictions (law.json `cv_predictions`) against the measured
+//! values, on log axes with the y = x line: points off the line are what the law gets wrong on
+//! data it did not see.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::data::{LawOverlay, Sweep};
+use super::style::{self, LogAxis, color, log_bounds, FAMILY};
+use super::{footnote, render, DrawResult, Figure};
+
+struct Parity<'a> {
+    sweep: &'a Sweep,
+    law: &'a LawOverlay,
+}
+
+/// None when the sweep has no law (or the law no CV predictions).
+pub fn parity(sweep: &Sweep, dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    match &sweep.law {
+        Some(law) if !law.cv.is_empty() => Ok(Some(render(dir, "parity", &Parity { sweep, law })?)),
+        _ => Ok(None),
+    }
+}
+
+impl Figure for Parity<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let metric = self.sweep.metric_label();
+        let rmse = self.law.cv_rmse.map(|r| format!("; RMSE {}", style::num(r))).unwrap_or_default();
+        let held = if self.law.cv_kind == "kfold" { "its fold (k-fold CV)" } else { "its budget (leave-one-budget-out CV)" };
+        let note = format!("Each run predicted by law {} fitted without {held}{rmse} on ln {metric}.", self.law.name);
+        let area = footnote(root, &note)?;
+        let cv = &self.law.cv;
+        // One range for both axes, so y = x is the diagonal.
+        let (lo, hi) = log_bounds(cv.iter().flat_map(|p| [p.measured, p.predicted]), 1.15);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(format!("{}: law {} cross-validated {metric}", self.sweep.name, self.law.name), (FAMILY, style::TITLE))
+            .margin(20)
+            .x_label_area_size(60)
+            .y_label_area_size(90)
+            .build_cartesian_2d(LogAxis::new((lo, hi)), LogAxis::new((lo, hi)))?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("measured {metric} (log scale)"))
+            .y_desc(format!("predicted {metric} (log scale)"))
+            .axis_desc_style((FAMILY, style::LABEL))
+            .label_style((FAMILY, style::TICK))
+            .x_label_formatter(&|v| style::num(*v))
+            .y_label_formatter(&|v| style::num(*v))
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.6).stroke_width(1)))?
+            .label("y = x")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
+        let budgets: BTreeSet<i64> = cv.iter().map(|p| p.budget).collect();
+        for (i, b) in budgets.into_iter().enumerate() {
+            let c = color(i);
+            chart
+                .draw_series(cv.iter().filter(|p| p.budget == b).map(|p| Circle::new((p.measured, p.predicted), 6, c.filled())))?
+                .label(format!("budget {}", style::si(b as f64)))
+                .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FAMILY, style::TICK))
+            .draw()?;
+        Ok(())
+    }
+}

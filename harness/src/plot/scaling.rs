@@ -1,0 +1,100 @@
+//! fid_vs_params: the metric against model size, one colour per depth, with the chosen law's
+//! prediction along each depth (or along the parameter axis for a law of parameters only).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::data::{Point, Sweep};
+use super::style::{self, LogAxis, color, log_bounds, FAMILY};
+use super::{footnote, render, DrawResult, Figure};
+
+struct FidVsParams<'a> {
+    sweep: &'a Sweep,
+    points: Vec<Point>,
+    depths: Vec<i64>,
+}
+
+pub fn fid_vs_params(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
+    let points = sweep.points();
+    let mut depths: BTreeSet<i64> = points.iter().map(|p| p.depth).collect();
+    if let Some(law) = &sweep.law {
+        depths.extend(law.curves.iter().filter_map(|c| c.depth));
+    }
+    render(dir, "fid_vs_params", &FidVsParams { sweep, points, depths: depths.into_iter().collect() })
+}
+
+impl Figure for FidVsParams<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let s = self.sweep;
+        let metric = s.metric_label();
+        let note = match &s.law {
+            Some(l) => {
+                let along = match l.head_dim {
+                    Some(h) => format!("for each depth as the width varies, at head dim {}", style::num(h)),
+                    None => "of the parameter count alone".to_string(),
+                };
+                format!("Points: mean over seeds of each shape ({} runs), bars: ± 1 std.\nLines: law {}, {}, predicted {along}.", s.mode, l.name, l.formula)
+            }
+            None => format!("Points: mean over seeds of each shape ({} runs), bars: ± 1 std. No law.json: no law curves (run `ditkd fit`).", s.mode),
+        };
+        let area = footnote(root, &note)?;
+        let curves = s.law.as_ref().map(|l| l.curves.as_slice()).unwrap_or(&[]);
+        let (x0, x1) = log_bounds(self.points.iter().map(|p| p.params).chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.0))), 1.25);
+        let (y0, y1) = log_bounds(
+            self.points.iter().flat_map(|p| [p.mean, p.mean + p.std]).chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.1))),
+            1.2,
+        );
+        let mut chart = ChartBuilder::on(&area)
+            .caption(format!("{}: {metric} vs parameters", s.name), (FAMILY, style::TITLE))
+            .margin(20)
+            .x_label_area_size(60)
+            .y_label_area_size(90)
+            .build_cartesian_2d(LogAxis::new((x0, x1)), LogAxis::new((y0, y1)))?;
+        chart
+            .configure_mesh()
+            .x_desc("parameters (count, log scale)")
+            .y_desc(format!("{metric} (lower is better, log scale)"))
+            .axis_desc_style((FAMILY, style::LABEL))
+            .label_style((FAMILY, style::TICK))
+            .x_label_formatter(&|v| style::si(*v))
+            .y_label_formatter(&|v| style::num(*v))
+            .draw()?;
+
+        for (i, &d) in self.depths.iter().enumerate() {
+            let c = color(i);
+            let pts: Vec<&Point> = self.points.iter().filter(|p| p.depth == d).collect();
+            chart.draw_series(pts.iter().map(|p| {
+                ErrorBar::new_vertical(p.params, (p.mean - p.std).max(y0), p.mean, p.mean + p.std, c.stroke_width(2), 10)
+            }))?;
+            chart
+                .draw_series(pts.iter().map(|p| Circle::new((p.params, p.mean), 6, c.filled())))?
+                .label(format!("depth {d}"))
+                .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
+            for curve in curves.iter().filter(|cv| cv.depth == Some(d)) {
+                chart.draw_series(LineSeries::new(curve.points.iter().copied(), c.stroke_width(2)))?;
+            }
+        }
+        if let Some(l) = &s.law {
+            for curve in curves.iter().filter(|cv| cv.depth.is_none()) {
+                chart.draw_series(LineSeries::new(curve.points.iter().copied(), BLACK.stroke_width(2)))?;
+            }
+            let line = if curves.iter().any(|c| c.depth.is_some()) { "law {} (line colour = depth)" } else { "law {}" };
+            chart
+                .draw_series(LineSeries::new(std::iter::empty::<(f64, f64)>(), BLACK.stroke_width(2)))?
+                .label(line.replace("{}", &l.name))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FAMILY, style::TICK))
+            .draw()?;
+        Ok(())
+    }
+}

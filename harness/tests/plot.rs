@@ -1,0 +1,229 @@
+//! `ditkd plot` and `ditkd report` on a synthetic sweep directory: every plot is written as a
+//! readable PNG and an SVG with its axis labels, the law overlays are optional, and the report's
+//! best-shape table carries the table's numbers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::ditkd;
+use dit::DitConfig;
+use harness::plot::data::{mean_std, CvPoint, LawCurve, LawOverlay, Sweep};
+use harness::plot::style::{grouped, num, si};
+use serde_json::json;
+
+/// Budget -> the shapes (depth, width, heads) planned for it (params within ~±20 %).
+fn plan() -> Vec<(i64, Vec<(usize, usize, usize)>)> {
+    vec![
+        (55_000, vec![(2, 32, 2), (2, 32, 4), (1, 48, 2), (1, 48, 4)]),
+        (100_000, vec![(1, 64, 2), (1, 64, 4), (2, 48, 2), (2, 48, 4), (4, 32, 2), (4, 32, 4)]),
+        (180_000, vec![(2, 64, 2), (2, 64, 4), (3, 48, 2), (3, 48, 4), (4, 48, 2), (4, 48, 4)]),
+    ]
+}
+
+fn params(d: usize, w: usize, h: usize) -> usize {
+    DitConfig { depth: d, hidden_size: w, num_heads: h, patch_size: 4, ..Default::default() }.num_params()
+}
+
+/// A law-(c)-like metric with diminishing returns in depth and width, a head-dim optimum, seed
+/// noise, and scratch worse than KD.
+fn fid(d: usize, w: usize, h: usize, mode: &str, seed: i64) -> f64 {
+    let hd = (w / h) as f64;
+    let base = 0.2 + 4.0 * (d as f64).powf(-0.6) + 40.0 * (w as f64).powf(-0.8) + 0.05 * (hd / 16.0).ln().powi(2);
+    let v = base * (1.0 + 0.03 * (seed as f64 - 0.5)) * if mode == "scratch" { 1.25 } else { 1.0 };
+    (v * 1e6).round() / 1e6
+}
+
+/// (run_id, budget, d, w, h, mode, seed, ok)
+type Row = (String, i64, usize, usize, usize, String, i64, bool);
+
+fn rows() -> Vec<Row> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    for (b, shapes) in plan() {
+        for &(d, w, h) in &shapes {
+            // Scratch only on the two-head shapes: the comparison must use the matched ones.
+            let modes: &[&str] = if h == 2 { &["kd", "scratch"] } else { &["kd"] };
+            for m in modes {
+                for s in 0..2 {
+                    out.push((format!("{i:04}-d{d}-w{w}-h{h}-{m}-s{s}"), b, d, w, h, m.to_string(), s, true));
+                    i += 1;
+                }
+            }
+        }
+    }
+    out.push((format!("{i:04}-d4-w32-h2-kd-s2"), 100_000, 4, 32, 2, "kd".into(), 2, false));
+    out
+}
+
+/// A sweep directory as `ditkd sweep` leaves it: runs/<id>/{summary,plan}.json, metrics.jsonl,
+/// spec.yaml and the table rebuilt from them.
+fn synthetic(dir: &Path) {
+    std::fs::write(dir.join("spec.yaml"), "name: synthetic\n").unwrap();
+    for (id, b, d, w, h, m, s, ok) in rows() {
+        let run = dir.join("runs").join(&id);
+        std::fs::create_dir_all(&run).unwrap();
+        let summary = json!({
+            "mode": m, "seed": s, "depth": d, "width": w, "heads": h, "head_dim": w / h, "patch": 4, "mlp_ratio": 4.0,
+            "params": params(d, w, h), "steps": 10, "batch_size": 8,
+            "fid_proxy": if ok { json!(fid(d, w, h, &m, s)) } else { json!(null) },
+            "latency_ms": if ok { json!(2.0 + 1.5 * d as f64 + 0.01 * w as f64) } else { json!(null) },
+            "status": if ok { "ok" } else { "failed" },
+            "reason": if ok { json!(null) } else { json!("diverged: loss is NaN at step 7") },
+        });
+        std::fs::write(run.join("summary.json"), summary.to_string()).unwrap();
+        std::fs::write(run.join("plan.json"), json!({ "budget": b }).to_string()).unwrap();
+        let log: String = (1..=5)
+            .map(|k| format!("{}\n", json!({"step": 2 * k, "loss": 1.0 / (1.0 + 0.3 * k as f64) + 0.01 * d as f64, "lr": 1e-3})))
+            .collect();
+        std::fs::write(run.join("metrics.jsonl"), log).unwrap();
+    }
+    harness::table::rebuild(dir).unwrap();
+}
+
+/// The x-axis label each plot must carry (its SVG holds the text).
+const LABELS: [(&str, &str); 9] = [
+    ("fid_vs_params", "parameters (count, log scale)"),
+    ("fid_vs_depth", "depth (DiT blocks)"),
+    ("fid_vs_width", "width (hidden channels)"),
+    ("fid_vs_heads", "heads (attention heads)"),
+    ("kd_vs_scratch", "parameter budget (count)"),
+    ("pareto_params", "parameters (count, log scale)"),
+    ("pareto_latency", "latency (ms per image"),
+    ("training_curves", "training step (optimiser updates)"),
+    ("parity", "measured FID-proxy"),
+];
+
+fn check_plot(plots: &Path, stem: &str, label: &str) {
+    let png = plots.join(format!("{stem}.png"));
+    let img = image::open(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+    assert_eq!((img.width(), img.height()), (1200, 800), "{stem}");
+    let svg = std::fs::read_to_string(plots.join(format!("{stem}.svg"))).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains(label), "{stem}.svg lacks `{label}`");
+    assert!(svg.contains("synthetic"), "{stem}.svg: the title names the sweep");
+}
+
+#[test]
+fn plot_and_report_without_a_law() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic(dir);
+    let d = dir.to_str().unwrap();
+
+    let (rc, out, err) = ditkd(&["plot", d]);
+    assert_eq!(rc, 0, "{err}");
+    let plots = dir.join("plots");
+    for (stem, label) in LABELS.iter().filter(|(s, _)| *s != "parity") {
+        check_plot(&plots, stem, label);
+        assert!(out.contains(&format!("{stem}.png")) && out.contains(&format!("{stem}.svg")), "{out}");
+    }
+    assert!(!plots.join("parity.png").exists());
+    assert!(err.contains("skipped parity") && err.contains("law.json"), "{err}");
+    // Nothing half-written is left behind.
+    let stray: Vec<_> = std::fs::read_dir(&plots).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("tmp")).collect();
+    assert!(stray.is_empty(), "{stray:?}");
+
+    std::fs::remove_dir_all(&plots).unwrap();
+    let (rc, _, err) = ditkd(&["report", d]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(plots.join("fid_vs_params.png").exists(), "report draws missing plots");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("# Sweep `synthetic`"), "{md}");
+    let n = rows().len();
+    assert!(md.contains(&format!("{n} runs: {} ok, 1 failed", n - 1)), "{md}");
+    assert!(md.contains("diverged: loss is NaN at step 7"), "{md}");
+    assert!(md.contains("No `law.json` yet"), "{md}");
+
+    // Best shape per budget, recomputed here from the rows: mean ± std over the kd seeds.
+    let mut by_shape: BTreeMap<(i64, usize, usize, usize), Vec<f64>> = BTreeMap::new();
+    for (_, b, dd, w, h, m, s, ok) in rows() {
+        if ok && m == "kd" {
+            by_shape.entry((b, dd, w, h)).or_default().push(fid(dd, w, h, &m, s));
+        }
+    }
+    for (b, _) in plan() {
+        let ((_, dd, w, h), vals) = by_shape
+            .iter()
+            .filter(|(k, _)| k.0 == b)
+            .min_by(|x, y| mean_std(x.1.iter().copied()).0.total_cmp(&mean_std(y.1.iter().copied()).0))
+            .unwrap();
+        let (mean, std) = mean_std(vals.iter().copied());
+        let row = format!(
+            "| {} | depth {dd}, width {w}, heads {h} (head dim {}) | {} ± {} | 2 | {} |",
+            si(b as f64),
+            w / h,
+            num(mean),
+            num(std),
+            grouped(params(*dd, *w, *h) as i64)
+        );
+        assert!(md.contains(&row), "missing `{row}` in\n{md}");
+    }
+    // KD vs scratch on the matched (two-head) shapes, KD better by construction.
+    assert!(md.contains("## KD vs scratch") && md.contains("matched"), "{md}");
+    let kd_rows = md.lines().filter(|l| l.contains(" matched |") && l.trim_end().ends_with("| kd |")).count();
+    assert_eq!(kd_rows, plan().len(), "{md}");
+    for (stem, _) in LABELS.iter().filter(|(s, _)| *s != "parity") {
+        assert!(md.contains(&format!("](plots/{stem}.png)")), "{stem} not linked");
+    }
+}
+
+#[test]
+fn law_overlays_are_drawn_from_plain_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    synthetic(tmp.path());
+    let mut sweep = Sweep::load(tmp.path()).unwrap();
+    assert!(sweep.law.is_none() && sweep.mode == "kd" && sweep.metric == "fid_proxy");
+    let curve = |d: i64| LawCurve { depth: Some(d), points: (0..20).map(|i| (4e4 * 1.1f64.powi(i), 1.0 + 3.0 / (d as f64 + i as f64))).collect() };
+    let cv = sweep
+        .runs
+        .iter()
+        .filter_map(|r| Some(CvPoint { budget: r.budget, measured: r.value()?, predicted: r.value()? * 1.05 }))
+        .collect();
+    sweep.law = Some(LawOverlay { name: "b".into(), formula: "E + A*d^(-alpha) + B*w^(-beta)".into(), cv_rmse: Some(0.05), cv_kind: "lobo".into(), head_dim: Some(16.0), curves: vec![curve(1), curve(2), curve(4)], cv });
+    let plots = tmp.path().join("plots");
+    let (files, skipped) = harness::plot::write_all(&sweep, &plots).unwrap();
+    assert_eq!(files.len(), 2 * LABELS.len(), "{files:?}");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    for (stem, label) in LABELS {
+        check_plot(&plots, stem, label);
+    }
+    let svg = std::fs::read_to_string(plots.join("fid_vs_params.svg")).unwrap();
+    assert!(svg.contains("law b"), "the law is in the legend");
+}
+
+#[test]
+fn plot_and_report_with_a_fitted_law() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic(dir);
+    let d = dir.to_str().unwrap();
+    let (rc, _, err) = ditkd(&["fit", d, "--bootstrap", "20"]);
+    assert_eq!(rc, 0, "{err}");
+    let law: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("law.json")).unwrap()).unwrap();
+    let chosen = law["chosen"].as_str().unwrap();
+
+    let (rc, out, err) = ditkd(&["plot", d]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!err.contains("skipped"), "{err}");
+    for (stem, label) in LABELS {
+        check_plot(&dir.join("plots"), stem, label);
+        assert!(out.contains(&format!("{stem}.png")), "{out}");
+    }
+    let svg = std::fs::read_to_string(dir.join("plots/fid_vs_params.svg")).unwrap();
+    assert!(svg.contains(&format!("law {chosen}")), "the law is in the legend");
+
+    let (rc, _, err) = ditkd(&["report", d]);
+    assert_eq!(rc, 0, "{err}");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains(&format!("Chosen law **({chosen})**")), "{md}");
+    for l in law["laws"].as_array().unwrap() {
+        let row = format!("| ({}) | `{}` | {} |", l["name"].as_str().unwrap(), l["formula"].as_str().unwrap(), l["k"]);
+        assert!(md.contains(&row), "missing `{row}` in\n{md}");
+    }
+    for (name, v) in law["laws"].as_array().unwrap().iter().find(|l| l["name"] == chosen).unwrap()["coef"].as_object().unwrap() {
+        assert!(md.contains(&format!("| {name} | {} |", num(v.as_f64().unwrap()))), "coefficient {name} in\n{md}");
+    }
+    assert!(md.contains(law["design"]["formula"].as_str().unwrap()), "{md}");
+    assert!(md.contains("](plots/parity.png)"), "{md}");
+}
