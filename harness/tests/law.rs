@@ -206,11 +206,17 @@ fn best_picks_the_argmin() {
     let tmp = tempfile::tempdir().unwrap();
     let law = hand_law(tmp.path());
     let budget = 250_000u64;
-    // Brute force over every feasible shape.
+    // Brute force over every feasible shape inside the measured depth and head_dim ranges.
     let shapes = design::feasible(&DitConfig::default());
     let chosen = law.chosen();
-    let (want, want_pred) = shapes.iter().filter(|s| s.params as u64 <= budget).map(|s| (*s, chosen.predict(s))).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    let argmin = |keep: &dyn Fn(&Shape) -> bool| shapes.iter().filter(|s| s.params as u64 <= budget && keep(s)).map(|s| (*s, chosen.predict(s))).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    let dom = law.domain();
+    let (want, want_pred) = argmin(&|s| dom.allows(s, budget as f64));
     assert_eq!(want.head_dim(), 32, "the head term pins head_dim at h0");
+    assert!((law.depth_range[0]..=law.depth_range[1]).contains(&want.depth));
+    // Left alone, this law goes deeper than any run: that optimum is shown, as an extrapolation.
+    let (free, free_pred) = argmin(&|_| true);
+    assert!(free.depth > law.depth_range[1] && free_pred < want_pred, "{free:?} vs {want:?}");
 
     let (code, out, err) = ditkd(&["best", "--budget", "250k", "--results", tmp.path().to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -228,6 +234,14 @@ fn best_picks_the_argmin() {
     assert!((a["typical_error_pct"].as_f64().unwrap() - 100.0 * (0.1f64.exp() - 1.0)).abs() < 1e-9);
     // 250k is inside the fitted range, and there are measured runs near it... or not: either way no extrapolation warning.
     assert!(a["warnings"].as_array().unwrap().iter().all(|w| !w.as_str().unwrap().contains("outside the fitted params")));
+    let u = &a["unrestricted"];
+    assert_eq!((u["depth"].as_u64().unwrap() as usize, u["width"].as_u64().unwrap() as usize), (free.depth, free.width));
+    assert!((u["predicted"].as_f64().unwrap() - free_pred).abs() < 1e-12);
+    assert!(a["warnings"][0].as_str().unwrap().starts_with("unrestricted optimum (extrapolation)"), "{a}");
+    assert!(alts.iter().all(|p| (law.depth_range[0]..=law.depth_range[1]).contains(&(p["depth"].as_u64().unwrap() as usize))));
+    let (code, out, _) = ditkd(&["best", "--budget", "250k", "--results", tmp.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("the law would pick depth={} width={}", free.depth, free.width)) && out.contains("extrapolation"), "{out}");
 
     // Text output, an extrapolating budget, and a latency cap.
     let (code, out, _) = ditkd(&["best", "--budget", "5M", "--results", tmp.path().to_str().unwrap()]);
@@ -238,6 +252,49 @@ fn best_picks_the_argmin() {
     assert_eq!(code, 0, "{err}");
     let a: Value = serde_json::from_str(&out).unwrap();
     assert!(a["best"]["latency_ms"].as_f64().unwrap() <= cap);
+}
+
+#[test]
+fn design_rows_stay_within_the_measured_ranges() {
+    // A law (b) that rewards shallow models (negative depth exponent), as results/quick's fit does:
+    // searched freely, every budget's optimum would be depth 1, which no run measured.
+    let base = DitConfig::default();
+    let coef: BTreeMap<String, f64> = [("E", 0.0), ("A", 50.0), ("alpha", -0.08), ("B", 90.0), ("beta", 0.11)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let law = LawFit { name: "b".into(), formula: "E + A*d^(-alpha) + B*w^(-beta)".into(), coef, intervals: BTreeMap::new(), rss: 0.0, aic: 0.0, cv_lobo_rmse: Some(0.04), cv_kfold_rmse: 0.04, k: 5, n: 11 };
+    let dom = design::Domain { params: [73_408, 331_424], depth: [2, 8], width: [24, 88], head_dim: [12, 44] };
+    let r = design::Reference::from_ranges(dom.depth, dom.width, dom.head_dim);
+    let c = design::Candidates::new(design::feasible(&base));
+    let raw = law.form().unwrap().from_map(&law.coef);
+    let free = c.optimum(law.form().unwrap(), &raw, 80_000.0, 160_000.0, &r, |_| true).unwrap();
+    assert_eq!(c.shapes[free.0].depth, 1, "the unrestricted search would extrapolate to depth 1");
+
+    let d = design::design(&law, &[], &c, &dom, &r);
+    assert!(d.budgets.len() >= 8 && d.extrapolated.len() == d.budgets.len());
+    for i in 0..d.budgets.len() {
+        let b = d.budgets[i] as f64;
+        assert!((2..=8).contains(&d.depth[i]), "row {i}: depth {} outside the measured 2..=8", d.depth[i]);
+        assert!((12..=44).contains(&d.head_dim[i]), "row {i}: head_dim {}", d.head_dim[i]);
+        let beyond = b < 73_408.0 || b > 331_424.0;
+        assert_eq!(d.extrapolated[i], beyond || !(24..=88).contains(&d.width[i]), "row {i}");
+        // Width stays measured unless the budget itself goes beyond the fitted range.
+        if !beyond {
+            assert!((24..=88).contains(&d.width[i]), "row {i}: width {}", d.width[i]);
+        }
+    }
+    // The grid spans the fitted params range, with one extrapolated budget beyond each end.
+    assert!(d.extrapolated[0] && *d.extrapolated.last().unwrap() && d.extrapolated.iter().filter(|x| **x).count() == 2, "{:?}", d.extrapolated);
+    assert!(d.budgets.contains(&73_408) && d.budgets.contains(&331_424));
+    assert!(d.formula.contains("depth 2..=8") && d.formula.contains("unrestricted") && d.formula.contains("depth 1"), "{}", d.formula);
+
+    // End to end: a sweep without depth-1 runs gets no depth-1 design row.
+    let tmp = tempfile::tempdir().unwrap();
+    write_table(tmp.path(), &synthetic_rows().into_iter().filter(|r| r["depth"] != 1).collect::<Vec<_>>());
+    let fitted = fit_sweep(&Options { bootstrap: 10, ..opts(tmp.path()) }).unwrap();
+    assert_eq!(fitted.depth_range[0], 2);
+    let fd = &fitted.design;
+    assert!(fd.depth.iter().all(|v| (fitted.depth_range[0]..=fitted.depth_range[1]).contains(v)), "{fd:?}");
+    assert!(fd.head_dim.iter().all(|v| (fitted.head_dim_range[0]..=fitted.head_dim_range[1]).contains(v)), "{fd:?}");
+    assert_eq!(fd.extrapolated.len(), fd.budgets.len());
 }
 
 #[test]

@@ -104,6 +104,23 @@ fn check_plot(plots: &Path, stem: &str, label: &str) {
     assert!(svg.contains("synthetic"), "{stem}.svg: the title names the sweep");
 }
 
+/// With DITKD_KEEP_PLOTS=DIR set, copy the PNGs of a test into DIR/<name>/ to look at them.
+fn keep(plots: &Path, name: &str) {
+    let Some(dir) = std::env::var_os("DITKD_KEEP_PLOTS") else { return };
+    let out = Path::new(&dir).join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    for e in std::fs::read_dir(plots).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "png") {
+            std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The y tick labels of a plot's SVG: the text elements right-aligned left of the plot area.
+fn y_tick_labels(svg: &str) -> Vec<String> {
+    svg.split("<text").skip(1).filter(|t| t.contains("text-anchor=\"end\"")).filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_string())).collect()
+}
+
 #[test]
 fn plot_and_report_without_a_law() {
     let tmp = tempfile::tempdir().unwrap();
@@ -119,6 +136,7 @@ fn plot_and_report_without_a_law() {
         assert!(out.contains(&format!("{stem}.png")) && out.contains(&format!("{stem}.svg")), "{out}");
     }
     assert!(!plots.join("parity.png").exists());
+    keep(&plots, "without_law");
     assert!(err.contains("skipped parity") && err.contains("law.json"), "{err}");
     // Nothing half-written is left behind.
     let stray: Vec<_> = std::fs::read_dir(&plots).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("tmp")).collect();
@@ -190,6 +208,7 @@ fn law_overlays_are_drawn_from_plain_data() {
     }
     let svg = std::fs::read_to_string(plots.join("fid_vs_params.svg")).unwrap();
     assert!(svg.contains("law b"), "the law is in the legend");
+    keep(&plots, "overlay");
 }
 
 #[test]
@@ -212,6 +231,13 @@ fn plot_and_report_with_a_fitted_law() {
     }
     let svg = std::fs::read_to_string(dir.join("plots/fid_vs_params.svg")).unwrap();
     assert!(svg.contains(&format!("law {chosen}")), "the law is in the legend");
+    keep(&dir.join("plots"), "fitted_law");
+    // Every log-metric axis labels at least three values.
+    for stem in ["fid_vs_params", "fid_vs_depth", "kd_vs_scratch", "pareto_params", "parity", "training_curves"] {
+        let svg = std::fs::read_to_string(dir.join(format!("plots/{stem}.svg"))).unwrap();
+        let labels = y_tick_labels(&svg);
+        assert!(labels.len() >= 3, "{stem}: y ticks {labels:?}");
+    }
 
     let (rc, _, err) = ditkd(&["report", d]);
     assert_eq!(rc, 0, "{err}");

@@ -6,6 +6,11 @@
 //! head_dim ≥ 8, and a valid `DitConfig` on the sweep's base. Ties the law cannot break (law (b)
 //! ignores the head count, law (a) everything but N) go to the shape nearest, in log space, to
 //! the centre of the fitted ranges: the least extrapolating choice.
+//!
+//! The design formula and `best` search only the [`Domain`] the data can speak for: depth and
+//! head_dim inside their measured ranges, width inside its measured range unless the budget
+//! itself lies beyond the fitted parameter range (then only in the budget's direction). A law
+//! fitted on depths 2..8 says nothing trustworthy about depth 1, however its exponent points.
 
 use std::cmp::Ordering;
 
@@ -52,6 +57,46 @@ pub fn feasible(base: &DitConfig) -> Vec<Shape> {
     }
     out.sort_by_key(|s| (s.params, s.depth, s.width, s.heads));
     out
+}
+
+/// The measured ranges a design may use (law.json's `params_range`, `depth_range`,
+/// `width_range`, `head_dim_range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Domain {
+    pub params: [usize; 2],
+    pub depth: [usize; 2],
+    pub width: [usize; 2],
+    pub head_dim: [usize; 2],
+}
+
+fn within(v: usize, r: [usize; 2]) -> bool {
+    r[0] <= v && v <= r[1]
+}
+
+impl Domain {
+    /// The budget lies outside the fitted parameter range.
+    pub fn extrapolates_budget(&self, budget: f64) -> bool {
+        budget < self.params[0] as f64 || budget > self.params[1] as f64
+    }
+
+    /// `s` may answer `budget`: depth and head_dim measured, and width measured except beyond
+    /// the end of the params range that the budget itself exceeds.
+    pub fn allows(&self, s: &Shape, budget: f64) -> bool {
+        let w_lo = s.width >= self.width[0] || budget < self.params[0] as f64;
+        let w_hi = s.width <= self.width[1] || budget > self.params[1] as f64;
+        within(s.depth, self.depth) && within(s.head_dim(), self.head_dim) && w_lo && w_hi
+    }
+
+    /// `s` as the answer for `budget` extrapolates: the budget lies outside the params range or
+    /// the shape outside the measured depth, width or head_dim range.
+    pub fn extrapolated(&self, s: &Shape, budget: f64) -> bool {
+        self.extrapolates_budget(budget) || !within(s.depth, self.depth) || !within(s.width, self.width) || !within(s.head_dim(), self.head_dim)
+    }
+
+    /// "depth 2..=8, head_dim 12..=44", for messages.
+    pub fn describe(&self) -> String {
+        format!("depth {}..={}, head_dim {}..={}", self.depth[0], self.depth[1], self.head_dim[0], self.head_dim[1])
+    }
 }
 
 /// Tie-break target: the log-centre of the fitted depth, width and head-dim ranges.
@@ -109,12 +154,15 @@ impl Candidates {
         Self { shapes, feats }
     }
 
-    /// Index and prediction of the optimum with params in [lo, hi].
-    pub fn optimum(&self, form: Form, raw: &[f64], lo: f64, hi: f64, r: &Reference) -> Option<(usize, f64)> {
+    /// Index and prediction of the optimum among the shapes passing `keep` with params in [lo, hi].
+    pub fn optimum(&self, form: Form, raw: &[f64], lo: f64, hi: f64, r: &Reference, keep: impl Fn(&Shape) -> bool) -> Option<(usize, f64)> {
         let a = self.shapes.partition_point(|s| (s.params as f64) < lo);
         let b = self.shapes.partition_point(|s| (s.params as f64) <= hi);
         let mut best: Option<(usize, f64)> = None;
         for i in a..b {
+            if !keep(&self.shapes[i]) {
+                continue;
+            }
             let p = form.eval_raw(raw, &self.feats[i]);
             if !p.is_finite() {
                 continue;
@@ -131,11 +179,20 @@ impl Candidates {
     }
 }
 
-/// Log-spaced budgets from a bit below to a bit beyond the fitted params range.
+/// Log-spaced budgets: `GRID_POINTS − 2` from the smallest to the largest fitted parameter count,
+/// plus one step beyond each end (those two rows are extrapolations, and marked so).
 pub fn budget_grid(params_range: [usize; 2]) -> Vec<u64> {
-    let lo = (params_range[0].max(1) as f64 / 1.5).ln();
-    let hi = (params_range[1].max(1) as f64 * 1.5).ln();
-    let mut g: Vec<u64> = (0..GRID_POINTS).map(|i| (lo + (hi - lo) * i as f64 / (GRID_POINTS - 1) as f64).exp().round() as u64).collect();
+    let (a, b) = (params_range[0].max(1) as f64, params_range[1].max(params_range[0]).max(1) as f64);
+    // A single fitted size (or nearly): a 10 % range around it, every row an extrapolation.
+    let open = b / a < 1.1;
+    let (lo, hi) = if open { let m = (a * b).sqrt().ln(); (m - 1.1f64.ln() / 2.0, m + 1.1f64.ln() / 2.0) } else { (a.ln(), b.ln()) };
+    let inner = GRID_POINTS - 2;
+    let step = (hi - lo) / (inner - 1) as f64;
+    let mut g: Vec<u64> = (0..GRID_POINTS).map(|i| (lo + step * (i as f64 - 1.0)).exp().round() as u64).collect();
+    if !open {
+        // The ends exactly at the fitted range: rounding must not push them outside it.
+        (g[1], g[inner]) = (a as u64, b as u64);
+    }
     g.dedup();
     g
 }
@@ -158,14 +215,18 @@ pub fn power_fit(budgets: &[f64], xs: &[f64]) -> Option<(f64, f64)> {
     Some((s, (my - s * mx).exp()))
 }
 
-/// The optimum at each grid budget (None where no shape fits the window).
-fn optima(form: Form, raw: &[f64], c: &Candidates, grid: &[u64], r: &Reference) -> Vec<Option<(usize, f64)>> {
-    grid.iter().map(|&b| c.optimum(form, raw, LOWER * b as f64, b as f64, r)).collect()
+/// The optimum at each grid budget among the shapes the domain allows (None where no shape fits
+/// the window).
+fn optima(form: Form, raw: &[f64], c: &Candidates, grid: &[u64], r: &Reference, dom: &Domain) -> Vec<Option<(usize, f64)>> {
+    grid.iter().map(|&b| c.optimum(form, raw, LOWER * b as f64, b as f64, r, |s| dom.allows(s, b as f64))).collect()
 }
 
-/// Exponents (depth, width, head_dim) of one set of optima.
-fn exponents_of(form: Form, c: &Candidates, grid: &[u64], opt: &[Option<(usize, f64)>]) -> [Option<(f64, f64)>; 3] {
-    let pairs: Vec<(f64, Shape)> = grid.iter().zip(opt).filter_map(|(b, o)| o.map(|(i, _)| (*b as f64, c.shapes[i]))).collect();
+/// Exponents (depth, width, head_dim) of one set of optima, fitted on the budgets inside the
+/// fitted params range (on every budget if fewer than two are).
+fn exponents_of(form: Form, c: &Candidates, grid: &[u64], opt: &[Option<(usize, f64)>], dom: &Domain) -> [Option<(f64, f64)>; 3] {
+    let all: Vec<(f64, Shape)> = grid.iter().zip(opt).filter_map(|(b, o)| o.map(|(i, _)| (*b as f64, c.shapes[i]))).collect();
+    let inside: Vec<(f64, Shape)> = all.iter().copied().filter(|(b, _)| !dom.extrapolates_budget(*b)).collect();
+    let pairs = if inside.len() >= 2 { inside } else { all };
     let bs: Vec<f64> = pairs.iter().map(|p| p.0).collect();
     let var = |f: fn(&Shape) -> usize| power_fit(&bs, &pairs.iter().map(|p| f(&p.1) as f64).collect::<Vec<_>>());
     [
@@ -175,16 +236,31 @@ fn exponents_of(form: Form, c: &Candidates, grid: &[u64], opt: &[Option<(usize, 
     ]
 }
 
-/// The design grid, its optima and the exponents, with bootstrap intervals from `draws` (raw
-/// coefficient vectors of the same law).
-pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, params_range: [usize; 2], r: &Reference) -> Design {
-    let grid = budget_grid(params_range);
+/// The design grid, its optima (inside `dom`) and the exponents, with bootstrap intervals from
+/// `draws` (raw coefficient vectors of the same law).
+pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, dom: &Domain, r: &Reference) -> Design {
+    let grid = budget_grid(dom.params);
+    let mut d = Design {
+        budgets: vec![],
+        depth: vec![],
+        width: vec![],
+        heads: vec![],
+        head_dim: vec![],
+        params: vec![],
+        predicted: vec![],
+        extrapolated: vec![],
+        exponents: None,
+        formula: String::new(),
+    };
     let Some(form) = law.form() else {
-        return Design { budgets: grid, depth: vec![], width: vec![], heads: vec![], head_dim: vec![], params: vec![], predicted: vec![], exponents: None, formula: format!("unknown law `{}`", law.name) };
+        d.budgets = grid;
+        d.formula = format!("unknown law `{}`", law.name);
+        return d;
     };
     let raw = form.from_map(&law.coef);
-    let opt = optima(form, &raw, c, &grid, r);
-    let mut d = Design { budgets: vec![], depth: vec![], width: vec![], heads: vec![], head_dim: vec![], params: vec![], predicted: vec![], exponents: None, formula: String::new() };
+    let opt = optima(form, &raw, c, &grid, r, dom);
+    // Where the law, left alone, would leave the measured ranges: said, never recommended.
+    let mut escapes = Vec::new();
     for (b, o) in grid.iter().zip(&opt) {
         if let Some((i, p)) = o {
             let s = c.shapes[*i];
@@ -195,10 +271,18 @@ pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, params_range: [u
             d.head_dim.push(s.head_dim());
             d.params.push(s.params);
             d.predicted.push(*p);
+            d.extrapolated.push(dom.extrapolated(&s, *b as f64));
+            if let Some((j, q)) = c.optimum(form, &raw, LOWER * *b as f64, *b as f64, r, |_| true) {
+                let u = c.shapes[j];
+                let outside = !within(u.depth, dom.depth) || (form.uses_heads() && !within(u.head_dim(), dom.head_dim));
+                if outside && q < *p {
+                    escapes.push(u);
+                }
+            }
         }
     }
-    let point = exponents_of(form, c, &grid, &opt);
-    let boot: Vec<[Option<(f64, f64)>; 3]> = draws.par_iter().map(|raw| exponents_of(form, c, &grid, &optima(form, raw, c, &grid, r))).collect();
+    let point = exponents_of(form, c, &grid, &opt, dom);
+    let boot: Vec<[Option<(f64, f64)>; 3]> = draws.par_iter().map(|raw| exponents_of(form, c, &grid, &optima(form, raw, c, &grid, r, dom), dom)).collect();
     let exp = |j: usize| {
         point[j].map(|(s, cc)| Exponent { s, c: cc, interval: interval90(&boot.iter().filter_map(|e| e[j].map(|x| x.0)).collect::<Vec<_>>()) })
     };
@@ -211,8 +295,16 @@ pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, params_range: [u
         ),
         None => format!("{sym}* not identifiable"),
     };
+    let beyond: Vec<String> = d.budgets.iter().zip(&d.extrapolated).filter(|(_, x)| **x).map(|(b, _)| b.to_string()).collect();
+    let scope = format!(
+        "searched {} (the measured ranges), width as the budget allows; fitted on budgets {}..={}{}",
+        dom.describe(),
+        dom.params[0],
+        dom.params[1],
+        if beyond.is_empty() { String::new() } else { format!("; rows marked extrapolated: budgets {}", beyond.join(", ")) }
+    );
     d.formula = match form {
-        Form::A => "law (a) depends on parameters only: depth, width and head_dim are not identifiable (the optimum is the largest model within the budget)".into(),
+        Form::A => format!("law (a) depends on parameters only: depth, width and head_dim are not identifiable (the optimum is the largest model within the budget) [{scope}]"),
         _ => {
             let ex = Exponents { depth: exp(0), width: exp(1), head_dim: exp(2) };
             let mut f = format!("{}, {}", fmt("d", &ex.depth), fmt("w", &ex.width));
@@ -220,18 +312,30 @@ pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, params_range: [u
                 Form::C => format!(", {}", fmt("head_dim", &ex.head_dim)),
                 _ => ", head_dim* not determined (law (b) has no head term)".into(),
             };
+            f += &format!(" [{scope}]");
             let mut bounds = Vec::new();
-            if d.depth.iter().any(|&v| v == MAX_DEPTH) {
-                bounds.push(format!("depth={MAX_DEPTH}"));
-            }
             if d.width.iter().any(|&v| v == MAX_WIDTH) {
                 bounds.push(format!("width={MAX_WIDTH}"));
             }
-            if form == Form::C && d.head_dim.iter().any(|&v| v == MIN_HEAD_DIM) {
-                bounds.push(format!("head_dim={MIN_HEAD_DIM}"));
-            }
             if !bounds.is_empty() {
                 f += &format!(" [optimum hits the search bound {} at some budgets]", bounds.join(", "));
+            }
+            if !escapes.is_empty() {
+                let mut depths: Vec<usize> = escapes.iter().map(|s| s.depth).collect();
+                depths.sort_unstable();
+                depths.dedup();
+                let mut hds: Vec<usize> = escapes.iter().map(|s| s.head_dim()).filter(|h| !within(*h, dom.head_dim)).collect();
+                hds.sort_unstable();
+                hds.dedup();
+                let mut what = format!("depth {}", depths.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("/"));
+                if form.uses_heads() && !hds.is_empty() {
+                    what += &format!(", head_dim {}", hds.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("/"));
+                }
+                f += &format!(
+                    " [unrestricted, the law would pick {what} at {} of {} budgets: outside the measured ranges, an extrapolation the data cannot support]",
+                    escapes.len(),
+                    d.budgets.len()
+                );
             }
             d.exponents = Some(ex);
             f
@@ -264,5 +368,31 @@ mod tests {
         let (s, c) = power_fit(&b, &x).unwrap();
         assert!((s - 0.3).abs() < 1e-12 && (c - 0.5).abs() < 1e-9);
         assert!(power_fit(&[1e4], &[3.0]).is_none());
+    }
+
+    #[test]
+    fn budget_grid_spans_the_fitted_range_and_one_step_beyond() {
+        let g = budget_grid([73_408, 331_424]);
+        assert_eq!(g.len(), GRID_POINTS);
+        assert_eq!((g[1], g[g.len() - 2]), (73_408, 331_424));
+        assert!(g[0] < 73_408 && g[0] as f64 > 73_408.0 / 1.3 && g[g.len() - 1] > 331_424 && (g[g.len() - 1] as f64) < 331_424.0 * 1.3);
+        assert!(g.windows(2).all(|w| w[0] < w[1]));
+        // One fitted size: a few budgets around it.
+        let g = budget_grid([100_000, 100_000]);
+        assert!(g.len() >= 3 && g[0] < 100_000 && *g.last().unwrap() > 100_000, "{g:?}");
+    }
+
+    #[test]
+    fn domain_keeps_measured_depth_and_head_dim() {
+        let dom = Domain { params: [70_000, 330_000], depth: [2, 8], width: [24, 88], head_dim: [12, 44] };
+        let base = DitConfig::default();
+        let s = |d, w, h| Shape::on_base(d, w, h, &base);
+        assert!(dom.allows(&s(2, 40, 2), 80_000.0));
+        assert!(!dom.allows(&s(1, 40, 2), 80_000.0), "depth 1 was never run");
+        assert!(!dom.allows(&s(2, 64, 8), 80_000.0), "head_dim 8 was never run");
+        assert!(!dom.allows(&s(2, 96, 4), 300_000.0), "width 96 only for a budget beyond the range");
+        assert!(dom.allows(&s(2, 96, 4), 400_000.0) && dom.extrapolated(&s(2, 96, 4), 400_000.0));
+        assert!(!dom.allows(&s(2, 16, 1), 400_000.0), "a budget above the range widens upwards only");
+        assert!(!dom.extrapolated(&s(2, 40, 2), 80_000.0));
     }
 }

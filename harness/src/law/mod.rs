@@ -155,7 +155,9 @@ pub struct Exponents {
     pub head_dim: Option<Exponent>,
 }
 
-/// The chosen law's optimum on a log-spaced grid of budgets, and the power laws through it.
+/// The chosen law's optimum on a log-spaced grid of budgets, and the power laws through it. The
+/// search keeps to the measured depth and head_dim ranges (see `design::Domain`); the grid spans
+/// the fitted params range plus one step beyond each end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Design {
     pub budgets: Vec<u64>,
@@ -165,6 +167,10 @@ pub struct Design {
     pub head_dim: Vec<usize>,
     pub params: Vec<usize>,
     pub predicted: Vec<f64>,
+    /// Per row: the budget lies outside the fitted params range, or the optimum outside the
+    /// measured depth, width or head_dim range (an extrapolation). Empty in older files.
+    #[serde(default)]
+    pub extrapolated: Vec<bool>,
     /// Null for law (a): depth and width are not identifiable from parameters alone.
     pub exponents: Option<Exponents>,
     pub formula: String,
@@ -340,6 +346,11 @@ impl LawFile {
         check("width", s.width, self.width_range);
         check("head_dim", s.head_dim(), self.head_dim_range);
         out
+    }
+
+    /// The measured ranges the design and `best` keep to.
+    pub fn domain(&self) -> design::Domain {
+        design::Domain { params: self.params_range, depth: self.depth_range, width: self.width_range, head_dim: self.head_dim_range }
     }
 
     /// Reference shape for breaking ties the law cannot resolve (the centre of the fitted ranges).

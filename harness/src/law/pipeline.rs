@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use super::bootstrap::{interval90, refit, resamples};
 use super::cv::{cross_validate, kfold_folds, lobo_folds, CvResult};
 use super::data::{base_config, base_json, range, Point, Table};
-use super::design::{design, feasible, Candidates, Reference, MIN_HEAD_DIM};
+use super::design::{design, feasible, Candidates, Domain, Reference};
 use super::fit::{fit_from, scales, Obs};
 use super::forms::Form;
 use super::{holdout, latency, CvPrediction, LawFile, LawFit, Skipped};
@@ -168,12 +168,12 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let depth_range = range(&train, |q| q.shape.depth);
     let width_range = range(&train, |q| q.shape.width);
     let head_dim_range = range(&train, |q| q.shape.head_dim());
-    if head_dim_range[0] > MIN_HEAD_DIM {
-        notes.push(format!("the search allows head_dim down to {MIN_HEAD_DIM}, the runs start at {}: optima below that extrapolate", head_dim_range[0]));
-    }
+    // The design keeps to the measured depth and head_dim ranges (`Domain`): a law fitted on
+    // depths 2..8 cannot vouch for depth 1, whatever its exponent says.
+    let domain = Domain { params: params_range, depth: depth_range, width: width_range, head_dim: head_dim_range };
     let reference = Reference::from_ranges(depth_range, width_range, head_dim_range);
     let candidates = Candidates::new(feasible(&base));
-    let design = design(&chosen.law, &chosen.draws, &candidates, params_range, &reference);
+    let design = design(&chosen.law, &chosen.draws, &candidates, &domain, &reference);
     let holdout = o.hold_out.map(|b| holdout::evaluate(&chosen.law, &held, &candidates.shapes, b, &reference));
     let form = chosen.law.form().unwrap_or(Form::A);
     let bootstrap: Vec<BTreeMap<String, f64>> = chosen.draws.iter().map(|d| form.to_map(d)).collect();

@@ -1,5 +1,10 @@
 //! `ditkd best`: the fitted law's optimum under a parameter budget, with an interval, the
 //! runner-up shapes, the best measured run near that budget, and how far to trust it.
+//!
+//! The optimum and its alternatives keep to the measured depth and head_dim ranges (see
+//! `design::Domain`). When the law, searched over every feasible shape, would pick something
+//! better-predicted outside them, that shape is reported too (`unrestricted`, and the first
+//! warning), labelled as the extrapolation it is.
 
 use std::path::Path;
 
@@ -53,8 +58,14 @@ pub struct Answer {
     pub mode: String,
     pub law: String,
     pub formula: String,
+    /// The optimum among the shapes inside the measured depth and head_dim ranges.
     pub best: Pick,
+    /// Runner-up shapes, inside the same ranges.
     pub alternatives: Vec<Pick>,
+    /// The optimum over every feasible shape, when it lies outside the measured ranges and the
+    /// law predicts it better than `best`: an extrapolation, not a recommendation.
+    #[serde(default)]
+    pub unrestricted: Option<Pick>,
     pub best_measured: Option<Measured>,
     /// The chosen law's CV error as a typical relative error, in % (exp(rmse) − 1).
     pub typical_error_pct: f64,
@@ -80,7 +91,18 @@ pub fn best(law: &LawFile, law_path: &Path, results: &Path, budget: u64, max_lat
     let lat = |s: &Shape| latency.as_ref().map(|m| m.predict(&s.config(&base)));
     let shapes = law.feasible_shapes()?;
     let keep = |s: &Shape| s.params as u64 <= budget && max_latency_ms.is_none_or(|max| lat(s).is_some_and(|l| l <= max));
-    let ranked = ranked(chosen, &shapes, keep, &law.reference());
+    let dom = law.domain();
+    let reference = law.reference();
+    let everywhere = ranked(chosen, &shapes, keep, &reference);
+    let inside = ranked(chosen, &shapes, |s| keep(s) && dom.allows(s, budget as f64), &reference);
+    let mut warnings = Vec::new();
+    // No measured-range shape fits at all (a budget below the smallest one): the unrestricted
+    // optimum is all there is, and says so.
+    let fallback = inside.is_empty() && !everywhere.is_empty();
+    if fallback {
+        warnings.push(format!("no shape within the measured ranges ({}) fits this budget: the optimum below is searched over every feasible shape, an extrapolation", dom.describe()));
+    }
+    let ranked = if fallback { everywhere.clone() } else { inside };
     let Some((top, top_pred)) = ranked.first().copied() else {
         let smallest = shapes.first().map_or(0, |s| s.params);
         match max_latency_ms {
@@ -102,7 +124,28 @@ pub fn best(law: &LawFile, law_path: &Path, results: &Path, budget: u64, max_lat
         }
     }
 
-    let mut warnings = Vec::new();
+    let unrestricted = everywhere
+        .first()
+        .filter(|(s, p)| !fallback && law_key(form, s) != law_key(form, &top) && *p < top_pred)
+        .map(|(s, p)| pick(law, s, *p, lat(s)));
+    if let Some(u) = &unrestricted {
+        warnings.insert(
+            0,
+            format!(
+                "unrestricted optimum (extrapolation): outside the measured ranges ({}, width {}..={}) the law would pick depth={} width={} heads={} (head_dim {}, {} params), predicted {:.4} vs {:.4} in range; the data cannot support it, so it is not recommended",
+                dom.describe(),
+                dom.width[0],
+                dom.width[1],
+                u.depth,
+                u.width,
+                u.heads,
+                u.head_dim,
+                u.params,
+                u.predicted,
+                top_pred
+            ),
+        );
+    }
     let [lo, hi] = law.params_range;
     if budget < lo as u64 || budget > hi as u64 {
         warnings.push(format!("budget {budget} lies outside the fitted params range {lo}..{hi}: this is an extrapolation"));
@@ -147,6 +190,7 @@ pub fn best(law: &LawFile, law_path: &Path, results: &Path, budget: u64, max_lat
         formula: chosen.formula.clone(),
         best: pick(law, &top, top_pred, lat(&top)),
         alternatives,
+        unrestricted,
         best_measured,
         typical_error_pct: 100.0 * chosen.typical_error(),
         cv_kind: law.cv_kind.clone(),

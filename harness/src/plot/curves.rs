@@ -8,7 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::data::Sweep;
-use super::style::{self, LogAxis, color, lin_bounds, log_bounds, FAMILY};
+use super::style::{self, LogAxis, color, legend_position, lin_bounds, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 
 struct Curves<'a> {
@@ -31,13 +31,13 @@ impl Figure for Curves<'_> {
         let note = format!("{} runs, every mode: the mean loss of each logging window (metrics.jsonl).", curves.len());
         let area = footnote(root, &note)?;
         let (_, x1) = lin_bounds(curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)), 0.0);
-        let (y0, y1) = log_bounds(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)), 1.2);
+        let ya = LogAxis::fit(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)), 0.04, 0.04);
         let mut chart = ChartBuilder::on(&area)
             .caption(format!("{}: training loss", self.sweep.name), (FAMILY, style::TITLE))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(0.0..x1.max(1.0) * 1.02, LogAxis::new((y0, y1)))?;
+            .build_cartesian_2d(0.0..x1.max(1.0) * 1.02, ya)?;
         chart
             .configure_mesh()
             .x_desc("training step (optimiser updates)")
@@ -64,9 +64,12 @@ impl Figure for Curves<'_> {
                 .label(format!("budget {}", style::si(b as f64)))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
         }
+        let labels: Vec<String> = self.budgets.iter().map(|b| format!("budget {}", style::si(*b as f64))).collect();
+        let lines: Vec<Vec<(f64, f64)>> = curves.iter().map(|c| c.points.clone()).collect();
+        let spot = legend_position(&chart, &labels, &[], &lines, &[]);
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(spot)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FAMILY, style::TICK))

@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::data::{ModeComparison, Sweep};
-use super::style::{self, LogAxis, color, log_bounds, Ticks, FAMILY};
+use super::style::{self, LogAxis, color, legend_position, Ticks, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 
 struct KdVsScratch<'a> {
@@ -34,7 +34,8 @@ impl Figure for KdVsScratch<'_> {
         );
         let area = footnote(root, &note)?;
         let n = self.cmp.len().max(1) as f64;
-        let (y0, y1) = log_bounds(self.cmp.iter().flat_map(|c| c.stats.iter().flat_map(|s| [s.mean, s.mean + s.std])), 1.2);
+        let ya = LogAxis::fit(self.cmp.iter().flat_map(|c| c.stats.iter().flat_map(|s| [s.mean, s.mean - s.std, s.mean + s.std])), 0.06, 0.06);
+        let y0 = ya.lo;
         let keys: Vec<f64> = (0..self.cmp.len()).map(|i| i as f64).collect();
         let labels: Vec<String> = self.cmp.iter().map(|c| style::si(c.budget as f64)).collect();
         let fmt = |v: &f64| {
@@ -46,7 +47,7 @@ impl Figure for KdVsScratch<'_> {
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(Ticks { lo: -0.5, hi: n - 0.5, keys }, LogAxis::new((y0, y1)))?;
+            .build_cartesian_2d(Ticks { lo: -0.5, hi: n - 0.5, keys }, ya)?;
         chart
             .configure_mesh()
             .x_desc("parameter budget (count)")
@@ -59,6 +60,7 @@ impl Figure for KdVsScratch<'_> {
             .draw()?;
         // Modes sit side by side inside a budget's slot, at a fixed order across budgets.
         let m = self.modes.len().max(1) as f64;
+        let (mut marks, mut bars) = (Vec::new(), Vec::new());
         for (k, mode) in self.modes.iter().enumerate() {
             let c = color(k);
             let dx = (k as f64 - (m - 1.0) / 2.0) * 0.6 / m;
@@ -68,15 +70,18 @@ impl Figure for KdVsScratch<'_> {
                 .enumerate()
                 .filter_map(|(i, cmp)| cmp.stats.iter().find(|s| &s.mode == mode).map(|s| (i as f64 + dx, s.mean, s.std)))
                 .collect();
+            marks.extend(pts.iter().map(|&(x, mu, _)| (x, mu)));
+            bars.extend(pts.iter().map(|&(x, mu, sd)| vec![(x, (mu - sd).max(y0)), (x, mu + sd)]));
             chart.draw_series(pts.iter().map(|&(x, mu, sd)| ErrorBar::new_vertical(x, (mu - sd).max(y0), mu, mu + sd, c.stroke_width(2), 12)))?;
             chart
                 .draw_series(pts.iter().map(|&(x, mu, _)| Circle::new((x, mu), 7, c.filled())))?
                 .label(mode.clone())
                 .legend(move |(x, y)| Circle::new((x + 10, y), 7, c.filled()));
         }
+        let spot = legend_position(&chart, &self.modes, &marks, &bars, &[]);
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(spot)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FAMILY, style::TICK))

@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::data::{Point, Run, Sweep};
-use super::style::{self, LogAxis, color, log_bounds, FAMILY};
+use super::style::{self, LogAxis, color, legend_position, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 
 /// Indices of the points no other point beats on both coordinates (both minimised), by ascending x.
@@ -86,14 +86,16 @@ pub fn pareto_params(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
 impl Figure for Pareto {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let area = footnote(root, &self.note)?;
-        let (x0, x1) = log_bounds(self.runs.iter().map(|r| r.0), 1.3);
-        let (y0, y1) = log_bounds(self.runs.iter().map(|r| r.1), 1.2);
+        // Room on the right and at the top for the front's labels (drawn above and right of each point).
+        let xa = LogAxis::fit(self.runs.iter().map(|r| r.0), 0.04, 0.14);
+        let ya = LogAxis::fit(self.runs.iter().map(|r| r.1).chain(self.front.iter().map(|f| f.1)), 0.06, 0.1);
+        let x1 = xa.hi;
         let mut chart = ChartBuilder::on(&area)
             .caption(&self.caption, (FAMILY, style::TITLE))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(LogAxis::new((x0, x1)), LogAxis::new((y0, y1)))?;
+            .build_cartesian_2d(xa, ya)?;
         chart
             .configure_mesh()
             .x_desc(&self.x_desc)
@@ -120,17 +122,28 @@ impl Figure for Pareto {
             }
         }
         chart
-            .draw_series(LineSeries::new(steps, BLACK.stroke_width(2)))?
+            .draw_series(LineSeries::new(steps.iter().copied(), BLACK.stroke_width(2)))?
             .label("Pareto front (seed means)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        let font = (FAMILY, style::NOTE).into_font().color(&BLACK);
+        let mut marks: Vec<(f64, f64)> = self.runs.iter().map(|r| (r.0, r.1)).collect();
+        let lines = vec![steps];
+        let mut boxes = Vec::new();
         for (x, y, k, label) in &self.front {
             chart.draw_series([Circle::new((*x, *y), 7, color(*k).filled()), Circle::new((*x, *y), 7, BLACK.stroke_width(2))])?;
-            let font = (FAMILY, style::NOTE).into_font().color(&BLACK);
-            chart.draw_series([EmptyElement::at((*x, *y)) + Text::new(label.clone(), (8, -22), font)])?;
+            chart.draw_series([EmptyElement::at((*x, *y)) + Text::new(label.clone(), (8, -22), font.clone())])?;
+            marks.push((*x, *y));
+            // The label's box, which the legend must not cover either.
+            let (w, h) = chart.plotting_area().estimate_text_size(label, &font).unwrap_or((100, 14));
+            let (px, py) = chart.backend_coord(&(*x, *y));
+            boxes.push(((px + 8, py - 22), (px + 8 + w as i32, py - 22 + h as i32)));
         }
+        let mut labels: Vec<String> = self.modes.iter().map(|m| format!("{m} run")).collect();
+        labels.push("Pareto front (seed means)".into());
+        let spot = legend_position(&chart, &labels, &marks, &lines, &boxes);
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(spot)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FAMILY, style::TICK))

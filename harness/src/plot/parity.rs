@@ -10,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::data::{LawOverlay, Sweep};
-use super::style::{self, LogAxis, color, log_bounds, FAMILY};
+use super::style::{self, LogAxis, color, legend_position, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 
 struct Parity<'a> {
@@ -35,13 +35,14 @@ impl Figure for Parity<'_> {
         let area = footnote(root, &note)?;
         let cv = &self.law.cv;
         // One range for both axes, so y = x is the diagonal.
-        let (lo, hi) = log_bounds(cv.iter().flat_map(|p| [p.measured, p.predicted]), 1.15);
+        let axis = LogAxis::fit(cv.iter().flat_map(|p| [p.measured, p.predicted]), 0.06, 0.06);
+        let (lo, hi) = (axis.lo, axis.hi);
         let mut chart = ChartBuilder::on(&area)
             .caption(format!("{}: law {} cross-validated {metric}", self.sweep.name, self.law.name), (FAMILY, style::TITLE))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(LogAxis::new((lo, hi)), LogAxis::new((lo, hi)))?;
+            .build_cartesian_2d(axis.clone(), axis)?;
         chart
             .configure_mesh()
             .x_desc(format!("measured {metric} (log scale)"))
@@ -56,6 +57,8 @@ impl Figure for Parity<'_> {
             .label("y = x")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
         let budgets: BTreeSet<i64> = cv.iter().map(|p| p.budget).collect();
+        let mut labels = vec!["y = x".to_string()];
+        labels.extend(budgets.iter().map(|b| format!("budget {}", style::si(*b as f64))));
         for (i, b) in budgets.into_iter().enumerate() {
             let c = color(i);
             chart
@@ -63,9 +66,10 @@ impl Figure for Parity<'_> {
                 .label(format!("budget {}", style::si(b as f64)))
                 .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
         }
+        let spot = legend_position(&chart, &labels, &cv.iter().map(|p| (p.measured, p.predicted)).collect::<Vec<_>>(), &[vec![(lo, lo), (hi, hi)]], &[]);
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(spot)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FAMILY, style::TICK))

@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::data::{Point, Sweep};
-use super::style::{self, LogAxis, color, log_bounds, FAMILY};
+use super::style::{self, LogAxis, color, legend_position, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 
 struct FidVsParams<'a> {
@@ -43,17 +43,20 @@ impl Figure for FidVsParams<'_> {
         };
         let area = footnote(root, &note)?;
         let curves = s.law.as_ref().map(|l| l.curves.as_slice()).unwrap_or(&[]);
-        let (x0, x1) = log_bounds(self.points.iter().map(|p| p.params).chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.0))), 1.25);
-        let (y0, y1) = log_bounds(
-            self.points.iter().flat_map(|p| [p.mean, p.mean + p.std]).chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.1))),
-            1.2,
+        let xa = LogAxis::fit(self.points.iter().map(|p| p.params).chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.0))), 0.04, 0.04);
+        // The whole error bars (mean ± std) are inside the range: nothing is clipped at the frame.
+        let ya = LogAxis::fit(
+            self.points.iter().flat_map(|p| [p.mean, p.mean - p.std, p.mean + p.std]).chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.1))),
+            0.06,
+            0.06,
         );
+        let y0 = ya.lo;
         let mut chart = ChartBuilder::on(&area)
             .caption(format!("{}: {metric} vs parameters", s.name), (FAMILY, style::TITLE))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(LogAxis::new((x0, x1)), LogAxis::new((y0, y1)))?;
+            .build_cartesian_2d(xa, ya)?;
         chart
             .configure_mesh()
             .x_desc("parameters (count, log scale)")
@@ -88,9 +91,20 @@ impl Figure for FidVsParams<'_> {
                 .label(line.replace("{}", &l.name))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
         }
+        let mut labels: Vec<String> = self.depths.iter().map(|d| format!("depth {d}")).collect();
+        if let Some(l) = &s.law {
+            labels.push(format!("law {} (line colour = depth)", l.name));
+        }
+        let marks: Vec<(f64, f64)> = self.points.iter().map(|p| (p.params, p.mean)).collect();
+        let lines: Vec<Vec<(f64, f64)>> = curves
+            .iter()
+            .map(|c| c.points.clone())
+            .chain(self.points.iter().map(|p| vec![(p.params, (p.mean - p.std).max(y0)), (p.params, p.mean + p.std)]))
+            .collect();
+        let spot = legend_position(&chart, &labels, &marks, &lines, &[]);
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(spot)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FAMILY, style::TICK))

@@ -10,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::data::{Point, Sweep};
-use super::style::{self, LogAxis, color, lin_bounds, log_bounds, Ticks, FAMILY};
+use super::style::{self, LogAxis, color, legend_position, lin_bounds, Ticks, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 
 /// One budget: the best point per x value (the line) and every point (faint).
@@ -96,16 +96,18 @@ impl Figure for PerBudget {
         // Half the smallest gap (or 0.5) on each side keeps the outermost points off the frame.
         let gap = self.x_keys.windows(2).map(|w| w[1] - w[0]).fold(f64::INFINITY, f64::min);
         let (x0, x1) = lin_bounds(xs, if gap.is_finite() { gap / 2.0 } else { 0.5 });
-        let (y0, y1) = log_bounds(
-            self.series.iter().flat_map(|s| s.best.iter().flat_map(|b| [b.1, b.1 + b.2]).chain(s.all.iter().map(|a| a.1))),
-            1.2,
+        let ya = LogAxis::fit(
+            self.series.iter().flat_map(|s| s.best.iter().flat_map(|b| [b.1, b.1 - b.2, b.1 + b.2]).chain(s.all.iter().map(|a| a.1))),
+            0.06,
+            0.06,
         );
+        let y0 = ya.lo;
         let mut chart = ChartBuilder::on(&area)
             .caption(&self.caption, (FAMILY, style::TITLE))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(Ticks { lo: x0, hi: x1, keys: thin(&self.x_keys, 12) }, LogAxis::new((y0, y1)))?;
+            .build_cartesian_2d(Ticks { lo: x0, hi: x1, keys: thin(&self.x_keys, 12) }, ya)?;
         chart
             .configure_mesh()
             .x_desc(&self.x_desc)
@@ -125,9 +127,17 @@ impl Figure for PerBudget {
                 .label(&s.label)
                 .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
         }
+        let labels: Vec<String> = self.series.iter().map(|s| s.label.clone()).collect();
+        let marks: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.all.iter().copied().chain(s.best.iter().map(|b| (b.0, b.1)))).collect();
+        let lines: Vec<Vec<(f64, f64)>> = self
+            .series
+            .iter()
+            .flat_map(|s| std::iter::once(s.best.iter().map(|b| (b.0, b.1)).collect()).chain(s.best.iter().map(|&(x, m, sd)| vec![(x, (m - sd).max(y0)), (x, m + sd)])))
+            .collect();
+        let spot = legend_position(&chart, &labels, &marks, &lines, &[]);
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(spot)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FAMILY, style::TICK))
