@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use dit::DitConfig;
-use distill::kd::Mode;
 use distill::optim::OptimConfig;
 use distill::run::{run_distill, DistillConfig, Shared, Summary};
 
@@ -84,15 +83,20 @@ pub fn shard(runs: Vec<RunPlan>, k: usize, n: usize) -> Vec<RunPlan> {
     runs.into_iter().filter(|r| r.index % n == k - 1).collect()
 }
 
-/// Rough wall-time estimate of a run on one thread (s): training FLOPs at ~10 GFLOP/s plus
-/// evaluation sampling. For the dry-run table only.
-pub fn estimate_secs(r: &RunPlan, teacher: &DitConfig) -> f64 {
+/// Wall-time estimate of a run on one thread (s), for the dry-run table. Rates measured on a
+/// 2-core machine running 2 jobs × 1 thread (sweeps/quick.yaml, README): student training at
+/// ~25 GFLOP/s plus ~2.5 ms per block per step of fixed overhead, teacher forwards (no gradient)
+/// at ~50 GFLOP/s, evaluation sampling at ~12 GFLOP/s plus ~5 s of metrics and timing. The
+/// teacher's outputs are cached per seed, so only the first KD run of a seed pays for them
+/// (`pays_teacher`).
+pub fn estimate_secs(r: &RunPlan, teacher: &DitConfig, pays_teacher: bool) -> f64 {
     let s = &r.cfg.student;
-    let per_img = 3.0 * s.forward_flops() as f64
-        + if r.cfg.mode == Mode::Kd { teacher.forward_flops() as f64 } else { 0.0 };
-    let train = per_img * (r.cfg.steps * r.cfg.batch_size) as f64;
-    let eval = r.cfg.eval.samples as f64 * distill::eval::forwards_per_image(r.cfg.mode, &r.cfg.eval.sampler) as f64 * s.forward_flops() as f64;
-    (train + eval) / 10e9
+    let images = (r.cfg.steps * r.cfg.batch_size) as f64;
+    let train = 3.0 * s.forward_flops() as f64 * images / 25e9 + r.cfg.steps as f64 * s.depth as f64 * 2.5e-3;
+    let teach = if pays_teacher { teacher.forward_flops() as f64 * images / 50e9 } else { 0.0 };
+    let eval_forwards = r.cfg.eval.samples as f64 * distill::eval::forwards_per_image(r.cfg.mode, &r.cfg.eval.sampler) as f64;
+    let eval = eval_forwards * s.forward_flops() as f64 / 12e9 + 5.0;
+    train + teach + eval
 }
 
 /// Execute `runs` with `jobs` concurrent workers of `threads` candle threads each.
@@ -118,7 +122,6 @@ pub fn execute(spec: &SweepSpec, runs: &[RunPlan], dir: &Path, progress: bool) -
                 loop {
                     let Some(r) = queue.lock().unwrap().pop_front() else { break };
                     let run_dir = dir.join("runs").join(r.dir_name());
-                    overall.set_message(r.dir_name());
                     let plan = serde_json::json!({"index": r.index, "budget": r.budget, "sweep": spec.name});
                     if let Err(e) = dit::io::write_json_atomic(&run_dir.join("plan.json"), &plan) {
                         first_error.lock().unwrap().get_or_insert(format!("{}: {e:#}", r.dir_name()));

@@ -37,9 +37,11 @@ pub fn run(
     if dry_run {
         println!("{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8} {:>7} {:>4} {:>9}", "id", "budget", "depth", "width", "heads", "head_dim", "params", "GFLOPs", "mode", "seed", "est. s");
         let mut secs = 0.0;
+        let mut teacher_paid = std::collections::HashSet::new();
         for r in &runs {
+            let pays_teacher = r.cfg.mode == distill::kd::Mode::Kd && teacher_paid.insert(r.cfg.seed);
             let s = &r.cfg.student;
-            let e = estimate_secs(r, &base) / spec.parallel.threads_per_job as f64;
+            let e = estimate_secs(r, &base, pays_teacher) / spec.parallel.threads_per_job as f64;
             secs += e;
             println!(
                 "{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8.4} {:>7} {:>4} {:>9.0}",
