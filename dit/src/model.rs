@@ -63,7 +63,7 @@ fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let last = *dims.last().unwrap();
     let rows = x.elem_count() / last;
-    let y = x.reshape((rows, last))?.matmul(&w.t()?)?.broadcast_add(b)?;
+    let y = ops::add_mid(&x.reshape((rows, last))?.matmul(&w.t()?)?, b)?;
     let mut out_dims = dims;
     *out_dims.last_mut().unwrap() = w.dim(0)?;
     y.reshape(out_dims)
@@ -71,7 +71,7 @@ fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `x * (1 + scale) + shift` with `x: [N, T, D]`, `shift, scale: [N, D]`.
 fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
+    ops::add_mid(&ops::mul_mid(x, &(scale + 1.0)?)?, shift)
 }
 
 //################################################################################
@@ -142,9 +142,9 @@ impl DiTBlock {
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
         let a = self.attn(&modulate(&ops::layer_norm(x)?, shift_msa, scale_msa)?)?;
-        let x = (x + a.broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
+        let x = (x + ops::mul_mid(&a, gate_msa)?)?;
         let f = self.mlp(&modulate(&ops::layer_norm(&x)?, shift_mlp, scale_mlp)?)?;
-        x + f.broadcast_mul(&gate_mlp.unsqueeze(1)?)?
+        x + ops::mul_mid(&f, gate_mlp)?
     }
 }
 
