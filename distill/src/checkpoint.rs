@@ -58,6 +58,7 @@ pub fn save(
     ema: &crate::ema::Ema,
     opt: &crate::optim::AdamW,
     meta: &CheckpointMeta,
+    extra: &std::collections::HashMap<String, candle_core::Tensor>,
 ) -> Result<()> {
     let final_dir = run_dir.join(CHECKPOINT_DIR);
     let tmp = run_dir.join(format!("{CHECKPOINT_DIR}.tmp"));
@@ -70,6 +71,11 @@ pub fn save(
     dit::io::save_safetensors_atomic(&ema.tensors(), &tmp.join("ema.safetensors"))?;
     dit::io::save_safetensors_atomic(&opt.state_tensors(), &tmp.join("optim.safetensors"))?;
     dit::io::write_json_atomic(&tmp.join("dit.json"), &model.cfg)?;
+    // Extra trained variables (e.g. feature-KD projectors) go inside before the swap, so a checkpoint
+    // is always complete.
+    if !extra.is_empty() {
+        dit::io::save_safetensors_atomic(extra, &tmp.join("extra.safetensors"))?;
+    }
     dit::io::write_json_atomic(&tmp.join("state.json"), meta)?;
     if final_dir.exists() {
         if old.exists() {

@@ -383,14 +383,20 @@ pub fn train(
                 wall_time_s: wall_before + t0.elapsed().as_secs_f64(),
                 config_hash: config_hash.clone(),
             };
-            checkpoint::save(&run.dir, model, &ema, &opt, &meta)?;
-            save_extra_vars(&run.dir, &opt, model_vars.len())?;
+            // The run's outputs first, then the checkpoint that declares them done: a kill between
+            // the two leaves an older checkpoint and a rerun rewrites the outputs.
             dit::io::save_safetensors_atomic(&ema.tensors(), &run.dir.join("ema.safetensors"))?;
             dit::io::write_json_atomic(&run.dir.join("dit.json"), &model.cfg)?;
+            checkpoint::save(&run.dir, model, &ema, &opt, &meta, &extra_vars(&opt, model_vars.len()))?;
         }
     }
     if let Some(pb) = pb {
         pb.finish_and_clear();
+    }
+    if !run.dir.join("ema.safetensors").exists() {
+        // A run killed at the end by an older version: the restored EMA is the final one.
+        dit::io::save_safetensors_atomic(&ema.tensors(), &run.dir.join("ema.safetensors"))?;
+        dit::io::write_json_atomic(&run.dir.join("dit.json"), &model.cfg)?;
     }
     if last_loss.is_nan() {
         // Nothing left to train (resumed at the end): the last logged window, as an uninterrupted run reports.
@@ -408,14 +414,9 @@ pub fn train(
     })
 }
 
-/// Extra (non-model) variables, e.g. feature projectors, are saved beside the checkpoint.
-fn save_extra_vars(run_dir: &Path, opt: &AdamW, skip: usize) -> Result<()> {
-    let extra: std::collections::HashMap<String, Tensor> =
-        opt.vars().iter().skip(skip).map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-    if extra.is_empty() {
-        return Ok(());
-    }
-    dit::io::save_safetensors_atomic(&extra, &run_dir.join(checkpoint::CHECKPOINT_DIR).join("extra.safetensors"))
+/// Extra (non-model) trained variables, e.g. feature projectors: saved inside the checkpoint.
+fn extra_vars(opt: &AdamW, skip: usize) -> std::collections::HashMap<String, Tensor> {
+    opt.vars().iter().skip(skip).map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
 }
 
 fn restore_extra_vars(dir: &Path, opt: &AdamW, skip: usize) -> Result<()> {

@@ -118,3 +118,25 @@ fn yaml_config_errors_name_file_and_field() {
     let e = TrainConfig::from_yaml_file(&p).unwrap_err().to_string();
     assert!(e.contains("t.yaml") && e.contains("steps"), "{e}");
 }
+
+/// A run killed after its final checkpoint but before its EMA weights reached the run directory
+/// (the window a SIGKILL hit in CI) finishes them on the rerun instead of failing the evaluation.
+#[test]
+fn rerun_after_the_final_checkpoint_restores_the_ema_weights() {
+    let data = DataConfig::default().load(Split::Train).unwrap().take(512);
+    let cfg = tiny_config();
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
+    train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&dir), &TrainOptions::default()).unwrap();
+    let ema = dir.join("ema.safetensors");
+    let kept = tmp.path().join("ema-straight.safetensors");
+    std::fs::rename(&ema, &kept).unwrap();
+
+    let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
+    let out = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&dir), &TrainOptions::default()).unwrap();
+    assert_eq!(out.steps_done, 8);
+    assert!(ema.exists(), "the rerun wrote no ema.safetensors");
+    assert_same(&ema, &kept);
+}
