@@ -67,13 +67,7 @@ impl Figure for Curves<'_> {
         let labels: Vec<String> = self.budgets.iter().map(|b| format!("budget {}", style::si(*b as f64))).collect();
         let lines: Vec<Vec<(f64, f64)>> = curves.iter().map(|c| c.points.clone()).collect();
         let spot = legend_position(&chart, &labels, &[], &lines, &[]);
-        chart
-            .configure_series_labels()
-            .position(spot)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, style::TICK))
-            .draw()?;
+        style::draw_legend(&mut chart, spot)?;
         Ok(())
     }
 }

@@ -79,13 +79,7 @@ impl Figure for KdVsScratch<'_> {
                 .legend(move |(x, y)| Circle::new((x + 10, y), 7, c.filled()));
         }
         let spot = legend_position(&chart, &self.modes, &marks, &bars, &[]);
-        chart
-            .configure_series_labels()
-            .position(spot)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, style::TICK))
-            .draw()?;
+        style::draw_legend(&mut chart, spot)?;
         Ok(())
     }
 }

@@ -141,13 +141,7 @@ impl Figure for Pareto {
         let mut labels: Vec<String> = self.modes.iter().map(|m| format!("{m} run")).collect();
         labels.push("Pareto front (seed means)".into());
         let spot = legend_position(&chart, &labels, &marks, &lines, &boxes);
-        chart
-            .configure_series_labels()
-            .position(spot)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, style::TICK))
-            .draw()?;
+        style::draw_legend(&mut chart, spot)?;
         Ok(())
     }
 }

@@ -67,13 +67,7 @@ impl Figure for Parity<'_> {
                 .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
         }
         let spot = legend_position(&chart, &labels, &cv.iter().map(|p| (p.measured, p.predicted)).collect::<Vec<_>>(), &[vec![(lo, lo), (hi, hi)]], &[]);
-        chart
-            .configure_series_labels()
-            .position(spot)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, style::TICK))
-            .draw()?;
+        style::draw_legend(&mut chart, spot)?;
         Ok(())
     }
 }

@@ -102,13 +102,7 @@ impl Figure for FidVsParams<'_> {
             .chain(self.points.iter().map(|p| vec![(p.params, (p.mean - p.std).max(y0)), (p.params, p.mean + p.std)]))
             .collect();
         let spot = legend_position(&chart, &labels, &marks, &lines, &[]);
-        chart
-            .configure_series_labels()
-            .position(spot)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, style::TICK))
-            .draw()?;
+        style::draw_legend(&mut chart, spot)?;
         Ok(())
     }
 }

@@ -135,13 +135,7 @@ impl Figure for PerBudget {
             .flat_map(|s| std::iter::once(s.best.iter().map(|b| (b.0, b.1)).collect()).chain(s.best.iter().map(|&(x, m, sd)| vec![(x, (m - sd).max(y0)), (x, m + sd)])))
             .collect();
         let spot = legend_position(&chart, &labels, &marks, &lines, &[]);
-        chart
-            .configure_series_labels()
-            .position(spot)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, style::TICK))
-            .draw()?;
+        style::draw_legend(&mut chart, spot)?;
         Ok(())
     }
 }

@@ -319,6 +319,25 @@ impl Ranged for LogAxis {
     }
 }
 
+/// Draw the series labels at `spot` in the one legend style every plot uses.
+pub fn draw_legend<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    spot: SeriesLabelPosition,
+) -> Result<(), plotters::drawing::DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    chart
+        .configure_series_labels()
+        .position(spot)
+        .background_style(plotters::style::Color::mix(&plotters::style::colors::WHITE, 0.85))
+        .border_style(plotters::style::colors::BLACK)
+        .label_font((FAMILY, TICK))
+        .draw()
+}
+
 /// Where to put the legend (series labels `labels`) so it covers the fewest of the plotted
 /// `points` (markers), `lines` (polylines and error bars; both in data coordinates) and `boxes`
 /// (text already drawn, in backend pixels): the corners first, then the edge middles; ties keep
