@@ -44,18 +44,21 @@ pub fn base_config(spec: &SweepSpec) -> Result<DitConfig> {
     distill::checkpoint::read_dit_config(&cfg)
 }
 
-/// Every run: shapes x modes x seeds, in a fixed order.
+/// Every run: seeds x shapes x modes, in a fixed order. Seed-major, so a study stopped half-way
+/// already holds every shape and mode once (enough to fit the law), and each seed's teacher
+/// targets are computed once and reused while they are hot.
 pub fn plan(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<RunPlan>> {
     let shapes = enumerate(spec, base)?;
     let mut runs = Vec::new();
-    for p in &shapes {
-        for &mode in &spec.distill.modes {
-            for &seed in &spec.seeds {
+    for &seed in &spec.seeds {
+        for p in &shapes {
+            for &mode in &spec.distill.modes {
                 // Scratch runs get the teacher too: only for the teacher-fidelity columns.
                 let mut c = DistillConfig::new(Some(spec.teacher.clone()), mode, p.cfg.clone(), spec.distill.steps);
                 c.kd = spec.distill.kd.clone();
                 c.batch_size = spec.distill.batch_size;
                 c.optim = OptimConfig { lr: spec.distill.lr, warmup_steps: spec.distill.warmup_steps, ..Default::default() };
+                c.ema_decay = spec.distill.ema_decay;
                 c.seed = seed;
                 c.eval = spec.eval.clone();
                 c.data = spec.data.clone();

@@ -114,6 +114,10 @@ pub struct Constraints {
     /// Largest head dimension allowed (0 = none).
     #[serde(default)]
     pub max_head_dim: usize,
+    /// Iso-parameter design: per budget, depth, heads, patch and MLP ratio keep only the width whose
+    /// parameter count lies nearest the budget, so each depth is compared at one size.
+    #[serde(default)]
+    pub closest_width: bool,
 }
 
 fn d_min_hd() -> usize {
@@ -122,7 +126,7 @@ fn d_min_hd() -> usize {
 
 impl Default for Constraints {
     fn default() -> Self {
-        Self { min_head_dim: d_min_hd(), max_head_dim: 0 }
+        Self { min_head_dim: d_min_hd(), max_head_dim: 0, closest_width: false }
     }
 }
 
@@ -139,6 +143,10 @@ pub struct DistillSettings {
     pub lr: f64,
     #[serde(default = "d_warmup")]
     pub warmup_steps: usize,
+    /// Decay of the weight EMA that is evaluated. Its horizon is about 1/(1 - decay) steps, so short
+    /// runs want a smaller decay (0.995: ~200 steps) than long ones (0.999: ~1,000).
+    #[serde(default = "d_ema")]
+    pub ema_decay: f64,
 }
 
 fn d_batch() -> usize {
@@ -149,6 +157,9 @@ fn d_lr() -> f64 {
 }
 fn d_warmup() -> usize {
     100
+}
+fn d_ema() -> f64 {
+    0.999
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +252,9 @@ impl SweepSpec {
         if !(self.distill.lr > 0.0) {
             bail!("distill.lr: must be positive");
         }
+        if !(0.0..1.0).contains(&self.distill.ema_decay) {
+            bail!("distill.ema_decay: must lie in [0, 1) (got {})", self.distill.ema_decay);
+        }
         if self.seeds.is_empty() {
             bail!("seeds: at least one seed");
         }
@@ -298,6 +312,16 @@ pub fn enumerate(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<Planned>> {
                 }
             }
         }
+    }
+    if spec.constraints.closest_width {
+        let gap = |p: &Planned| (p.cfg.num_params() as f64 - p.budget as f64).abs();
+        let same = |a: &Planned, b: &Planned| {
+            a.budget == b.budget
+                && (a.cfg.depth, a.cfg.num_heads, a.cfg.patch_size) == (b.cfg.depth, b.cfg.num_heads, b.cfg.patch_size)
+                && a.cfg.mlp_ratio == b.cfg.mlp_ratio
+        };
+        let all = out.clone();
+        out.retain(|p| !all.iter().any(|q| same(p, q) && (gap(q), q.cfg.hidden_size) < (gap(p), p.cfg.hidden_size)));
     }
     for b in &spec.budgets {
         if !out.iter().any(|p| p.budget == b.params.0) {
@@ -358,10 +382,38 @@ seeds: [0]
     }
 
     #[test]
+    fn closest_width_keeps_one_width_per_depth_and_heads() {
+        let mut spec: SweepSpec = serde_yaml_ng::from_str(SPEC).unwrap();
+        spec.axes.width = Axis::Range { from: 16, to: 160, step: 4 };
+        let wide = enumerate(&spec, &DitConfig::default()).unwrap();
+        spec.constraints.closest_width = true;
+        let iso = enumerate(&spec, &DitConfig::default()).unwrap();
+        assert!(iso.len() < wide.len());
+        for p in &iso {
+            let key = (p.budget, p.cfg.depth, p.cfg.num_heads);
+            assert_eq!(iso.iter().filter(|q| (q.budget, q.cfg.depth, q.cfg.num_heads) == key).count(), 1, "{key:?}");
+            // Nothing the wide plan had for this key lies nearer the budget.
+            let gap = |c: &DitConfig| (c.num_params() as f64 - p.budget as f64).abs();
+            assert!(wide.iter().filter(|q| (q.budget, q.cfg.depth, q.cfg.num_heads) == key).all(|q| gap(&q.cfg) >= gap(&p.cfg)));
+        }
+    }
+
+    #[test]
     fn impossible_budget_is_named() {
         let mut spec: SweepSpec = serde_yaml_ng::from_str(SPEC).unwrap();
         spec.budgets.push(Budget { params: Count(50_000_000), tol: 0.05 });
         let e = enumerate(&spec, &DitConfig::default()).unwrap_err().to_string();
         assert!(e.contains("50,000,000"), "{e}");
+    }
+
+    #[test]
+    fn ema_decay_reaches_every_run_and_is_checked() {
+        let spec: SweepSpec = serde_yaml_ng::from_str(SPEC).unwrap();
+        assert_eq!(spec.distill.ema_decay, 0.999, "default");
+        let short: SweepSpec = serde_yaml_ng::from_str(&SPEC.replace("steps: 10}", "steps: 10, ema_decay: 0.995}")).unwrap();
+        let runs = crate::runner::plan(&short, &DitConfig::default()).unwrap();
+        assert!(runs.iter().all(|r| r.cfg.ema_decay == 0.995));
+        let bad: SweepSpec = serde_yaml_ng::from_str(&SPEC.replace("steps: 10}", "steps: 10, ema_decay: 1.5}")).unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("distill.ema_decay"));
     }
 }
