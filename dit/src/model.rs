@@ -5,7 +5,7 @@
 //! `layer_norm` and flash-attention do not, so softmax, layer norm, GELU and the attention matmuls
 //! come from `crate::ops` (fused, with hand-written backward; see `tests/gradcheck.rs`).
 
-use candle_core::{DType, Device, IndexOp, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarMap;
 
 use crate::config::DitConfig;
@@ -116,17 +116,8 @@ impl DiTBlock {
 
     /// Multi-head self-attention (timm `Attention` with qkv bias).
     fn attn(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, t, d) = x.dims3()?;
-        let heads = self.num_heads;
-        let hd = d / heads;
         let qkv = linear(x, &self.qkv_w, &self.qkv_b)?; // (N, T, 3D)
-        let qkv = qkv.reshape((n, t, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?; // (3, N, H, T, hd)
-        let q = (qkv.i(0)?.contiguous()? * (hd as f64).powf(-0.5))?.reshape((n * heads, t, hd))?;
-        let k = qkv.i(1)?.contiguous()?.reshape((n * heads, t, hd))?;
-        let v = qkv.i(2)?.contiguous()?.reshape((n * heads, t, hd))?;
-        let att = ops::softmax_last(&ops::bmm(&q, &k.t()?)?)?; // (N*H, T, T)
-        let o = ops::bmm(&att, &v)?; // (N*H, T, hd)
-        let o = o.reshape((n, heads, t, hd))?.transpose(1, 2)?.reshape((n, t, d))?;
+        let o = ops::attention(&qkv, self.num_heads)?; // (N, T, D), heads merged
         linear(&o, &self.proj_w, &self.proj_b)
     }
 

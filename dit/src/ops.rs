@@ -498,6 +498,207 @@ pub fn mul_mid(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     }
 }
 
+//--------------------------------------------------------------------------------
+// Multi-head self-attention from the packed qkv projection
+//--------------------------------------------------------------------------------
+
+/// `[N, T, 3D] -> [N, T, D]` without the head split/merge: every (item, head) reads its q, k, v
+/// straight out of the packed projection with strided GEMMs and writes its output columns in place.
+/// From primitives the same attention costs three `contiguous` copies, a scale, a transpose copy
+/// and their backward nodes (each a gradient accumulation). The backward recomputes the T x T
+/// probabilities (T = 49 for 28x28 patch 4) instead of keeping them alive.
+struct Attention {
+    heads: usize,
+}
+struct AttentionGrad {
+    heads: usize,
+}
+
+/// A raw pointer the rayon tasks may share: each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+impl<T> SharedMut<T> {
+    fn at(self, offset: usize) -> *mut T {
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// `dst[m x n] = alpha * lhs[m x k] . rhs[k x n]`, every operand given as (pointer, row stride,
+/// column stride), single-threaded (the caller parallelises over heads).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided<T: Float + 'static>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    dst_rs: usize,
+    (lhs, lhs_rs, lhs_cs): (*const T, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const T, usize, usize),
+    alpha: T,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        T::zero(),
+        alpha,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+fn attention_dims(l: &Layout, heads: usize) -> Result<(usize, usize, usize)> {
+    let (n, t, d3) = l.shape().dims3()?;
+    if d3 % 3 != 0 || heads == 0 || (d3 / 3) % heads != 0 {
+        candle_core::bail!("attention: qkv width {d3} is not 3 x a multiple of {heads} heads");
+    }
+    Ok((n, t, d3 / 3))
+}
+
+/// P = softmax(scale Q K^T) of item `b`, head `h` into `p` (t x t).
+unsafe fn attention_probs<T: Float + 'static>(qkv: &[T], (b, h): (usize, usize), (t, d, hd): (usize, usize, usize), p: &mut [T]) {
+    let q = qkv.as_ptr().add(b * t * 3 * d + h * hd);
+    let k = q.add(d);
+    let scale = cast::<T>((hd as f64).powf(-0.5));
+    // K^T's (row j, column i) is K[i][j]: row stride 1, column stride 3D.
+    gemm_strided((t, t, hd), p.as_mut_ptr(), t, (q, 3 * d, 1), (k, 1, 3 * d), scale);
+    for row in p.chunks_mut(t) {
+        let m = row.iter().copied().fold(T::neg_infinity(), num_traits::Float::max);
+        let mut s = T::zero();
+        for v in row.iter_mut() {
+            *v = (*v - m).exp();
+            s = s + *v;
+        }
+        let inv = T::one() / s;
+        row.iter_mut().for_each(|v| *v = *v * inv);
+    }
+}
+
+fn attention_fwd<T: Float + 'static>(qkv: &[T], n: usize, t: usize, d: usize, heads: usize) -> Vec<T> {
+    let hd = d / heads;
+    let mut out = vec![T::zero(); n * t * d];
+    let o = SharedMut(out.as_mut_ptr());
+    (0..n * heads).into_par_iter().for_each_init(
+        || vec![T::zero(); t * t],
+        |p, i| unsafe {
+            let (b, h) = (i / heads, i % heads);
+            attention_probs(qkv, (b, h), (t, d, hd), p);
+            let v = qkv.as_ptr().add(b * t * 3 * d + 2 * d + h * hd);
+            // O[:, h*hd..] = P V, written into the merged-heads layout (row stride D).
+            gemm_strided((t, hd, t), o.at(b * t * d + h * hd), d, (p.as_ptr(), t, 1), (v, 3 * d, 1), T::one());
+        },
+    );
+    out
+}
+
+fn attention_bwd<T: Float + 'static>(qkv: &[T], g: &[T], n: usize, t: usize, d: usize, heads: usize) -> Vec<T> {
+    let hd = d / heads;
+    let scale = cast::<T>((hd as f64).powf(-0.5));
+    let mut dqkv = vec![T::zero(); n * t * 3 * d];
+    let dst = SharedMut(dqkv.as_mut_ptr());
+    (0..n * heads).into_par_iter().for_each_init(
+        || (vec![T::zero(); t * t], vec![T::zero(); t * t]),
+        |(p, dp), i| unsafe {
+            let (b, h) = (i / heads, i % heads);
+            attention_probs(qkv, (b, h), (t, d, hd), p);
+            let q = qkv.as_ptr().add(b * t * 3 * d + h * hd);
+            let (k, v) = (q.add(d), q.add(2 * d));
+            let go = g.as_ptr().add(b * t * d + h * hd); // dO of this head: row stride D
+            let dq = b * t * 3 * d + h * hd;
+            // dV = P^T dO
+            gemm_strided((t, hd, t), dst.at(dq + 2 * d), 3 * d, (p.as_ptr(), 1, t), (go, d, 1), T::one());
+            // dP = dO V^T, then dS = P * (dP - rowsum(dP * P))
+            gemm_strided((t, t, hd), dp.as_mut_ptr(), t, (go, d, 1), (v, 1, 3 * d), T::one());
+            for (pr, gr) in p.chunks(t).zip(dp.chunks_mut(t)) {
+                let dot = pr.iter().zip(gr.iter()).fold(T::zero(), |a, (&x, &y)| a + x * y);
+                for (g, &x) in gr.iter_mut().zip(pr) {
+                    *g = x * (*g - dot);
+                }
+            }
+            // dQ = scale dS K, dK = scale dS^T Q
+            gemm_strided((t, hd, t), dst.at(dq), 3 * d, (dp.as_ptr(), t, 1), (k, 3 * d, 1), scale);
+            gemm_strided((t, hd, t), dst.at(dq + d), 3 * d, (dp.as_ptr(), 1, t), (q, 3 * d, 1), scale);
+        },
+    );
+    dqkv
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "ditkd-attention"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, t, d) = attention_dims(l, self.heads)?;
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(attention_fwd(slice(v, l, "attention")?, n, t, d, self.heads)),
+            CpuStorage::F64(v) => CpuStorage::F64(attention_fwd(slice(v, l, "attention")?, n, t, d, self.heads)),
+            _ => candle_core::bail!("attention: f32 or f64 only"),
+        };
+        Ok((out, Shape::from((n, t, d))))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &AttentionGrad { heads: self.heads })?))
+    }
+}
+
+impl CustomOp2 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "ditkd-attention-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, t, d) = attention_dims(l1, self.heads)?;
+        if l2.dims() != [n, t, d] {
+            candle_core::bail!("attention grad: gradient {:?} for qkv {:?}", l2.dims(), l1.dims());
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(attention_bwd(slice(x, l1, "attention")?, slice(g, l2, "attention")?, n, t, d, self.heads))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(attention_bwd(slice(x, l1, "attention")?, slice(g, l2, "attention")?, n, t, d, self.heads))
+            }
+            _ => candle_core::bail!("attention grad: f32 or f64 only"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Attention from candle primitives: split heads, scaled `softmax(Q K^T) V`, merge heads.
+pub fn attention_reference(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    use candle_core::IndexOp;
+    let (n, t, d3) = qkv.dims3()?;
+    let (d, hd) = (d3 / 3, d3 / 3 / heads);
+    let qkv = qkv.reshape((n, t, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?; // (3, N, H, T, hd)
+    let q = (qkv.i(0)?.contiguous()? * (hd as f64).powf(-0.5))?.reshape((n * heads, t, hd))?;
+    let k = qkv.i(1)?.contiguous()?.reshape((n * heads, t, hd))?;
+    let v = qkv.i(2)?.contiguous()?.reshape((n * heads, t, hd))?;
+    let att = softmax_last_reference(&q.matmul(&k.t()?)?)?; // (N*H, T, T)
+    let o = att.matmul(&v)?; // (N*H, T, hd)
+    o.reshape((n, heads, t, hd))?.transpose(1, 2)?.reshape((n, t, d))
+}
+
+/// Multi-head self-attention of the packed `qkv: [N, T, 3D]` (q | k | v, each `heads` blocks of
+/// `D / heads`) -> `[N, T, D]`, with a gradient.
+pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    if fused_cpu(qkv) {
+        qkv.contiguous()?.apply_op1(Attention { heads })
+    } else {
+        attention_reference(qkv, heads)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,6 +754,22 @@ mod tests {
         for v in [&a, &b] {
             assert!(max_diff(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap()) < 1e-12);
         }
+    }
+
+    #[test]
+    fn attention_matches_primitives() {
+        // Two heads of width 3, T = 5: the fused op reads q, k, v out of the packed projection.
+        let x = Var::from_tensor(&(rand(&[3, 5, 18], 1) * 2.0).unwrap()).unwrap();
+        let w = rand(&[3, 5, 6], 2);
+        let (yf, yr) = (attention(x.as_tensor(), 2).unwrap(), attention_reference(x.as_tensor(), 2).unwrap());
+        assert_eq!(yf.dims(), [3, 5, 6]);
+        assert!(max_diff(&yf, &yr) < 1e-12);
+        let gf = (yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let d = max_diff(gf.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
+        assert!(d < 1e-10, "gradient differs by {d}");
+        let bad = Tensor::zeros((2, 5, 18), DType::F32, &Device::Cpu).unwrap();
+        assert!(attention(&bad, 4).unwrap_err().to_string().contains("4 heads"));
     }
 
     #[test]
