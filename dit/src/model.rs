@@ -10,7 +10,7 @@ use candle_nn::VarMap;
 
 use crate::config::DitConfig;
 use crate::counts::TIME_FREQ_DIM;
-use crate::ops;
+use crate::ops::{self, linear, ln_modulate};
 use crate::params::{Init, Params};
 
 //################################################################################
@@ -52,26 +52,6 @@ pub fn pos_embed_2d(dim: usize, grid: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-//################################################################################
-//                              Primitive layers                                   #
-//################################################################################
-
-/// `y = x W^T + b` over the last axis, with the leading axes folded into one GEMM.
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let last = *dims.last().unwrap();
-    let rows = x.elem_count() / last;
-    let y = ops::add_mid(&x.reshape((rows, last))?.matmul(&w.t()?)?, b)?;
-    let mut out_dims = dims;
-    *out_dims.last_mut().unwrap() = w.dim(0)?;
-    y.reshape(out_dims)
-}
-
-/// `x * (1 + scale) + shift` with `x: [N, T, D]`, `shift, scale: [N, D]`.
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    ops::add_mid(&ops::mul_mid(x, &(scale + 1.0)?)?, shift)
 }
 
 //################################################################################
@@ -132,10 +112,10 @@ impl DiTBlock {
         let m = linear(c_silu, &self.ada_w, &self.ada_b)?.chunk(6, 1)?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
-        let a = self.attn(&modulate(&ops::layer_norm(x)?, shift_msa, scale_msa)?)?;
-        let x = (x + ops::mul_mid(&a, gate_msa)?)?;
-        let f = self.mlp(&modulate(&ops::layer_norm(&x)?, shift_mlp, scale_mlp)?)?;
-        x + ops::mul_mid(&f, gate_mlp)?
+        let a = self.attn(&ln_modulate(x, shift_msa, scale_msa)?)?; // (N, T, D)
+        let x = ops::gated_residual(x, &a, gate_msa)?;
+        let f = self.mlp(&ln_modulate(&x, shift_mlp, scale_mlp)?)?; // (N, T, D)
+        ops::gated_residual(&x, &f, gate_mlp)
     }
 }
 
@@ -310,7 +290,7 @@ impl DiT {
             feats.push(h.clone());
         }
         let m = linear(&c, &self.f_ada_w, &self.f_ada_b)?.chunk(2, 1)?;
-        let h = modulate(&ops::layer_norm(&h)?, &m[0], &m[1])?;
+        let h = ln_modulate(&h, &m[0], &m[1])?;
         let out = linear(&h, &self.f_w, &self.f_b)?; // (N, T, p*p*C_out)
         Ok((self.unpatchify(&out)?, feats)) // (N, C_out, H, W)
     }

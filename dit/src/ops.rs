@@ -7,7 +7,7 @@
 //! On other devices the model uses the equivalent candle primitives (`*_reference` below), which
 //! the tests compare against; `tests/gradcheck.rs` checks every gradient by finite differences.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Rows handed to one rayon task (amortises scheduling for short rows).
@@ -699,6 +699,224 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     }
 }
 
+//--------------------------------------------------------------------------------
+// Linear layer, LayerNorm + modulation, gated residual: one graph node each
+//--------------------------------------------------------------------------------
+//
+// candle's backward gives every graph node a zero-filled gradient buffer and adds each incoming
+// gradient into it, so a chain of small ops on [N, T, D] activations (reshape, matmul, transpose,
+// bias add, reshape; or layer-norm, 1 + scale, multiply, add) pays a full-size allocation and add
+// per link. These ops are each one node whose backward hands every input its gradient directly.
+
+/// `y = x W^T + b`: the bias is copied into every output row and one GEMM accumulates onto it.
+struct Linear;
+
+fn gemm_threads() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+fn linear_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], rows: usize, k: usize, o: usize) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(rows * o);
+    for _ in 0..rows {
+        out.extend_from_slice(b);
+    }
+    // W^T's (row j, column i) is W[i][j]: row stride 1, column stride K.
+    unsafe {
+        gemm::gemm(
+            rows,
+            o,
+            k,
+            out.as_mut_ptr(),
+            1,
+            o as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm_threads(),
+        )
+    };
+    out
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "ditkd-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let k = *l1.dims().last().unwrap_or(&0);
+        let (o, k2) = l2.shape().dims2()?;
+        if k != k2 || l3.dims() != [o] {
+            candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?} do not match", l1.dims(), l2.dims(), l3.dims());
+        }
+        let rows = l1.shape().elem_count() / k.max(1);
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(linear_fwd(slice(x, l1, "linear")?, slice(w, l2, "linear")?, slice(b, l3, "linear")?, rows, k, o))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(linear_fwd(slice(x, l1, "linear")?, slice(w, l2, "linear")?, slice(b, l3, "linear")?, rows, k, o))
+            }
+            _ => candle_core::bail!("linear: f32 or f64 only"),
+        };
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().unwrap() = o;
+        Ok((out, Shape::from(dims)))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (o, k) = w.dims2()?;
+        let rows = x.elem_count() / k.max(1);
+        let g = g.contiguous()?.reshape((rows, o))?;
+        let x2 = x.reshape((rows, k))?;
+        let dx = g.matmul(w)?.reshape(x.dims())?; // dY W
+        let dw = g.t()?.matmul(&x2)?; // dY^T X
+        let db = sum_mid(&g)?; // column sums of dY
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `x W^T + b` from candle primitives.
+pub fn linear_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let last = *dims.last().unwrap();
+    let rows = x.elem_count() / last;
+    let y = x.reshape((rows, last))?.matmul(&w.t()?)?.broadcast_add(b)?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().unwrap() = w.dim(0)?;
+    y.reshape(out_dims)
+}
+
+/// `x W^T + b` over the last axis of `x` (`w: [O, K]`, `b: [O]`), with a gradient.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused_cpu(x) {
+        x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
+    } else {
+        linear_reference(x, w, b)
+    }
+}
+
+/// `LayerNorm(x) * (1 + scale) + shift`, `x: [N, T, D]`, `shift, scale: [N, D]` (adaLN).
+struct LnModulate;
+
+impl CustomOp3 for LnModulate {
+    fn name(&self) -> &'static str {
+        "ditkd-ln-modulate"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, t, d) = mid_dims(l1, l2, "ln_modulate")?;
+        mid_dims(l1, l3, "ln_modulate")?;
+        fn run<T: Float>(x: &[T], shift: &[T], scale: &[T], t: usize, d: usize) -> Vec<T> {
+            let mut out = rows(d, x, layer_norm_row);
+            let per = (CHUNK / d).max(1) * d;
+            out.par_chunks_mut(per).enumerate().for_each(|(k, o)| {
+                for (r, o) in o.chunks_mut(d).enumerate() {
+                    let a = (k * per / d + r) / t;
+                    let (sh, sc) = (&shift[a * d..(a + 1) * d], &scale[a * d..(a + 1) * d]);
+                    for ((o, &sh), &sc) in o.iter_mut().zip(sh).zip(sc) {
+                        *o = *o * (T::one() + sc) + sh;
+                    }
+                }
+            });
+            out
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(sh), CpuStorage::F32(sc)) => {
+                CpuStorage::F32(run(slice(x, l1, "ln_modulate")?, slice(sh, l2, "ln_modulate")?, slice(sc, l3, "ln_modulate")?, t, d))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(sh), CpuStorage::F64(sc)) => {
+                CpuStorage::F64(run(slice(x, l1, "ln_modulate")?, slice(sh, l2, "ln_modulate")?, slice(sc, l3, "ln_modulate")?, t, d))
+            }
+            _ => candle_core::bail!("ln_modulate: f32 or f64 only"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, _shift: &Tensor, scale: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let xhat = x.apply_op1_no_bwd(&LayerNorm)?;
+        let d_shift = sum_mid(&g)?;
+        let d_scale = sum_mid(&(&g * &xhat)?)?;
+        let g_hat = g.apply_op2_no_bwd(&(scale + 1.0)?, &MulMid)?;
+        let dx = x.apply_op2_no_bwd(&g_hat, &LayerNormGrad)?;
+        Ok((Some(dx), Some(d_shift), Some(d_scale)))
+    }
+}
+
+/// `LayerNorm(x) * (1 + scale) + shift` from the separate ops.
+pub fn ln_modulate_reference(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    add_mid_reference(&mul_mid_reference(&layer_norm_reference(x)?, &(scale + 1.0)?)?, shift)
+}
+
+/// adaLN: affine-free LayerNorm (eps 1e-6) of `x: [N, T, D]`, then `* (1 + scale) + shift` with
+/// `shift, scale: [N, D]` broadcast over the tokens, with a gradient.
+pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    if fused_cpu(x) {
+        x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, LnModulate)
+    } else {
+        ln_modulate_reference(x, shift, scale)
+    }
+}
+
+/// `x + a * gate`, `x, a: [N, T, D]`, `gate: [N, D]` (adaLN-Zero's gated residual).
+struct GatedResidual;
+
+impl CustomOp3 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "ditkd-gated-residual"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, t, d) = mid_dims(l2, l3, "gated_residual")?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("gated_residual: x {:?} and branch {:?} differ", l1.dims(), l2.dims());
+        }
+        fn run<T: Float>(x: &[T], a: &[T], g: &[T], t: usize, d: usize) -> Vec<T> {
+            let mut out = bcast_mid(a, g, t, d, |a, g| a * g);
+            out.par_iter_mut().zip(x.par_iter()).for_each(|(o, &x)| *o = *o + x);
+            out
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(g)) => {
+                CpuStorage::F32(run(slice(x, l1, "gated_residual")?, slice(a, l2, "gated_residual")?, slice(g, l3, "gated_residual")?, t, d))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(a), CpuStorage::F64(g)) => {
+                CpuStorage::F64(run(slice(x, l1, "gated_residual")?, slice(a, l2, "gated_residual")?, slice(g, l3, "gated_residual")?, t, d))
+            }
+            _ => candle_core::bail!("gated_residual: f32 or f64 only"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, a: &Tensor, gate: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let da = g.apply_op2_no_bwd(gate, &MulMid)?;
+        let dgate = sum_mid(&(&g * a)?)?;
+        Ok((Some(g), Some(da), Some(dgate)))
+    }
+}
+
+/// `x + a * gate[:, None, :]` from the separate ops.
+pub fn gated_residual_reference(x: &Tensor, a: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    x + mul_mid_reference(a, gate)?
+}
+
+/// `x + a * gate` with `gate: [N, D]` broadcast over the tokens of `x, a: [N, T, D]`, with a gradient.
+pub fn gated_residual(x: &Tensor, a: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if fused_cpu(x) {
+        x.contiguous()?.apply_op3(&a.contiguous()?, &gate.contiguous()?, GatedResidual)
+    } else {
+        gated_residual_reference(x, a, gate)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,6 +972,36 @@ mod tests {
         for v in [&a, &b] {
             assert!(max_diff(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap()) < 1e-12);
         }
+    }
+
+    /// Forward and every input's gradient of a three-input fused op equal the reference's.
+    fn same_as_reference3(f: fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>, r: fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>, shapes: [&[usize]; 3]) {
+        let v: Vec<Var> = shapes.iter().enumerate().map(|(i, s)| Var::from_tensor(&rand(s, 10 + i as u64)).unwrap()).collect();
+        let (yf, yr) = (f(&v[0], &v[1], &v[2]).unwrap(), r(&v[0], &v[1], &v[2]).unwrap());
+        assert!(max_diff(&yf, &yr) < 1e-12);
+        let w = rand(yf.dims(), 2);
+        let gf = (yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in &v {
+            let d = max_diff(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-10, "gradient differs by {d}");
+        }
+    }
+
+    #[test]
+    fn linear_matches_primitives() {
+        same_as_reference3(linear, linear_reference, [&[3, 5, 7], &[4, 7], &[4]]);
+        same_as_reference3(linear, linear_reference, [&[6, 7], &[4, 7], &[4]]);
+    }
+
+    #[test]
+    fn ln_modulate_matches_primitives() {
+        same_as_reference3(ln_modulate, ln_modulate_reference, [&[3, 5, 8], &[3, 8], &[3, 8]]);
+    }
+
+    #[test]
+    fn gated_residual_matches_primitives() {
+        same_as_reference3(gated_residual, gated_residual_reference, [&[3, 5, 8], &[3, 5, 8], &[3, 8]]);
     }
 
     #[test]
