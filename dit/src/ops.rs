@@ -517,11 +517,13 @@ struct AttentionGrad {
 /// A raw pointer the rayon tasks may share: each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 struct SharedMut<T>(*mut T);
-unsafe impl<T> Send for SharedMut<T> {}
-unsafe impl<T> Sync for SharedMut<T> {}
+unsafe impl<T: Send + Sync> Send for SharedMut<T> {}
+unsafe impl<T: Send + Sync> Sync for SharedMut<T> {}
 impl<T> SharedMut<T> {
-    fn at(self, offset: usize) -> *mut T {
-        unsafe { self.0.add(offset) }
+    /// # Safety
+    /// `offset` must lie inside the buffer, and no two tasks may write the same elements.
+    unsafe fn at(self, offset: usize) -> *mut T {
+        self.0.add(offset)
     }
 }
 
@@ -711,9 +713,10 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
 /// `y = x W^T + b`: the bias is copied into every output row and one GEMM accumulates onto it.
 struct Linear;
 
+/// The current rayon pool's size: a sweep worker's own pool, or the global one.
 fn gemm_threads() -> gemm::Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
+    match rayon::current_num_threads() {
+        1 => gemm::Parallelism::None,
         n => gemm::Parallelism::Rayon(n),
     }
 }
@@ -755,12 +758,12 @@ impl CustomOp3 for Linear {
         "ditkd-linear"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let k = *l1.dims().last().unwrap_or(&0);
         let (o, k2) = l2.shape().dims2()?;
+        let Some((&k, lead)) = l1.dims().split_last() else { candle_core::bail!("linear: input must have at least one axis") };
         if k != k2 || l3.dims() != [o] {
             candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?} do not match", l1.dims(), l2.dims(), l3.dims());
         }
-        let rows = l1.shape().elem_count() / k.max(1);
+        let rows: usize = lead.iter().product();
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
                 CpuStorage::F32(linear_fwd(slice(x, l1, "linear")?, slice(w, l2, "linear")?, slice(b, l3, "linear")?, rows, k, o))
@@ -776,13 +779,14 @@ impl CustomOp3 for Linear {
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (o, k) = w.dims2()?;
-        let rows = x.elem_count() / k.max(1);
+        let rows = x.dims()[..x.rank() - 1].iter().product::<usize>();
         let g = g.contiguous()?.reshape((rows, o))?;
         let x2 = x.reshape((rows, k))?;
-        let dx = g.matmul(w)?.reshape(x.dims())?; // dY W
+        // dY W, skipped for inputs nothing upstream learns from (the patchified images, timestep features).
+        let dx = if x.track_op() { Some(g.matmul(w)?.reshape(x.dims())?) } else { None };
         let dw = g.t()?.matmul(&x2)?; // dY^T X
         let db = sum_mid(&g)?; // column sums of dY
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 

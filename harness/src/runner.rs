@@ -81,9 +81,45 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     Ok((k, n))
 }
 
-/// Runs of shard K of N: every N-th run starting at K-1 (deterministic, balanced by shape order).
-pub fn shard(runs: Vec<RunPlan>, k: usize, n: usize) -> Vec<RunPlan> {
-    runs.into_iter().filter(|r| r.index % n == k - 1).collect()
+/// Runs of shard K of N: whole (seed, shape) groups of `modes` consecutive runs, every N-th group
+/// starting at K-1. A shape's KD and scratch runs stay together, so every shard gets both modes and
+/// a mix of cheap and dear shapes (deterministic).
+pub fn shard(runs: Vec<RunPlan>, k: usize, n: usize, modes: usize) -> Vec<RunPlan> {
+    runs.into_iter().filter(|r| (r.index / modes.max(1)) % n == k - 1).collect()
+}
+
+/// Run directories are named `<index>-<shape>-<mode>-s<seed>`, and the index depends on the plan's
+/// order. A run started under another order (an older version) is found by the rest of its name and
+/// its config hash and renamed to this plan's name, so the sweep resumes it instead of training it
+/// again beside the old copy. Returns how many were renamed.
+pub fn adopt_renamed(dir: &Path, runs: &[RunPlan]) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir.join("runs")) else { return Ok(0) };
+    let existing: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut renamed = 0;
+    for r in runs {
+        let name = r.dir_name();
+        if existing.contains(&name) {
+            continue;
+        }
+        let suffix = &name[name.find('-').unwrap_or(0)..];
+        let hash = r.cfg.hash();
+        for old in &existing {
+            let Some(index) = old.strip_suffix(suffix) else { continue };
+            if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let from = dir.join("runs").join(old);
+            let same = std::fs::read_to_string(from.join("config.yaml"))
+                .ok()
+                .and_then(|y| serde_yaml_ng::from_str::<DistillConfig>(&y).ok())
+                .is_some_and(|c| c.hash() == hash);
+            if same && std::fs::rename(&from, dir.join("runs").join(&name)).is_ok() {
+                renamed += 1;
+                break;
+            }
+        }
+    }
+    Ok(renamed)
 }
 
 /// Wall-time estimate of a run on one thread (s), for the dry-run table. Rates measured on a
@@ -156,4 +192,65 @@ pub fn execute(spec: &SweepSpec, runs: &[RunPlan], dir: &Path, progress: bool) -
         anyhow::bail!(e);
     }
     Ok(results.into_inner().unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = "
+name: t
+teacher: results/teachers/x
+budgets: [{params: 100k, tol: 0.5}]
+axes: {depth: [2, 3], width: {from: 32, to: 128, step: 16}, heads: [2]}
+distill: {modes: [kd, scratch], steps: 10}
+seeds: [0, 1]
+";
+
+    fn runs() -> Vec<RunPlan> {
+        let spec: SweepSpec = serde_yaml_ng::from_str(SPEC).unwrap();
+        plan(&spec, &DitConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn shards_partition_the_plan_and_keep_both_modes_of_a_shape() {
+        let all = runs();
+        assert!(all.len() >= 8);
+        let mut seen = vec![];
+        for k in 1..=2 {
+            let part = shard(all.clone(), k, 2, 2);
+            // Each shard trains both modes, and a shape's KD and scratch runs land together.
+            assert!(part.iter().any(|r| r.cfg.mode == distill::kd::Mode::Kd));
+            assert!(part.iter().any(|r| r.cfg.mode == distill::kd::Mode::Scratch));
+            for r in &part {
+                assert!(part.iter().any(|q| q.cfg.student == r.cfg.student && q.cfg.seed == r.cfg.seed && q.cfg.mode != r.cfg.mode));
+            }
+            seen.extend(part.iter().map(|r| r.index));
+        }
+        seen.sort();
+        assert_eq!(seen, (0..all.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_run_named_under_another_order_is_renamed_not_retrained() {
+        let all = runs();
+        let tmp = tempfile::tempdir().unwrap();
+        let r = &all[1];
+        let suffix = &r.dir_name()[3..];
+        let old = tmp.path().join("runs").join(format!("017{suffix}"));
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("config.yaml"), serde_yaml_ng::to_string(&r.cfg).unwrap()).unwrap();
+        // Same name pattern but another config (different steps): left alone.
+        let mut other = all[2].cfg.clone();
+        other.steps += 1;
+        let stranger = tmp.path().join("runs").join(format!("018{}", &all[2].dir_name()[3..]));
+        std::fs::create_dir_all(&stranger).unwrap();
+        std::fs::write(stranger.join("config.yaml"), serde_yaml_ng::to_string(&other).unwrap()).unwrap();
+
+        assert_eq!(adopt_renamed(tmp.path(), &all).unwrap(), 1);
+        assert!(tmp.path().join("runs").join(r.dir_name()).join("config.yaml").exists());
+        assert!(!old.exists());
+        assert!(stranger.exists());
+        assert_eq!(adopt_renamed(tmp.path(), &all).unwrap(), 0, "nothing left to adopt");
+    }
 }

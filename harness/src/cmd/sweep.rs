@@ -31,7 +31,7 @@ pub fn run(
     let total = runs.len();
     if let Some(s) = shard_arg {
         let (k, n) = parse_shard(s)?;
-        runs = shard(runs, k, n);
+        runs = shard(runs, k, n, spec.distill.modes.len());
     }
     let dir = sweep_dir(&spec, out);
     if dry_run {
@@ -67,6 +67,10 @@ pub fn run(
             dir.display()
         );
         return Ok(());
+    }
+    let adopted = crate::runner::adopt_renamed(&dir, &runs)?;
+    if adopted > 0 {
+        println!("{adopted} run(s) started under an earlier run order renamed to this plan's names");
     }
     let t = std::time::Instant::now();
     let results = execute(&spec, &runs, &dir, true)?;
