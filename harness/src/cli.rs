@@ -168,7 +168,8 @@ pub enum Command {
         /// Leave this budget out of the fit (held-out validation), e.g. `320k`.
         #[arg(long)]
         hold_out: Option<String>,
-        /// Write the law here instead of <dir>/law.json.
+        /// Write the law here instead of <dir>/law.json (with --hold-out B: <dir>/law-holdout-B.json,
+        /// which `ditkd report` shows as the held-out check).
         #[arg(long)]
         out: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]

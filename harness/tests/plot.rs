@@ -252,4 +252,19 @@ fn plot_and_report_with_a_fitted_law() {
     }
     assert!(md.contains(law["design"]["formula"].as_str().unwrap()), "{md}");
     assert!(md.contains("](plots/parity.png)"), "{md}");
+    assert!(!md.contains("Held-out budget check"), "no held-out fit yet:\n{md}");
+
+    // A held-out fit lands beside the law (never over it) and the report shows its check.
+    let before = std::fs::read(dir.join("law.json")).unwrap();
+    let (rc, out, err) = ditkd(&["fit", d, "--hold-out", "180k", "--bootstrap", "5"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("law-holdout-180k.json"), "{out}");
+    assert_eq!(std::fs::read(dir.join("law.json")).unwrap(), before, "law.json untouched");
+    let held: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("law-holdout-180k.json")).unwrap()).unwrap();
+    assert_eq!(held["held_out_budget"], 180_000);
+    let (rc, _, err) = ditkd(&["report", d]);
+    assert_eq!(rc, 0, "{err}");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("## Held-out budget check") && md.contains("fitted on budgets 55k, 100k only (without budget 180k)"), "{md}");
+    assert!(md.contains(&format!("RMSE {} on ln", num(held["holdout"]["rmse_log"].as_f64().unwrap()))), "{md}");
 }

@@ -24,7 +24,12 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
     };
     let law = fit_sweep(&Options { dir: a.dir.clone(), metric: a.metric, mode: a.mode, bootstrap: a.bootstrap, hold_out, seed: a.seed })?;
-    let out = a.out.unwrap_or_else(|| a.dir.join("law.json"));
+    // A held-out fit never replaces the sweep's law: by default it lands beside it, where
+    // `ditkd report` picks it up as the held-out check.
+    let out = a.out.unwrap_or_else(|| match (&a.hold_out, hold_out) {
+        (Some(s), Some(_)) => a.dir.join(format!("law-holdout-{}.json", s.to_lowercase())),
+        _ => a.dir.join("law.json"),
+    });
     law.save(&out).with_context(|| format!("writing {}", out.display()))?;
     print!("{}", summary(&law));
     println!("wrote {}", out.display());

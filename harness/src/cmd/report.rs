@@ -25,11 +25,32 @@ pub fn run(dir: &Path) -> Result<()> {
         }
     }
     let present: Vec<&str> = STEMS.iter().copied().filter(|s| plots.join(format!("{s}.png")).exists()).collect();
-    let md = markdown(&sweep, law.as_ref(), &present, &notes);
+    let held = held_out_laws(dir, &mut notes);
+    let md = markdown(&sweep, law.as_ref(), &held, &present, &notes);
     let out = dir.join("report.md");
     dit::io::write_atomic(&out, md.as_bytes())?;
     println!("{}", out.display());
     Ok(())
+}
+
+/// Held-out fits saved beside the law (`ditkd fit DIR --hold-out B --out DIR/law-holdout-B.json`),
+/// in file-name order. One that cannot be read is named in a note, not fatal.
+fn held_out_laws(dir: &Path, notes: &mut Vec<String>) -> Vec<LawFile> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("law-holdout") && n.ends_with(".json")))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        match LawFile::load(&p) {
+            Ok(l) if l.holdout.is_some() => out.push(l),
+            Ok(_) => notes.push(format!("{}: a law without a held-out budget, skipped.", p.display())),
+            Err(e) => notes.push(format!("{e:#}.")),
+        }
+    }
+    out
 }
 
 /// Plots are redrawn when one is missing or older than the table or the law it shows.
@@ -58,7 +79,8 @@ fn opt(v: Option<f64>) -> String {
 }
 
 /// The report's text (pure: the caller writes it).
-pub fn markdown(sweep: &Sweep, law: Option<&LawFile>, plots: &[&str], notes: &[String]) -> String {
+/// `held` are laws fitted with a budget held out (each carries its `holdout` check).
+pub fn markdown(sweep: &Sweep, law: Option<&LawFile>, held: &[LawFile], plots: &[&str], notes: &[String]) -> String {
     let mut md = String::new();
     let metric = sweep.metric_label();
     let w = &mut md;
@@ -85,8 +107,10 @@ pub fn markdown(sweep: &Sweep, law: Option<&LawFile>, plots: &[&str], notes: &[S
         }
     }
     modes_section(w, sweep, &metric);
-    if let Some(h) = law.and_then(|l| l.holdout.as_ref()) {
-        holdout_section(w, h, &metric);
+    for l in law.into_iter().chain(held) {
+        if let Some(h) = l.holdout.as_ref() {
+            holdout_section(w, l, h, &metric);
+        }
     }
     let _ = writeln!(w, "## Plots\n");
     if plots.is_empty() {
@@ -160,7 +184,7 @@ fn law_section(w: &mut String, l: &LawFile) {
     let _ = writeln!(w, "## Design law\n");
     let _ = writeln!(
         w,
-        "Chosen law **({})**: `{} = {}`, fitted to {} `{}` runs over budgets {} (chosen on the lowest {} cross-validation error).",
+        "Chosen law **({})**: `{} = {}`, fitted to {} `{}` runs over budgets {} (chosen on the lowest {} cross-validation error; errors within 2 % of the lowest count as a tie, won by the law with fewer coefficients).",
         c.name,
         l.metric,
         c.formula,
@@ -301,8 +325,9 @@ fn modes_section(w: &mut String, sweep: &Sweep, metric: &str) {
 }
 
 /// Read through JSON, so the section follows law.json's `holdout` as written (fields may be null).
-fn holdout_section(w: &mut String, h: &crate::law::Holdout, metric: &str) {
+fn holdout_section(w: &mut String, l: &LawFile, h: &crate::law::Holdout, metric: &str) {
     let h = serde_json::to_value(h).unwrap_or_default();
+    let fitted: Vec<String> = l.budgets.iter().map(|b| si(*b as f64)).collect();
     let f = |v: &serde_json::Value| opt(v.as_f64());
     let shape = |s: &serde_json::Value| {
         if s.is_null() {
@@ -326,7 +351,9 @@ fn holdout_section(w: &mut String, h: &crate::law::Holdout, metric: &str) {
     let _ = writeln!(w, "## Held-out budget check\n");
     let _ = writeln!(
         w,
-        "The law fitted without budget {} predicts its {} runs with RMSE {} on ln {metric} (MAPE {} %).\n",
+        "Law ({}) fitted on budgets {} only (without budget {}) predicts the held-out budget's {} runs with RMSE {} on ln {metric} (MAPE {} %).\n",
+        l.chosen,
+        fitted.join(", "),
         h["budget"].as_f64().map(si).unwrap_or_else(|| "?".into()),
         h["n_runs"],
         f(&h["rmse_log"]),

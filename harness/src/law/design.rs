@@ -17,6 +17,8 @@ use std::cmp::Ordering;
 use dit::DitConfig;
 use rayon::prelude::*;
 
+use crate::plot::style::num;
+
 use super::bootstrap::interval90;
 use super::forms::{Feat, Form};
 use super::{Design, Exponent, Exponents, LawFit, Shape};
@@ -288,10 +290,10 @@ pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, dom: &Domain, r:
     };
     let fmt = |sym: &str, e: &Option<Exponent>| match e {
         Some(e) => format!(
-            "{sym}* ≈ {:.3}·N^{:.3}{}",
-            e.c,
-            e.s,
-            e.interval.map(|[lo, hi]| format!(" (s 90%: {lo:.3}..{hi:.3})")).unwrap_or_default()
+            "{sym}* ≈ {}·N^{}{}",
+            num(e.c),
+            num(e.s),
+            e.interval.map(|[lo, hi]| format!(" (s 90%: {}..{})", num(lo), num(hi))).unwrap_or_default()
         ),
         None => format!("{sym}* not identifiable"),
     };

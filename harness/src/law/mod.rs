@@ -257,7 +257,8 @@ pub struct LawFile {
     /// Where `base` came from (a run's config.yaml, a dit.json, or defaults plus the table).
     #[serde(default)]
     pub base_source: String,
-    /// Name of the chosen law (lowest leave-one-budget-out CV error; k-fold with < 2 budgets).
+    /// Name of the chosen law (lowest leave-one-budget-out CV error, k-fold with < 2 budgets; CV
+    /// errors within 2 % of the lowest go to the law with fewest coefficients).
     pub chosen: String,
     pub laws: Vec<LawFit>,
     #[serde(default)]

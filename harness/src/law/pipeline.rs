@@ -134,10 +134,11 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         bail!("{p}: no law could be fitted ({})", skipped.iter().map(|s| format!("{}: {}", s.name, s.reason)).collect::<Vec<_>>().join("; "));
     }
 
-    // The choice: lowest LOBO CV error; k-fold when LOBO is unavailable for every law.
+    // The choice: lowest LOBO CV error (k-fold when LOBO is unavailable for every law), the
+    // simplest law winning near-ties.
     let use_lobo = cands.iter().any(|c| c.lobo.is_some());
     let score = |c: &Candidate| if use_lobo { c.lobo.as_ref().map_or(f64::INFINITY, |l| l.rmse) } else { c.kfold.rmse };
-    let best = (0..cands.len()).min_by(|&a, &b| score(&cands[a]).total_cmp(&score(&cands[b]))).unwrap_or(0);
+    let best = choose(&cands.iter().map(|c| (score(c), c.law.k)).collect::<Vec<_>>());
     let chosen = &cands[best];
     let chosen_cv = if use_lobo { chosen.lobo.as_ref().unwrap_or(&chosen.kfold) } else { &chosen.kfold };
     let cv_kind = if use_lobo && chosen.lobo.is_some() { "lobo" } else { "kfold" };
@@ -204,4 +205,41 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         notes,
         laws: cands.into_iter().map(|c| c.law).collect(),
     })
+}
+
+/// CV errors within this fraction of the lowest count as a tie, which the law with the fewest
+/// coefficients wins: a law that is no better out of sample should not buy extra parameters.
+pub const CV_TIE: f64 = 0.02;
+
+/// Index of the chosen law among `(cv error, coefficient count)` pairs (in the order fitted).
+fn choose(scored: &[(f64, usize)]) -> usize {
+    let lowest = scored.iter().map(|s| s.0).fold(f64::INFINITY, f64::min);
+    (0..scored.len())
+        .filter(|&i| scored[i].0 <= lowest * (1.0 + CV_TIE))
+        .min_by(|&a, &b| scored[a].1.cmp(&scored[b].1).then(scored[a].0.total_cmp(&scored[b].0)))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod choice_tests {
+    use super::choose;
+
+    #[test]
+    fn lowest_cv_error_wins() {
+        assert_eq!(choose(&[(0.30, 3), (0.20, 5), (0.25, 7)]), 1);
+    }
+
+    #[test]
+    fn near_ties_go_to_the_simplest_law() {
+        // (c) is 0.02 % better than (b): not worth two more coefficients.
+        assert_eq!(choose(&[(0.62, 3), (0.4809, 5), (0.4808, 7)]), 1);
+        // Within 2 % of the lowest (0.47): (b) and (c); the simpler (b) wins, (a) is out.
+        assert_eq!(choose(&[(0.48, 3), (0.475, 5), (0.47, 7)]), 1);
+        assert_eq!(choose(&[(0.479, 3), (0.475, 5), (0.47, 7)]), 0);
+    }
+
+    #[test]
+    fn failed_cv_is_never_chosen_over_a_finite_one() {
+        assert_eq!(choose(&[(f64::INFINITY, 3), (0.5, 5)]), 1);
+    }
 }
