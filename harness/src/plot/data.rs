@@ -97,7 +97,9 @@ pub struct LawOverlay {
     pub cv_rmse: Option<f64>,
     /// "lobo" (leave one budget out) or "kfold".
     pub cv_kind: String,
-    /// The head dim the curves hold fixed (laws of the shape only).
+    /// The head count the curves hold fixed (head dim = width / heads), as the sweep did.
+    pub heads: Option<i64>,
+    /// The head dim the curves hold fixed instead, when no head count is known.
     pub head_dim: Option<f64>,
     pub curves: Vec<LawCurve>,
     pub cv: Vec<CvPoint>,

@@ -21,14 +21,21 @@ pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
     let in_range = |n: f64| n >= n_lo / 1.1 && n <= n_hi * 1.1;
     let mut curves = Vec::new();
     let mut head_dim = None;
+    let mut heads = None;
     if form.uses_shape() {
         let base = law.base_config()?;
-        // Law c depends on the head dim: hold it at the one most runs used, as the sweep did.
-        let hd = mode(points.iter().map(|p| p.head_dim)).map(|h| h as f64).unwrap_or_else(|| {
+        // Law c depends on the head dim. A sweep that varies the width holds the head count (the
+        // head dim grows with the width), so the curves do too, at the count most runs used; with
+        // no points, at a fixed head dim mid-range.
+        heads = mode(points.iter().map(|p| p.heads)).filter(|&h| h > 0);
+        let fixed_hd = {
             let [a, b] = law.head_dim_range.map(|v| v as f64);
             (a * b).sqrt()
-        });
-        head_dim = Some(hd);
+        };
+        if heads.is_none() {
+            head_dim = Some(fixed_hd);
+        }
+        let hd_of = |w: usize| heads.map_or(fixed_hd, |h| w as f64 / h as f64);
         let mut depths: BTreeSet<i64> = points.iter().map(|p| p.depth).collect();
         if depths.is_empty() {
             depths.extend(law.depth_range[0] as i64..=law.depth_range[1] as i64);
@@ -41,7 +48,7 @@ pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
                 .filter(|&w| w > 0)
                 .map(|w| {
                     let n = DitConfig { depth: d as usize, hidden_size: w, ..base.clone() }.num_params() as f64;
-                    (n, form.eval_raw(&raw, &Feat::new(n, d as f64, w as f64, hd)))
+                    (n, form.eval_raw(&raw, &Feat::new(n, d as f64, w as f64, hd_of(w))))
                 })
                 .filter(|&(n, y)| in_range(n) && y.is_finite() && y > 0.0)
                 .collect();
@@ -62,6 +69,7 @@ pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
         cv_rmse: Some(chosen.cv_rmse()).filter(|v| v.is_finite()),
         cv_kind: law.cv_kind.clone(),
         head_dim,
+        heads,
         curves,
         cv: law
             .cv_predictions

@@ -33,9 +33,10 @@ impl Figure for FidVsParams<'_> {
         let metric = s.metric_label();
         let note = match &s.law {
             Some(l) => {
-                let along = match l.head_dim {
-                    Some(h) => format!("for each depth as the width varies, at head dim {}", style::num(h)),
-                    None => "of the parameter count alone".to_string(),
+                let along = match (l.heads, l.head_dim) {
+                    (Some(h), _) => format!("for each depth as the width varies, with {h} heads (head dim = width / {h})"),
+                    (None, Some(h)) => format!("for each depth as the width varies, at head dim {}", style::num(h)),
+                    (None, None) => "of the parameter count alone".to_string(),
                 };
                 format!("Points: mean over seeds of each shape ({} runs), bars: ± 1 std.\nLines: law {}, {}, predicted {along}.", s.mode, l.name, l.formula)
             }
