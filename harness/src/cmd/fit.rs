@@ -26,9 +26,10 @@ pub fn run(a: Args) -> Result<()> {
     let law = fit_sweep(&Options { dir: a.dir.clone(), metric: a.metric, mode: a.mode, bootstrap: a.bootstrap, hold_out, seed: a.seed })?;
     // A held-out fit never replaces the sweep's law: by default it lands beside it, where
     // `ditkd report` picks it up as the held-out check.
-    let out = a.out.unwrap_or_else(|| match (&a.hold_out, hold_out) {
-        (Some(s), Some(_)) => a.dir.join(format!("law-holdout-{}.json", s.to_lowercase())),
-        _ => a.dir.join("law.json"),
+    // Named from the parsed budget, so `400k`, `400000` and `0.4M` all write law-holdout-400k.json.
+    let out = a.out.unwrap_or_else(|| match hold_out {
+        Some(b) => a.dir.join(format!("law-holdout-{}.json", crate::plot::style::si(b as f64))),
+        None => a.dir.join("law.json"),
     });
     law.save(&out).with_context(|| format!("writing {}", out.display()))?;
     print!("{}", summary(&law));

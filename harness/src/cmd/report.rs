@@ -33,7 +33,7 @@ pub fn run(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Held-out fits saved beside the law (`ditkd fit DIR --hold-out B --out DIR/law-holdout-B.json`),
+/// Held-out fits saved beside the law (`ditkd fit DIR --hold-out B` writes DIR/law-holdout-B.json),
 /// in file-name order. One that cannot be read is named in a note, not fatal.
 fn held_out_laws(dir: &Path, notes: &mut Vec<String>) -> Vec<LawFile> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
