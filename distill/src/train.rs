@@ -338,12 +338,13 @@ pub fn train(
         let batch = Batch { x0, y, step };
 
         // ---- loss, backward, update ---------------------------------------------------------------
+        model.record_tape(); // the blocks take the hand-written backward (dit::backward)
         let (loss, parts) = objective.loss(model, &batch, &mut rng)?;
         let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
             bail!("diverged: loss is {loss_v} at step {step} (the last checkpoint is kept; lower optim.lr or check the data)");
         }
-        let grads = loss.backward()?;
+        let grads = model.backward(&loss)?;
         let lr = cfg.optim.lr_at(step, cfg.steps);
         let gnorm = opt.step(&grads, lr)?;
         ema.update(&model_vars, step)?;

@@ -1,6 +1,7 @@
-//! The fused CPU ops (`dit::ops`) and the candle-primitive reference path train the same model:
-//! a few AdamW steps of a small DiT from the same weights and batches give the same losses and
-//! weights up to float noise.
+//! The training fast path (the fused CPU ops of `dit::ops` and the blocks' hand-written backward
+//! of `dit::backward`) and the candle-primitive reference path with candle's autograd train the
+//! same model: a few AdamW steps of a small DiT from the same weights and batches give the same
+//! losses and weights up to float noise.
 
 use candle_core::{DType, Device, Var};
 use dit::{DiT, DitConfig};
@@ -28,9 +29,10 @@ fn train(fused: bool, steps: usize) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
         let eps = dit::rng::randn(&mut rng, x.dims(), &dev).unwrap();
         let t: Vec<f32> = dit::rng::uniform_ints(&mut rng, batch, 1000).iter().map(|&v| v as f32).collect();
         let y = dit::rng::uniform_ints(&mut rng, batch, cfg.num_classes);
+        model.record_tape(); // as the training loop does; a no-op off the fused path
         let loss = (model.forward_eps(&x, &t, &y).unwrap() - eps).unwrap().sqr().unwrap().mean_all().unwrap();
         losses.push(loss.to_scalar::<f32>().unwrap());
-        let grads = loss.backward().unwrap();
+        let grads = model.backward(&loss).unwrap();
         opt.step(&grads, 1e-3).unwrap();
     }
     dit::ops::set_fused(true);

@@ -2,6 +2,7 @@
 //! facebookresearch/DiT, its presets, analytic parameter and FLOP counts, the noise schedule and
 //! the DDPM/DDIM samplers.
 
+pub mod backward;
 pub mod config;
 pub mod counts;
 pub mod io;

@@ -5,9 +5,13 @@
 //! `layer_norm` and flash-attention do not, so softmax, layer norm, GELU and the attention matmuls
 //! come from `crate::ops` (fused, with hand-written backward; see `tests/gradcheck.rs`).
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::backward::{BlockTape, Tape};
 use crate::config::DitConfig;
 use crate::counts::TIME_FREQ_DIM;
 use crate::ops::{self, linear, ln_modulate};
@@ -60,17 +64,17 @@ pub fn pos_embed_2d(dim: usize, grid: usize) -> Vec<f32> {
 
 /// One DiT block with adaptive layer norm zero (adaLN-Zero) conditioning.
 pub struct DiTBlock {
-    qkv_w: Tensor,
-    qkv_b: Tensor,
-    proj_w: Tensor,
-    proj_b: Tensor,
-    fc1_w: Tensor,
-    fc1_b: Tensor,
-    fc2_w: Tensor,
-    fc2_b: Tensor,
-    ada_w: Tensor,
-    ada_b: Tensor,
-    num_heads: usize,
+    pub(crate) qkv_w: Tensor,
+    pub(crate) qkv_b: Tensor,
+    pub(crate) proj_w: Tensor,
+    pub(crate) proj_b: Tensor,
+    pub(crate) fc1_w: Tensor,
+    pub(crate) fc1_b: Tensor,
+    pub(crate) fc2_w: Tensor,
+    pub(crate) fc2_b: Tensor,
+    pub(crate) ada_w: Tensor,
+    pub(crate) ada_b: Tensor,
+    pub(crate) num_heads: usize,
 }
 
 impl DiTBlock {
@@ -94,28 +98,33 @@ impl DiTBlock {
         })
     }
 
-    /// Multi-head self-attention (timm `Attention` with qkv bias).
-    fn attn(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = linear(x, &self.qkv_w, &self.qkv_b)?; // (N, T, 3D)
-        let o = ops::attention(&qkv, self.num_heads)?; // (N, T, D), heads merged
-        linear(&o, &self.proj_w, &self.proj_b)
-    }
-
-    fn mlp(&self, x: &Tensor) -> Result<Tensor> {
-        let h = linear(x, &self.fc1_w, &self.fc1_b)?; // (N, T, 4D)
-        let h = ops::gelu(&h)?; // tanh approximation
-        linear(&h, &self.fc2_w, &self.fc2_b)
-    }
-
     /// `x: [N, T, D]`, `c: [N, D]` (the SiLU of the conditioning is applied by the caller once).
     pub fn forward(&self, x: &Tensor, c_silu: &Tensor) -> Result<Tensor> {
-        let m = linear(c_silu, &self.ada_w, &self.ada_b)?.chunk(6, 1)?;
-        let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
-        let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
-        let a = self.attn(&ln_modulate(x, shift_msa, scale_msa)?)?; // (N, T, D)
-        let x = ops::gated_residual(x, &a, gate_msa)?;
-        let f = self.mlp(&ln_modulate(&x, shift_mlp, scale_mlp)?)?; // (N, T, D)
-        ops::gated_residual(&x, &f, gate_mlp)
+        Ok(self.run(x, c_silu, false)?.0)
+    }
+
+    /// The block, optionally detached from autograd with its activations kept for
+    /// `crate::backward` (`record`).
+    pub(crate) fn run(&self, x: &Tensor, c_silu: &Tensor, record: bool) -> Result<(Tensor, Option<BlockTape>)> {
+        let p = |w: &Tensor| if record { w.detach() } else { w.clone() };
+        let m = linear(c_silu, &p(&self.ada_w), &p(&self.ada_b))?; // (N, 6D)
+        let ms = m.chunk(6, 1)?;
+        let (shift_msa, scale_msa, gate_msa) = (&ms[0], &ms[1], &ms[2]);
+        let (shift_mlp, scale_mlp, gate_mlp) = (&ms[3], &ms[4], &ms[5]);
+        // Multi-head self-attention (timm `Attention` with qkv bias).
+        let h1 = ln_modulate(x, shift_msa, scale_msa)?; // (N, T, D)
+        let qkv = linear(&h1, &p(&self.qkv_w), &p(&self.qkv_b))?; // (N, T, 3D)
+        let o = ops::attention(&qkv, self.num_heads)?; // (N, T, D), heads merged
+        let a = linear(&o, &p(&self.proj_w), &p(&self.proj_b))?; // (N, T, D)
+        let x2 = ops::gated_residual(x, &a, gate_msa)?;
+        // MLP with the tanh GELU.
+        let h2 = ln_modulate(&x2, shift_mlp, scale_mlp)?; // (N, T, D)
+        let f1 = linear(&h2, &p(&self.fc1_w), &p(&self.fc1_b))?; // (N, T, 4D)
+        let g1 = ops::gelu(&f1)?;
+        let f = linear(&g1, &p(&self.fc2_w), &p(&self.fc2_b))?; // (N, T, D)
+        let y = ops::gated_residual(&x2, &f, gate_mlp)?;
+        let tape = record.then(|| BlockTape { x: x.clone(), m, h1, qkv, o, a, x2, h2, f1, g1, f });
+        Ok((y, tape))
     }
 }
 
@@ -124,13 +133,14 @@ pub struct DiT {
     pub cfg: DitConfig,
     pub varmap: VarMap,
     x_w: Tensor, // x_embedder.proj.weight viewed as [D, C*p*p]
-    x_b: Tensor,
+    pub(crate) x_w_var: Tensor, // the variable itself, [D, C, p, p]
+    pub(crate) x_b: Tensor,
     pos_embed: Tensor, // [1, T, D], fixed
-    t_w0: Tensor,
-    t_b0: Tensor,
-    t_w2: Tensor,
-    t_b2: Tensor,
-    y_table: Tensor,
+    pub(crate) t_w0: Tensor,
+    pub(crate) t_b0: Tensor,
+    pub(crate) t_w2: Tensor,
+    pub(crate) t_b2: Tensor,
+    pub(crate) y_table: Tensor,
     pub blocks: Vec<DiTBlock>,
     f_ada_w: Tensor,
     f_ada_b: Tensor,
@@ -138,6 +148,9 @@ pub struct DiT {
     f_b: Tensor,
     device: Device,
     dtype: DType,
+    /// Forwards record a `Tape` for the hand-written backward (see `record_tape`).
+    recording: AtomicBool,
+    tapes: Mutex<Vec<Tape>>,
 }
 
 impl DiT {
@@ -172,6 +185,7 @@ impl DiT {
             cfg: cfg.clone(),
             varmap: p.varmap,
             x_w: x_w.reshape((d, cpp))?,
+            x_w_var: x_w,
             x_b,
             pos_embed,
             t_w0,
@@ -186,6 +200,8 @@ impl DiT {
             f_b,
             device: device.clone(),
             dtype,
+            recording: AtomicBool::new(false),
+            tapes: Mutex::new(Vec::new()),
         })
     }
 
@@ -282,17 +298,59 @@ impl DiT {
         if t.len() != x.dim(0)? || y.len() != x.dim(0)? {
             candle_core::bail!("forward: batch {} with {} timesteps and {} labels", x.dim(0)?, t.len(), y.len());
         }
-        let mut h = linear(&self.patchify(x)?, &self.x_w, &self.x_b)?.broadcast_add(&self.pos_embed)?; // (N, T, D)
         let c = self.condition(t, y)?.silu()?; // (N, D); every adaLN starts with SiLU
+        let patches = self.patchify(x)?.contiguous()?; // (N, T, C*p*p)
+        if self.recording.load(Ordering::Relaxed) && ops::fused_cpu(x) {
+            return self.forward_recorded(patches, c);
+        }
+        let mut h = linear(&patches, &self.x_w, &self.x_b)?.broadcast_add(&self.pos_embed)?; // (N, T, D)
         let mut feats = Vec::with_capacity(self.blocks.len());
         for b in &self.blocks {
             h = b.forward(&h, &c)?; // (N, T, D)
             feats.push(h.clone());
         }
-        let m = linear(&c, &self.f_ada_w, &self.f_ada_b)?.chunk(2, 1)?;
-        let h = ln_modulate(&h, &m[0], &m[1])?;
+        Ok((self.final_layer(&h, &c)?, feats)) // (N, C_out, H, W)
+    }
+
+    /// The final adaLN layer and unpatchify: `[N, T, D] -> [N, C_out, H, W]`.
+    fn final_layer(&self, h: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let m = linear(c, &self.f_ada_w, &self.f_ada_b)?.chunk(2, 1)?;
+        let h = ln_modulate(h, &m[0], &m[1])?;
         let out = linear(&h, &self.f_w, &self.f_b)?; // (N, T, p*p*C_out)
-        Ok((self.unpatchify(&out)?, feats)) // (N, C_out, H, W)
+        self.unpatchify(&out)
+    }
+
+    /// `forward_with_features` while recording: the patch embedding and the blocks run detached
+    /// and keep their activations; the block outputs come back as leaf variables, so the loss's
+    /// autograd stops there and `backward` takes over.
+    fn forward_recorded(&self, patches: Tensor, c: Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut h = linear(&patches, &self.x_w.detach(), &self.x_b.detach())?.broadcast_add(&self.pos_embed)?; // (N, T, D)
+        let c_det = c.detach();
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        let mut outs = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let (y, tape) = b.run(&h, &c_det, true)?; // (N, T, D)
+            blocks.push(tape.expect("a recording run keeps its tape"));
+            outs.push(Var::from_tensor(&y)?);
+            h = y;
+        }
+        let feats: Vec<Tensor> = outs.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = self.final_layer(feats.last().unwrap_or(&h), &c)?;
+        self.tapes.lock().unwrap().push(Tape { patches, c, blocks, outs });
+        Ok((out, feats))
+    }
+
+    /// From now until the next `backward`, forwards record their activations so `backward` can
+    /// run the blocks' hand-written backward (CPU, f32/f64; elsewhere autograd as usual).
+    pub fn record_tape(&self) {
+        self.tapes.lock().unwrap().clear();
+        self.recording.store(true, Ordering::Relaxed);
+    }
+
+    /// Stop recording and hand over what was recorded.
+    pub(crate) fn take_tapes(&self) -> Vec<Tape> {
+        self.recording.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *self.tapes.lock().unwrap())
     }
 
     /// `forward(x, t, y) -> [N, C_out, H, W]`.

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Re
 use rayon::prelude::*;
 
 /// Rows handed to one rayon task (amortises scheduling for short rows).
-const CHUNK: usize = 8192;
+pub(crate) const CHUNK: usize = 8192;
 
 /// Contiguous data of a CPU storage, or an error for anything we do not handle.
 fn slice<'a, T: candle_core::WithDType>(s: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
@@ -21,11 +21,11 @@ fn slice<'a, T: candle_core::WithDType>(s: &'a [T], l: &Layout, op: &str) -> Res
     }
 }
 
-trait Float: candle_core::WithDType + num_traits::Float + Send + Sync {}
+pub(crate) trait Float: candle_core::WithDType + num_traits::Float + Send + Sync {}
 impl Float for f32 {}
 impl Float for f64 {}
 
-fn cast<T: Float>(v: f64) -> T {
+pub(crate) fn cast<T: Float>(v: f64) -> T {
     T::from(v).unwrap()
 }
 
@@ -33,13 +33,13 @@ fn cast<T: Float>(v: f64) -> T {
 // GELU (tanh approximation)
 //--------------------------------------------------------------------------------
 
-const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
-const GELU_A: f64 = 0.044_715;
+pub(crate) const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
+pub(crate) const GELU_A: f64 = 0.044_715;
 
 /// tanh through one exp: libm's tanhf is several times slower than expf and dominated profiles.
 /// `1 - 2 / (1 + e^{2u})` saturates correctly at both ends (e^{2u} -> inf or 0).
 #[inline(always)]
-fn tanh_fast<T: Float>(u: T) -> T {
+pub(crate) fn tanh_fast<T: Float>(u: T) -> T {
     let two = T::one() + T::one();
     T::one() - two / (T::one() + (two * u).exp())
 }
@@ -55,14 +55,19 @@ fn gelu_fwd<T: Float>(x: &[T]) -> Vec<T> {
     out
 }
 
-fn gelu_bwd<T: Float>(x: &[T], g: &[T]) -> Vec<T> {
+/// d GELU(x) / dx of the tanh approximation.
+#[inline(always)]
+pub(crate) fn gelu_deriv<T: Float>(x: T) -> T {
     let (c, a, half, three) = (cast::<T>(GELU_C), cast::<T>(GELU_A), cast::<T>(0.5), cast::<T>(3.0));
+    let th = tanh_fast(c * (x + a * x * x * x));
+    half * (T::one() + th) + half * x * (T::one() - th * th) * c * (T::one() + three * a * x * x)
+}
+
+fn gelu_bwd<T: Float>(x: &[T], g: &[T]) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(o, (x, g))| {
         for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-            let th = tanh_fast(c * (x + a * x * x * x));
-            let d = half * (T::one() + th) + half * x * (T::one() - th * th) * c * (T::one() + three * a * x * x);
-            *o = g * d;
+            *o = g * gelu_deriv(x);
         }
     });
     out
@@ -156,7 +161,7 @@ fn softmax_grad_row<T: Float>(y: &[T], g: &[T], o: &mut [T]) {
     }
 }
 
-const LN_EPS: f64 = 1e-6;
+pub(crate) const LN_EPS: f64 = 1e-6;
 
 fn layer_norm_row<T: Float>(x: &[T], o: &mut [T]) {
     let n = cast::<T>(x.len() as f64);
@@ -257,7 +262,7 @@ pub fn set_fused(on: bool) {
     FUSED.with(|f| f.set(on));
 }
 
-fn fused_cpu(x: &Tensor) -> bool {
+pub(crate) fn fused_cpu(x: &Tensor) -> bool {
     FUSED.with(|f| f.get()) && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
@@ -605,7 +610,7 @@ fn attention_fwd<T: Float + 'static>(qkv: &[T], n: usize, t: usize, d: usize, he
     out
 }
 
-fn attention_bwd<T: Float + 'static>(qkv: &[T], g: &[T], n: usize, t: usize, d: usize, heads: usize) -> Vec<T> {
+pub(crate) fn attention_bwd<T: Float + 'static>(qkv: &[T], g: &[T], n: usize, t: usize, d: usize, heads: usize) -> Vec<T> {
     let hd = d / heads;
     let scale = cast::<T>((hd as f64).powf(-0.5));
     let mut dqkv = vec![T::zero(); n * t * 3 * d];
@@ -714,7 +719,7 @@ pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
 struct Linear;
 
 /// The current rayon pool's size: a sweep worker's own pool, or the global one.
-fn gemm_threads() -> gemm::Parallelism {
+pub(crate) fn gemm_threads() -> gemm::Parallelism {
     match rayon::current_num_threads() {
         1 => gemm::Parallelism::None,
         n => gemm::Parallelism::Rayon(n),
