@@ -16,7 +16,7 @@ use candle_core::{DType, Layout, Result, Storage, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::model::{DiT, DiTBlock};
-use crate::ops::{attention_bwd, cast, gelu_deriv, gemm_threads, Float, LN_EPS};
+use crate::ops::{attention_bwd, cast, gelu_deriv, gemm_threads, ln_stats, sum8, Float};
 
 /// What one block's forward keeps for its backward (all detached, contiguous).
 pub(crate) struct BlockTape {
@@ -127,20 +127,13 @@ fn linear_bwd<T: Float + 'static>(dy: &[T], x: &[T], w: &[T], (r, k, o): (usize,
 #[inline]
 fn ln_modulate_bwd_row<T: Float>(x: &[T], g: &[T], scale: &[T], dshift: &mut [T], dscale: &mut [T], dx: &mut [T]) {
     let nf = cast::<T>(x.len() as f64);
-    let mean = x.iter().fold(T::zero(), |a, &v| a + v) / nf;
-    let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / nf;
-    let inv = T::one() / (var + cast(LN_EPS)).sqrt();
-    let (mut mg, mut mgy) = (T::zero(), T::zero());
+    let (mean, inv) = ln_stats(x);
     for j in 0..x.len() {
-        let xh = (x[j] - mean) * inv;
-        let gh = g[j] * (T::one() + scale[j]);
         dshift[j] += g[j];
-        dscale[j] += g[j] * xh;
-        mg += gh;
-        mgy += gh * xh;
+        dscale[j] += g[j] * (x[j] - mean) * inv;
     }
-    mg /= nf;
-    mgy /= nf;
+    let mg = sum8(x.len(), |j| g[j] * (T::one() + scale[j])) / nf;
+    let mgy = sum8(x.len(), |j| g[j] * (T::one() + scale[j]) * (x[j] - mean) * inv) / nf;
     for j in 0..x.len() {
         let xh = (x[j] - mean) * inv;
         let gh = g[j] * (T::one() + scale[j]);

@@ -71,6 +71,51 @@ pub(crate) fn cast<T: Float>(v: f64) -> T {
     T::from(v).unwrap()
 }
 
+/// `f(0) + f(1) + ... + f(n - 1)` in eight interleaved partial sums: a plain fold over a row is
+/// one long dependency chain of float adds (4 cycles each, no SIMD since the order is fixed), which
+/// made softmax and layer-norm rows latency-bound. The order is still fixed, so results are
+/// deterministic.
+#[inline(always)]
+pub(crate) fn sum8<T: Float>(n: usize, f: impl Fn(usize) -> T) -> T {
+    let mut acc = [T::zero(); 8];
+    let full = n / 8 * 8;
+    let mut i = 0;
+    while i < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = *a + f(i + l);
+        }
+        i += 8;
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for j in full..n {
+        s = s + f(j);
+    }
+    s
+}
+
+/// The largest element of a row, in eight interleaved lanes (see `sum8`).
+#[inline(always)]
+pub(crate) fn max8<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = num_traits::Float::max(*a, v);
+        }
+    }
+    let m = acc.iter().fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
+    chunks.remainder().iter().fold(m, |a, &b| num_traits::Float::max(a, b))
+}
+
+/// Mean and 1 / sqrt(var + eps) of a row (affine-free LayerNorm's statistics).
+#[inline(always)]
+pub(crate) fn ln_stats<T: Float>(x: &[T]) -> (T, T) {
+    let n = cast::<T>(x.len() as f64);
+    let mean = sum8(x.len(), |i| x[i]) / n;
+    let var = sum8(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / n;
+    (mean, T::one() / (var + cast(LN_EPS)).sqrt())
+}
+
 //--------------------------------------------------------------------------------
 // GELU (tanh approximation)
 //--------------------------------------------------------------------------------
@@ -185,16 +230,16 @@ fn rows2<T: Float>(n: usize, a: &[T], b: &[T], f: impl Fn(&[T], &[T], &mut [T]) 
 }
 
 fn softmax_row<T: Float>(x: &[T], o: &mut [T]) {
-    let m = x.iter().copied().fold(T::neg_infinity(), num_traits::Float::max);
+    let m = max8(x);
     // The exps in their own loop vectorise; the sum stays in order.
     o.iter_mut().zip(x).for_each(|(o, &x)| *o = (x - m).exp_fast());
-    let inv = T::one() / o.iter().fold(T::zero(), |a, &v| a + v);
+    let inv = T::one() / sum8(o.len(), |i| o[i]);
     o.iter_mut().for_each(|o| *o = *o * inv);
 }
 
 /// dx = y * (dy - sum(dy * y)).
 fn softmax_grad_row<T: Float>(y: &[T], g: &[T], o: &mut [T]) {
-    let dot = y.iter().zip(g).fold(T::zero(), |acc, (&y, &g)| acc + y * g);
+    let dot = sum8(y.len(), |i| y[i] * g[i]);
     for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
         *o = y * (g - dot);
     }
@@ -203,10 +248,7 @@ fn softmax_grad_row<T: Float>(y: &[T], g: &[T], o: &mut [T]) {
 pub(crate) const LN_EPS: f64 = 1e-6;
 
 fn layer_norm_row<T: Float>(x: &[T], o: &mut [T]) {
-    let n = cast::<T>(x.len() as f64);
-    let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
-    let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
-    let inv = T::one() / (var + cast(LN_EPS)).sqrt();
+    let (mean, inv) = ln_stats(x);
     for (o, &x) in o.iter_mut().zip(x) {
         *o = (x - mean) * inv;
     }
@@ -215,16 +257,9 @@ fn layer_norm_row<T: Float>(x: &[T], o: &mut [T]) {
 /// With y = (x - mu) / sigma: dx = (dy - mean(dy) - y * mean(dy * y)) / sigma.
 fn layer_norm_grad_row<T: Float>(x: &[T], g: &[T], o: &mut [T]) {
     let n = cast::<T>(x.len() as f64);
-    let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
-    let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
-    let inv = T::one() / (var + cast(LN_EPS)).sqrt();
-    let (mut mg, mut mgy) = (T::zero(), T::zero());
-    for (&x, &g) in x.iter().zip(g) {
-        mg = mg + g;
-        mgy = mgy + g * (x - mean) * inv;
-    }
-    mg = mg / n;
-    mgy = mgy / n;
+    let (mean, inv) = ln_stats(x);
+    let mg = sum8(x.len(), |i| g[i]) / n;
+    let mgy = sum8(x.len(), |i| g[i] * (x[i] - mean) * inv) / n;
     for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
         *o = (g - mg - (x - mean) * inv * mgy) * inv;
     }
@@ -621,10 +656,10 @@ unsafe fn attention_probs<T: Float + 'static>(qkv: &[T], (b, h): (usize, usize),
     // K^T's (row j, column i) is K[i][j]: row stride 1, column stride 3D.
     gemm_strided((t, t, hd), p.as_mut_ptr(), t, (q, 3 * d, 1), (k, 1, 3 * d), scale);
     for row in p.chunks_mut(t) {
-        let m = row.iter().copied().fold(T::neg_infinity(), num_traits::Float::max);
+        let m = max8(row);
         // The exps in their own loop vectorise; the sum stays in order.
         row.iter_mut().for_each(|v| *v = (*v - m).exp_fast());
-        let inv = T::one() / row.iter().fold(T::zero(), |a, &v| a + v);
+        let inv = T::one() / sum8(row.len(), |i| row[i]);
         row.iter_mut().for_each(|v| *v = *v * inv);
     }
 }
@@ -665,7 +700,7 @@ pub(crate) fn attention_bwd<T: Float + 'static>(qkv: &[T], g: &[T], n: usize, t:
             // dP = dO V^T, then dS = P * (dP - rowsum(dP * P))
             gemm_strided((t, t, hd), dp.as_mut_ptr(), t, (go, d, 1), (v, 1, 3 * d), T::one());
             for (pr, gr) in p.chunks(t).zip(dp.chunks_mut(t)) {
-                let dot = pr.iter().zip(gr.iter()).fold(T::zero(), |a, (&x, &y)| a + x * y);
+                let dot = sum8(pr.len(), |i| pr[i] * gr[i]);
                 for (g, &x) in gr.iter_mut().zip(pr) {
                     *g = x * (*g - dot);
                 }
