@@ -24,6 +24,7 @@ pub(crate) struct BlockTape {
     pub m: Tensor,   // adaLN modulation [N, 6D]: shift, scale, gate (attention), shift, scale, gate (MLP)
     pub h1: Tensor,  // modulated LayerNorm before attention [N, T, D]
     pub qkv: Tensor, // [N, T, 3D]
+    pub probs: Tensor, // attention probabilities [N * heads, T, T]
     pub o: Tensor,   // attention output, heads merged [N, T, D]
     pub a: Tensor,   // after the projection [N, T, D]
     pub x2: Tensor,  // after the attention residual [N, T, D]
@@ -190,6 +191,7 @@ impl DiTBlock {
         data!(tp.m => m);
         data!(tp.h1 => h1);
         data!(tp.qkv => qkv);
+        data!(tp.probs => probs);
         data!(tp.o => o);
         data!(tp.a => a);
         data!(tp.x2 => x2);
@@ -227,7 +229,7 @@ impl DiTBlock {
         let (dw, db) = linear_bwd(&da, o, proj_w, (r, d, d), Some(&mut buf_d));
         grads.push((self.proj_w.clone(), dw));
         grads.push((self.proj_b.clone(), db));
-        let dqkv = attention_bwd(qkv, &buf_d, n, t, d, self.num_heads);
+        let dqkv = attention_bwd(qkv, Some(probs), &buf_d, n, t, d, self.num_heads);
         let (dw, db) = linear_bwd(&dqkv, h1, qkv_w, (r, d, 3 * d), Some(&mut da));
         drop(dqkv);
         grads.push((self.qkv_w.clone(), dw));

@@ -114,7 +114,12 @@ impl DiTBlock {
         // Multi-head self-attention (timm `Attention` with qkv bias).
         let h1 = ln_modulate(x, shift_msa, scale_msa)?; // (N, T, D)
         let qkv = linear(&h1, &p(&self.qkv_w), &p(&self.qkv_b))?; // (N, T, 3D)
-        let o = ops::attention(&qkv, self.num_heads)?; // (N, T, D), heads merged
+        let (o, probs) = if record {
+            let (o, p) = ops::attention_keep_probs(&qkv, self.num_heads)?; // (N, T, D), (N*H, T, T)
+            (o, Some(p))
+        } else {
+            (ops::attention(&qkv, self.num_heads)?, None) // (N, T, D), heads merged
+        };
         let a = linear(&o, &p(&self.proj_w), &p(&self.proj_b))?; // (N, T, D)
         let x2 = ops::gated_residual(x, &a, gate_msa)?;
         // MLP with the tanh GELU.
@@ -123,7 +128,7 @@ impl DiTBlock {
         let g1 = ops::gelu(&f1)?;
         let f = linear(&g1, &p(&self.fc2_w), &p(&self.fc2_b))?; // (N, T, D)
         let y = ops::gated_residual(&x2, &f, gate_mlp)?;
-        let tape = record.then(|| BlockTape { x: x.clone(), m, h1, qkv, o, a, x2, h2, f1, g1, f });
+        let tape = probs.map(|probs| BlockTape { x: x.clone(), m, h1, qkv, probs, o, a, x2, h2, f1, g1, f });
         Ok((y, tape))
     }
 }

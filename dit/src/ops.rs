@@ -664,33 +664,46 @@ unsafe fn attention_probs<T: Float + 'static>(qkv: &[T], (b, h): (usize, usize),
     }
 }
 
-fn attention_fwd<T: Float + 'static>(qkv: &[T], n: usize, t: usize, d: usize, heads: usize) -> Vec<T> {
+/// Attention forward; with `keep`, also returns every (item, head)'s probabilities
+/// `[N * heads, T, T]` for a backward that then need not recompute them.
+fn attention_fwd<T: Float + 'static>(qkv: &[T], n: usize, t: usize, d: usize, heads: usize, keep: bool) -> (Vec<T>, Vec<T>) {
     let hd = d / heads;
     let mut out = vec![T::zero(); n * t * d];
+    let mut probs = if keep { vec![T::zero(); n * heads * t * t] } else { Vec::new() };
     let o = SharedMut(out.as_mut_ptr());
+    let kept = SharedMut(probs.as_mut_ptr());
     (0..n * heads).into_par_iter().for_each_init(
-        || vec![T::zero(); t * t],
-        |p, i| unsafe {
+        || if keep { Vec::new() } else { vec![T::zero(); t * t] },
+        |scratch, i| unsafe {
             let (b, h) = (i / heads, i % heads);
+            let p: &mut [T] = if keep { std::slice::from_raw_parts_mut(kept.at(i * t * t), t * t) } else { scratch };
             attention_probs(qkv, (b, h), (t, d, hd), p);
             let v = qkv.as_ptr().add(b * t * 3 * d + 2 * d + h * hd);
             // O[:, h*hd..] = P V, written into the merged-heads layout (row stride D).
             gemm_strided((t, hd, t), o.at(b * t * d + h * hd), d, (p.as_ptr(), t, 1), (v, 3 * d, 1), T::one());
         },
     );
-    out
+    (out, probs)
 }
 
-pub(crate) fn attention_bwd<T: Float + 'static>(qkv: &[T], g: &[T], n: usize, t: usize, d: usize, heads: usize) -> Vec<T> {
+/// Attention backward: the gradient of the packed qkv from `g = dO`. The probabilities come
+/// from `probs` when the forward kept them, else are recomputed per (item, head).
+pub(crate) fn attention_bwd<T: Float + 'static>(qkv: &[T], probs: Option<&[T]>, g: &[T], n: usize, t: usize, d: usize, heads: usize) -> Vec<T> {
     let hd = d / heads;
     let scale = cast::<T>((hd as f64).powf(-0.5));
     let mut dqkv = vec![T::zero(); n * t * 3 * d];
     let dst = SharedMut(dqkv.as_mut_ptr());
     (0..n * heads).into_par_iter().for_each_init(
-        || (vec![T::zero(); t * t], vec![T::zero(); t * t]),
-        |(p, dp), i| unsafe {
+        || (if probs.is_some() { Vec::new() } else { vec![T::zero(); t * t] }, vec![T::zero(); t * t]),
+        |(scratch, dp), i| unsafe {
             let (b, h) = (i / heads, i % heads);
-            attention_probs(qkv, (b, h), (t, d, hd), p);
+            let p: &[T] = match probs {
+                Some(all) => &all[i * t * t..(i + 1) * t * t],
+                None => {
+                    attention_probs(qkv, (b, h), (t, d, hd), scratch);
+                    scratch
+                }
+            };
             let q = qkv.as_ptr().add(b * t * 3 * d + h * hd);
             let (k, v) = (q.add(d), q.add(2 * d));
             let go = g.as_ptr().add(b * t * d + h * hd); // dO of this head: row stride D
@@ -713,6 +726,36 @@ pub(crate) fn attention_bwd<T: Float + 'static>(qkv: &[T], g: &[T], n: usize, t:
     dqkv
 }
 
+/// Attention of the packed `qkv: [N, T, 3D]` without autograd, returning the output `[N, T, D]`
+/// and the probabilities `[N * heads, T, T]` (for the blocks' recorded backward; CPU only).
+pub(crate) fn attention_keep_probs(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
+    let qkv = qkv.contiguous()?;
+    let (n, t, d) = attention_dims(qkv.layout(), heads)?;
+    let (out, probs) = {
+        let (s, l) = qkv.storage_and_layout();
+        match &*s {
+            candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
+                let (o, p) = attention_fwd(slice(v, l, "attention")?, n, t, d, heads, true);
+                (CpuStorage::F32(o), CpuStorage::F32(p))
+            }
+            candle_core::Storage::Cpu(CpuStorage::F64(v)) => {
+                let (o, p) = attention_fwd(slice(v, l, "attention")?, n, t, d, heads, true);
+                (CpuStorage::F64(o), CpuStorage::F64(p))
+            }
+            _ => candle_core::bail!("attention: f32 or f64 on the CPU only"),
+        }
+    };
+    let dev = qkv.device();
+    let to_tensor = |c: CpuStorage, shape: (usize, usize, usize)| -> Result<Tensor> {
+        match c {
+            CpuStorage::F32(v) => Tensor::from_vec(v, shape, dev),
+            CpuStorage::F64(v) => Tensor::from_vec(v, shape, dev),
+            _ => unreachable!(),
+        }
+    };
+    Ok((to_tensor(out, (n, t, d))?, to_tensor(probs, (n * heads, t, t))?))
+}
+
 impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
         "ditkd-attention"
@@ -720,8 +763,8 @@ impl CustomOp1 for Attention {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, t, d) = attention_dims(l, self.heads)?;
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(attention_fwd(slice(v, l, "attention")?, n, t, d, self.heads)),
-            CpuStorage::F64(v) => CpuStorage::F64(attention_fwd(slice(v, l, "attention")?, n, t, d, self.heads)),
+            CpuStorage::F32(v) => CpuStorage::F32(attention_fwd(slice(v, l, "attention")?, n, t, d, self.heads, false).0),
+            CpuStorage::F64(v) => CpuStorage::F64(attention_fwd(slice(v, l, "attention")?, n, t, d, self.heads, false).0),
             _ => candle_core::bail!("attention: f32 or f64 only"),
         };
         Ok((out, Shape::from((n, t, d))))
@@ -742,10 +785,10 @@ impl CustomOp2 for AttentionGrad {
         }
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(attention_bwd(slice(x, l1, "attention")?, slice(g, l2, "attention")?, n, t, d, self.heads))
+                CpuStorage::F32(attention_bwd(slice(x, l1, "attention")?, None, slice(g, l2, "attention")?, n, t, d, self.heads))
             }
             (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(attention_bwd(slice(x, l1, "attention")?, slice(g, l2, "attention")?, n, t, d, self.heads))
+                CpuStorage::F64(attention_bwd(slice(x, l1, "attention")?, None, slice(g, l2, "attention")?, n, t, d, self.heads))
             }
             _ => candle_core::bail!("attention grad: f32 or f64 only"),
         };
