@@ -13,6 +13,17 @@ fn loss(model: &DiT, x: &Tensor, t: &[f32], y: &[u32], r: &Tensor) -> Tensor {
 
 #[test]
 fn every_parameter_gets_the_finite_difference_gradient() {
+    check(false);
+}
+
+/// The same with the training path: a recorded forward and the blocks' hand-written backward
+/// (`DiT::record_tape` + `DiT::backward`, see `dit/src/backward.rs`).
+#[test]
+fn the_hand_written_backward_gets_the_finite_difference_gradient() {
+    check(true);
+}
+
+fn check(recorded: bool) {
     let dev = Device::Cpu;
     let cfg = DitConfig {
         input_size: 4,
@@ -44,7 +55,13 @@ fn every_parameter_gets_the_finite_difference_gradient() {
     let t = [37.0f32, 801.0];
     let y = [2u32, 3]; // a real class and the null class
 
-    let grads = loss(&model, &x, &t, &y, &r).backward().unwrap();
+    let grads = if recorded {
+        model.record_tape();
+        let l = loss(&model, &x, &t, &y, &r);
+        model.backward(&l).unwrap()
+    } else {
+        loss(&model, &x, &t, &y, &r).backward().unwrap()
+    };
     let h = 1e-5;
     let mut checked = 0;
     for (name, v) in &vars {
