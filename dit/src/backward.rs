@@ -16,7 +16,7 @@ use candle_core::{DType, Layout, Result, Storage, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::model::{DiT, DiTBlock};
-use crate::ops::{attention_bwd, cast, gelu_deriv, gemm_threads, ln_stats, sum8, Float};
+use crate::ops::{attention_bwd, cast, gelu_grad_in_place, gemm_threads, ln_stats, sum8, Float};
 
 /// What one block's forward keeps for its backward (all detached, contiguous).
 pub(crate) struct BlockTape {
@@ -214,9 +214,7 @@ impl DiTBlock {
         let (dw, db) = linear_bwd(&buf_d, g1, fc2_w, (r, hid, d), Some(&mut dg1));
         grads.push((self.fc2_w.clone(), dw));
         grads.push((self.fc2_b.clone(), db));
-        dg1.par_chunks_mut(crate::ops::CHUNK).zip(f1.par_chunks(crate::ops::CHUNK)).for_each(|(g, x)| {
-            g.iter_mut().zip(x).for_each(|(g, &x)| *g *= gelu_deriv(x));
-        });
+        gelu_grad_in_place(f1, &mut dg1);
         let (dw, db) = linear_bwd(&dg1, h2, fc1_w, (r, d, hid), Some(&mut buf_d));
         drop(dg1);
         grads.push((self.fc1_w.clone(), dw));

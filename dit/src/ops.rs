@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Re
 use rayon::prelude::*;
 
 /// Rows handed to one rayon task (amortises scheduling for short rows).
-pub(crate) const CHUNK: usize = 8192;
+const CHUNK: usize = 8192;
 
 /// Contiguous data of a CPU storage, or an error for anything we do not handle.
 fn slice<'a, T: candle_core::WithDType>(s: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
@@ -120,13 +120,13 @@ pub(crate) fn ln_stats<T: Float>(x: &[T]) -> (T, T) {
 // GELU (tanh approximation)
 //--------------------------------------------------------------------------------
 
-pub(crate) const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
-pub(crate) const GELU_A: f64 = 0.044_715;
+const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
+const GELU_A: f64 = 0.044_715;
 
 /// tanh through one exp: libm's tanhf is several times slower than expf and dominated profiles.
 /// `1 - 2 / (1 + e^{2u})` saturates correctly at both ends (e^{2u} -> inf or 0).
 #[inline(always)]
-pub(crate) fn tanh_fast<T: Float>(u: T) -> T {
+fn tanh_fast<T: Float>(u: T) -> T {
     let two = T::one() + T::one();
     T::one() - two / (T::one() + (two * u).exp_fast())
 }
@@ -144,19 +144,24 @@ fn gelu_fwd<T: Float>(x: &[T]) -> Vec<T> {
 
 /// d GELU(x) / dx of the tanh approximation.
 #[inline(always)]
-pub(crate) fn gelu_deriv<T: Float>(x: T) -> T {
+fn gelu_deriv<T: Float>(x: T) -> T {
     let (c, a, half, three) = (cast::<T>(GELU_C), cast::<T>(GELU_A), cast::<T>(0.5), cast::<T>(3.0));
     let th = tanh_fast(c * (x + a * x * x * x));
     half * (T::one() + th) + half * x * (T::one() - th * th) * c * (T::one() + three * a * x * x)
 }
 
-fn gelu_bwd<T: Float>(x: &[T], g: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(o, (x, g))| {
-        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-            *o = g * gelu_deriv(x);
+/// `g *= GELU'(x)` elementwise: the gradient of the GELU input from that of its output, in place.
+pub(crate) fn gelu_grad_in_place<T: Float>(x: &[T], g: &mut [T]) {
+    g.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| {
+        for (g, &x) in g.iter_mut().zip(x) {
+            *g = *g * gelu_deriv(x);
         }
     });
+}
+
+fn gelu_bwd<T: Float>(x: &[T], g: &[T]) -> Vec<T> {
+    let mut out = g.to_vec();
+    gelu_grad_in_place(x, &mut out);
     out
 }
 
@@ -245,7 +250,7 @@ fn softmax_grad_row<T: Float>(y: &[T], g: &[T], o: &mut [T]) {
     }
 }
 
-pub(crate) const LN_EPS: f64 = 1e-6;
+const LN_EPS: f64 = 1e-6;
 
 fn layer_norm_row<T: Float>(x: &[T], o: &mut [T]) {
     let (mean, inv) = ln_stats(x);
