@@ -237,6 +237,19 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
+    /// The dataset is known and its directory exists (cheap: run before any training starts;
+    /// `load` then verifies every file's checksum).
+    pub fn check(&self) -> Result<()> {
+        if !matches!(self.name.as_str(), "fashion-mnist" | "mnist" | "kmnist" | "cifar10") {
+            bail!("name: unknown dataset `{}` (fashion-mnist, mnist, kmnist, cifar10)", self.name.chars().take(40).collect::<String>());
+        }
+        let dir = crate::paths::resolve(&self.dir);
+        if !dir.is_dir() {
+            bail!("dir: {}: no such data directory", dir.display());
+        }
+        Ok(())
+    }
+
     pub fn load(&self, split: Split) -> Result<Dataset> {
         let dir = crate::paths::resolve(&self.dir);
         match self.name.as_str() {

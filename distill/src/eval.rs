@@ -9,7 +9,7 @@ use dit::{DiT, NoiseSchedule, SamplerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::featnet::{FeatNet, FEAT_DIM};
-use crate::kd::{onestep_generate, Mode};
+use crate::kd::{onestep_generate, Generation, Mode};
 use crate::metrics;
 
 /// How a model is evaluated.
@@ -25,9 +25,21 @@ pub struct EvalConfig {
     /// Seed of the evaluation noise and labels (shared by student and teacher for fidelity).
     #[serde(default)]
     pub seed: u64,
-    /// Measure latency and throughput.
+    /// Measure latency and throughput inside the run (a sweep measures them afterwards instead,
+    /// in a quiet pass: `ditkd latency`).
     #[serde(default = "d_true")]
     pub speed: bool,
+    /// Learning curve: steps at which the EMA weights are also evaluated (the last step always is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub at_steps: Vec<usize>,
+    /// Learning curve: this many points ending at the last step, each half the next (log-spaced),
+    /// merged with `at_steps`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub curve_points: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 fn d_samples() -> usize {
@@ -42,14 +54,58 @@ fn d_true() -> bool {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { samples: d_samples(), sampler: d_sampler(), seed: 0, speed: true }
+        Self { samples: d_samples(), sampler: d_sampler(), seed: 0, speed: true, at_steps: Vec::new(), curve_points: 0 }
+    }
+}
+
+/// Fewest generated images an evaluation accepts: PRDC needs more than k nearest neighbours.
+pub const MIN_SAMPLES: usize = metrics::PRDC_K + 1;
+/// Most generated images an evaluation accepts (their pixels and features are held in memory).
+pub const MAX_SAMPLES: usize = 100_000;
+
+impl EvalConfig {
+    /// Checked before any training starts, so no error surfaces after a run has trained.
+    /// Errors name the field below `eval.`.
+    pub fn validate(&self) -> Result<()> {
+        if !(MIN_SAMPLES..=MAX_SAMPLES).contains(&self.samples) {
+            anyhow::bail!("samples: must lie in {MIN_SAMPLES}..={MAX_SAMPLES} (got {}; PRDC needs more than k = {} images)", self.samples, metrics::PRDC_K);
+        }
+        self.sampler.validate(NoiseSchedule::dit_default().num_steps()).map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
+        if self.at_steps.contains(&0) {
+            anyhow::bail!("at_steps: steps must be >= 1");
+        }
+        if self.curve_points > 32 {
+            anyhow::bail!("curve_points: at most 32 (got {})", self.curve_points);
+        }
+        Ok(())
+    }
+
+    /// The steps a run of `total` steps is evaluated at, ascending, ending with `total`.
+    pub fn curve_steps(&self, total: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = self.at_steps.iter().copied().filter(|&s| s <= total).collect();
+        for k in 1..self.curve_points {
+            let s = total >> k;
+            if s >= 1 {
+                v.push(s);
+            }
+        }
+        v.push(total);
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
 /// The measured quality and cost of one model.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalResult {
+    /// Fréchet distance in the feature net's space, generated images against the whole test set.
     pub fid_proxy: f64,
+    /// FID∞ (Chong & Forsyth 2020): the FID-proxy at 40-100 % of the generated set, fitted linear
+    /// in 1/N and extrapolated to N → ∞ (removes the bias of a finite sample count).
+    #[serde(default)]
+    pub fid_proxy_inf: Option<f64>,
+    /// KID as stored: the raw unbiased MMD² (not ×10³), against a real subset of equal size.
     pub kid: f64,
     pub kid_std: f64,
     pub precision: f64,
@@ -91,9 +147,9 @@ pub fn generate(model: &DiT, mode: Mode, noise: &Tensor, labels: &[u32], sampler
         let b = 250.min(n - start);
         let z = noise.narrow(0, start, b)?;
         let y = &labels[start..start + b];
-        out.push(match mode {
-            Mode::Onestep => onestep_generate(model, &z, y)?.clamp(-1f32, 1f32)?.detach(),
-            _ => dit::sampler::sample(model, &schedule, &z, y, sampler, &mut rng)?,
+        out.push(match mode.generation() {
+            Generation::OneForward => onestep_generate(model, &z, y)?.clamp(-1f32, 1f32)?.detach(),
+            Generation::Sampler => dit::sampler::sample(model, &schedule, &z, y, sampler, &mut rng)?,
         });
     }
     Ok(Tensor::cat(&out, 0)?)
@@ -101,41 +157,107 @@ pub fn generate(model: &DiT, mode: Mode, noise: &Tensor, labels: &[u32], sampler
 
 /// Forward passes per image of a generator.
 pub fn forwards_per_image(mode: Mode, sampler: &SamplerConfig) -> usize {
-    match mode {
-        Mode::Onestep => 1,
-        _ => sampler.steps * if (sampler.cfg_scale - 1.0).abs() > 1e-12 { 2 } else { 1 },
+    match mode.generation() {
+        Generation::OneForward => 1,
+        Generation::Sampler => sampler.steps * if (sampler.cfg_scale - 1.0).abs() > 1e-12 { 2 } else { 1 },
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+/// The upper median of `v` (NaN for an empty `v`; NaNs sort last).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// (latency ms at batch 1, images/s at batch 64): medians of 3 timed runs after one warm-up.
 pub fn measure_speed(model: &DiT, mode: Mode, sampler: &SamplerConfig) -> Result<(f64, f64)> {
-    let mut lat = Vec::new();
-    let mut thr = Vec::new();
-    let (z1, y1) = eval_inputs(model, 1, 99)?;
-    let (z64, y64) = eval_inputs(model, 64, 98)?;
-    for i in 0..4 {
-        let t = Instant::now();
-        generate(model, mode, &z1, &y1, sampler, 0)?;
-        let a = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        generate(model, mode, &z64, &y64, sampler, 0)?;
-        let b = t.elapsed().as_secs_f64();
-        if i > 0 {
-            lat.push(a * 1e3);
-            thr.push(64.0 / b);
+    let t = time_generation(model, mode, sampler, &[1, 64], 3)?;
+    Ok((t[0].median_ms, 64.0 / (t[1].median_ms / 1e3)))
+}
+
+/// Wall times of generating one batch (all sampler steps), after one untimed warm-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub batch: usize,
+    pub repeats: usize,
+    pub min_ms: f64,
+    pub median_ms: f64,
+}
+
+/// Time generating a batch of each size in `batches`, `repeats` times each (rounds alternate
+/// between the sizes, so a disturbance hits all of them alike).
+pub fn time_generation(model: &DiT, mode: Mode, sampler: &SamplerConfig, batches: &[usize], repeats: usize) -> Result<Vec<Timing>> {
+    let inputs = batches.iter().map(|&b| eval_inputs(model, b, 90 + b as u64)).collect::<Result<Vec<_>>>()?;
+    let mut ms: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
+    for round in 0..=repeats {
+        for (i, (z, y)) in inputs.iter().enumerate() {
+            let t = Instant::now();
+            generate(model, mode, z, y, sampler, 0)?;
+            if round > 0 {
+                ms[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
     }
-    Ok((median(lat), median(thr)))
+    Ok(batches
+        .iter()
+        .zip(ms)
+        .map(|(&batch, v)| Timing { batch, repeats, min_ms: v.iter().copied().fold(f64::INFINITY, f64::min), median_ms: median(v) })
+        .collect())
 }
 
 /// Test-set features (computed once per call site and reused across models).
 pub fn reference_features(net: &FeatNet, test: &crate::data::Dataset) -> Result<Vec<f32>> {
     net.features_of(&test.images, 500)
+}
+
+/// `n` rows of `feats` (dim `dim`) drawn without replacement by `seed`: the fixed real subset every
+/// evaluation of a sweep compares with (same seed, same rows).
+pub fn real_subset(feats: &[f32], dim: usize, n: usize, seed: u64) -> Vec<f32> {
+    use rand::SeedableRng;
+    let total = feats.len() / dim;
+    let n = n.min(total);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EA1_5B5E);
+    let mut idx = rand::seq::index::sample(&mut rng, total, n).into_vec();
+    idx.sort_unstable();
+    idx.iter().flat_map(|&i| feats[i * dim..(i + 1) * dim].iter().copied()).collect()
+}
+
+/// FID∞: FIDs of the first 40, 60, 80 and 100 % of the generated rows (labels cycle, so each
+/// prefix keeps the classes balanced), least-squares line in 1/N, value at 1/N = 0. None when the
+/// set is too small for four distinct sizes.
+pub fn fid_infinity(real: &[f32], fake: &[f32], dim: usize) -> Result<Option<f64>> {
+    let m = fake.len() / dim;
+    let sizes: Vec<usize> = [0.4, 0.6, 0.8, 1.0].iter().map(|f| ((m as f64 * f).round() as usize).max(2)).collect();
+    if sizes.windows(2).any(|w| w[0] >= w[1]) {
+        return Ok(None);
+    }
+    let mut pts = Vec::new();
+    for &n in &sizes {
+        pts.push((1.0 / n as f64, metrics::frechet_distance(real, &fake[..n * dim], dim)?));
+    }
+    let k = pts.len() as f64;
+    let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / k, pts.iter().map(|p| p.1).sum::<f64>() / k);
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let slope = sxy / sxx;
+    Ok(Some(my - slope * mx))
+}
+
+/// A model with a NaN or infinite weight samples clamped garbage (an all-black grid), which must
+/// not be scored as a result.
+pub fn check_finite_weights(model: &DiT) -> Result<()> {
+    let mut named: Vec<_> = model.named_tensors().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in named {
+        let v: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+            anyhow::bail!("weight `{name}` holds a non-finite value ({x}): nothing is scored");
+        }
+    }
+    Ok(())
 }
 
 /// Evaluate `model` (`mode` decides how it generates) against `test_feats`; with a teacher, also
@@ -148,45 +270,63 @@ pub fn evaluate(
     test_feats: &[f32],
     teacher_samples: Option<&Tensor>,
 ) -> Result<(EvalResult, Tensor)> {
+    check_finite_weights(model)?;
     let (noise, labels) = eval_inputs(model, cfg.samples, cfg.seed)?;
     let x = generate(model, mode, &noise, &labels, &cfg.sampler, cfg.seed)?;
+    let mut m = score(&x, &labels, cfg.seed, net, test_feats, teacher_samples)?;
+    m.forwards_per_image = forwards_per_image(mode, &cfg.sampler);
+    m.gflops_per_image = m.forwards_per_image as f64 * model.cfg.forward_gflops();
+    if cfg.speed {
+        let (l, t) = measure_speed(model, mode, &cfg.sampler)?;
+        (m.latency_ms, m.images_per_s) = (Some(l), Some(t));
+    }
+    Ok((m, x))
+}
+
+/// The quality metrics of generated images `x` (in [-1, 1]) made for `labels`, under the
+/// protocol every model of a sweep shares: FID-proxy and FID∞ against the whole test set; KID
+/// and PRDC against the fixed real subset of `x`'s size drawn by `seed` (PRDC's k-NN radii depend
+/// on the set sizes: 10,000 real against 500 generated caps coverage near 0.2 even for real
+/// images); class accuracy by the feature net; fidelity to the teacher's samples of the same
+/// noise when given. Speed fields are left empty.
+pub fn score(x: &Tensor, labels: &[u32], seed: u64, net: &FeatNet, test_feats: &[f32], teacher_samples: Option<&Tensor>) -> Result<EvalResult> {
     let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
+        anyhow::bail!(
+            "generated image {} holds a non-finite pixel ({}): the model's weights or the sampler are broken, nothing is scored",
+            i / (flat.len() / labels.len().max(1)).max(1),
+            flat[i]
+        );
+    }
     let feats = net.features_of(&flat, 500)?;
     let fid = metrics::frechet_distance(test_feats, &feats, FEAT_DIM)?;
-    let kid = metrics::kid(test_feats, &feats, FEAT_DIM, None, 10, cfg.seed);
-    let prdc = metrics::prdc(test_feats, &feats, FEAT_DIM, metrics::PRDC_K);
+    let fid_inf = fid_infinity(test_feats, &feats, FEAT_DIM)?;
+    let real = real_subset(test_feats, FEAT_DIM, labels.len(), seed);
+    let kid = metrics::kid(&real, &feats, FEAT_DIM, None, 10, seed)?;
+    let prdc = metrics::prdc(&real, &feats, FEAT_DIM, metrics::PRDC_K)?;
     let pred = net.predict(&flat, 500)?;
-    let class_accuracy = pred.iter().zip(&labels).filter(|(p, l)| p == l).count() as f64 / labels.len() as f64;
+    let class_accuracy = pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len().max(1) as f64;
     let (mut fidelity_mse, mut fidelity_fd) = (None, None);
     if let Some(ts) = teacher_samples {
-        fidelity_mse = Some((&x - ts)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64);
+        fidelity_mse = Some((x - ts)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64);
         let tf = net.features_of_tensor(ts)?;
         fidelity_fd = Some(metrics::frechet_distance(&tf, &feats, FEAT_DIM)?);
     }
-    let fpi = forwards_per_image(mode, &cfg.sampler);
-    let (latency_ms, images_per_s) = if cfg.speed {
-        let (l, t) = measure_speed(model, mode, &cfg.sampler)?;
-        (Some(l), Some(t))
-    } else {
-        (None, None)
-    };
-    Ok((
-        EvalResult {
-            fid_proxy: fid,
-            kid: kid.mean,
-            kid_std: kid.std,
-            precision: prdc.precision,
-            recall: prdc.recall,
-            density: prdc.density,
-            coverage: prdc.coverage,
-            fidelity_mse,
-            fidelity_fd,
-            class_accuracy,
-            latency_ms,
-            images_per_s,
-            forwards_per_image: fpi,
-            gflops_per_image: fpi as f64 * model.cfg.forward_gflops(),
-        },
-        x,
-    ))
+    Ok(EvalResult {
+        fid_proxy: fid,
+        fid_proxy_inf: fid_inf,
+        kid: kid.mean,
+        kid_std: kid.std,
+        precision: prdc.precision,
+        recall: prdc.recall,
+        density: prdc.density,
+        coverage: prdc.coverage,
+        fidelity_mse,
+        fidelity_fd,
+        class_accuracy,
+        latency_ms: None,
+        images_per_s: None,
+        forwards_per_image: 0,
+        gflops_per_image: 0.0,
+    })
 }

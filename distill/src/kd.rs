@@ -23,6 +23,36 @@ pub enum Mode {
     Scratch,
 }
 
+/// How a trained student turns noise into an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// The diffusion sampler (DDIM/DDPM over respaced steps, with guidance).
+    Sampler,
+    /// One forward pass at `ONESTEP_T`.
+    OneForward,
+}
+
+impl Mode {
+    /// Every mode (the CLI's and the spec's choices).
+    pub const ALL: [Mode; 3] = [Mode::Kd, Mode::Onestep, Mode::Scratch];
+
+    /// Does training read a teacher? (Scratch runs may still name one for the fidelity columns.)
+    pub fn needs_teacher(self) -> bool {
+        match self {
+            Mode::Kd | Mode::Onestep => true,
+            Mode::Scratch => false,
+        }
+    }
+
+    /// How its students generate.
+    pub fn generation(self) -> Generation {
+        match self {
+            Mode::Kd | Mode::Scratch => Generation::Sampler,
+            Mode::Onestep => Generation::OneForward,
+        }
+    }
+}
+
 impl std::str::FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -67,6 +97,21 @@ fn d_data() -> f64 {
 impl Default for KdWeights {
     fn default() -> Self {
         Self { kd: d_kd(), data: d_data(), feat: 0.0 }
+    }
+}
+
+impl KdWeights {
+    /// Finite, non-negative, not all zero; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [("kd", self.kd), ("data", self.data), ("feat", self.feat)] {
+            if !(v.is_finite() && v >= 0.0) {
+                anyhow::bail!("{name}: loss weights must be finite and >= 0 (got {v})");
+            }
+        }
+        if self.kd + self.data + self.feat == 0.0 {
+            anyhow::bail!("kd, data, feat: at least one loss weight must be > 0");
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Data, the training loop, teacher and student training, distillation losses and metrics.
 
 pub mod checkpoint;
+pub mod curve;
 pub mod data;
 pub mod ema;
 pub mod eval;
@@ -11,5 +12,6 @@ pub mod metrics;
 pub mod optim;
 pub mod paths;
 pub mod progress;
+pub mod reference;
 pub mod run;
 pub mod train;

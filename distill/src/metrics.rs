@@ -1,11 +1,9 @@
 //! Distribution metrics on feature matrices (row-major f32, one row per image), computed in f64:
 //! Fréchet distance (FID on Inception-like features), KID (unbiased polynomial-kernel MMD^2) and
 //! precision/recall/density/coverage (Naeem et al. 2020). Definitions match the golden vectors in
-//! `shared/golden/README.md` (pytorch-fid, the `prdc` package).
+//! `distill/tests/fixtures/*.expected.json` (pytorch-fid, the `prdc` package).
 //!
-//! `frechet_distance`, `mean_and_cov` and `all_metrics` return errors on bad input; `kid`,
-//! `kid_first_rows` and `prdc` keep plain return types and panic with the same messages instead
-//! (call `all_metrics` or validate first when the input is untrusted).
+//! Every function returns an error on bad input (too few rows, mismatched dims, non-finite values).
 
 use anyhow::{bail, ensure, Result};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
@@ -30,19 +28,7 @@ pub struct Prdc {
     pub coverage: f64,
 }
 
-/// Every metric of one evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricSet {
-    pub fid: f64,
-    /// Mean MMD^2 over 10 seeded subsets of min(1000, N, M) rows (see [`all_metrics`]).
-    pub kid: f64,
-    pub precision: f64,
-    pub recall: f64,
-    pub density: f64,
-    pub coverage: f64,
-}
-
-/// Nearest-neighbour count used by [`all_metrics`] for PRDC (the paper's and the package's default).
+/// Nearest-neighbour count used for PRDC (the paper's and the package's default).
 pub const PRDC_K: usize = 5;
 
 /// Checks shape and finiteness; returns the row count.
@@ -169,18 +155,18 @@ fn mmd2_unbiased(x: &DMatrix<f64>, y: &DMatrix<f64>) -> f64 {
 }
 
 /// KID as the golden vectors define it: one subset made of the first m = min(N, M) rows of each
-/// set. Panics on invalid input (see the module docs).
-pub fn kid_first_rows(real: &[f32], fake: &[f32], dim: usize) -> f64 {
-    let n = check("real", real, dim, 2).unwrap_or_else(|e| panic!("kid: {e}"));
-    let m = check("fake", fake, dim, 2).unwrap_or_else(|e| panic!("kid: {e}"));
+/// set.
+pub fn kid_first_rows(real: &[f32], fake: &[f32], dim: usize) -> Result<f64> {
+    let n = check("kid: real", real, dim, 2)?;
+    let m = check("kid: fake", fake, dim, 2)?;
     let r = n.min(m);
     let rows = |v: &[f32]| DMatrix::from_row_slice(r, dim, &to_f64(&v[..r * dim]));
-    mmd2_unbiased(&rows(real), &rows(fake))
+    Ok(mmd2_unbiased(&rows(real), &rows(fake)))
 }
 
 /// KID over `n_subsets` random subsets of `subset_size` rows per set (default and cap
 /// min(1000, N, M); drawn without replacement, independently per subset and set, from a
-/// ChaCha8 stream seeded with `seed`). Panics on invalid input (see the module docs).
+/// ChaCha8 stream seeded with `seed`).
 pub fn kid(
     real: &[f32],
     fake: &[f32],
@@ -188,12 +174,12 @@ pub fn kid(
     subset_size: Option<usize>,
     n_subsets: usize,
     seed: u64,
-) -> KidResult {
-    let n = check("real", real, dim, 2).unwrap_or_else(|e| panic!("kid: {e}"));
-    let m = check("fake", fake, dim, 2).unwrap_or_else(|e| panic!("kid: {e}"));
-    assert!(n_subsets > 0, "kid: n_subsets must be > 0");
+) -> Result<KidResult> {
+    let n = check("kid: real", real, dim, 2)?;
+    let m = check("kid: fake", fake, dim, 2)?;
+    ensure!(n_subsets > 0, "kid: n_subsets must be > 0");
     let s = subset_size.unwrap_or(1000).min(n).min(m);
-    assert!(s >= 2, "kid: subset size must be >= 2, got {s}");
+    ensure!(s >= 2, "kid: subset size must be >= 2, got {s}");
     let (x, y) = (to_f64(real), to_f64(fake));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mmds: Vec<f64> = (0..n_subsets)
@@ -205,7 +191,7 @@ pub fn kid(
         .collect();
     let mean = mmds.iter().sum::<f64>() / mmds.len() as f64;
     let var = mmds.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / mmds.len() as f64;
-    KidResult { mean, std: var.sqrt() }
+    Ok(KidResult { mean, std: var.sqrt() })
 }
 
 /// Squared distance of each row to its k-th nearest other row of the same set (the (k+1)-th
@@ -228,12 +214,12 @@ fn kth_radii_sq(x: &[f64], n: usize, dim: usize, k: usize) -> Vec<f64> {
 
 /// Precision, recall, density and coverage (Naeem et al. 2020) with `k` nearest neighbours,
 /// Euclidean distances and strict `<` (compared squared: same order). Needs more than `k` rows
-/// per set; panics on invalid input (see the module docs). No N x M matrix is stored: one pass
-/// over real rows keeps per-fake hit counts (one M-vector per rayon fold).
-pub fn prdc(real: &[f32], fake: &[f32], dim: usize, k: usize) -> Prdc {
-    assert!(k > 0, "prdc: k must be > 0");
-    let n = check("real", real, dim, k + 1).unwrap_or_else(|e| panic!("prdc: {e}"));
-    let m = check("fake", fake, dim, k + 1).unwrap_or_else(|e| panic!("prdc: {e}"));
+/// per set. No N x M matrix is stored: one pass over real rows keeps per-fake hit counts (one
+/// M-vector per rayon fold).
+pub fn prdc(real: &[f32], fake: &[f32], dim: usize, k: usize) -> Result<Prdc> {
+    ensure!(k > 0, "prdc: k must be > 0");
+    let n = check("prdc: real", real, dim, k + 1)?;
+    let m = check("prdc: fake", fake, dim, k + 1)?;
     let (x, y) = (to_f64(real), to_f64(fake));
     let r_real = kth_radii_sq(&x, n, dim, k);
     let r_fake = kth_radii_sq(&y, m, dim, k);
@@ -267,31 +253,11 @@ pub fn prdc(real: &[f32], fake: &[f32], dim: usize, k: usize) -> Prdc {
             },
         );
     let total_hits: u64 = hits.iter().map(|&h| h as u64).sum();
-    Prdc {
+    Ok(Prdc {
         precision: hits.iter().filter(|&&h| h > 0).count() as f64 / m as f64,
         recall: recall_n as f64 / n as f64,
         density: total_hits as f64 / (k as f64 * m as f64),
         coverage: coverage_n as f64 / n as f64,
-    }
-}
-
-/// FID, KID and PRDC (k = [`PRDC_K`]) in one call, with errors instead of panics. KID here is
-/// the seeded-subset estimate (10 subsets of min(1000, N, M) rows): the usual practice, and it
-/// bounds the O(m^2 d) kernel cost for large sets; the golden first-rows definition is
-/// [`kid_first_rows`].
-pub fn all_metrics(real: &[f32], fake: &[f32], dim: usize, seed: u64) -> Result<MetricSet> {
-    check("real", real, dim, PRDC_K + 1)?;
-    check("fake", fake, dim, PRDC_K + 1)?;
-    let fid = frechet_distance(real, fake, dim)?;
-    let kid = kid(real, fake, dim, None, 10, seed).mean;
-    let p = prdc(real, fake, dim, PRDC_K);
-    Ok(MetricSet {
-        fid,
-        kid,
-        precision: p.precision,
-        recall: p.recall,
-        density: p.density,
-        coverage: p.coverage,
     })
 }
 
@@ -363,32 +329,33 @@ mod tests {
     #[test]
     fn kid_subsets_match_first_rows_on_full_sets() {
         let (a, b) = (gauss(120, 8, 0.0, 1.0, 9), gauss(120, 8, 0.4, 1.0, 10));
-        let first = kid_first_rows(&a, &b, 8);
+        let first = kid_first_rows(&a, &b, 8).unwrap();
         // Subsets of every row are permutations; the unbiased MMD^2 does not see the order.
-        let full = kid(&a, &b, 8, Some(120), 3, 0);
+        let full = kid(&a, &b, 8, Some(120), 3, 0).unwrap();
         assert!((full.mean - first).abs() < 1e-12 && full.std < 1e-12, "{full:?} vs {first}");
         assert!(first > 0.0);
-        let r1 = kid(&a, &b, 8, Some(50), 5, 42);
-        assert_eq!(r1, kid(&a, &b, 8, Some(50), 5, 42), "same seed, same subsets");
+        let r1 = kid(&a, &b, 8, Some(50), 5, 42).unwrap();
+        assert_eq!(r1, kid(&a, &b, 8, Some(50), 5, 42).unwrap(), "same seed, same subsets");
         assert!(r1.std > 0.0);
         // Independent draws of one distribution: near 0, far below the shifted pair.
-        let same = kid_first_rows(&a, &gauss(120, 8, 0.0, 1.0, 14), 8);
+        let same = kid_first_rows(&a, &gauss(120, 8, 0.0, 1.0, 14), 8).unwrap();
         assert!(same.abs() < 0.2 * first, "{same} vs {first}");
     }
 
     #[test]
     fn prdc_self_is_one() {
         let x = gauss(200, 8, 0.0, 1.0, 11);
-        let p = prdc(&x, &x, 8, 5);
+        let p = prdc(&x, &x, 8, 5).unwrap();
         assert_eq!((p.precision, p.recall, p.coverage), (1.0, 1.0, 1.0), "{p:?}");
         assert!(p.density > 0.5 && p.density < 2.0, "{p:?}");
     }
 
     #[test]
-    fn all_metrics_runs() {
-        let (a, b) = (gauss(150, 8, 0.0, 1.0, 12), gauss(130, 8, 0.5, 1.0, 13));
-        let m = all_metrics(&a, &b, 8, 0).unwrap();
-        assert!(m.fid > 0.0 && m.kid.is_finite() && m.precision > 0.0, "{m:?}");
-        assert!(all_metrics(&a[..16], &b, 8, 0).is_err());
+    fn too_few_rows_is_an_error_not_a_panic() {
+        let (a, b) = (gauss(5, 8, 0.0, 1.0, 3), gauss(40, 8, 0.0, 1.0, 4));
+        let e = prdc(&a, &b, 8, PRDC_K).unwrap_err().to_string();
+        assert!(e.contains("prdc: real") && e.contains("at least 6"), "{e}");
+        assert!(kid(&a[..8], &b, 8, None, 10, 0).is_err());
+        assert!(kid_first_rows(&b, &[f32::NAN; 16], 8).unwrap_err().to_string().contains("non-finite"));
     }
 }

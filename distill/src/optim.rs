@@ -73,6 +73,25 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
+    /// Every field finite and in range; errors name the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let finite = |name: &str, v: f64, ok: bool, want: &str| -> anyhow::Result<()> {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                anyhow::bail!("{name}: must be {want} (got {v})")
+            }
+        };
+        finite("lr", self.lr, self.lr > 0.0, "a finite number > 0")?;
+        finite("min_lr_ratio", self.min_lr_ratio, (0.0..=1.0).contains(&self.min_lr_ratio), "in [0, 1]")?;
+        finite("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "in [0, 1)")?;
+        finite("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)")?;
+        finite("eps", self.eps, self.eps > 0.0, "a finite number > 0")?;
+        finite("weight_decay", self.weight_decay, self.weight_decay >= 0.0, "a finite number >= 0")?;
+        finite("grad_clip", self.grad_clip, self.grad_clip >= 0.0, "a finite number >= 0 (0 = off)")?;
+        Ok(())
+    }
+
     /// Learning rate at 0-based `step` of `total`: linear warm-up, then cosine to `min_lr_ratio * lr`.
     pub fn lr_at(&self, step: usize, total: usize) -> f64 {
         if step < self.warmup_steps {

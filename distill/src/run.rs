@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use dit::{DiT, DitConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::curve::{CurveLog, CurveRow};
 use crate::data::{DataConfig, Split};
 use crate::eval::{evaluate, EvalConfig, EvalResult};
 use crate::featnet::FeatNet;
@@ -62,17 +63,28 @@ pub struct DistillConfig {
     pub cache_dir: PathBuf,
 }
 
+/// Largest step count a run accepts.
+pub const MAX_STEPS: usize = 100_000_000;
+/// Largest batch a run accepts (a batch is held in memory with its activations).
+pub const MAX_BATCH: usize = 8192;
+
 fn d_init() -> StudentInit {
     StudentInit::Random
 }
+/// A student's learning rate, warm-up and EMA decay when a config does not say (the sweep spec's
+/// defaults are these too).
+pub const DEFAULT_LR: f64 = 1e-3;
+pub const DEFAULT_WARMUP: usize = 100;
+pub const DEFAULT_EMA: f64 = 0.999;
+
 fn d_batch() -> usize {
-    128
+    crate::train::DEFAULT_BATCH
 }
 fn d_optim() -> OptimConfig {
-    OptimConfig { lr: 1e-3, warmup_steps: 100, ..Default::default() }
+    OptimConfig { lr: DEFAULT_LR, warmup_steps: DEFAULT_WARMUP, ..Default::default() }
 }
 fn d_ema() -> f64 {
-    0.999
+    DEFAULT_EMA
 }
 fn d_featnet() -> PathBuf {
     crate::featnet::default_dir()
@@ -104,16 +116,39 @@ impl DistillConfig {
         }
     }
 
+    /// Everything a run needs that can be checked without loading anything: called before any
+    /// run of a sweep starts (and by `--dry-run`), so no error surfaces after training.
     pub fn validate(&self) -> Result<()> {
         self.student.validate().context("student")?;
-        if self.mode != Mode::Scratch && self.teacher.is_none() {
+        if self.mode.needs_teacher() && self.teacher.is_none() {
             bail!("teacher: mode `{}` needs a teacher", self.mode);
         }
-        if self.steps == 0 || self.batch_size == 0 {
-            bail!("steps and batch_size: must be positive");
+        if !(1..=MAX_STEPS).contains(&self.steps) {
+            bail!("steps: must lie in 1..={MAX_STEPS} (got {})", self.steps);
         }
-        if self.eval.samples < 2 {
-            bail!("eval.samples: need at least 2");
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            bail!("batch_size: must lie in 1..={MAX_BATCH} (got {})", self.batch_size);
+        }
+        self.optim.validate().context("optim")?;
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            bail!("ema_decay: must lie in [0, 1) (got {})", self.ema_decay);
+        }
+        self.kd.validate().context("kd")?;
+        if !(self.perceptual_weight.is_finite() && self.perceptual_weight >= 0.0) {
+            bail!("perceptual_weight: must be finite and >= 0 (got {})", self.perceptual_weight);
+        }
+        if self.mode == Mode::Onestep {
+            if !(1..=crate::eval::MAX_SAMPLES).contains(&self.bank.size) {
+                bail!("bank.size: must lie in 1..={} (got {})", crate::eval::MAX_SAMPLES, self.bank.size);
+            }
+            self.bank
+                .sampler
+                .validate(dit::NoiseSchedule::dit_default().num_steps())
+                .map_err(|e| anyhow::anyhow!("bank.sampler.{e}"))?;
+        }
+        self.eval.validate().context("eval")?;
+        if let Some(s) = self.eval.at_steps.iter().find(|&&s| s > self.steps) {
+            bail!("eval.at_steps: step {s} is beyond the run's {} steps", self.steps);
         }
         Ok(())
     }
@@ -127,6 +162,28 @@ impl DistillConfig {
     /// `d4-w96-h4-p4-kd-s0`.
     pub fn run_label(&self) -> String {
         format!("{}-{}-s{}", self.student.shape_label(), self.mode, self.seed)
+    }
+
+    /// Training FLOPs up to `step` (analytic, 2 x multiply-accumulates): the student's forward
+    /// and backward (3 forwards' worth) per image, plus what the method pays its teacher.
+    pub fn train_flops(&self, teacher: Option<&DitConfig>, step: usize) -> f64 {
+        let images = (step * self.batch_size) as f64;
+        let student = 3.0 * self.student.forward_flops() as f64 * images;
+        let teacher = match (self.mode, teacher) {
+            // One teacher forward per training image (cached outputs were computed once, by someone).
+            (Mode::Kd, Some(t)) => t.forward_flops() as f64 * images,
+            // The bank: every triple is a full guided sampling run of the teacher.
+            (Mode::Onestep, Some(t)) => {
+                (self.bank.size * crate::eval::forwards_per_image(Mode::Kd, &self.bank.sampler)) as f64 * t.forward_flops() as f64
+            }
+            (Mode::Kd | Mode::Onestep, None) | (Mode::Scratch, _) => 0.0,
+        };
+        student + teacher
+    }
+
+    /// The learning-curve row of `step`.
+    pub fn curve_row(&self, teacher: Option<&DitConfig>, step: usize, train_wall_s: f64, eval_wall_s: f64, metrics: EvalResult) -> CurveRow {
+        CurveRow { step, images_seen: step * self.batch_size, train_flops: self.train_flops(teacher, step), train_wall_s, eval_wall_s, metrics }
     }
 
     /// The training config handed to the loop.
@@ -148,11 +205,47 @@ impl DistillConfig {
     }
 }
 
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Trained and evaluated.
+    Ok,
+    /// The loss became NaN or infinite: deterministic, so a resume does not retry it.
+    Diverged,
+    /// Anything else (I/O, a bad checkpoint, non-finite samples): a resume retries it.
+    Failed,
+}
+
+impl RunStatus {
+    /// The `status` column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Diverged => "diverged",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// A rerun of the same config would end the same way (finished, or diverged).
+    pub fn is_final(self) -> bool {
+        match self {
+            Self::Ok | Self::Diverged => true,
+            Self::Failed => false,
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a run produced: one row of the sweep table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
-    /// `ok` or `failed`.
-    pub status: String,
+    pub status: RunStatus,
     pub reason: Option<String>,
     pub config_hash: String,
     pub mode: Mode,
@@ -172,50 +265,31 @@ pub struct Summary {
     /// Share of the training wall time spent in teacher forward passes.
     pub teacher_fraction: f64,
     pub eval_wall_s: f64,
+    /// Wall time of the learning-curve evaluations before the last step (s).
+    #[serde(default)]
+    pub curve_eval_wall_s: f64,
+    /// Training FLOPs of the whole run (analytic; with the teacher's forwards for KD and one-step).
+    #[serde(default)]
+    pub train_flops: f64,
+    /// None unless the run was evaluated: a failed run's metric columns are null, never 0.
     #[serde(flatten)]
-    pub metrics: EvalResult,
+    pub metrics: Option<EvalResult>,
     pub teacher_hash: Option<String>,
     pub featnet_hash: String,
     pub code_version: String,
 }
 
-/// The project's version: the git commit when available, else the crate version.
+/// The code that computed a row: a hash of the three crates' sources and `Cargo.lock`, taken at
+/// build time (`build.rs`). Committing results does not change it; changing any source file does.
 pub fn code_version() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(crate::paths::repo_root())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+    env!("DITKD_SOURCE_HASH").to_string()
 }
 
 /// A finished run's summary, if `dir` holds one for exactly this config.
 pub fn completed(dir: &Path, cfg: &DistillConfig) -> Option<Summary> {
     let s: Summary = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
     // Done, or failed in a way a rerun would repeat (divergence is deterministic).
-    let final_state = s.status == "ok" || s.reason.as_deref().is_some_and(|r| r.contains("diverged"));
-    (s.config_hash == cfg.hash() && final_state).then_some(s)
-}
-
-/// Teacher samples on the evaluation noise, cached by teacher hash and eval settings.
-fn teacher_eval_samples(teacher: &DiT, hash: &str, cfg: &DistillConfig) -> Result<Tensor> {
-    use sha2::{Digest, Sha256};
-    let key = format!("{hash}|{}|{}|{}", cfg.eval.samples, cfg.eval.seed, serde_json::to_string(&cfg.eval.sampler)?);
-    let h = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
-    let path = crate::paths::resolve(&cfg.cache_dir).join(format!("teacher-eval-{h}.safetensors"));
-    if let Ok(t) = candle_core::safetensors::load(&path, teacher.device()) {
-        if let Some(x) = t.get("samples") {
-            return Ok(x.clone());
-        }
-    }
-    let (noise, labels) = crate::eval::eval_inputs(teacher, cfg.eval.samples, cfg.eval.seed)?;
-    let x = crate::eval::generate(teacher, Mode::Kd, &noise, &labels, &cfg.eval.sampler, cfg.eval.seed)?;
-    let mut m = std::collections::HashMap::new();
-    m.insert("samples".to_string(), x.clone());
-    dit::io::save_safetensors_atomic(&m, &path)?;
-    Ok(x)
+    (s.config_hash == cfg.hash() && s.status.is_final()).then_some(s)
 }
 
 /// Shared, read-only inputs of many runs (loaded once per process).
@@ -223,18 +297,54 @@ pub struct Shared {
     pub train: crate::data::Dataset,
     pub featnet: FeatNet,
     pub featnet_hash: String,
+    /// Hash of the test set's pixels and labels (keys the cached features and the reference).
+    pub data_hash: String,
     pub test_feats: Vec<f32>,
+    /// Where the runs compute (the feature net lives there too).
+    pub device: Device,
 }
 
 impl Shared {
-    pub fn load(data: &DataConfig, featnet_dir: &Path, device: &Device) -> Result<Self> {
+    /// The training set, the feature net and the test set's features. With a cache directory the
+    /// features are computed once per feature net and test set (keyed by both hashes) and read
+    /// back by every later process.
+    pub fn load(data: &DataConfig, featnet_dir: &Path, cache_dir: Option<&Path>, device: &Device) -> Result<Self> {
         let train = data.load(Split::Train)?;
         let test = data.load(Split::Test)?;
         let featnet = FeatNet::load(featnet_dir, device)?;
         let featnet_hash = FeatNet::hash(featnet_dir)?;
-        let test_feats = crate::eval::reference_features(&featnet, &test)?;
-        Ok(Self { train, featnet, featnet_hash, test_feats })
+        let data_hash = dataset_hash(&test);
+        let test_feats = match cache_dir {
+            Some(dir) => cached_reference_features(&featnet, &featnet_hash, &data_hash, &test, &crate::paths::output(dir))?,
+            None => crate::eval::reference_features(&featnet, &test)?,
+        };
+        Ok(Self { train, featnet, featnet_hash, data_hash, test_feats, device: device.clone() })
     }
+}
+
+fn dataset_hash(d: &crate::data::Dataset) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for v in &d.images {
+        h.update(v.to_le_bytes());
+    }
+    h.update(&d.labels);
+    hex::encode(&h.finalize()[..8])
+}
+
+fn cached_reference_features(net: &FeatNet, net_hash: &str, data_hash: &str, test: &crate::data::Dataset, dir: &Path) -> Result<Vec<f32>> {
+    let path = dir.join(format!("featnet-test-{}-{data_hash}.safetensors", &net_hash[..net_hash.len().min(16)]));
+    if let Ok(t) = candle_core::safetensors::load(&path, &Device::Cpu) {
+        if let Some(f) = t.get("features").and_then(|f| f.flatten_all().ok()).and_then(|f| f.to_vec1::<f32>().ok()) {
+            if f.len() == test.len() * crate::featnet::FEAT_DIM {
+                return Ok(f);
+            }
+        }
+    }
+    let feats = crate::eval::reference_features(net, test)?;
+    let t = Tensor::from_slice(&feats, (test.len(), crate::featnet::FEAT_DIM), &Device::Cpu)?;
+    dit::io::save_safetensors_atomic(&std::collections::HashMap::from([("features".to_string(), t)]), &path)?;
+    Ok(feats)
 }
 
 /// Train (or resume) and evaluate one student in `dir`. Training failures (divergence, I/O) are
@@ -246,10 +356,10 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     dit::io::write_atomic(&dir.join("config.yaml"), serde_yaml_ng::to_string(cfg)?.as_bytes())?;
-    let device = Device::Cpu;
+    let device = shared.device.clone();
     let s = &cfg.student;
     let mut summary = Summary {
-        status: "failed".into(),
+        status: RunStatus::Failed,
         reason: None,
         config_hash: cfg.hash(),
         mode: cfg.mode,
@@ -268,7 +378,9 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
         train_wall_s: 0.0,
         teacher_fraction: 0.0,
         eval_wall_s: 0.0,
-        metrics: EvalResult::default(),
+        curve_eval_wall_s: 0.0,
+        train_flops: 0.0,
+        metrics: None,
         teacher_hash: None,
         featnet_hash: shared.featnet_hash.clone(),
         code_version: code_version(),
@@ -291,10 +403,12 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
         let mut objective: Box<dyn Objective> = match cfg.mode {
             Mode::Scratch => Box::new(EpsilonObjective::new()),
             Mode::Kd => {
-                let t = crate::checkpoint::load_model(cfg.teacher.as_ref().unwrap(), &device)?;
+                let path = cfg.teacher.as_ref().context("teacher: kd needs a teacher")?;
+                let hash = summary.teacher_hash.as_ref().context("teacher: kd needs a teacher")?;
+                let t = crate::checkpoint::load_model(path, &device)?;
                 let cache = crate::kd::TeacherCache::new(
-                    &crate::paths::resolve(&cfg.cache_dir),
-                    summary.teacher_hash.as_ref().unwrap(),
+                    &crate::paths::output(&cfg.cache_dir),
+                    hash,
                     cfg.seed,
                     cfg.batch_size,
                     s.class_dropout_prob,
@@ -302,40 +416,68 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
                 Box::new(KdObjective::new(t, s, cfg.kd.clone(), cfg.seed)?.with_cache(cache))
             }
             Mode::Onestep => {
-                let t = teacher.as_ref().unwrap();
-                let cache = crate::paths::resolve(&cfg.cache_dir);
-                let bank = SampleBank::load_or_generate(t, summary.teacher_hash.as_ref().unwrap(), &cfg.bank, &cache, progress)?;
+                let t = teacher.as_ref().context("teacher: onestep needs a teacher")?;
+                let hash = summary.teacher_hash.as_ref().context("teacher: onestep needs a teacher")?;
+                let cache = crate::paths::output(&cfg.cache_dir);
+                let bank = SampleBank::load_or_generate(t, hash, &cfg.bank, &cache, progress)?;
                 let perceptual = (cfg.perceptual_weight > 0.0)
                     .then(|| FeatNet::load(&cfg.featnet, &device).map(|n| (n, cfg.perceptual_weight)))
                     .transpose()?;
                 Box::new(OnestepObjective::new(bank, perceptual))
             }
         };
+        // ---- train, evaluating the EMA weights at each curve point on the way ---------------------
+        // Training stops at each point (a checkpoint), is evaluated, and resumes from the checkpoint:
+        // bit-identical to one uninterrupted call (tested), and a killed run resumes mid-curve.
         let t0 = Instant::now();
-        let opts = TrainOptions { stop_at: None, progress, label: cfg.run_label() };
-        let out = train(&tcfg, &mut student, &shared.train, objective.as_mut(), &RunPaths::new(dir), &opts)?;
+        let resumed_at = crate::checkpoint::find(dir).and_then(|d| crate::checkpoint::read_meta(&d).ok()).map_or(0, |m| m.step);
+        let mut curve = CurveLog::open(dir, resumed_at)?;
+        let quiet = EvalConfig { speed: false, ..cfg.eval.clone() };
+        let teacher_cfg = teacher.as_ref().map(|t| t.cfg.clone());
+        let mut out = None;
+        for &point in &cfg.eval.curve_steps(cfg.steps) {
+            let opts = TrainOptions { stop_at: Some(point), progress, label: cfg.run_label() };
+            let o = train(&tcfg, &mut student, &shared.train, objective.as_mut(), &RunPaths::new(dir), &opts)?;
+            if point < cfg.steps && !curve.has(point) {
+                let t = Instant::now();
+                let ema = DiT::load(s, &dir.join("ema.safetensors"), DType::F32, &device)?;
+                let (m, _) = evaluate(&ema, cfg.mode, &quiet, &shared.featnet, &shared.test_feats, None)?;
+                curve.put(cfg.curve_row(teacher_cfg.as_ref(), point, o.wall_time_s, t.elapsed().as_secs_f64(), m))?;
+            }
+            out = Some(o);
+        }
+        let out = out.context("a run has at least its last step to train")?;
         let this_sitting = t0.elapsed().as_secs_f64();
         summary.final_loss = out.final_loss;
         summary.train_wall_s = out.wall_time_s;
         summary.teacher_fraction = objective.teacher_secs() / this_sitting.max(1e-9);
+        summary.train_flops = cfg.train_flops(teacher_cfg.as_ref(), cfg.steps);
 
-        // ---- evaluate the EMA weights ----------------------------------------------------------
+        // ---- evaluate the final EMA weights ------------------------------------------------------
         let t1 = Instant::now();
         let ema = DiT::load(s, &dir.join("ema.safetensors"), DType::F32, &device)?;
-        let teacher_samples = match &teacher {
-            Some(t) => Some(teacher_eval_samples(t, summary.teacher_hash.as_ref().unwrap(), cfg)?),
-            None => None,
+        let teacher_samples = match (&teacher, &summary.teacher_hash) {
+            (Some(t), Some(h)) => Some(crate::reference::teacher_samples(t, h, &cfg.eval, &cfg.cache_dir)?),
+            _ => None,
         };
         let (m, x) = evaluate(&ema, cfg.mode, &cfg.eval, &shared.featnet, &shared.test_feats, teacher_samples.as_ref())?;
         let k = x.dim(0)?.min(60);
         crate::grid::save_grid(&x.narrow(0, 0, k)?, s.num_classes.min(k), 2, &dir.join("grid.png"))?;
-        summary.metrics = m;
         summary.eval_wall_s = t1.elapsed().as_secs_f64();
+        summary.curve_eval_wall_s = curve.eval_secs_before(cfg.steps);
+        curve.put(cfg.curve_row(teacher_cfg.as_ref(), cfg.steps, out.wall_time_s, summary.eval_wall_s, m.clone()))?;
+        summary.metrics = Some(m);
         Ok(())
     })();
     match result {
-        Ok(()) => summary.status = "ok".into(),
-        Err(e) => summary.reason = Some(format!("{e:#}")),
+        Ok(()) => summary.status = RunStatus::Ok,
+        Err(e) => {
+            if e.downcast_ref::<crate::train::Diverged>().is_some() {
+                summary.status = RunStatus::Diverged;
+            }
+            summary.metrics = None;
+            summary.reason = Some(format!("{e:#}"));
+        }
     }
     dit::io::write_json_atomic(&dir.join("summary.json"), &summary)?;
     Ok(summary)

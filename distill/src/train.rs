@@ -55,8 +55,11 @@ pub struct TrainConfig {
     pub sampler: SamplerConfig,
 }
 
+/// Images per optimiser step when a config does not say (teachers, students and sweeps alike).
+pub const DEFAULT_BATCH: usize = 64;
+
 fn d_batch() -> usize {
-    128
+    DEFAULT_BATCH
 }
 fn d_ema() -> f64 {
     0.9999
@@ -76,22 +79,25 @@ fn d_sampler() -> SamplerConfig {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
+        crate::paths::check_dir_name(&self.name).map_err(|e| anyhow::anyhow!("name: {e}"))?;
         self.model.validate().context("model")?;
-        if self.steps == 0 {
-            bail!("steps: must be positive");
+        if !(1..=crate::run::MAX_STEPS).contains(&self.steps) {
+            bail!("steps: must lie in 1..={} (got {})", crate::run::MAX_STEPS, self.steps);
         }
-        if self.batch_size == 0 {
-            bail!("batch_size: must be positive");
+        if !(1..=crate::run::MAX_BATCH).contains(&self.batch_size) {
+            bail!("batch_size: must lie in 1..={} (got {})", crate::run::MAX_BATCH, self.batch_size);
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             bail!("ema_decay: must lie in [0, 1) (got {})", self.ema_decay);
         }
-        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
-            bail!("optim.lr: must be positive (got {})", self.optim.lr);
+        self.optim.validate().context("optim")?;
+        if self.checkpoint_every == 0 {
+            bail!("checkpoint_every: must be positive");
         }
-        if self.checkpoint_every == 0 || self.log_every == 0 {
-            bail!("checkpoint_every and log_every: must be positive");
+        if self.log_every == 0 {
+            bail!("log_every: must be positive");
         }
+        self.sampler.validate(dit::NoiseSchedule::dit_default().num_steps()).map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
         Ok(())
     }
 
@@ -109,6 +115,15 @@ impl TrainConfig {
         let s = serde_json::to_string(self).expect("config serialises");
         hex::encode(&Sha256::digest(s.as_bytes())[..8])
     }
+}
+
+/// A run whose loss became NaN or infinite. Deterministic: a rerun of the same config diverges at
+/// the same step, so a resumed sweep records it once and does not retry it.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("diverged: loss is {loss} at step {step} (the last checkpoint is kept; lower optim.lr or check the data)")]
+pub struct Diverged {
+    pub step: usize,
+    pub loss: f64,
 }
 
 /// The deterministic order of training examples: epoch `e` is a permutation drawn from
@@ -281,7 +296,10 @@ pub fn train(
         model.varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let model_vars = vars.clone();
-    vars.extend(objective.extra_vars());
+    // The optimiser sorts all variables by name, so the objective's own variables (feature
+    // projectors) are found by name, not by position.
+    let extra = objective.extra_vars();
+    vars.extend(extra.iter().cloned());
     let mut opt = AdamW::new(vars, cfg.optim.clone())?;
     let mut ema = Ema::new(&model_vars, cfg.ema_decay, cfg.ema_warmup)?;
     let mut rng = dit::rng::seeded(cfg.seed ^ 0x5EED_0F_D1FF);
@@ -301,7 +319,7 @@ pub fn train(
             );
         }
         checkpoint::restore(&dir, model, &mut ema, &mut opt)?;
-        restore_extra_vars(&dir, &opt, model_vars.len())?;
+        restore_extra_vars(&dir, &extra)?;
         rng = meta.rng.restore()?;
         wall_before = meta.wall_time_s;
         resumed_from = Some(meta.step);
@@ -342,7 +360,7 @@ pub fn train(
         let (loss, parts) = objective.loss(model, &batch, &mut rng)?;
         let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
-            bail!("diverged: loss is {loss_v} at step {step} (the last checkpoint is kept; lower optim.lr or check the data)");
+            return Err(Diverged { step, loss: loss_v }.into());
         }
         let grads = model.backward(&loss)?;
         let lr = cfg.optim.lr_at(step, cfg.steps);
@@ -388,7 +406,7 @@ pub fn train(
             // the two leaves an older checkpoint and a rerun rewrites the outputs.
             dit::io::save_safetensors_atomic(&ema.tensors(), &run.dir.join("ema.safetensors"))?;
             dit::io::write_json_atomic(&run.dir.join("dit.json"), &model.cfg)?;
-            checkpoint::save(&run.dir, model, &ema, &opt, &meta, &extra_vars(&opt, model_vars.len()))?;
+            checkpoint::save(&run.dir, model, &ema, &opt, &meta, &extra_tensors(&extra))?;
         }
     }
     if let Some(pb) = pb {
@@ -416,18 +434,21 @@ pub fn train(
 }
 
 /// Extra (non-model) trained variables, e.g. feature projectors: saved inside the checkpoint.
-fn extra_vars(opt: &AdamW, skip: usize) -> std::collections::HashMap<String, Tensor> {
-    opt.vars().iter().skip(skip).map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+fn extra_tensors(extra: &[(String, Var)]) -> std::collections::HashMap<String, Tensor> {
+    extra.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
 }
 
-fn restore_extra_vars(dir: &Path, opt: &AdamW, skip: usize) -> Result<()> {
-    if opt.vars().len() == skip {
+fn restore_extra_vars(dir: &Path, extra: &[(String, Var)]) -> Result<()> {
+    if extra.is_empty() {
         return Ok(());
     }
     let p = dir.join("extra.safetensors");
     let t = candle_core::safetensors::load(&p, &Device::Cpu).with_context(|| format!("{}: missing", p.display()))?;
-    for (name, var) in opt.vars().iter().skip(skip) {
+    for (name, var) in extra {
         let v = t.get(name).with_context(|| format!("{}: tensor `{name}` missing", p.display()))?;
+        if v.dims() != var.dims() {
+            bail!("{}: `{name}` has shape {:?}, expected {:?}", p.display(), v.dims(), var.dims());
+        }
         var.set(&v.to_device(var.device())?)?;
     }
     Ok(())

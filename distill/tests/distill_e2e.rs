@@ -41,7 +41,7 @@ fn students_in_every_mode_leave_complete_run_directories() {
     let mut t = DiT::new(&tcfg.model, 0, DType::F32, &dev).unwrap();
     train(&tcfg, &mut t, &train_set, &mut EpsilonObjective::new(), &RunPaths::new(&teacher_dir), &TrainOptions::default()).unwrap();
 
-    let shared = Shared::load(&data, &root.join("featnet"), &dev).unwrap();
+    let shared = Shared::load(&data, &root.join("featnet"), None, &dev).unwrap();
     assert_eq!(shared.test_feats.len(), 10_000 * distill::featnet::FEAT_DIM);
     let student = DitConfig { hidden_size: 16, depth: 1, num_heads: 2, patch_size: 7, ..Default::default() };
     let mk = |mode: Mode, teacher: &std::path::Path| {

@@ -1,4 +1,4 @@
-//! Metrics against independent float64 reference values (shared/golden/README.md, metrics/).
+//! Metrics against independent float64 reference values (fixtures/*.expected.json, computed outside the project).
 
 use std::path::PathBuf;
 
@@ -25,10 +25,10 @@ fn check(name: &str) {
     let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(exp["dim"].as_u64(), Some(dim as u64));
     let k = exp["prdc_k"].as_u64().unwrap() as usize;
-    let p = prdc(&real, &fake, dim, k);
+    let p = prdc(&real, &fake, dim, k).unwrap();
     let got = [
         ("frechet_distance", frechet_distance(&real, &fake, dim).unwrap()),
-        ("kid", kid_first_rows(&real, &fake, dim)),
+        ("kid", kid_first_rows(&real, &fake, dim).unwrap()),
         ("precision", p.precision),
         ("recall", p.recall),
         ("density", p.density),

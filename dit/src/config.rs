@@ -100,6 +100,8 @@ pub enum ConfigError {
     WidthNotMultipleOf4 { width: usize },
     #[error("field `class_dropout_prob` must lie in [0, 1) (got {0})")]
     BadDropout(f64),
+    #[error("field `{field}` must be at most {max} (got {value})")]
+    TooLarge { field: &'static str, value: usize, max: usize },
     #[error("unknown preset `{0}`: expected DiT-S/B/L/XL with patch 2, 4 or 8, e.g. `DiT-XL/2`")]
     UnknownPreset(String),
 }
@@ -121,7 +123,21 @@ impl DitConfig {
                 return Err(ConfigError::NotPositive { field, value: v.to_string() });
             }
         }
-        if !(self.mlp_ratio > 0.0) || self.mlp_hidden() == 0 {
+        // Bounds far above any DiT (DiT-XL: depth 28, width 1152), so counts never overflow.
+        let bounded = [
+            ("input_size", self.input_size, 4096),
+            ("in_channels", self.in_channels, 1024),
+            ("hidden_size", self.hidden_size, 65_536),
+            ("depth", self.depth, 1024),
+            ("num_heads", self.num_heads, self.hidden_size),
+            ("num_classes", self.num_classes, 1_000_000),
+        ];
+        for (field, value, max) in bounded {
+            if value > max {
+                return Err(ConfigError::TooLarge { field, value, max });
+            }
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) || self.mlp_hidden() == 0 {
             return Err(ConfigError::NotPositive { field: "mlp_ratio", value: self.mlp_ratio.to_string() });
         }
         if !(0.0..1.0).contains(&self.class_dropout_prob) {

@@ -59,6 +59,23 @@ impl Default for SamplerConfig {
     }
 }
 
+impl SamplerConfig {
+    /// The respaced steps must lie in `1..=schedule_steps`; guidance and eta must be finite
+    /// (guidance >= 0, eta in [0, 1]). Errors name the field.
+    pub fn validate(&self, schedule_steps: usize) -> std::result::Result<(), String> {
+        if self.steps == 0 || self.steps > schedule_steps {
+            return Err(format!("steps: must lie in 1..={schedule_steps} (got {})", self.steps));
+        }
+        if !(self.cfg_scale.is_finite() && self.cfg_scale >= 0.0) {
+            return Err(format!("cfg_scale: must be a finite number >= 0 (got {})", self.cfg_scale));
+        }
+        if !(0.0..=1.0).contains(&self.eta) {
+            return Err(format!("eta: must lie in [0, 1] (got {})", self.eta));
+        }
+        Ok(())
+    }
+}
+
 /// One reverse step's coefficients.
 #[derive(Debug, Clone, Copy)]
 pub struct StepCoefs {

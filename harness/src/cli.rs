@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use dit::SamplerKind;
+use distill::kd::Mode;
 
 #[derive(Parser, Debug)]
 #[command(name = "ditkd", version, about = "What is the best compact Diffusion Transformer for my parameter budget?")]
@@ -11,6 +13,9 @@ pub struct Cli {
     /// Threads for candle's CPU kernels (0 = all cores).
     #[arg(long, global = true, default_value_t = 0)]
     pub threads: usize,
+    /// Compute device: cpu, or cuda:N in a build with `--features cuda`.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -42,17 +47,22 @@ pub enum Command {
         /// Only this config (A or B).
         #[arg(long)]
         only: Option<String>,
+        /// Untimed steps before timing (caches, allocator, thread pools warm up).
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// Timed steps; the median and range are printed.
         #[arg(long, default_value_t = 5)]
         iters: usize,
     },
     /// Train the FID-proxy feature network (a small CNN classifier) and ship it.
     Featnet {
+        /// Directory the feature net is written to.
         #[arg(long, default_value = "results/featnet")]
         out: PathBuf,
+        /// Passes over the training set.
         #[arg(long, default_value_t = 6)]
         epochs: usize,
+        /// Seed of the initial weights and the data order.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -66,11 +76,14 @@ pub enum Command {
         student: String,
         /// kd, onestep or scratch.
         #[arg(long, default_value = "kd")]
-        mode: String,
+        mode: Mode,
+        /// Optimiser steps.
         #[arg(long, default_value_t = 1000)]
         steps: usize,
-        #[arg(long, default_value_t = 128)]
+        /// Images per step.
+        #[arg(long, default_value_t = distill::train::DEFAULT_BATCH)]
         batch: usize,
+        /// Seed of every random draw of the run.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Generated images for the metrics.
@@ -88,6 +101,7 @@ pub enum Command {
     },
     /// Run (or plan with --dry-run) a sweep: budgets -> shapes -> distilled runs -> table.
     Sweep {
+        /// The sweep spec (YAML; see sweeps/quick.yaml).
         spec: PathBuf,
         /// Print the planned runs without training.
         #[arg(long)]
@@ -104,15 +118,21 @@ pub enum Command {
         /// Override the spec's candle threads per run (`parallel.threads_per_job`).
         #[arg(long)]
         threads_per_job: Option<usize>,
+        /// Continue in an output directory whose spec.yaml differs from this spec (same sweep name).
+        #[arg(long)]
+        allow_changed_spec: bool,
     },
     /// The main job: run a sweep, fit the design law, draw the plots and write the report.
     Study {
+        /// The sweep spec (YAML; see sweeps/quick.yaml).
         spec: PathBuf,
         /// Output directory (default results/<name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Override the spec's concurrent runs (`parallel.jobs`).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Override the spec's candle threads per run (`parallel.threads_per_job`).
         #[arg(long)]
         threads_per_job: Option<usize>,
         /// Bootstrap resamples for the law's intervals.
@@ -121,18 +141,27 @@ pub enum Command {
     },
     /// Print a sweep's table, aggregated over seeds (mean, std), or raw with --raw.
     Table {
+        /// A sweep's results directory (holds runs.parquet).
         dir: PathBuf,
+        /// One row per run instead of the mean and std over seeds.
         #[arg(long)]
         raw: bool,
     },
     /// Merge shard outputs into one results directory and table.
     Merge {
+        /// The merged results directory (created; runs already in it are kept and checked).
         #[arg(long)]
         out: PathBuf,
+        /// Shard results directories (each holds runs/).
+        #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        /// Merge runs scored by different feature nets, teachers, code versions or specs.
+        #[arg(long)]
+        allow_mixed: bool,
     },
     /// Print (or write with -o) a Slurm submission script: a job array of shards plus a merge job.
     Slurm {
+        /// The sweep spec (YAML).
         spec: PathBuf,
         /// Array tasks (default: one per run).
         #[arg(long)]
@@ -143,9 +172,10 @@ pub enum Command {
         /// Write the script here instead of stdout.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
-        /// Time limit per array task.
+        /// Time limit per array task (Slurm's format: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS).
         #[arg(long, default_value = "04:00:00")]
         time: String,
+        /// Slurm partition of the jobs.
         #[arg(long)]
         partition: Option<String>,
         /// The ditkd binary the jobs run (default: this one).
@@ -161,7 +191,7 @@ pub enum Command {
         metric: String,
         /// Distillation mode whose runs are fitted (kd, onestep, scratch).
         #[arg(long, default_value = "kd")]
-        mode: String,
+        mode: Mode,
         /// Bootstrap resamples for the coefficient intervals.
         #[arg(long, default_value_t = 200)]
         bootstrap: usize,
@@ -172,6 +202,7 @@ pub enum Command {
         /// which `ditkd report` shows as the held-out check).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Seed of the bootstrap resamples and the k-fold split.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -189,20 +220,37 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Answer even when the fitted law is not identified (a coefficient the data do not pin down).
+        #[arg(long)]
+        force: bool,
     },
     /// Draw the sweep's plots (PNG and SVG) into <dir>/plots.
     Plot {
+        /// A sweep's results directory (holds runs.parquet and law.json).
         dir: PathBuf,
     },
     /// Write <dir>/report.md: best shape per budget, the law, the design formula, KD vs scratch, plots.
     Report {
+        /// A sweep's results directory (holds runs.parquet and law.json).
         dir: PathBuf,
+    },
+    /// Time every distinct model of a sweep (and its teacher) in a quiet pass -> <dir>/latency.parquet.
+    Latency {
+        /// A sweep's results directory.
+        dir: PathBuf,
+        /// Timed repeats per model and batch size (after one warm-up); min and median are kept.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Batch sizes timed (comma-separated): 1 gives the latency, larger ones the throughput.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        batches: Vec<usize>,
     },
     /// Sample an image grid from a trained model.
     Sample {
         /// Run directory, checkpoint directory or weights file.
         #[arg(long)]
         checkpoint: PathBuf,
+        /// Images in the grid (1 to 10,000).
         #[arg(long, default_value_t = 64)]
         n: usize,
         /// Respaced sampler steps.
@@ -213,15 +261,18 @@ pub enum Command {
         cfg: f64,
         /// ddim or ddpm.
         #[arg(long, default_value = "ddim")]
-        sampler: String,
+        sampler: SamplerKind,
+        /// Seed of the noise and labels.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The PNG grid written.
         #[arg(long, default_value = "grid.png")]
         out: PathBuf,
     },
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    crate::device::select(&cli.device)?;
     if cli.threads > 0 {
         // candle's CPU kernels read RAYON_NUM_THREADS; set it before any tensor work.
         std::env::set_var("RAYON_NUM_THREADS", cli.threads.to_string());
@@ -234,14 +285,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Distill { teacher, student, mode, steps, batch, seed, samples, init, out, config } => {
             crate::cmd::distill::run(crate::cmd::distill::Args { teacher, student, mode, steps, batch, seed, samples, init, out, config })
         }
-        Command::Sweep { spec, dry_run, shard, out, jobs, threads_per_job } => {
-            crate::cmd::sweep::run(&spec, dry_run, shard.as_deref(), out.as_deref(), jobs, threads_per_job)
-        }
+        Command::Sweep { spec, dry_run, shard, out, jobs, threads_per_job, allow_changed_spec } => crate::cmd::sweep::run(&crate::cmd::sweep::Args {
+            spec: &spec,
+            dry_run,
+            shard: shard.as_deref(),
+            out: out.as_deref(),
+            jobs,
+            threads_per_job,
+            allow_changed_spec,
+        }),
         Command::Study { spec, out, jobs, threads_per_job, bootstrap } => {
             crate::cmd::study::run(&spec, out.as_deref(), jobs, threads_per_job, bootstrap)
         }
         Command::Table { dir, raw } => crate::cmd::sweep::table(&dir, raw),
-        Command::Merge { out, inputs } => crate::cmd::sweep::merge(&out, &inputs),
+        Command::Merge { out, inputs, allow_mixed } => crate::cmd::sweep::merge(&out, &inputs, allow_mixed),
         Command::Slurm { spec, shards, out, output, time, partition, binary } => {
             crate::cmd::slurm::run(crate::cmd::slurm::Args { spec, shards, out, output, time, partition, binary })
         }
@@ -254,11 +311,16 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             seed,
         }),
-        Command::Best { budget, results, max_latency_ms, json } => crate::cmd::best::run(&budget, &results, max_latency_ms, json),
+        Command::Best { budget, results, max_latency_ms, json, force } => crate::cmd::best::run(&budget, &results, max_latency_ms, json, force),
         Command::Plot { dir } => crate::cmd::plot::run(&dir),
+        Command::Latency { dir, repeats, batches } => {
+            let n = crate::speed::measure(&dir, &crate::speed::Options { repeats, batches }, true)?;
+            println!("{n} models timed -> {}", dir.join("latency.parquet").display());
+            Ok(())
+        }
         Command::Report { dir } => crate::cmd::report::run(&dir),
         Command::Sample { checkpoint, n, steps, cfg, sampler, seed, out } => {
-            crate::cmd::sample::run(&checkpoint, n, steps, cfg, &sampler, seed, &out)
+            crate::cmd::sample::run(&checkpoint, n, steps, cfg, sampler, seed, &out)
         }
     }
 }

@@ -4,8 +4,12 @@
 pub mod alloc;
 pub mod cli;
 pub mod cmd;
+pub mod device;
+pub mod fmt;
 pub mod law;
 pub mod plot;
+pub mod results;
 pub mod runner;
 pub mod spec;
+pub mod speed;
 pub mod table;

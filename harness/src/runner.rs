@@ -8,10 +8,9 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use dit::DitConfig;
-use distill::optim::OptimConfig;
 use distill::run::{run_distill, DistillConfig, Shared, Summary};
 
-use crate::spec::{enumerate, SweepSpec};
+use crate::spec::{enumerate, field_error, SweepSpec};
 
 /// One run of the sweep.
 #[derive(Debug, Clone)]
@@ -34,49 +33,121 @@ impl RunPlan {
 pub fn sweep_dir(spec: &SweepSpec, out: Option<&Path>) -> PathBuf {
     match out {
         Some(o) => o.to_path_buf(),
-        None => distill::paths::resolve(Path::new("results")).join(&spec.name),
+        None => distill::paths::output(Path::new("results")).join(&spec.name),
     }
 }
 
 /// The teacher's config fixes the students' input, channels and classes.
 pub fn base_config(spec: &SweepSpec) -> Result<DitConfig> {
-    let (cfg, _) = distill::checkpoint::locate_model(&spec.teacher).with_context(|| "teacher")?;
-    distill::checkpoint::read_dit_config(&cfg)
+    let (cfg, _) = distill::checkpoint::locate_model(&spec.teacher).map_err(|e| field_error("teacher", format!("{e:#}")))?;
+    distill::checkpoint::read_dit_config(&cfg).map_err(|e| field_error("teacher", format!("{e:#}")))
 }
 
 /// Every run: seeds x shapes x modes, in a fixed order. Seed-major, so a study stopped half-way
 /// already holds every shape and mode once (enough to fit the law), and each seed's teacher
-/// targets are computed once and reused while they are hot.
+/// targets are computed once and reused while they are hot. Every run's config is validated
+/// here, so an invalid setting fails before anything trains.
 pub fn plan(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<RunPlan>> {
     let shapes = enumerate(spec, base)?;
     let mut runs = Vec::new();
     for &seed in &spec.seeds {
         for p in &shapes {
             for &mode in &spec.distill.modes {
-                // Scratch runs get the teacher too: only for the teacher-fidelity columns.
-                let mut c = DistillConfig::new(Some(spec.teacher.clone()), mode, p.cfg.clone(), spec.distill.steps);
-                c.kd = spec.distill.kd.clone();
-                c.batch_size = spec.distill.batch_size;
-                c.optim = OptimConfig { lr: spec.distill.lr, warmup_steps: spec.distill.warmup_steps, ..Default::default() };
-                c.ema_decay = spec.distill.ema_decay;
-                c.seed = seed;
-                c.eval = spec.eval.clone();
-                c.data = spec.data.clone();
-                c.featnet = spec.featnet.clone();
-                c.cache_dir = spec.cache_dir.clone();
-                runs.push(RunPlan { index: runs.len(), budget: p.budget, cfg: c });
+                let cfg = spec.distill.run_config(spec, mode, p.cfg.clone(), seed);
+                cfg.validate().with_context(|| format!("run {} ({})", runs.len(), cfg.run_label()))?;
+                runs.push(RunPlan { index: runs.len(), budget: p.budget, cfg });
             }
         }
     }
     Ok(runs)
 }
 
+/// A sweep ready to run: the validated spec (with command-line overrides), the teacher's
+/// config and the validated plan. `--dry-run`, the sweep, `study` and `slurm` all load through
+/// here, so they accept and refuse exactly the same specs; every error names the spec file and,
+/// where it can, the field and line.
+pub struct Loaded {
+    pub spec: SweepSpec,
+    pub base: DitConfig,
+    pub runs: Vec<RunPlan>,
+}
+
+pub fn load(path: &Path, jobs: Option<usize>, threads_per_job: Option<usize>) -> Result<Loaded> {
+    let mut spec = SweepSpec::from_file(path)?;
+    // Parallelism changes how fast runs go, never what they compute (not part of a run's hash).
+    if let Some(j) = jobs {
+        anyhow::ensure!((1..=1024).contains(&j), "--jobs: must lie in 1..=1024 (got {j})");
+        spec.parallel.jobs = j;
+    }
+    if let Some(t) = threads_per_job {
+        anyhow::ensure!((1..=1024).contains(&t), "--threads-per-job: must lie in 1..=1024 (got {t})");
+        spec.parallel.threads_per_job = t;
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let at = |e: anyhow::Error| crate::spec::locate(path, &text, e);
+    let base = base_config(&spec).map_err(at)?;
+    let runs = plan(&spec, &base).map_err(at)?;
+    preflight(&spec).map_err(at)?;
+    Ok(Loaded { spec, base, runs })
+}
+
+/// Inputs every run reads, checked before any starts: the feature net and the data directory.
+fn preflight(spec: &SweepSpec) -> Result<()> {
+    let featnet = distill::paths::resolve(&spec.featnet);
+    for f in ["featnet.json", "featnet.safetensors"] {
+        if !featnet.join(f).is_file() {
+            return Err(field_error("featnet", format!("{}: missing (train it with `ditkd featnet`)", featnet.join(f).display())));
+        }
+    }
+    spec.data.check().map_err(|e| field_error("data", format!("{e:#}")))?;
+    Ok(())
+}
+
+/// Hash of what a sweep computes (the spec without `parallel`): a results directory belongs to
+/// one sweep, and a second sweep must not write into it.
+pub fn spec_hash(spec: &SweepSpec) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut v = serde_json::to_value(spec)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("parallel");
+    }
+    Ok(hex::encode(&Sha256::digest(serde_json::to_string(&v)?.as_bytes())[..8]))
+}
+
+/// Refuse `dir` when it holds another sweep's spec (another name, or the same name with other
+/// settings unless `allow_changed`): two sweeps in one table would mix their runs.
+pub fn claim_dir(spec: &SweepSpec, dir: &Path, allow_changed: bool) -> Result<()> {
+    let p = dir.join("spec.yaml");
+    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
+    let old: SweepSpec = serde_yaml_ng::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: this results directory holds an unreadable spec ({}); choose another --out", p.display(), crate::spec::clip(&e.to_string(), 200)))?;
+    if old.name != spec.name {
+        anyhow::bail!(
+            "{}: this directory holds sweep `{}`, not `{}`: its table would mix two sweeps; choose another --out",
+            dir.display(),
+            old.name,
+            spec.name
+        );
+    }
+    let (a, b) = (spec_hash(&old)?, spec_hash(spec)?);
+    if a != b && !allow_changed {
+        anyhow::bail!(
+            "{}: sweep `{}` was started with other settings (spec hash {a}, now {b}); finished runs whose configs still match are kept if you continue with --allow-changed-spec, or choose another --out",
+            dir.display(),
+            spec.name
+        );
+    }
+    Ok(())
+}
+
 /// `K/N` -> (K, N), 1-based K.
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let (k, n) = s.split_once('/').with_context(|| format!("--shard `{s}`: expected K/N, e.g. 2/4"))?;
-    let (k, n): (usize, usize) = (k.trim().parse()?, n.trim().parse()?);
+    let shown = crate::spec::clip(s, 40);
+    let bad = || anyhow::anyhow!("--shard `{shown}`: expected K/N with whole numbers 1 <= K <= N, e.g. 2/4");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (usize, usize) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
     if n == 0 || k == 0 || k > n {
-        anyhow::bail!("--shard `{s}`: need 1 <= K <= N");
+        return Err(bad());
     }
     Ok((k, n))
 }
@@ -86,40 +157,6 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 /// a mix of cheap and dear shapes (deterministic).
 pub fn shard(runs: Vec<RunPlan>, k: usize, n: usize, modes: usize) -> Vec<RunPlan> {
     runs.into_iter().filter(|r| (r.index / modes.max(1)) % n == k - 1).collect()
-}
-
-/// Run directories are named `<index>-<shape>-<mode>-s<seed>`, and the index depends on the plan's
-/// order. A run started under another order (an older version) is found by the rest of its name and
-/// its config hash and renamed to this plan's name, so the sweep resumes it instead of training it
-/// again beside the old copy. Returns how many were renamed.
-pub fn adopt_renamed(dir: &Path, runs: &[RunPlan]) -> Result<usize> {
-    let Ok(entries) = std::fs::read_dir(dir.join("runs")) else { return Ok(0) };
-    let existing: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    let mut renamed = 0;
-    for r in runs {
-        let name = r.dir_name();
-        if existing.contains(&name) {
-            continue;
-        }
-        let suffix = &name[name.find('-').unwrap_or(0)..];
-        let hash = r.cfg.hash();
-        for old in &existing {
-            let Some(index) = old.strip_suffix(suffix) else { continue };
-            if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let from = dir.join("runs").join(old);
-            let same = std::fs::read_to_string(from.join("config.yaml"))
-                .ok()
-                .and_then(|y| serde_yaml_ng::from_str::<DistillConfig>(&y).ok())
-                .is_some_and(|c| c.hash() == hash);
-            if same && std::fs::rename(&from, dir.join("runs").join(&name)).is_ok() {
-                renamed += 1;
-                break;
-            }
-        }
-    }
-    Ok(renamed)
 }
 
 /// Wall-time estimate of a run on one thread (s), for the dry-run table. Rates measured on a
@@ -142,9 +179,12 @@ pub fn estimate_secs(r: &RunPlan, teacher: &DitConfig, pays_teacher: bool) -> f6
 pub fn execute(spec: &SweepSpec, runs: &[RunPlan], dir: &Path, progress: bool) -> Result<Vec<Summary>> {
     std::fs::create_dir_all(dir.join("runs"))?;
     dit::io::write_atomic(&dir.join("spec.yaml"), serde_yaml_ng::to_string(spec)?.as_bytes())?;
-    // candle's GEMM reads its thread count from RAYON_NUM_THREADS; each worker runs in its own pool.
-    std::env::set_var("RAYON_NUM_THREADS", spec.parallel.threads_per_job.to_string());
-    let shared = Shared::load(&spec.data, &spec.featnet, &Device::Cpu)?;
+    // Each worker runs in its own rayon pool of `threads_per_job` threads; candle's GEMM splits its
+    // work by RAYON_NUM_THREADS, which the command sets to the same number before it calls this.
+    let shared = Shared::load(&spec.data, &spec.featnet, Some(&spec.cache_dir), &crate::device::get())?;
+    // The floor (real data) and the teacher under the students' protocol, before any student.
+    let quiet = distill::eval::EvalConfig { speed: false, ..spec.eval.clone() };
+    distill::reference::Reference::ensure(dir, &quiet, Some(&spec.teacher), &shared, &spec.cache_dir).context("measuring the real-data floor and the teacher")?;
     let queue = Mutex::new(runs.iter().cloned().collect::<VecDeque<_>>());
     let results = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);
@@ -166,10 +206,16 @@ pub fn execute(spec: &SweepSpec, runs: &[RunPlan], dir: &Path, progress: bool) -
                         first_error.lock().unwrap().get_or_insert(format!("{}: {e:#}", r.dir_name()));
                         continue;
                     }
-                    let out = pool.install(|| run_distill(&r.cfg, &run_dir, &shared, progress));
+                    // A bug that panics inside one run must not take the other runs down with it:
+                    // it is recorded as that run's error, and the sweep goes on.
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| run_distill(&r.cfg, &run_dir, &shared, progress))))
+                        .unwrap_or_else(|p| {
+                            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                            Err(anyhow::anyhow!("internal error (a panic, please report it): {msg}"))
+                        });
                     match out {
                         Ok(summary) => {
-                            if summary.status != "ok" {
+                            if summary.status != distill::run::RunStatus::Ok {
                                 overall.println(format!("{}: failed: {}", r.dir_name(), summary.reason.clone().unwrap_or_default()));
                             }
                             results.lock().unwrap().push(summary);
@@ -229,28 +275,5 @@ seeds: [0, 1]
         }
         seen.sort();
         assert_eq!(seen, (0..all.len()).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn a_run_named_under_another_order_is_renamed_not_retrained() {
-        let all = runs();
-        let tmp = tempfile::tempdir().unwrap();
-        let r = &all[1];
-        let suffix = &r.dir_name()[3..];
-        let old = tmp.path().join("runs").join(format!("017{suffix}"));
-        std::fs::create_dir_all(&old).unwrap();
-        std::fs::write(old.join("config.yaml"), serde_yaml_ng::to_string(&r.cfg).unwrap()).unwrap();
-        // Same name pattern but another config (different steps): left alone.
-        let mut other = all[2].cfg.clone();
-        other.steps += 1;
-        let stranger = tmp.path().join("runs").join(format!("018{}", &all[2].dir_name()[3..]));
-        std::fs::create_dir_all(&stranger).unwrap();
-        std::fs::write(stranger.join("config.yaml"), serde_yaml_ng::to_string(&other).unwrap()).unwrap();
-
-        assert_eq!(adopt_renamed(tmp.path(), &all).unwrap(), 1);
-        assert!(tmp.path().join("runs").join(r.dir_name()).join("config.yaml").exists());
-        assert!(!old.exists());
-        assert!(stranger.exists());
-        assert_eq!(adopt_renamed(tmp.path(), &all).unwrap(), 0, "nothing left to adopt");
     }
 }

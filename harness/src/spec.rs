@@ -23,11 +23,22 @@ impl<'de> Deserialize<'de> for Count {
             S(String),
         }
         match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Count(n as usize)),
-            Raw::F(f) if f > 0.0 => Ok(Count(f as usize)),
-            Raw::F(f) => Err(serde::de::Error::custom(format!("parameter count must be positive (got {f})"))),
+            Raw::N(n) => parse_count(&n.to_string()).map(Count).map_err(serde::de::Error::custom),
+            Raw::F(f) => parse_count(&f.to_string()).map(Count).map_err(serde::de::Error::custom),
             Raw::S(s) => parse_count(&s).map(Count).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// Largest parameter count accepted anywhere (a trillion: far beyond any DiT here, far below overflow).
+pub const MAX_COUNT: usize = 1_000_000_000_000;
+
+/// At most `n` characters of `s`, with an ellipsis: error messages never echo a whole input.
+pub fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}... ({} characters)", s.chars().take(n).collect::<String>(), s.chars().count())
     }
 }
 
@@ -40,11 +51,15 @@ pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
         Some('g' | 'G' | 'b' | 'B') => (&t[..t.len() - 1], 1e9),
         _ => (t, 1.0),
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a parameter count (e.g. 250k, 1.2M)"))?;
+    let v: f64 = num.trim().parse().map_err(|_| format!("`{}` is not a parameter count (e.g. 250k, 1.2M)", clip(s, 40)))?;
     if !(v > 0.0) {
-        return Err(format!("`{s}`: parameter count must be positive"));
+        return Err(format!("`{}`: parameter count must be positive", clip(s, 40)));
     }
-    Ok((v * mul).round() as usize)
+    let n = (v * mul).round();
+    if !(1.0..=MAX_COUNT as f64).contains(&n) {
+        return Err(format!("`{}`: parameter count must lie in 1..={} (1T)", clip(s, 40), crate::fmt::grouped(MAX_COUNT as i64)));
+    }
+    Ok(n as usize)
 }
 
 /// One budget: shapes with `|params - target| <= tol * target`.
@@ -62,28 +77,103 @@ fn d_tol() -> f64 {
 
 /// A list of values, or an inclusive range `{from, to, step}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a list of positive integers, or a range {from, to, step} (no other keys)")]
 pub enum Axis {
     List(Vec<usize>),
-    Range { from: usize, to: usize, step: usize },
+    Range(Range),
 }
+
+/// An inclusive range of axis values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    pub from: usize,
+    pub to: usize,
+    pub step: usize,
+}
+
+/// Most axis combinations enumerated.
+const MAX_COMBOS: usize = 1_000_000;
+
+/// Largest value of any axis (depth, width, heads, patch): far beyond a compact DiT.
+const MAX_AXIS: usize = 65_536;
 
 impl Axis {
     pub fn values(&self, field: &str) -> Result<Vec<usize>> {
         let v = match self {
             Axis::List(v) => v.clone(),
-            Axis::Range { from, to, step } => {
+            Axis::Range(Range { from, to, step }) => {
                 if *step == 0 || from > to {
-                    bail!("axes.{field}: range needs from <= to and step > 0");
+                    return Err(field_error(format!("axes.{field}"), "a range needs from <= to and step > 0"));
+                }
+                if *to > MAX_AXIS {
+                    return Err(field_error(format!("axes.{field}"), format!("values must be at most {MAX_AXIS} (got to: {to})")));
                 }
                 (*from..=*to).step_by(*step).collect()
             }
         };
         if v.is_empty() || v.contains(&0) {
-            bail!("axes.{field}: values must be positive and not empty");
+            return Err(field_error(format!("axes.{field}"), "values must be positive and not empty"));
+        }
+        if let Some(x) = v.iter().find(|&&x| x > MAX_AXIS) {
+            return Err(field_error(format!("axes.{field}"), format!("values must be at most {MAX_AXIS} (got {x})")));
+        }
+        if let Some(d) = first_duplicate(&v) {
+            return Err(field_error(format!("axes.{field}"), format!("{d} is listed twice")));
         }
         Ok(v)
     }
+}
+
+/// The first value that occurs twice.
+fn first_duplicate<T: PartialEq + Clone>(v: &[T]) -> Option<T> {
+    v.iter().enumerate().find(|(i, x)| v[..*i].contains(x)).map(|(_, x)| x.clone())
+}
+
+/// A validation error that names the spec field it is about (the loader adds file and line).
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {msg}")]
+pub struct FieldError {
+    pub field: String,
+    pub msg: String,
+}
+
+pub fn field_error(field: impl Into<String>, msg: impl Into<String>) -> anyhow::Error {
+    FieldError { field: field.into(), msg: msg.into() }.into()
+}
+
+/// 1-based line of a dotted field path (`distill.steps`, `budgets[1].tol`, `axes.heads`) in a YAML
+/// text: each key is searched for after the line of its parent. None when a key is not written
+/// (a default value).
+pub fn line_of(text: &str, field: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0usize;
+    let mut found = None;
+    for seg in field.split('.') {
+        let (key, index) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let hit = (from..lines.len()).find(|&i| {
+            let l = lines[i].split('#').next().unwrap_or("");
+            l.match_indices(key).any(|(at, _)| {
+                let before = l[..at].chars().last();
+                let after = l[at + key.len()..].trim_start();
+                before.is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '-' || c == '\t') && after.starts_with(':')
+            })
+        })?;
+        from = hit;
+        found = Some(hit);
+        if let Some(k) = index {
+            // The k-th list item after the key: block items (`- `) or, for a flow list, the key's line.
+            let items: Vec<usize> = (hit + 1..lines.len()).take_while(|&i| lines[i].starts_with(' ') || lines[i].trim().is_empty()).filter(|&i| lines[i].trim_start().starts_with("- ")).collect();
+            if let Some(&i) = items.get(k) {
+                from = i;
+                found = Some(i);
+            }
+        }
+    }
+    found.map(|i| i + 1)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +233,12 @@ pub struct DistillSettings {
     pub lr: f64,
     #[serde(default = "d_warmup")]
     pub warmup_steps: usize,
+    /// The learning rate after warm-up: `constant` (the default: it does not depend on the end
+    /// step, so a run's learning curve is the curve of every shorter run and a run can be extended
+    /// without retraining; the evaluated EMA weights do the averaging a decay would) or `cosine`
+    /// (decays to 0.1 x lr at `steps`).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
     /// Decay of the weight EMA that is evaluated. Its horizon is about 1/(1 - decay) steps, so short
     /// runs want a smaller decay (0.995: ~200 steps) than long ones (0.999: ~1,000).
     #[serde(default = "d_ema")]
@@ -150,23 +246,60 @@ pub struct DistillSettings {
 }
 
 fn d_batch() -> usize {
-    64
+    distill::train::DEFAULT_BATCH
+}
+
+/// The learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    Cosine,
+}
+
+impl LrSchedule {
+    /// `OptimConfig::min_lr_ratio`: the floor of the cosine, 1 for a constant rate.
+    pub fn min_lr_ratio(self) -> f64 {
+        match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => 0.1,
+        }
+    }
+}
+
+impl DistillSettings {
+    /// The resolved config of one run of `spec`: this is where a sweep's settings reach a run.
+    pub fn run_config(&self, spec: &SweepSpec, mode: Mode, student: DitConfig, seed: u64) -> distill::run::DistillConfig {
+        // Scratch runs get the teacher too: only for the teacher-fidelity columns.
+        let mut c = distill::run::DistillConfig::new(Some(spec.teacher.clone()), mode, student, self.steps);
+        c.kd = self.kd.clone();
+        c.batch_size = self.batch_size;
+        c.optim = distill::optim::OptimConfig { lr: self.lr, warmup_steps: self.warmup_steps, min_lr_ratio: self.lr_schedule.min_lr_ratio(), ..Default::default() };
+        c.ema_decay = self.ema_decay;
+        c.seed = seed;
+        c.eval = spec.eval.clone();
+        c.data = spec.data.clone();
+        c.featnet = spec.featnet.clone();
+        c.cache_dir = spec.cache_dir.clone();
+        c
+    }
 }
 fn d_lr() -> f64 {
-    1e-3
+    distill::run::DEFAULT_LR
 }
 fn d_warmup() -> usize {
-    100
+    distill::run::DEFAULT_WARMUP
 }
 fn d_ema() -> f64 {
-    0.999
+    distill::run::DEFAULT_EMA
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Parallel {
     /// Runs at once.
-    #[serde(default = "d_one")]
+    #[serde(default = "d_jobs")]
     pub jobs: usize,
     /// candle CPU threads per run.
     #[serde(default = "d_one")]
@@ -176,10 +309,14 @@ pub struct Parallel {
 fn d_one() -> usize {
     1
 }
+/// Two runs at once, one thread each: what a 2-core machine sustains best (README).
+fn d_jobs() -> usize {
+    2
+}
 
 impl Default for Parallel {
     fn default() -> Self {
-        Self { jobs: 2, threads_per_job: 1 }
+        Self { jobs: d_jobs(), threads_per_job: d_one() }
     }
 }
 
@@ -216,55 +353,105 @@ fn d_cache() -> PathBuf {
     PathBuf::from("results/cache")
 }
 
+/// Largest sweep spec file read (a spec is a few KB; anything this large is not one).
+const MAX_SPEC_BYTES: u64 = 1 << 20;
+
 impl SweepSpec {
-    /// Parse and validate; every error names the file (and the field and line, where YAML knows it).
+    /// Parse and validate; every error names the file, the field and (where the field is written)
+    /// its line, and never echoes more than a line of the input.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read sweep spec", path.display()))?;
-        let spec: Self = serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        spec.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read sweep spec", path.display()))?;
+        if meta.len() > MAX_SPEC_BYTES {
+            bail!("{}: {} bytes is not a sweep spec (at most {} KiB)", path.display(), meta.len(), MAX_SPEC_BYTES / 1024);
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read sweep spec (not UTF-8 text?)", path.display()))?;
+        let spec: Self = serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), clip(&e.to_string(), 400)))?;
+        spec.validate().map_err(|e| locate(path, &text, e))?;
         Ok(spec)
     }
 
+    /// Checks of the spec's own fields (the per-run checks of `DistillConfig::validate` run on the
+    /// plan as well, before anything starts).
     pub fn validate(&self) -> Result<()> {
-        if self.name.trim().is_empty() || self.name.contains('/') {
-            bail!("name: must be a non-empty directory name");
-        }
+        distill::paths::check_dir_name(&self.name).map_err(|e| field_error("name", e))?;
         if self.budgets.is_empty() {
-            bail!("budgets: at least one budget is needed");
+            return Err(field_error("budgets", "at least one budget is needed"));
         }
         for (i, b) in self.budgets.iter().enumerate() {
             if !(b.tol > 0.0 && b.tol < 1.0) {
-                bail!("budgets[{i}].tol: must lie in (0, 1) (got {})", b.tol);
+                return Err(field_error(format!("budgets[{i}].tol"), format!("must lie in (0, 1) (got {})", b.tol)));
+            }
+            if let Some(j) = self.budgets[..i].iter().position(|c| c.params == b.params) {
+                return Err(field_error(format!("budgets[{i}].params"), format!("budget {} is listed twice (budgets[{j}])", crate::fmt::grouped(b.params.0 as i64))));
             }
         }
         for (field, axis) in [("depth", &self.axes.depth), ("width", &self.axes.width), ("heads", &self.axes.heads), ("patch", &self.axes.patch)] {
             axis.values(field)?;
         }
-        if self.axes.mlp_ratio.iter().any(|r| !(*r > 0.0)) || self.axes.mlp_ratio.is_empty() {
-            bail!("axes.mlp_ratio: values must be positive");
+        if self.axes.mlp_ratio.is_empty() || self.axes.mlp_ratio.iter().any(|r| !(r.is_finite() && *r > 0.0 && *r <= 64.0)) {
+            return Err(field_error("axes.mlp_ratio", "values must be finite, positive (at most 64) and not empty"));
         }
-        if self.distill.modes.is_empty() {
-            bail!("distill.modes: at least one of kd, onestep, scratch");
+        if let Some(d) = first_duplicate(&self.axes.mlp_ratio) {
+            return Err(field_error("axes.mlp_ratio", format!("{d} is listed twice")));
         }
-        if self.distill.steps == 0 || self.distill.batch_size == 0 {
-            bail!("distill.steps and distill.batch_size: must be positive");
+        let c = &self.constraints;
+        if c.max_head_dim > 0 && c.max_head_dim < c.min_head_dim {
+            return Err(field_error("constraints.max_head_dim", format!("{} is below constraints.min_head_dim ({})", c.max_head_dim, c.min_head_dim)));
         }
-        if !(self.distill.lr > 0.0) {
-            bail!("distill.lr: must be positive");
+        let d = &self.distill;
+        if d.modes.is_empty() {
+            return Err(field_error("distill.modes", "at least one of kd, onestep, scratch"));
         }
-        if !(0.0..1.0).contains(&self.distill.ema_decay) {
-            bail!("distill.ema_decay: must lie in [0, 1) (got {})", self.distill.ema_decay);
+        if let Some(m) = first_duplicate(&d.modes) {
+            return Err(field_error("distill.modes", format!("`{m}` is listed twice")));
         }
+        if !(1..=distill::run::MAX_STEPS).contains(&d.steps) {
+            return Err(field_error("distill.steps", format!("must lie in 1..={} (got {})", distill::run::MAX_STEPS, d.steps)));
+        }
+        if !(1..=distill::run::MAX_BATCH).contains(&d.batch_size) {
+            return Err(field_error("distill.batch_size", format!("must lie in 1..={} (got {})", distill::run::MAX_BATCH, d.batch_size)));
+        }
+        if !(d.lr.is_finite() && d.lr > 0.0) {
+            return Err(field_error("distill.lr", format!("must be a finite number > 0 (got {})", d.lr)));
+        }
+        if !(0.0..1.0).contains(&d.ema_decay) {
+            return Err(field_error("distill.ema_decay", format!("must lie in [0, 1) (got {})", d.ema_decay)));
+        }
+        d.kd.validate().map_err(|e| nested("distill.kd", e))?;
         if self.seeds.is_empty() {
-            bail!("seeds: at least one seed");
+            return Err(field_error("seeds", "at least one seed"));
         }
-        if self.parallel.jobs == 0 || self.parallel.threads_per_job == 0 {
-            bail!("parallel.jobs and parallel.threads_per_job: must be positive");
+        if let Some(s) = first_duplicate(&self.seeds) {
+            return Err(field_error("seeds", format!("seed {s} is listed twice")));
         }
-        if self.eval.samples < 2 {
-            bail!("eval.samples: at least 2");
+        if self.parallel.jobs == 0 || self.parallel.jobs > 1024 {
+            return Err(field_error("parallel.jobs", format!("must lie in 1..=1024 (got {})", self.parallel.jobs)));
         }
+        if self.parallel.threads_per_job == 0 || self.parallel.threads_per_job > 1024 {
+            return Err(field_error("parallel.threads_per_job", format!("must lie in 1..=1024 (got {})", self.parallel.threads_per_job)));
+        }
+        self.eval.validate().map_err(|e| nested("eval", e))?;
         Ok(())
+    }
+}
+
+/// `inner`'s message `field: msg` (from a nested validator) as a field error under `prefix`.
+fn nested(prefix: &str, inner: anyhow::Error) -> anyhow::Error {
+    let text = format!("{inner:#}");
+    match text.split_once(": ") {
+        Some((f, msg)) if !f.contains(' ') => field_error(format!("{prefix}.{f}"), msg),
+        _ => field_error(prefix, text),
+    }
+}
+
+/// An error of the spec at `path` with the line of its field, when it names one.
+pub fn locate(path: &Path, text: &str, e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<FieldError>() {
+        Some(f) => match line_of(text, &f.field) {
+            Some(line) => anyhow::anyhow!("{}: line {line}: {}: {}", path.display(), f.field, f.msg),
+            None => anyhow::anyhow!("{}: {}: {}", path.display(), f.field, f.msg),
+        },
+        None => anyhow::anyhow!("{}: {}", path.display(), clip(&format!("{e:#}"), 600)),
     }
 }
 
@@ -275,34 +462,88 @@ pub struct Planned {
     pub cfg: DitConfig,
 }
 
+/// Why a shape of the axes was left out (for the message when a budget gets no shape).
+#[derive(Debug, Default)]
+struct Rejections {
+    /// Within a budget's tolerance but excluded: (constraint, count).
+    in_tolerance: Vec<(&'static str, usize)>,
+    /// Nearest valid shape to each budget (params, label).
+    nearest: Vec<Option<(usize, String)>>,
+}
+
+impl Rejections {
+    fn count(&mut self, why: &'static str) {
+        match self.in_tolerance.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, n)) => *n += 1,
+            None => self.in_tolerance.push((why, 1)),
+        }
+    }
+}
+
 /// Every shape of the axes that meets the constraints and falls inside a budget, deduplicated
 /// (a shape inside two budgets is kept for the nearer one). `base` fixes input, channels, classes.
+/// Errors name the spec field: a listed head count or patch that fits nothing, a budget no shape
+/// fits (with the constraint that excluded the shapes within its tolerance).
 pub fn enumerate(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<Planned>> {
     let a = &spec.axes;
+    let (patches, depths, widths, heads) = (a.patch.values("patch")?, a.depth.values("depth")?, a.width.values("width")?, a.heads.values("heads")?);
+    for &p in &patches {
+        if base.input_size % p != 0 {
+            return Err(field_error("axes.patch", format!("{p} does not divide the teacher's input size {}", base.input_size)));
+        }
+    }
+    for &h in &heads {
+        if !widths.iter().any(|w| w % h == 0) {
+            return Err(field_error("axes.heads", format!("{h} divides no width of axes.width ({})", clip(&format!("{widths:?}"), 80))));
+        }
+    }
+    if !widths.iter().any(|w| w % 4 == 0) {
+        return Err(field_error("axes.width", "no width is a multiple of 4 (the 2D sin-cos position embedding needs it)"));
+    }
+    let combos = [patches.len(), a.mlp_ratio.len(), depths.len(), widths.len(), heads.len()].iter().product::<usize>();
+    if combos > MAX_COMBOS {
+        return Err(field_error("axes", format!("{combos} combinations of the axes (at most {MAX_COMBOS}); narrow a range or raise its step")));
+    }
+    let c = &spec.constraints;
+    let mut why = Rejections { nearest: vec![None; spec.budgets.len()], ..Default::default() };
     let mut out: Vec<Planned> = Vec::new();
-    for &patch in &a.patch.values("patch")? {
+    for &patch in &patches {
         for &mlp_ratio in &a.mlp_ratio {
-            for &depth in &a.depth.values("depth")? {
-                for &width in &a.width.values("width")? {
-                    for &heads in &a.heads.values("heads")? {
-                        let cfg = DitConfig { patch_size: patch, mlp_ratio, depth, hidden_size: width, num_heads: heads, ..base.clone() };
-                        if cfg.validate().is_err() {
-                            continue; // heads must divide width, patch the input, width % 4
-                        }
-                        let hd = cfg.head_dim();
-                        if hd < spec.constraints.min_head_dim || (spec.constraints.max_head_dim > 0 && hd > spec.constraints.max_head_dim) {
+            for &depth in &depths {
+                for &width in &widths {
+                    for &h in &heads {
+                        let cfg = DitConfig { patch_size: patch, mlp_ratio, depth, hidden_size: width, num_heads: h, ..base.clone() };
+                        let n = cfg.num_params() as f64;
+                        let within = |b: &Budget| (n - b.params.0 as f64).abs() <= b.tol * b.params.0 as f64;
+                        let in_any = spec.budgets.iter().any(within);
+                        let reject = if width % h != 0 {
+                            Some("heads do not divide the width")
+                        } else if cfg.validate().is_err() {
+                            Some("the width is not a multiple of 4")
+                        } else if cfg.head_dim() < c.min_head_dim {
+                            Some("head_dim below constraints.min_head_dim")
+                        } else if c.max_head_dim > 0 && cfg.head_dim() > c.max_head_dim {
+                            Some("head_dim above constraints.max_head_dim")
+                        } else {
+                            None
+                        };
+                        if let Some(r) = reject {
+                            if in_any {
+                                why.count(r);
+                            }
                             continue;
                         }
-                        let n = cfg.num_params() as f64;
-                        let best = spec
-                            .budgets
-                            .iter()
-                            .filter(|b| (n - b.params.0 as f64).abs() <= b.tol * b.params.0 as f64)
-                            .min_by(|x, y| {
-                                let dx = (n / x.params.0 as f64).ln().abs();
-                                let dy = (n / y.params.0 as f64).ln().abs();
-                                dx.partial_cmp(&dy).unwrap()
-                            });
+                        for (i, b) in spec.budgets.iter().enumerate() {
+                            let gap = (n - b.params.0 as f64).abs();
+                            if why.nearest[i].as_ref().is_none_or(|(p, _)| gap < (*p as f64 - b.params.0 as f64).abs()) {
+                                why.nearest[i] = Some((cfg.num_params(), cfg.shape_label()));
+                            }
+                        }
+                        let best = spec.budgets.iter().filter(|b| within(b)).min_by(|x, y| {
+                            let dx = (n / x.params.0 as f64).ln().abs();
+                            let dy = (n / y.params.0 as f64).ln().abs();
+                            dx.total_cmp(&dy)
+                        });
                         if let Some(b) = best {
                             if !out.iter().any(|p| p.cfg == cfg) {
                                 out.push(Planned { budget: b.params.0, cfg });
@@ -323,13 +564,26 @@ pub fn enumerate(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<Planned>> {
         let all = out.clone();
         out.retain(|p| !all.iter().any(|q| same(p, q) && (gap(q), q.cfg.hidden_size) < (gap(p), p.cfg.hidden_size)));
     }
-    for b in &spec.budgets {
+    for (i, b) in spec.budgets.iter().enumerate() {
         if !out.iter().any(|p| p.budget == b.params.0) {
-            bail!(
-                "budget {} (tol {}): no shape of the axes fits it; widen the axes or the tolerance",
-                crate::cmd::info::group(b.params.0),
-                b.tol
-            );
+            let excluded = if why.in_tolerance.is_empty() {
+                "no shape of the axes lies within the tolerance".to_string()
+            } else {
+                let parts: Vec<String> = why.in_tolerance.iter().map(|(w, n)| format!("{n} excluded because {w}")).collect();
+                format!("shapes within the tolerance (of any budget) were excluded: {}", parts.join("; "))
+            };
+            let nearest = match &why.nearest[i] {
+                Some((p, label)) => format!("; the nearest valid shape is {label} with {} params", crate::fmt::grouped(*p as i64)),
+                None => String::new(),
+            };
+            return Err(field_error(
+                format!("budgets[{i}]"),
+                format!(
+                    "budget {} (tol {}): no shape fits: {excluded}{nearest}; widen axes.width or the tolerance, or relax constraints",
+                    crate::fmt::grouped(b.params.0 as i64),
+                    b.tol
+                ),
+            ));
         }
     }
     out.sort_by_key(|p| (p.budget, p.cfg.depth, p.cfg.hidden_size, p.cfg.num_heads, p.cfg.patch_size));
@@ -384,7 +638,7 @@ seeds: [0]
     #[test]
     fn closest_width_keeps_one_width_per_depth_and_heads() {
         let mut spec: SweepSpec = serde_yaml_ng::from_str(SPEC).unwrap();
-        spec.axes.width = Axis::Range { from: 16, to: 160, step: 4 };
+        spec.axes.width = Axis::Range(Range { from: 16, to: 160, step: 4 });
         let wide = enumerate(&spec, &DitConfig::default()).unwrap();
         spec.constraints.closest_width = true;
         let iso = enumerate(&spec, &DitConfig::default()).unwrap();

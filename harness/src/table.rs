@@ -17,8 +17,24 @@ use polars::prelude::*;
 use serde_json::Value;
 
 /// Columns stored as integers.
-const INT_COLS: [&str; 11] =
-    ["budget", "depth", "width", "heads", "head_dim", "patch", "seed", "steps", "batch_size", "params", "forwards_per_image"];
+const INT_COLS: &[&str] = &[
+    "budget",
+    "depth",
+    "width",
+    "heads",
+    "head_dim",
+    "patch",
+    "seed",
+    "steps",
+    "batch_size",
+    "params",
+    "forwards_per_image",
+    "step",
+    "images_seen",
+    "sampler_steps",
+    "repeats",
+    "threads",
+];
 
 /// All rows (JSON objects) of the runs under `dir/runs`, sorted by run_id.
 pub fn collect_rows(dir: &Path) -> Result<Vec<serde_json::Map<String, Value>>> {
@@ -27,8 +43,14 @@ pub fn collect_rows(dir: &Path) -> Result<Vec<serde_json::Map<String, Value>>> {
     let Ok(entries) = std::fs::read_dir(&runs) else { return Ok(rows) };
     for e in entries {
         let run = e?.path();
-        let Ok(text) = std::fs::read_to_string(run.join("summary.json")) else { continue };
-        let Ok(Value::Object(mut row)) = serde_json::from_str::<Value>(&text) else { continue };
+        let p = run.join("summary.json");
+        if !p.exists() {
+            continue; // in progress
+        }
+        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let Ok(Value::Object(mut row)) = serde_json::from_str::<Value>(&text) else {
+            anyhow::bail!("{}: unreadable run summary (not a JSON object)", p.display())
+        };
         let name = run.file_name().unwrap().to_string_lossy().into_owned();
         row.insert("run_id".into(), Value::String(name));
         if let Ok(Value::Object(plan)) = std::fs::read_to_string(run.join("plan.json")).map(|t| serde_json::from_str(&t).unwrap_or(Value::Null)) {
@@ -103,13 +125,61 @@ fn write_frame(df: &mut DataFrame, path: &Path, parquet: bool) -> Result<()> {
     Ok(())
 }
 
-/// Rebuild `runs.parquet` and `runs.csv` of a sweep directory from its runs.
+/// Learning-curve rows of every run under `dir/runs` (`curve.jsonl`), each with the run's
+/// identity (run_id, budget, shape, mode, seed, params), sorted by run and step.
+pub fn collect_curve_rows(dir: &Path) -> Result<Vec<serde_json::Map<String, Value>>> {
+    let mut rows = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("runs")) else { return Ok(rows) };
+    let mut runs: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("curve.jsonl").is_file()).collect();
+    runs.sort();
+    for run in runs {
+        let cfg_path = run.join("config.yaml");
+        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+        let cfg: distill::run::DistillConfig = serde_yaml_ng::from_str(&text).with_context(|| format!("{}: unreadable run config", cfg_path.display()))?;
+        let budget = std::fs::read_to_string(run.join("plan.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v.get("budget").cloned());
+        let curve = run.join("curve.jsonl");
+        let text = std::fs::read_to_string(&curve).with_context(|| format!("{}: cannot read", curve.display()))?;
+        let s = &cfg.student;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let Ok(Value::Object(point)) = serde_json::from_str::<Value>(line) else {
+                anyhow::bail!("{}: line {}: corrupt curve row", curve.display(), i + 1)
+            };
+            let mut row = serde_json::Map::new();
+            row.insert("run_id".into(), Value::String(run.file_name().unwrap_or_default().to_string_lossy().into_owned()));
+            row.insert("budget".into(), budget.clone().unwrap_or(Value::Null));
+            for (k, v) in [("depth", s.depth), ("width", s.hidden_size), ("heads", s.num_heads), ("patch", s.patch_size), ("params", s.num_params())] {
+                row.insert(k.into(), Value::from(v));
+            }
+            row.insert("mode".into(), Value::String(cfg.mode.to_string()));
+            row.insert("seed".into(), Value::from(cfg.seed));
+            row.extend(point);
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Write `rows` as Parquet and CSV (atomically each).
+pub fn write_rows(rows: &[serde_json::Map<String, Value>], parquet: &Path, csv: &Path) -> Result<()> {
+    let mut df = to_frame(rows)?;
+    write_frame(&mut df, parquet, true)?;
+    write_frame(&mut df, csv, false)
+}
+
+/// Rebuild `runs.parquet` / `runs.csv` (one row per run) and `curves.parquet` / `curves.csv`
+/// (one row per run and evaluated step) of a sweep directory from its runs.
 pub fn rebuild(dir: &Path) -> Result<DataFrame> {
     with_lock(dir, || {
         let rows = collect_rows(dir)?;
         let mut df = to_frame(&rows)?;
         write_frame(&mut df, &dir.join("runs.parquet"), true)?;
         write_frame(&mut df, &dir.join("runs.csv"), false)?;
+        let curve_rows = collect_curve_rows(dir)?;
+        if !curve_rows.is_empty() {
+            let mut curves = to_frame(&curve_rows)?;
+            write_frame(&mut curves, &dir.join("curves.parquet"), true)?;
+            write_frame(&mut curves, &dir.join("curves.csv"), false)?;
+        }
         Ok(df)
     })
 }
@@ -132,7 +202,7 @@ pub fn aggregate(df: &DataFrame) -> Result<DataFrame> {
     let out = df
         .clone()
         .lazy()
-        .filter(col("status").eq(lit("ok")))
+        .filter(col("status").eq(lit(distill::run::RunStatus::Ok.as_str())))
         .group_by(keys)
         .agg(aggs)
         .sort(["budget", "depth", "width", "heads", "mode"], Default::default())

@@ -264,8 +264,8 @@ fn design_rows_stay_within_the_measured_ranges() {
     let dom = design::Domain { params: [73_408, 331_424], depth: [2, 8], width: [24, 88], head_dim: [12, 44] };
     let r = design::Reference::from_ranges(dom.depth, dom.width, dom.head_dim);
     let c = design::Candidates::new(design::feasible(&base));
-    let raw = law.form().unwrap().from_map(&law.coef);
-    let free = c.optimum(law.form().unwrap(), &raw, 80_000.0, 160_000.0, &r, |_| true).unwrap();
+    let raw = law.form().from_map(&law.coef);
+    let free = c.optimum(law.form(), &raw, 80_000.0, 160_000.0, &r, |_| true).unwrap();
     assert_eq!(c.shapes[free.0].depth, 1, "the unrestricted search would extrapolate to depth 1");
 
     let d = design::design(&law, &[], &c, &dom, &r);

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::ditkd;
 use dit::DitConfig;
-use harness::plot::data::{mean_std, CvPoint, LawCurve, LawOverlay, Sweep};
+use harness::results::{mean_std, CvPoint, LawCurve, LawOverlay, Sweep};
 use harness::plot::style::{grouped, num, si};
 use serde_json::json;
 
@@ -198,7 +198,7 @@ fn law_overlays_are_drawn_from_plain_data() {
         .iter()
         .filter_map(|r| Some(CvPoint { budget: r.budget, measured: r.value()?, predicted: r.value()? * 1.05 }))
         .collect();
-    sweep.law = Some(LawOverlay { name: "b".into(), formula: "E + A*d^(-alpha) + B*w^(-beta)".into(), cv_rmse: Some(0.05), cv_kind: "lobo".into(), heads: None, head_dim: Some(16.0), curves: vec![curve(1), curve(2), curve(4)], cv });
+    sweep.law = Some(LawOverlay { name: "b".into(), formula: "E + A*d^(-alpha) + B*w^(-beta)".into(), cv_rmse: Some(0.05), cv_kind: harness::law::CvKind::Lobo, heads: None, head_dim: Some(16.0), curves: vec![curve(1), curve(2), curve(4)], cv });
     let plots = tmp.path().join("plots");
     let (files, skipped) = harness::plot::write_all(&sweep, &plots).unwrap();
     assert_eq!(files.len(), 2 * LABELS.len(), "{files:?}");

@@ -1,6 +1,6 @@
 //! The sweep on a real Slurm: `ditkd slurm` writes a job array (one shard per task) plus a merge
 //! job that depends on it; the merged table equals the same sweep run locally. `.ci/run` starts a
-//! single-node Slurm first (`.ci/slurm-up.sh`) and sets DITKD_REQUIRE_SLURM=1.
+//! single-node Slurm first (`.ci/slurm-up.sh`) and runs this test with `--ignored`.
 
 mod common;
 use common::{ditkd, fixtures, spec_text, table_rows};
@@ -14,15 +14,15 @@ fn job_state(id: &str) -> String {
     text.split_whitespace().find_map(|w| w.strip_prefix("JobState=")).unwrap_or("UNKNOWN").to_string()
 }
 
+/// Ignored by default, so `cargo test` lists it as ignored where no Slurm runs (a visible skip,
+/// not a silent pass); `.ci/run` starts a Slurm and runs it with `--ignored`, where it fails if
+/// no Slurm answers.
 #[test]
+#[ignore = "needs a running Slurm: bash .ci/slurm-up.sh, then cargo test --release -p harness --test slurm -- --ignored"]
 fn job_array_plus_merge_equals_the_local_sweep() {
     let have_slurm = Command::new("sbatch").arg("--version").output().is_ok_and(|o| o.status.success())
         && Command::new("sinfo").output().is_ok_and(|o| o.status.success());
-    if !have_slurm {
-        assert!(std::env::var("DITKD_REQUIRE_SLURM").is_err(), "DITKD_REQUIRE_SLURM is set but no Slurm answers");
-        eprintln!("skipped: no running Slurm (start one with .ci/slurm-up.sh)");
-        return;
-    }
+    assert!(have_slurm, "no Slurm answers (sbatch --version, sinfo): start one with .ci/slurm-up.sh");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     fixtures(root);

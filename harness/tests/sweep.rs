@@ -45,10 +45,9 @@ fn tiny_sweep_runs_shards_merge_and_resumes() {
     assert_eq!(std::fs::read_to_string(full.join("runs.csv")).unwrap(), before);
 }
 
-/// Two shards writing into one results directory at the same time lose or duplicate no row; a
-/// sweep killed with SIGKILL mid-run and resumed ends with the same table as an uninterrupted one.
+/// Two shards writing into one results directory at the same time lose or duplicate no row.
 #[test]
-fn concurrent_shards_and_sigkill_lose_nothing() {
+fn concurrent_shards_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     fixtures(root);
@@ -69,25 +68,101 @@ fn concurrent_shards_and_sigkill_lose_nothing() {
     let mut b = spawn(&["sweep", spec, "--shard", "2/2", "--out", out]);
     assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
     assert_eq!(table_rows(&shared), rows, "concurrent shards in one directory");
+}
 
-    // Kill a sweep as soon as its first run has a checkpoint, then resume it.
+/// A sweep killed with SIGKILL in the middle of a run's training (after a checkpoint, before the
+/// run's end) and resumed ends with the same table as an uninterrupted one.
+#[test]
+fn sigkill_during_training_then_resume_equals_uninterrupted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fixtures(root);
+    const STEPS: u64 = 400; // checkpoints every 100 steps: a kill lands between two of them
+    let spec = root.join("long.yaml");
+    let text = spec_text(root).replace("steps: 3,", &format!("steps: {STEPS},")).replace("depth: [1, 2]", "depth: [1]");
+    std::fs::write(&spec, text).unwrap();
+    let spec = spec.to_str().unwrap();
+    let reference = root.join("reference");
+    let (rc, _, err) = ditkd(&["sweep", spec, "--out", reference.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+
     let killed = root.join("killed");
-    let mut p = spawn(&["sweep", spec, "--out", killed.to_str().unwrap()]);
+    let mut p = std::process::Command::new(env!("CARGO_BIN_EXE_ditkd"))
+        .args(["sweep", spec, "--out", killed.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once some run holds a mid-training checkpoint and no summary.
+    let mid_training = |dir: &std::path::Path| -> Option<u64> {
+        std::fs::read_dir(dir.join("runs")).ok()?.flatten().find_map(|e| {
+            let state = std::fs::read_to_string(e.path().join("checkpoint/state.json")).ok()?;
+            let step = serde_json::from_str::<serde_json::Value>(&state).ok()?["step"].as_u64()?;
+            (step < STEPS && !e.path().join("summary.json").exists()).then_some(step)
+        })
+    };
     let t0 = std::time::Instant::now();
-    loop {
-        let started = std::fs::read_dir(killed.join("runs")).ok().is_some_and(|d| {
-            d.flatten().any(|e| e.path().join("checkpoint").exists() || e.path().join("summary.json").exists())
-        });
-        if started || t0.elapsed().as_secs() > 600 {
-            break;
+    let at = loop {
+        if let Some(step) = mid_training(&killed) {
+            break step;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        assert!(t0.elapsed().as_secs() < 600, "no mid-training checkpoint appeared");
+        assert!(p.try_wait().unwrap().is_none(), "the sweep finished before a mid-training checkpoint was seen");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
     p.kill().unwrap(); // SIGKILL
     p.wait().unwrap();
+    assert!(at > 0 && at < STEPS);
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", killed.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
-    assert_eq!(table_rows(&killed), rows, "killed and resumed equals uninterrupted");
+    assert_eq!(table_rows(&killed), table_rows(&reference), "killed at step {at} and resumed equals uninterrupted");
+}
+
+/// A sweep whose runs all fail exits non-zero with each run's reason, and their metrics are null.
+/// A results directory holding another sweep is refused before anything runs.
+#[test]
+fn failed_runs_exit_non_zero_and_other_sweeps_directories_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fixtures(root);
+    // A teacher whose config is fine but whose weights are corrupt: validation passes, every run fails.
+    let bad_teacher = root.join("bad-teacher");
+    std::fs::create_dir_all(&bad_teacher).unwrap();
+    std::fs::copy(root.join("teacher/dit.json"), bad_teacher.join("dit.json")).unwrap();
+    std::fs::write(bad_teacher.join("ema.safetensors"), b"not weights").unwrap();
+    let spec = root.join("failing.yaml");
+    let text = spec_text(root).replace(&format!("teacher: {}/teacher", root.display()), &format!("teacher: {}", bad_teacher.display()));
+    std::fs::write(&spec, &text).unwrap();
+    let out = root.join("failing");
+    let (rc, _, err) = ditkd(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("runs failed"), "{err}");
+    // Each failed run is listed with its reason.
+    let listed = err.lines().filter(|l| l.starts_with("failed d")).count();
+    let planned = std::fs::read_dir(out.join("runs")).unwrap().count();
+    assert_eq!(listed, planned, "{err}");
+    let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    if let Some(i) = header.iter().position(|h| *h == "fid_proxy") {
+        assert!(csv.lines().skip(1).all(|l| l.split(',').nth(i).unwrap_or("").is_empty()), "failed rows carry no metric: {csv}");
+    }
+    assert!(csv.lines().skip(1).all(|l| l.contains(",failed,")), "{csv}");
+
+    // The same directory for a sweep of another name: refused, its spec untouched.
+    let before = std::fs::read_to_string(out.join("spec.yaml")).unwrap();
+    let other = root.join("other.yaml");
+    std::fs::write(&other, text.replace("name: tiny", "name: other")).unwrap();
+    let (rc, _, err) = ditkd(&["sweep", other.to_str().unwrap(), "--dry-run", "--out", out.to_str().unwrap()]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("holds sweep `tiny`"), "{err}");
+    // The same sweep with other settings: refused unless --allow-changed-spec.
+    let changed = root.join("changed.yaml");
+    std::fs::write(&changed, text.replace("seeds: [0]", "seeds: [0, 1]")).unwrap();
+    let (rc, _, err) = ditkd(&["sweep", changed.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("--allow-changed-spec"), "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("spec.yaml")).unwrap(), before);
+    let (rc, _, err) = ditkd(&["sweep", changed.to_str().unwrap(), "--dry-run", "--allow-changed-spec", "--out", out.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
 }
 
 #[test]

@@ -14,7 +14,7 @@ pub struct BenchCase {
     pub batch: usize,
 }
 
-/// Config A and B of the speed issue: the teacher shape, and a CIFAR-sized patch-2 model.
+/// Benchmark configs A and B: the teacher shape, and a CIFAR-sized patch-2 model.
 pub fn cases() -> Vec<BenchCase> {
     vec![
         BenchCase { name: "A", model: DitConfig::default(), batch: 128 },
@@ -34,10 +34,7 @@ pub fn cases() -> Vec<BenchCase> {
     ]
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
+use distill::eval::median;
 
 pub struct StepTiming {
     pub forward_ms: f64,
@@ -48,7 +45,7 @@ pub struct StepTiming {
 
 /// Median timings of `iters` training steps after `warmup` steps.
 pub fn time_step(case: &BenchCase, warmup: usize, iters: usize) -> Result<StepTiming> {
-    let dev = Device::Cpu;
+    let dev = crate::device::get();
     let m = &case.model;
     let model = DiT::new(m, 0, DType::F32, &dev)?;
     // Random weights so no path is trivially zero (adaLN-Zero init would skip work in no kernel, but be safe).
@@ -89,7 +86,7 @@ pub fn time_step(case: &BenchCase, warmup: usize, iters: usize) -> Result<StepTi
 
 /// Achieved f32 GEMM rate (GFLOP/s) of a 1024^3 candle matmul: the peak a training step is judged against.
 pub fn matmul_peak() -> Result<f64> {
-    let dev = Device::Cpu;
+    let dev = crate::device::get();
     let mut rng = dit::rng::seeded(2);
     let a = dit::rng::randn(&mut rng, &[1024, 1024], &dev)?;
     let b = dit::rng::randn(&mut rng, &[1024, 1024], &dev)?;
@@ -114,7 +111,7 @@ pub fn peak_rss_mb() -> f64 {
 
 /// Images per second of 25-step DDIM sampling with guidance at batch 64, for a 4x64 student.
 pub fn sampling_throughput() -> Result<f64> {
-    let dev = Device::Cpu;
+    let dev = crate::device::get();
     let cfg = DitConfig { hidden_size: 64, depth: 4, num_heads: 4, ..Default::default() };
     let model = DiT::new(&cfg, 0, DType::F32, &dev)?;
     let sc = dit::SamplerConfig { steps: 25, cfg_scale: 2.0, ..Default::default() };
@@ -137,7 +134,7 @@ pub fn run(only: Option<String>, warmup: usize, iters: usize) -> Result<()> {
         println!(
             "config {} ({} params, batch {}): step {:.0} ms (fwd {:.0}, bwd {:.0}, adamw {:.0}), {:.1} GFLOP/s = {:.0}% of matmul peak, peak RSS {:.0} MB",
             case.name,
-            crate::cmd::info::group(m.num_params()),
+            crate::fmt::grouped(m.num_params() as i64),
             case.batch,
             t.step_ms,
             t.forward_ms,

@@ -7,9 +7,20 @@ use anyhow::{anyhow, Result};
 use crate::law::query::{best, Answer, Pick};
 use crate::law::{law_path, LawFile};
 
-pub fn run(budget: &str, results: &Path, max_latency_ms: Option<f64>, json: bool) -> Result<()> {
+pub fn run(budget: &str, results: &Path, max_latency_ms: Option<f64>, json: bool, force: bool) -> Result<()> {
     let b = crate::spec::parse_count(budget).map_err(|e| anyhow!("--budget: {e}"))? as u64;
+    if let Some(l) = max_latency_ms {
+        anyhow::ensure!(l.is_finite() && l > 0.0, "--max-latency-ms: must be a finite number of milliseconds > 0 (got {l})");
+    }
     let law = LawFile::load(results)?;
+    let unidentified = law.unidentified();
+    if !unidentified.is_empty() && !force {
+        anyhow::bail!(
+            "{}: the fitted law is not identified ({}): its recommendation would be noise. Measure more (seeds, steps, budgets) and refit, or pass --force to see it anyway",
+            crate::law::law_path(results).display(),
+            unidentified.join("; ")
+        );
+    }
     let a = best(&law, &law_path(results), results, b, max_latency_ms)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&a)?);
@@ -32,7 +43,7 @@ fn text(a: &Answer) -> String {
     for p in &a.alternatives {
         s += &format!("{}\n", row(p));
     }
-    s += &format!("how sure: the law's {} CV error is about ±{:.1} % per run\n", if a.cv_kind == "lobo" { "leave-one-budget-out" } else { "k-fold" }, a.typical_error_pct);
+    s += &format!("how sure: the law's {} CV error is about ±{:.1} % per run\n", a.cv_kind.describe(), a.typical_error_pct);
     match &a.best_measured {
         Some(m) => {
             s += &format!(

@@ -10,7 +10,7 @@ use distill::run::{run_distill, DistillConfig, Shared, StudentInit};
 pub struct Args {
     pub teacher: Option<PathBuf>,
     pub student: String,
-    pub mode: String,
+    pub mode: Mode,
     pub steps: usize,
     pub batch: usize,
     pub seed: u64,
@@ -27,7 +27,7 @@ pub fn run(a: Args) -> Result<()> {
             serde_yaml_ng::from_str::<DistillConfig>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
         }
         None => {
-            let mode: Mode = a.mode.parse().map_err(anyhow::Error::msg)?;
+            let mode = a.mode;
             let teacher_cfg = match &a.teacher {
                 Some(t) => distill::checkpoint::read_dit_config(&distill::checkpoint::locate_model(t)?.0)?,
                 None => dit::DitConfig::default(),
@@ -46,13 +46,15 @@ pub fn run(a: Args) -> Result<()> {
             c
         }
     };
-    let device = Device::Cpu;
-    let shared = Shared::load(&cfg.data, &cfg.featnet, &device)?;
-    let dir = distill::paths::resolve(&a.out).join(cfg.run_label());
+    // Every setting is checked before the data, the feature net or the teacher load.
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let device = crate::device::get();
+    let shared = Shared::load(&cfg.data, &cfg.featnet, Some(&cfg.cache_dir), &device)?;
+    let dir = distill::paths::output(&a.out).join(cfg.run_label());
     eprintln!(
         "student {} ({} params, {:.4} GFLOPs/forward), mode {}, {} steps -> {}",
         cfg.student.shape_label(),
-        crate::cmd::info::group(cfg.student.num_params()),
+        crate::fmt::grouped(cfg.student.num_params() as i64),
         cfg.student.forward_gflops(),
         cfg.mode,
         cfg.steps,
@@ -60,7 +62,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     let s = run_distill(&cfg, &dir, &shared, true)?;
     println!("{}", serde_json::to_string_pretty(&s)?);
-    if s.status != "ok" {
+    if s.status != distill::run::RunStatus::Ok {
         anyhow::bail!("run failed: {}", s.reason.unwrap_or_default());
     }
     Ok(())

@@ -11,7 +11,7 @@ pub fn run(out: &Path, epochs: usize, seed: u64) -> Result<()> {
     let data = DataConfig::default();
     let train = data.load(Split::Train)?;
     let test = data.load(Split::Test)?;
-    let dev = Device::Cpu;
+    let dev = crate::device::get();
     let t0 = std::time::Instant::now();
     let mut net = FeatNet::new(train.channels, train.height, train.num_classes, seed, &dev)?;
     net.train(&train, epochs, seed, true)?;
@@ -25,7 +25,7 @@ pub fn run(out: &Path, epochs: usize, seed: u64) -> Result<()> {
     let floor = distill::metrics::frechet_distance(&f_test, &f_held, FEAT_DIM)?;
     net.meta.fid_proxy_floor = Some(floor);
     net.meta.wall_time_s = t0.elapsed().as_secs_f64();
-    let dir = distill::paths::resolve(out);
+    let dir = distill::paths::output(out);
     net.save(&dir)?;
     println!(
         "feature net: test accuracy {:.2}% after {epochs} epochs, FID-proxy floor {:.3} (5k train vs 10k test), {:.0} s; saved to {} (hash {})",

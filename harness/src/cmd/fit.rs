@@ -11,7 +11,7 @@ use crate::law::{LawFile, ScoredShape};
 pub struct Args {
     pub dir: PathBuf,
     pub metric: String,
-    pub mode: String,
+    pub mode: distill::kd::Mode,
     pub bootstrap: usize,
     pub hold_out: Option<String>,
     pub out: Option<PathBuf>,
@@ -19,16 +19,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    anyhow::ensure!(a.bootstrap <= 100_000, "--bootstrap: at most 100,000 resamples (got {})", a.bootstrap);
     let hold_out = match &a.hold_out {
         Some(s) => Some(crate::spec::parse_count(s).map_err(|e| anyhow::anyhow!("--hold-out: {e}"))? as u64),
         None => None,
     };
-    let law = fit_sweep(&Options { dir: a.dir.clone(), metric: a.metric, mode: a.mode, bootstrap: a.bootstrap, hold_out, seed: a.seed })?;
+    let law = fit_sweep(&Options { dir: a.dir.clone(), metric: a.metric, mode: a.mode.to_string(), bootstrap: a.bootstrap, hold_out, seed: a.seed })?;
     // A held-out fit never replaces the sweep's law: by default it lands beside it, where
     // `ditkd report` picks it up as the held-out check.
     // Named from the parsed budget, so `400k`, `400000` and `0.4M` all write law-holdout-400k.json.
     let out = a.out.unwrap_or_else(|| match hold_out {
-        Some(b) => a.dir.join(format!("law-holdout-{}.json", crate::plot::style::si(b as f64))),
+        Some(b) => a.dir.join(format!("law-holdout-{}.json", crate::fmt::si(b as f64))),
         None => a.dir.join("law.json"),
     });
     law.save(&out).with_context(|| format!("writing {}", out.display()))?;
@@ -66,16 +67,13 @@ pub fn summary(l: &LawFile) -> String {
         "chosen: ({}) {}  — lowest {} CV error, RMSE {:.4} on ln {} ≈ ±{:.1} %",
         c.name,
         c.formula,
-        if l.cv_kind == "lobo" { "leave-one-budget-out" } else { "k-fold" },
+        l.cv_kind.describe(),
         c.cv_rmse(),
         l.metric,
         100.0 * c.typical_error()
     ));
     // In the formula's order (the map is alphabetical).
-    let names: Vec<String> = match c.form() {
-        Some(f) => f.coef_names().iter().map(|n| n.to_string()).collect(),
-        None => c.coef.keys().cloned().collect(),
-    };
+    let names: Vec<String> = c.form().coef_names().iter().map(|n| n.to_string()).collect();
     for k in &names {
         let v = c.coef.get(k).copied().unwrap_or(f64::NAN);
         let iv = c.intervals.get(k).map_or(String::new(), |[lo, hi]| format!("   90% [{lo:.4e}, {hi:.4e}]"));

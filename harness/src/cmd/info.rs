@@ -57,23 +57,10 @@ pub fn run(spec: &str) -> Result<()> {
     let c = resolve_model(spec)?;
     println!("shape        {}", c.shape_label());
     println!("input        {}x{}x{}  patch {}  classes {}", c.in_channels, c.input_size, c.input_size, c.patch_size, c.num_classes);
-    println!("params       {} trainable ({} with the fixed pos_embed)", group(c.num_params()), group(c.num_params_with_pos_embed()));
+    println!("params       {} trainable ({} with the fixed pos_embed)", crate::fmt::grouped(c.num_params() as i64), crate::fmt::grouped(c.num_params_with_pos_embed() as i64));
     println!("GFLOPs       {:.4} per forward per image (2 x {:.4} G multiply-accumulates)", c.forward_gflops(), c.forward_macs() as f64 / 1e9);
     println!("tokens       {}", c.num_tokens());
     println!("head dim     {} ({} heads x {})", c.head_dim(), c.num_heads, c.head_dim());
     println!("mlp hidden   {}", c.mlp_hidden());
     Ok(())
-}
-
-/// 1234567 -> "1,234,567".
-pub fn group(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }

@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use anyhow::Result;
 
 use crate::law::LawFile;
-use crate::plot::data::{read_law, Sweep};
-use crate::plot::style::{grouped, num, si};
+use crate::results::{read_law, Sweep};
+use crate::fmt::{grouped, num, si};
 use crate::plot::{self, STEMS};
 
 pub fn run(dir: &Path) -> Result<()> {
@@ -26,7 +26,16 @@ pub fn run(dir: &Path) -> Result<()> {
     }
     let present: Vec<&str> = STEMS.iter().copied().filter(|s| plots.join(format!("{s}.png")).exists()).collect();
     let held = held_out_laws(dir, &mut notes);
-    let md = markdown(&sweep, law.as_ref(), &held, &present, &notes);
+    let not_learned = match (&law, crate::law::data::Table::load(dir)) {
+        (None, Ok(t)) => {
+            let untrained = sweep.reference.as_ref().and_then(|r| r.untrained.as_ref()).map(|m| m.fid_proxy);
+            let pts = t.points(&sweep.metric, &sweep.mode).unwrap_or_default();
+            let (base, _, _) = crate::law::data::base_config(dir, &t, &pts);
+            crate::law::guard::check_learned(&t, &sweep.mode, base.num_classes, untrained).err().map(|e| e.to_string())
+        }
+        _ => None,
+    };
+    let md = markdown_with(&sweep, law.as_ref(), &held, &present, &notes, not_learned.as_deref());
     let out = dir.join("report.md");
     dit::io::write_atomic(&out, md.as_bytes())?;
     println!("{}", out.display());
@@ -81,6 +90,11 @@ fn opt(v: Option<f64>) -> String {
 /// The report's text (pure: the caller writes it).
 /// `held` are laws fitted with a budget held out (each carries its `holdout` check).
 pub fn markdown(sweep: &Sweep, law: Option<&LawFile>, held: &[LawFile], plots: &[&str], notes: &[String]) -> String {
+    markdown_with(sweep, law, held, plots, notes, None)
+}
+
+/// `markdown`, with the guard's verdict when the students have not learned.
+pub fn markdown_with(sweep: &Sweep, law: Option<&LawFile>, held: &[LawFile], plots: &[&str], notes: &[String], not_learned: Option<&str>) -> String {
     let mut md = String::new();
     let metric = sweep.metric_label();
     let w = &mut md;
@@ -96,15 +110,21 @@ pub fn markdown(sweep: &Sweep, law: Option<&LawFile>, held: &[LawFile], plots: &
         let _ = writeln!(w, "> {n}\n");
     }
     runs_section(w, sweep);
+    reference_section(w, sweep);
     best_section(w, sweep, &metric);
     match law {
         Some(l) => {
             law_section(w, l);
             design_section(w, l, &metric);
         }
-        None => {
-            let _ = writeln!(w, "## Design law\n\nNo `law.json` yet: run `ditkd fit` on this directory to fit the laws, then `ditkd report` again.\n");
-        }
+        None => match not_learned {
+            Some(why) => {
+                let _ = writeln!(w, "## Design law\n\n**{why}.**\n\nNo law is fitted and no shape is recommended: a law fitted to students at chance describes the evaluation noise, not the shapes.\n");
+            }
+            None => {
+                let _ = writeln!(w, "## Design law\n\nNo `law.json` yet: run `ditkd fit` on this directory to fit the laws, then `ditkd report` again.\n");
+            }
+        },
     }
     modes_section(w, sweep, &metric);
     for l in law.into_iter().chain(held) {
@@ -146,6 +166,62 @@ fn runs_section(w: &mut String, sweep: &Sweep) {
             let _ = writeln!(w, "- … and {} more", failed.len() - 20);
         }
         let _ = writeln!(w);
+    }
+}
+
+/// The teacher (ceiling) and real data (floor) under the students' protocol, and the noise of
+/// the evaluation itself.
+fn reference_section(w: &mut String, sweep: &Sweep) {
+    let _ = writeln!(w, "## Reference: the teacher, real data and the evaluation noise
+");
+    let Some(r) = &sweep.reference else {
+        let _ = writeln!(w, "No `reference.json` (it is measured when the sweep runs).\n");
+        return;
+    };
+    let f = &r.floor;
+    let _ = writeln!(w, "Every row is scored exactly as the students are: {} images, the same sampler, guidance and evaluation seed; KID is the raw unbiased MMD² (not ×10³); KID and PRDC compare with a fixed real subset of the same size as the generated set.\n", r.samples);
+    let _ = writeln!(w, "| model | params | FID-proxy | FID-proxy∞ | KID | precision | recall | coverage | class accuracy |");
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    if let Some(t) = &r.teacher {
+        let m = &t.metrics;
+        let _ = writeln!(
+            w,
+            "| teacher d{} w{} h{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            t.depth,
+            t.width,
+            t.heads,
+            grouped(t.params as i64),
+            num(m.fid_proxy),
+            opt(m.fid_proxy_inf),
+            num(m.kid),
+            num(m.precision),
+            num(m.recall),
+            num(m.coverage),
+            num(m.class_accuracy)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "| real training images ({} draws of {}) | – | {} | – | {} | {} | {} | {} | {} |\n",
+        f.draws,
+        r.samples,
+        pm(f.fid_proxy.mean, f.fid_proxy.std),
+        pm(f.kid.mean, f.kid.std),
+        pm(f.precision.mean, f.precision.std),
+        pm(f.recall.mean, f.recall.std),
+        pm(f.coverage.mean, f.coverage.std),
+        pm(f.class_accuracy.mean, f.class_accuracy.std)
+    );
+    if let Some(t) = &r.teacher {
+        let n = &t.eval_noise_fid_proxy;
+        let _ = writeln!(
+            w,
+            "Evaluation noise: the teacher's weights scored with {} evaluation seeds give FID-proxy {} (sample std {}, {:.1} % of the mean): differences between models smaller than this are not measured by one evaluation. Every evaluation of this sweep uses the same noise, labels and real subset, so differences between models are paired.\n",
+            n.values.len(),
+            n.values.iter().map(|v| num(*v)).collect::<Vec<_>>().join(" and "),
+            num(n.std),
+            100.0 * n.std / n.mean
+        );
     }
 }
 
@@ -191,18 +267,28 @@ fn law_section(w: &mut String, l: &LawFile) {
         l.n_runs,
         l.mode,
         budgets.join(", "),
-        if l.cv_kind == "kfold" { "k-fold" } else { "leave-one-budget-out" }
+        l.cv_kind.describe()
     );
     if let Some(b) = l.held_out_budget {
         let _ = writeln!(w, "Budget {} was held out of the fit.", si(b as f64));
     }
-    let _ = writeln!(
-        w,
-        "N is the parameter count, d the depth, w the width, head_dim = w / heads. Its CV RMSE on ln {} is {} (a typical error of ±{:.0} %).\n",
-        l.metric,
-        num(c.cv_rmse()),
-        100.0 * c.typical_error()
-    );
+    let unidentified = l.unidentified();
+    if unidentified.is_empty() {
+        let _ = writeln!(
+            w,
+            "N is the parameter count, d the depth, w the width, head_dim = w / heads. Its CV RMSE on ln {} is {} (a typical error of ±{:.0} %).\n",
+            l.metric,
+            num(c.cv_rmse()),
+            100.0 * c.typical_error()
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "N is the parameter count, d the depth, w the width, head_dim = w / heads. **The law is not identified**: the data do not pin down {} ({}). Its predictions carry no stated error, and `ditkd best` refuses it without `--force`.\n",
+            if unidentified.len() == 1 { "one coefficient" } else { "several coefficients" },
+            unidentified.join("; ")
+        );
+    }
     let _ = writeln!(w, "| coefficient | estimate | 90 % bootstrap interval |\n|---|---:|---|");
     for (name, v) in &c.coef {
         let _ = writeln!(w, "| {name} | {} | {} |", num(*v), interval(c.intervals.get(name)));

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::runner::{base_config, plan, sweep_dir};
-use crate::spec::SweepSpec;
+use crate::runner::{sweep_dir, Loaded};
 
 pub struct Args {
     pub spec: PathBuf,
@@ -20,13 +19,39 @@ pub struct Args {
 }
 
 fn abs(p: &Path) -> PathBuf {
-    std::path::absolute(distill::paths::resolve(p)).unwrap_or_else(|_| p.to_path_buf())
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Slurm's `--time` formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS (or UNLIMITED).
+pub fn check_time(t: &str) -> Result<()> {
+    let nums = |s: &str, n: usize| {
+        let parts: Vec<&str> = s.split(':').collect();
+        parts.len() <= n && parts.iter().all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let ok = t == "UNLIMITED"
+        || match t.split_once('-') {
+            Some((d, rest)) => !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) && nums(rest, 3),
+            None => nums(t, 3),
+        };
+    anyhow::ensure!(ok, "--time `{}`: not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)", crate::spec::clip(t, 40));
+    Ok(())
 }
 
 /// The script text.
 pub fn script(a: &Args) -> Result<String> {
-    let spec = SweepSpec::from_file(&a.spec)?;
-    let runs = plan(&spec, &base_config(&spec)?)?.len();
+    check_time(&a.time)?;
+    if let Some(p) = &a.partition {
+        let ok = !p.is_empty() && p.len() <= 64 && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ','));
+        anyhow::ensure!(ok, "--partition `{}`: not a Slurm partition name (letters, digits, - _ . ,)", crate::spec::clip(p, 40));
+    }
+    if a.shards == Some(0) {
+        anyhow::bail!("--shards: must be at least 1");
+    }
+    let Loaded { spec, runs, .. } = crate::runner::load(&a.spec, None, None)?;
+    let runs = runs.len();
+    if let Some(s) = a.shards.filter(|&s| s > runs) {
+        eprintln!("note: --shards {s} is more than the {runs} runs: using {runs} array tasks");
+    }
     let shards = a.shards.unwrap_or(runs).clamp(1, runs.max(1));
     let dir = abs(&sweep_dir(&spec, a.out.as_deref()));
     let spec_path = abs(&a.spec);
@@ -71,12 +96,15 @@ merge_id=$(sbatch --parsable --dependency=afterok:$array_id --kill-on-invalid-de
 {partition}set -euo pipefail
 export DITKD_ROOT={root}
 {bin} merge --out {dir} {dir}/shards/*
+# Every run is done: time each model once more with nothing else running.
+{bin} --threads {threads} latency {dir}
 EOS
 )
 echo "array $array_id merge $merge_id"
 "#,
         name = spec.name,
         time = a.time,
+        threads = spec.parallel.threads_per_job,
     ))
 }
 

@@ -8,26 +8,45 @@ use anyhow::{Context, Result};
 use distill::kd::Mode;
 
 use crate::runner::sweep_dir;
-use crate::spec::SweepSpec;
 
 pub fn run(spec_path: &Path, out: Option<&Path>, jobs: Option<usize>, threads_per_job: Option<usize>, bootstrap: usize) -> Result<()> {
-    let spec = SweepSpec::from_file(spec_path)?;
+    // Everything the sweep needs is validated before it starts (and again by the sweep itself).
+    let spec = crate::runner::load(spec_path, jobs, threads_per_job)?.spec;
     let dir = sweep_dir(&spec, out);
     println!("== 1/4 sweep {} -> {}", spec_path.display(), dir.display());
-    crate::cmd::sweep::run(spec_path, false, None, out, jobs, threads_per_job)?;
+    crate::cmd::sweep::run(&crate::cmd::sweep::Args {
+        spec: spec_path,
+        dry_run: false,
+        shard: None,
+        out,
+        jobs,
+        threads_per_job,
+        allow_changed_spec: false,
+    })?;
     // The law is fitted on the distilled runs when there are any (the question the sweep answers).
     let mode = if spec.distill.modes.contains(&Mode::Kd) { Mode::Kd } else { spec.distill.modes[0] };
     println!("== 2/4 fit ({mode} runs)");
-    crate::cmd::fit::run(crate::cmd::fit::Args {
+    let fitted = crate::cmd::fit::run(crate::cmd::fit::Args {
         dir: dir.clone(),
         metric: "fid_proxy".into(),
-        mode: mode.to_string(),
+        mode,
         bootstrap,
         hold_out: None,
         out: None,
         seed: 0,
-    })
-    .with_context(|| format!("fitting the law on {}", dir.display()))?;
+    });
+    match fitted {
+        Ok(()) => {}
+        // Students at chance get a report that says so, not a law.
+        Err(e) if e.downcast_ref::<crate::law::guard::NotLearned>().is_some() => {
+            eprintln!("{e:#}");
+            let stale = dir.join("law.json");
+            if stale.exists() {
+                std::fs::remove_file(&stale).with_context(|| format!("removing the stale {}", stale.display()))?;
+            }
+        }
+        Err(e) => return Err(e.context(format!("fitting the law on {}", dir.display()))),
+    }
     println!("== 3/4 plots");
     crate::cmd::plot::run(&dir)?;
     println!("== 4/4 report");

@@ -2,86 +2,100 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use crate::cmd::info::group;
-use crate::runner::{base_config, estimate_secs, execute, parse_shard, plan, shard, sweep_dir};
+use crate::fmt::grouped;
+use distill::run::{RunStatus, Summary};
+
+use crate::runner::{estimate_secs, execute, parse_shard, shard, sweep_dir, Loaded};
 use crate::spec::SweepSpec;
 
-pub fn run(
-    spec_path: &Path,
-    dry_run: bool,
-    shard_arg: Option<&str>,
-    out: Option<&Path>,
-    jobs: Option<usize>,
-    threads_per_job: Option<usize>,
-) -> Result<()> {
-    let mut spec = SweepSpec::from_file(spec_path)?;
-    // Parallelism changes how fast runs go, never what they compute (not part of a run's hash).
-    if let Some(j) = jobs {
-        anyhow::ensure!(j >= 1, "--jobs must be at least 1");
-        spec.parallel.jobs = j;
-    }
-    if let Some(t) = threads_per_job {
-        anyhow::ensure!(t >= 1, "--threads-per-job must be at least 1");
-        spec.parallel.threads_per_job = t;
-    }
-    let base = base_config(&spec)?;
-    let mut runs = plan(&spec, &base)?;
+/// What `ditkd sweep` was asked to do.
+pub struct Args<'a> {
+    pub spec: &'a Path,
+    pub dry_run: bool,
+    pub shard: Option<&'a str>,
+    pub out: Option<&'a Path>,
+    pub jobs: Option<usize>,
+    pub threads_per_job: Option<usize>,
+    pub allow_changed_spec: bool,
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let Loaded { spec, base, mut runs } = crate::runner::load(a.spec, a.jobs, a.threads_per_job)?;
     let total = runs.len();
-    if let Some(s) = shard_arg {
+    if let Some(s) = a.shard {
         let (k, n) = parse_shard(s)?;
         runs = shard(runs, k, n, spec.distill.modes.len());
     }
-    let dir = sweep_dir(&spec, out);
-    if dry_run {
-        println!("{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8} {:>7} {:>4} {:>9}", "id", "budget", "depth", "width", "heads", "head_dim", "params", "GFLOPs", "mode", "seed", "est. s");
-        let mut secs = 0.0;
-        let mut teacher_paid = std::collections::HashSet::new();
-        for r in &runs {
-            let pays_teacher = r.cfg.mode == distill::kd::Mode::Kd && teacher_paid.insert(r.cfg.seed);
-            let s = &r.cfg.student;
-            let e = estimate_secs(r, &base, pays_teacher) / spec.parallel.threads_per_job as f64;
-            secs += e;
-            println!(
-                "{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8.4} {:>7} {:>4} {:>9.0}",
-                r.index,
-                group(r.budget),
-                s.depth,
-                s.hidden_size,
-                s.num_heads,
-                s.head_dim(),
-                group(s.num_params()),
-                s.forward_gflops(),
-                r.cfg.mode.to_string(),
-                r.cfg.seed,
-                e
-            );
-        }
-        println!(
-            "{} runs ({} in the whole sweep); estimated {:.1} h on {} concurrent job(s) -> {}",
-            runs.len(),
-            total,
-            secs / 3600.0 / spec.parallel.jobs as f64,
-            spec.parallel.jobs,
-            dir.display()
-        );
+    let dir = sweep_dir(&spec, a.out);
+    crate::runner::claim_dir(&spec, &dir, a.allow_changed_spec)?;
+    if a.dry_run {
+        print_plan(&spec, &base, &runs, total, &dir);
         return Ok(());
     }
-    let adopted = crate::runner::adopt_renamed(&dir, &runs)?;
-    if adopted > 0 {
-        println!("{adopted} run(s) started under an earlier run order renamed to this plan's names");
-    }
+    // candle's GEMM reads its thread count from RAYON_NUM_THREADS: set it (once, before any
+    // thread starts) to the threads of one job, the pool each run executes in.
+    std::env::set_var("RAYON_NUM_THREADS", spec.parallel.threads_per_job.to_string());
     let t = std::time::Instant::now();
     let results = execute(&spec, &runs, &dir, true)?;
-    let failed = results.iter().filter(|s| s.status != "ok").count();
+    let failed: Vec<&Summary> = results.iter().filter(|s| s.status != RunStatus::Ok).collect();
     println!(
-        "{} runs done ({failed} failed) in {:.1} min; table: {}",
+        "{} runs done ({} not ok) in {:.1} min; table: {}",
         results.len(),
+        failed.len(),
         t.elapsed().as_secs_f64() / 60.0,
         dir.join("runs.parquet").display()
     );
+    if a.shard.is_none() && results.iter().any(|s| s.status == RunStatus::Ok) {
+        // Every run is done: time each model again with nothing else running.
+        let n = crate::speed::measure(&dir, &crate::speed::Options::default(), true)?;
+        println!("latency: {n} models timed in a quiet pass -> {}", dir.join("latency.parquet").display());
+    }
+    for s in &failed {
+        eprintln!("{} d{}-w{}-h{}-p{} {} seed {}: {}", s.status, s.depth, s.width, s.heads, s.patch, s.mode, s.seed, s.reason.as_deref().unwrap_or("no reason recorded"));
+    }
+    // Diverged runs are results (a shape that trains unstably); any other failure, or nothing
+    // ok at all, is an error, so a Slurm `afterok` merge does not run on a broken shard.
+    let broken = failed.iter().filter(|s| s.status == RunStatus::Failed).count();
+    if broken > 0 || (!results.is_empty() && failed.len() == results.len()) {
+        anyhow::bail!("{} of {} runs failed (reasons above); finished runs are kept, rerun the same command to retry the failed ones", failed.len(), results.len());
+    }
     Ok(())
+}
+
+fn print_plan(spec: &SweepSpec, base: &dit::DitConfig, runs: &[crate::runner::RunPlan], total: usize, dir: &Path) {
+    println!("{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8} {:>7} {:>4} {:>9}", "id", "budget", "depth", "width", "heads", "head_dim", "params", "GFLOPs", "mode", "seed", "est. s");
+    let mut secs = 0.0;
+    let mut teacher_paid = std::collections::HashSet::new();
+    for r in runs {
+        let pays_teacher = r.cfg.mode == distill::kd::Mode::Kd && teacher_paid.insert(r.cfg.seed);
+        let s = &r.cfg.student;
+        let e = estimate_secs(r, base, pays_teacher) / spec.parallel.threads_per_job as f64;
+        secs += e;
+        println!(
+            "{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8.4} {:>7} {:>4} {:>9.0}",
+            r.index,
+            grouped(r.budget as i64),
+            s.depth,
+            s.hidden_size,
+            s.num_heads,
+            s.head_dim(),
+            grouped(s.num_params() as i64),
+            s.forward_gflops(),
+            r.cfg.mode.to_string(),
+            r.cfg.seed,
+            e
+        );
+    }
+    println!(
+        "{} runs ({} in the whole sweep); estimated {:.1} h on {} concurrent job(s) -> {}",
+        runs.len(),
+        total,
+        secs / 3600.0 / spec.parallel.jobs as f64,
+        spec.parallel.jobs,
+        dir.display()
+    );
 }
 
 pub fn table(dir: &Path, raw: bool) -> Result<()> {
@@ -95,36 +109,181 @@ pub fn table(dir: &Path, raw: bool) -> Result<()> {
     } else {
         println!("{}", crate::table::aggregate(&df)?);
     }
+    match distill::reference::Reference::load(&dir) {
+        Some(r) => print!("{}", reference_lines(&r)),
+        None => println!("(no reference.json: the teacher and the real-data floor are measured when the sweep runs)"),
+    }
     Ok(())
 }
 
-/// Gather shard outputs into `out` (copying each run's small files) and rebuild its table.
-pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<()> {
-    let out = distill::paths::resolve(out);
-    std::fs::create_dir_all(out.join("runs"))?;
-    for input in inputs {
-        let input = distill::paths::resolve(input);
-        if input == out {
+/// The teacher and the real-data floor under the students' protocol, as `ditkd table` prints them.
+pub fn reference_lines(r: &distill::reference::Reference) -> String {
+    let f = &r.floor;
+    let mut s = format!(
+        "real data ({} training images, {} draws): fid_proxy {:.3} ± {:.3}, kid {:.5} ± {:.5}, precision {:.3}, recall {:.3}, coverage {:.3}, class_accuracy {:.3}\n",
+        r.samples, f.draws, f.fid_proxy.mean, f.fid_proxy.std, f.kid.mean, f.kid.std, f.precision.mean, f.recall.mean, f.coverage.mean, f.class_accuracy.mean
+    );
+    if let Some(t) = &r.teacher {
+        let m = &t.metrics;
+        s += &format!(
+            "teacher d{}-w{}-h{} ({} params): fid_proxy {:.3} (fid_proxy_inf {}), kid {:.5}, precision {:.3}, recall {:.3}, coverage {:.3}, class_accuracy {:.3}\n",
+            t.depth,
+            t.width,
+            t.heads,
+            crate::fmt::grouped(t.params as i64),
+            m.fid_proxy,
+            m.fid_proxy_inf.map_or("-".into(), |v| format!("{v:.3}")),
+            m.kid,
+            m.precision,
+            m.recall,
+            m.coverage,
+            m.class_accuracy
+        );
+        let n = &t.eval_noise_fid_proxy;
+        s += &format!(
+            "evaluation noise (teacher's weights, evaluation seeds {}): fid_proxy {} -> ±{:.3} (sample std, {:.1} %)\n",
+            n.values.len(),
+            n.values.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" / "),
+            n.std,
+            100.0 * n.std / n.mean
+        );
+    }
+    s
+}
+
+/// Columns that measure the machine, not the run: they may differ between two copies of one run.
+const TIMING: [&str; 5] = ["train_wall_s", "eval_wall_s", "teacher_fraction", "latency_ms", "images_per_s"];
+
+/// A finished run found in a merge input.
+struct Found {
+    src: PathBuf,
+    /// The summary without its timing columns (what must agree between copies).
+    result: serde_json::Value,
+    summary: Summary,
+}
+
+/// Finished runs of one results directory (`<dir>/runs/*/summary.json`); every summary must parse.
+fn finished_runs(dir: &Path) -> Result<(Vec<(String, Found)>, usize)> {
+    let runs = dir.join("runs");
+    let entries = std::fs::read_dir(&runs).with_context(|| format!("{}: not a sweep results directory (no runs/)", dir.display()))?;
+    let (mut found, mut unfinished) = (Vec::new(), 0);
+    for e in entries {
+        let src = e.with_context(|| format!("{}: cannot list", runs.display()))?.path();
+        let p = src.join("summary.json");
+        if !p.exists() {
+            unfinished += 1;
             continue;
         }
-        for e in std::fs::read_dir(input.join("runs"))? {
-            let src = e?.path();
-            if !src.join("summary.json").exists() {
-                continue;
+        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let summary: Summary = serde_json::from_str(&text).with_context(|| format!("{}: unreadable run summary", p.display()))?;
+        let mut result: serde_json::Value = serde_json::from_str(&text)?;
+        if let Some(o) = result.as_object_mut() {
+            for k in TIMING {
+                o.remove(k);
             }
-            let dst = out.join("runs").join(src.file_name().unwrap());
-            std::fs::create_dir_all(&dst)?;
-            for f in ["summary.json", "plan.json", "config.yaml", "metrics.jsonl", "grid.png"] {
-                if src.join(f).exists() {
-                    std::fs::copy(src.join(f), dst.join(f))?;
+        }
+        let id = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        found.push((id, Found { src, result, summary }));
+    }
+    Ok((found, unfinished))
+}
+
+/// Gather shard outputs into `out` (copying each run's small files) and rebuild its table.
+/// Everything is checked before anything is written: every input exists and every summary
+/// parses; one run id never holds two different results; the runs were scored by one feature
+/// net, distilled from one teacher, by one code version, under one spec (unless `allow_mixed`).
+pub fn merge(out: &Path, inputs: &[PathBuf], allow_mixed: bool) -> Result<()> {
+    anyhow::ensure!(!inputs.is_empty(), "merge: name at least one input directory");
+    let out = distill::paths::output(out);
+    let mut all: std::collections::BTreeMap<String, Found> = std::collections::BTreeMap::new();
+    let mut sources: Vec<PathBuf> = Vec::new();
+    if out.join("runs").is_dir() {
+        sources.push(out.clone());
+    }
+    for input in inputs {
+        if !input.is_dir() {
+            anyhow::bail!("{}: no such results directory", input.display());
+        }
+        if std::fs::canonicalize(input).ok() != std::fs::canonicalize(&out).ok() {
+            sources.push(input.clone());
+        }
+    }
+    let mut unfinished = 0;
+    for dir in &sources {
+        let (found, open) = finished_runs(dir)?;
+        unfinished += open;
+        for (id, f) in found {
+            match all.get(&id) {
+                Some(prev) if prev.result != f.result => anyhow::bail!(
+                    "run `{id}`: {} and {} hold different results under one id; merge refuses to pick one (remove the wrong copy)",
+                    prev.src.display(),
+                    f.src.display()
+                ),
+                Some(_) => {}
+                None => {
+                    all.insert(id, f);
                 }
             }
         }
-        if input.join("spec.yaml").exists() && !out.join("spec.yaml").exists() {
-            std::fs::copy(input.join("spec.yaml"), out.join("spec.yaml"))?;
+    }
+    // One instrument, one teacher, one code version, one spec.
+    let mut mixed = Vec::new();
+    let distinct = |vals: Vec<String>| {
+        let mut v = vals;
+        v.sort();
+        v.dedup();
+        v
+    };
+    let featnets = distinct(all.values().map(|f| f.summary.featnet_hash.clone()).collect());
+    let teachers = distinct(all.values().filter_map(|f| f.summary.teacher_hash.clone()).collect());
+    let versions = distinct(all.values().map(|f| f.summary.code_version.clone()).collect());
+    let specs = distinct(
+        sources
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("spec.yaml")).ok())
+            .filter_map(|t| serde_yaml_ng::from_str::<SweepSpec>(&t).ok())
+            .filter_map(|s| crate::runner::spec_hash(&s).ok())
+            .collect(),
+    );
+    for (what, v) in [("feature nets (featnet_hash)", &featnets), ("teachers (teacher_hash)", &teachers), ("code versions (code_version)", &versions), ("sweep specs", &specs)] {
+        if v.len() > 1 {
+            mixed.push(format!("{} {what}: {}", v.len(), v.join(", ")));
+        }
+    }
+    if !mixed.is_empty() && !allow_mixed {
+        anyhow::bail!("merge: the inputs mix {}; their metrics are not comparable (pass --allow-mixed to merge anyway)", mixed.join("; "));
+    }
+    std::fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
+    let mut copied = 0;
+    for (id, f) in &all {
+        if f.src.parent().and_then(|p| p.parent()).and_then(|p| std::fs::canonicalize(p).ok()) == std::fs::canonicalize(&out).ok() {
+            continue; // already in `out`
+        }
+        let dst = out.join("runs").join(id);
+        std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
+        // summary.json last: a run directory with a summary is complete.
+        for name in ["plan.json", "config.yaml", "metrics.jsonl", "curve.jsonl", "grid.png", "summary.json"] {
+            let from = f.src.join(name);
+            if from.exists() {
+                let bytes = std::fs::read(&from).with_context(|| format!("{}: cannot read", from.display()))?;
+                dit::io::write_atomic(&dst.join(name), &bytes)?;
+            }
+        }
+        copied += 1;
+    }
+    if !out.join("spec.yaml").exists() {
+        if let Some(spec) = sources.iter().map(|d| d.join("spec.yaml")).find(|p| p.exists()) {
+            let bytes = std::fs::read(&spec).with_context(|| format!("{}: cannot read", spec.display()))?;
+            dit::io::write_atomic(&out.join("spec.yaml"), &bytes)?;
         }
     }
     let df = crate::table::rebuild(&out)?;
-    println!("merged {} runs into {}", df.height(), out.join("runs.parquet").display());
+    if unfinished > 0 {
+        eprintln!("note: {unfinished} unfinished run(s) (no summary.json) were not merged");
+    }
+    if !mixed.is_empty() {
+        eprintln!("warning: merged across {} (--allow-mixed)", mixed.join("; "));
+    }
+    println!("merged {copied} new run(s); {} runs in {}", df.height(), out.join("runs.parquet").display());
     Ok(())
 }

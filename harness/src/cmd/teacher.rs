@@ -9,17 +9,18 @@ use distill::data::Split;
 use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
 
 pub fn run(config: &Path, out: &Path, stop_at: Option<usize>, grid: usize) -> Result<()> {
+    anyhow::ensure!((1..=crate::cmd::sample::MAX_N).contains(&grid), "--grid: must lie in 1..={} (got {grid})", crate::cmd::sample::MAX_N);
     let cfg = TrainConfig::from_yaml_file(config)?;
-    let run_dir = distill::paths::resolve(out).join(&cfg.name);
+    let run_dir = distill::paths::output(out).join(&cfg.name);
     std::fs::create_dir_all(&run_dir)?;
     dit::io::write_atomic(&run_dir.join("config.yaml"), serde_yaml_ng::to_string(&cfg)?.as_bytes())?;
-    let device = Device::Cpu;
+    let device = crate::device::get();
     let data = cfg.data.load(Split::Train)?;
     let mut model = DiT::new(&cfg.model, cfg.seed, DType::F32, &device)?;
     eprintln!(
         "teacher `{}`: {} params, {:.4} GFLOPs/forward, {} tokens; {} training images; run dir {}",
         cfg.name,
-        crate::cmd::info::group(cfg.model.num_params()),
+        crate::fmt::grouped(cfg.model.num_params() as i64),
         cfg.model.forward_gflops(),
         cfg.model.num_tokens(),
         data.len(),

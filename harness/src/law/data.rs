@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use dit::DitConfig;
 use polars::prelude::*;
-use sha2::{Digest, Sha256};
 
 use super::{Feat, Shape};
 
@@ -34,11 +33,7 @@ pub struct Table {
     pub df: DataFrame,
 }
 
-/// SHA-256 (hex) of a file's bytes.
-pub fn file_hash(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
-}
+use distill::checkpoint::file_hash;
 
 impl Table {
     pub fn load(dir: &Path) -> Result<Table> {
@@ -49,6 +44,13 @@ impl Table {
         let hash = file_hash(&path)?;
         let df = crate::table::read(dir)?;
         Ok(Table { path, hash, df })
+    }
+
+    /// Any Parquet table (e.g. `latency.parquet`).
+    pub fn load_file(path: &Path) -> Result<Table> {
+        let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let df = ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: corrupt table: {e}", path.display()))?;
+        Ok(Table { path: path.to_path_buf(), hash: file_hash(path)?, df })
     }
 
     fn need(&self, name: &str) -> Result<&Column> {
@@ -96,6 +98,21 @@ impl Table {
             present.sort();
             present.dedup();
             bail!("{p}: no runs with status `ok` and mode `{mode}` (modes in the table: {})", if present.is_empty() { "none".into() } else { present.join(", ") });
+        }
+        // One law is fitted on one measuring instrument: rows scored by different feature nets, or
+        // distilled from different teachers, are not comparable.
+        for col in ["featnet_hash", "teacher_hash"] {
+            let Ok(vals) = self.strs(col) else { continue };
+            let mut seen: Vec<&str> = ok.iter().filter_map(|&i| vals[i].as_deref()).collect();
+            seen.sort();
+            seen.dedup();
+            if seen.len() > 1 {
+                bail!(
+                    "{p}: the `{mode}` runs were scored with {} different `{col}` values ({}): a law fits one feature net and one teacher; fit each group separately",
+                    seen.len(),
+                    seen.join(", ")
+                );
+            }
         }
         let mut pts = Vec::new();
         for i in ok {

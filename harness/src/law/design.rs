@@ -262,11 +262,7 @@ pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, dom: &Domain, r:
         exponents: None,
         formula: String::new(),
     };
-    let Some(form) = law.form() else {
-        d.budgets = grid;
-        d.formula = format!("unknown law `{}`", law.name);
-        return d;
-    };
+    let form = law.form();
     let raw = form.from_map(&law.coef);
     let opt = optima(form, &raw, c, &grid, r, dom);
     // Where the law, left alone, would leave the measured ranges: said, never recommended.

@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 /// Exponent arguments are clamped here so a wild LM step gives a large but finite residual
 /// instead of an infinity that would stall the optimiser.
 const EXP_CLAMP: f64 = 300.0;
@@ -20,8 +22,10 @@ fn cexp(x: f64) -> f64 {
     x.clamp(-EXP_CLAMP, EXP_CLAMP).exp()
 }
 
-/// One of the candidate laws.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One of the candidate laws. `Form::VARIANTS` (derived) is the list fitted, so a new variant is
+/// fitted without being registered anywhere, and every `match` on it names what it must define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::VariantArray)]
+#[serde(rename_all = "lowercase")]
 pub enum Form {
     /// y = E + A·N^(−α): parameters only.
     A,
@@ -73,9 +77,17 @@ impl Scales {
     }
 }
 
-impl Form {
-    pub const ALL: [Form; 3] = [Form::A, Form::B, Form::C];
+impl std::fmt::Display for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
+impl Form {
+    /// Every candidate law, in the order fitted.
+    pub const ALL: &'static [Form] = <Form as strum::VariantArray>::VARIANTS;
+
+    /// The name in law.json and the report: "a", "b", "c" (as serde writes it).
     pub fn name(self) -> &'static str {
         match self {
             Form::A => "a",
@@ -85,7 +97,7 @@ impl Form {
     }
 
     pub fn from_name(name: &str) -> Option<Form> {
-        Form::ALL.into_iter().find(|f| f.name() == name)
+        Form::ALL.iter().copied().find(|f| f.name() == name)
     }
 
     pub fn formula(self) -> &'static str {
@@ -219,7 +231,7 @@ mod tests {
     #[test]
     fn theta_and_raw_agree() {
         let x = Feat::new(2.1e5, 6.0, 64.0, 16.0);
-        for form in Form::ALL {
+        for &form in Form::ALL {
             let th: Vec<f64> = (0..form.k()).map(|i| 0.3 - 0.17 * i as f64).collect();
             let mut g = vec![0.0; form.k()];
             let f = form.eval_theta(&th, &x, &sc(), &mut g);
@@ -235,7 +247,7 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() {
         let x = Feat::new(4.4e5, 3.0, 128.0, 32.0);
-        for form in Form::ALL {
+        for &form in Form::ALL {
             let th: Vec<f64> = (0..form.k()).map(|i| -0.2 + 0.11 * i as f64).collect();
             let mut g = vec![0.0; form.k()];
             form.eval_theta(&th, &x, &sc(), &mut g);

@@ -1,6 +1,7 @@
 //! The latency model: batch-1 latency per image is a fixed cost, a per-block-per-forward cost
-//! (kernel launches, norms, the adaLN modulation) and a cost proportional to the FLOPs. Ordinary
-//! least squares through nalgebra's SVD (a linear solve, no optimiser).
+//! (kernel launches, norms, the adaLN modulation) and a cost proportional to the FLOPs. Least
+//! squares with every coefficient >= 0 (no cost is negative, so no prediction is), solved exactly
+//! over the 2^3 active sets with nalgebra's SVD.
 
 use nalgebra::{DMatrix, DVector};
 
@@ -16,8 +17,9 @@ pub const MIN_ROWS: usize = 4;
 /// `forwards_per_image` of `mode` is stored for predicting unmeasured shapes. None when the
 /// table lacks the columns or has fewer than `MIN_ROWS` rows.
 pub fn fit(t: &Table, mode: &str) -> Option<LatencyModel> {
-    let status = t.strs("status").ok()?;
     let modes = t.strs("mode").ok()?;
+    // The quiet pass has no status column (it times finished models only).
+    let status = t.strs("status").unwrap_or_else(|_| vec![Some("ok".to_string()); modes.len()]);
     let lat = t.f64s_opt("latency_ms")?;
     let depth = t.f64s_opt("depth")?;
     let fpi = t.f64s_opt("forwards_per_image")?;
@@ -43,7 +45,7 @@ pub fn fit(t: &Table, mode: &str) -> Option<LatencyModel> {
     }
     let x = DMatrix::from_fn(rows.len(), 3, |i, j| rows[i].0[j]);
     let y = DVector::from_iterator(rows.len(), rows.iter().map(|r| r.1));
-    let coef = x.clone().svd(true, true).solve(&y, 1e-12).ok()?;
+    let coef = nonnegative_least_squares(&x, &y)?;
     let fit = &x * &coef;
     let mean = y.mean();
     let ss_tot: f64 = y.iter().map(|v| (v - mean).powi(2)).sum();
@@ -54,5 +56,45 @@ pub fn fit(t: &Table, mode: &str) -> Option<LatencyModel> {
     }
     mode_fpi.sort_by(f64::total_cmp);
     let forwards_per_image = mode_fpi[mode_fpi.len() / 2];
-    Some(LatencyModel { formula: FORMULA.into(), coef: coef.iter().copied().collect(), r2, n: rows.len(), forwards_per_image })
+    Some(LatencyModel { formula: FORMULA.into(), coef: coef.iter().copied().collect(), r2, n: rows.len(), forwards_per_image, source: String::new() })
+}
+
+/// argmin ||X b - y|| subject to b >= 0, for the few columns of the latency model: the best
+/// unconstrained fit over every subset of columns whose coefficients are all non-negative.
+fn nonnegative_least_squares(x: &DMatrix<f64>, y: &DVector<f64>) -> Option<DVector<f64>> {
+    let p = x.ncols();
+    let mut best: Option<(f64, DVector<f64>)> = None;
+    for mask in 1u32..(1 << p) {
+        let cols: Vec<usize> = (0..p).filter(|j| mask & (1 << j) != 0).collect();
+        let sub = DMatrix::from_fn(x.nrows(), cols.len(), |i, j| x[(i, cols[j])]);
+        let Ok(c) = sub.clone().svd(true, true).solve(y, 1e-12) else { continue };
+        if c.iter().any(|v| *v < 0.0 || !v.is_finite()) {
+            continue;
+        }
+        let rss = (&sub * &c - y).norm_squared();
+        if best.as_ref().is_none_or(|(r, _)| rss < *r) {
+            let mut full = DVector::zeros(p);
+            for (j, &col) in cols.iter().enumerate() {
+                full[col] = c[j];
+            }
+            best = Some((rss, full));
+        }
+    }
+    best.map(|(_, b)| b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coefficients_are_never_negative() {
+        // y = 5 + 2 a exactly, plus a column b that OLS would give a negative weight (it anti-correlates).
+        let rows = [(1.0, 3.0), (2.0, 1.0), (3.0, 4.0), (4.0, 0.5), (5.0, 2.0)];
+        let x = DMatrix::from_fn(5, 3, |i, j| [1.0, rows[i].0, rows[i].1][j]);
+        let y = DVector::from_iterator(5, rows.iter().map(|r| 5.0 + 2.0 * r.0 - 0.3 * r.1));
+        let b = nonnegative_least_squares(&x, &y).unwrap();
+        assert!(b.iter().all(|v| *v >= 0.0), "{b}");
+        assert_eq!(b[2], 0.0, "the negative-weight column is dropped: {b}");
+    }
 }

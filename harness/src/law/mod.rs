@@ -14,6 +14,7 @@ pub mod design;
 pub mod fit;
 pub mod forms;
 pub mod holdout;
+pub mod guard;
 pub mod latency;
 pub mod pipeline;
 pub mod query;
@@ -66,8 +67,8 @@ impl std::fmt::Display for Shape {
 /// One fitted candidate law.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LawFit {
-    /// "a", "b" or "c" (see `Form`).
-    pub name: String,
+    /// Which law ("a", "b" or "c" in law.json).
+    pub name: Form,
     pub formula: String,
     /// Coefficients in the formula's units (N in parameters, d in blocks, w and h0 in channels).
     pub coef: BTreeMap<String, f64>,
@@ -88,21 +89,19 @@ pub struct LawFit {
 }
 
 impl LawFit {
-    pub fn form(&self) -> Option<Form> {
-        Form::from_name(&self.name)
+    pub fn form(&self) -> Form {
+        self.name
     }
 
-    /// The predicted metric (not its log) for a shape; NaN for an unknown law name.
+    /// The predicted metric (not its log) for a shape.
     pub fn predict(&self, s: &Shape) -> f64 {
         self.predict_with(&self.coef, s)
     }
 
     /// The prediction with other coefficients of the same law (a bootstrap draw).
     pub fn predict_with(&self, coef: &BTreeMap<String, f64>, s: &Shape) -> f64 {
-        match self.form() {
-            Some(f) => f.eval_raw(&f.from_map(coef), &s.feat()),
-            None => f64::NAN,
-        }
+        let f = self.form();
+        f.eval_raw(&f.from_map(coef), &s.feat())
     }
 
     /// The CV error the law was chosen on (LOBO, else k-fold), as RMSE on ln(metric).
@@ -119,8 +118,29 @@ impl LawFit {
 /// A law skipped for lack of points.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Skipped {
-    pub name: String,
+    pub name: Form,
     pub reason: String,
+}
+
+/// The cross-validation a law is chosen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CvKind {
+    /// Leave one budget out (the law must predict a budget it never saw).
+    #[default]
+    Lobo,
+    /// k-fold over runs (one budget only).
+    Kfold,
+}
+
+impl CvKind {
+    /// How the report and `best` name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CvKind::Lobo => "leave-one-budget-out",
+            CvKind::Kfold => "k-fold",
+        }
+    }
 }
 
 /// One run's out-of-sample prediction by the chosen law.
@@ -187,6 +207,10 @@ pub struct LatencyModel {
     /// Forwards per image of the fitted mode's sampler (the typical value in the table), used to
     /// predict unmeasured shapes.
     pub forwards_per_image: f64,
+    /// Where the timings came from: the quiet pass (`latency.parquet`) or the runs' own timings
+    /// (measured while other runs trained).
+    #[serde(default)]
+    pub source: String,
 }
 
 impl LatencyModel {
@@ -259,13 +283,13 @@ pub struct LawFile {
     pub base_source: String,
     /// Name of the chosen law (lowest leave-one-budget-out CV error, k-fold with < 2 budgets; CV
     /// errors within 2 % of the lowest go to the law with fewest coefficients).
-    pub chosen: String,
+    pub chosen: Form,
     pub laws: Vec<LawFit>,
     #[serde(default)]
     pub skipped: Vec<Skipped>,
-    /// "lobo" or "kfold": which CV the choice and `cv_predictions` use.
+    /// Which CV the choice and `cv_predictions` use.
     #[serde(default)]
-    pub cv_kind: String,
+    pub cv_kind: CvKind,
     pub cv_predictions: Vec<CvPrediction>,
     pub design: Design,
     pub latency_model: Option<LatencyModel>,
@@ -309,6 +333,12 @@ impl LawFile {
     /// Write atomically (temporary file + rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         dit::io::write_json_atomic(path, self)
+    }
+
+    /// The chosen law's coefficients its bootstrap does not pin down (see `guard::unidentified`).
+    pub fn unidentified(&self) -> Vec<String> {
+        let min = self.cv_predictions.iter().map(|c| c.measured).filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
+        guard::unidentified(self.chosen(), if min.is_finite() { min } else { 0.0 })
     }
 
     /// The chosen law (`load` checked that it exists).

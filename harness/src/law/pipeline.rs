@@ -12,7 +12,7 @@ use super::data::{base_config, base_json, range, Point, Table};
 use super::design::{design, feasible, Candidates, Domain, Reference};
 use super::fit::{fit_from, scales, Obs};
 use super::forms::Form;
-use super::{holdout, latency, CvPrediction, LawFile, LawFit, Skipped};
+use super::{holdout, latency, CvKind, CvPrediction, LatencyModel, LawFile, LawFit, Skipped};
 
 /// What `ditkd fit` was asked.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ fn fit_law(form: Form, obs: &[Obs], budgets: &[u64], o: &Options, warm: &[Vec<f6
         .collect();
     let rss = f.rss.max(f64::MIN_POSITIVE); // a perfect fit would make the AIC −∞
     let law = LawFit {
-        name: form.name().into(),
+        name: form,
         formula: form.formula().into(),
         coef: form.to_map(&raw),
         intervals,
@@ -97,6 +97,11 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         bail!("{p}: {} usable runs ({what}{excl}); a law needs at least {MIN_POINTS}", train.len());
     }
 
+    // No law for students that have not left chance: it would describe the evaluation noise.
+    let (base0, _, _) = base_config(&o.dir, &table, &train);
+    let untrained = distill::reference::Reference::load(&o.dir).and_then(|r| r.untrained.map(|m| m.fid_proxy));
+    super::guard::check_learned(&table, &o.mode, base0.num_classes, untrained).map_err(|e| anyhow::Error::new(e).context(p.clone()))?;
+
     let obs: Vec<Obs> = train.iter().map(|q| Obs { x: q.feat(), ln_y: q.y.ln() }).collect();
     let budgets: Vec<u64> = train.iter().map(|q| q.budget).collect();
     let mut distinct = budgets.clone();
@@ -110,10 +115,10 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let ygeo = (obs.iter().map(|q| q.ln_y).sum::<f64>() / obs.len() as f64).exp();
     let mut cands: Vec<Candidate> = Vec::new();
     let mut skipped = Vec::new();
-    for form in Form::ALL {
+    for &form in Form::ALL {
         // (c) nests (b): also start it from (b)'s optimum plus a small head term, so it can
         // never fit worse than (b) merely for want of a good start.
-        let warm: Vec<Vec<f64>> = match (form, cands.iter().find(|c| c.law.name == "b")) {
+        let warm: Vec<Vec<f64>> = match (form, cands.iter().find(|c| c.law.name == Form::B)) {
             (Form::C, Some(b)) => {
                 let th = Form::B.to_theta(&Form::B.from_map(&b.law.coef), &scales(&obs));
                 [-0.7, 0.0, 0.7].iter().map(|lh| th.iter().copied().chain([(0.01 * ygeo).ln(), *lh]).collect()).collect()
@@ -127,7 +132,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
                 }
                 cands.push(c);
             }
-            Err(reason) => skipped.push(Skipped { name: form.name().into(), reason }),
+            Err(reason) => skipped.push(Skipped { name: form, reason }),
         }
     }
     if cands.is_empty() {
@@ -141,7 +146,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let best = choose(&cands.iter().map(|c| (score(c), c.law.k)).collect::<Vec<_>>());
     let chosen = &cands[best];
     let chosen_cv = if use_lobo { chosen.lobo.as_ref().unwrap_or(&chosen.kfold) } else { &chosen.kfold };
-    let cv_kind = if use_lobo && chosen.lobo.is_some() { "lobo" } else { "kfold" };
+    let cv_kind = if use_lobo && chosen.lobo.is_some() { CvKind::Lobo } else { CvKind::Kfold };
     let cv_predictions = train
         .iter()
         .zip(&chosen_cv.pred_ln)
@@ -176,7 +181,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let candidates = Candidates::new(feasible(&base));
     let design = design(&chosen.law, &chosen.draws, &candidates, &domain, &reference);
     let holdout = o.hold_out.map(|b| holdout::evaluate(&chosen.law, &held, &candidates.shapes, b, &reference));
-    let form = chosen.law.form().unwrap_or(Form::A);
+    let form = chosen.law.form();
     let bootstrap: Vec<BTreeMap<String, f64>> = chosen.draws.iter().map(|d| form.to_map(d)).collect();
 
     Ok(LawFile {
@@ -193,12 +198,15 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         head_dim_range,
         base: base_json(&base),
         base_source,
-        chosen: chosen.law.name.clone(),
+        chosen: chosen.law.name,
         skipped,
-        cv_kind: cv_kind.into(),
+        cv_kind,
         cv_predictions,
         design,
-        latency_model: latency::fit(&table, &o.mode),
+        latency_model: match Table::load_file(&o.dir.join("latency.parquet")) {
+            Ok(quiet) => latency::fit(&quiet, &o.mode).map(|m| LatencyModel { source: "quiet pass (latency.parquet)".into(), ..m }),
+            Err(_) => latency::fit(&table, &o.mode).map(|m| LatencyModel { source: "in-training timings (runs.parquet; run `ditkd latency` for quiet ones)".into(), ..m }),
+        },
         holdout,
         bootstrap,
         seed: o.seed,

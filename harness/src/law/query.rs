@@ -69,7 +69,7 @@ pub struct Answer {
     pub best_measured: Option<Measured>,
     /// The chosen law's CV error as a typical relative error, in % (exp(rmse) − 1).
     pub typical_error_pct: f64,
-    pub cv_kind: String,
+    pub cv_kind: super::CvKind,
     pub max_latency_ms: Option<f64>,
     /// Extrapolation and staleness warnings.
     pub warnings: Vec<String>,
@@ -193,7 +193,7 @@ pub fn best(law: &LawFile, law_path: &Path, results: &Path, budget: u64, max_lat
         unrestricted,
         best_measured,
         typical_error_pct: 100.0 * chosen.typical_error(),
-        cv_kind: law.cv_kind.clone(),
+        cv_kind: law.cv_kind,
         max_latency_ms,
         warnings,
     })

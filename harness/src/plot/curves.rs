@@ -7,7 +7,7 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::data::Sweep;
+use crate::results::Sweep;
 use super::style::{self, LogAxis, color, legend_position, lin_bounds, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 

@@ -5,9 +5,8 @@
 //! drawn plot.
 
 pub mod curves;
-pub mod data;
+pub mod learning;
 pub mod modes;
-pub mod overlay;
 pub mod pareto;
 pub mod parity;
 pub mod scaling;
@@ -20,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-pub use data::Sweep;
+pub use crate::results::Sweep;
 
 pub type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
@@ -79,7 +78,9 @@ pub fn write_all(sweep: &Sweep, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>
         ("kd_vs_scratch", modes::kd_vs_scratch),
         ("pareto_params", pareto::pareto_params),
     ];
-    let optional: [(&str, Optional, &str); 3] = [
+    let optional: [(&str, Optional, &str); 5] = [
+        ("learning_steps", learning::learning_steps, "no curves.parquet (set eval.curve_points or eval.at_steps)"),
+        ("learning_flops", learning::learning_flops, "no curves.parquet (set eval.curve_points or eval.at_steps)"),
         ("pareto_latency", pareto::pareto_latency, "no run measured latency_ms"),
         ("parity", parity::parity, "no law.json with cv_predictions (run `ditkd fit` first)"),
         ("training_curves", curves::training_curves, "no run has a metrics.jsonl"),
@@ -102,8 +103,10 @@ pub fn write_all(sweep: &Sweep, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>
 }
 
 /// The stems `write_all` can write, in the order the report shows them.
-pub const STEMS: [&str; 9] = [
+pub const STEMS: [&str; 11] = [
     "fid_vs_params",
+    "learning_steps",
+    "learning_flops",
     "fid_vs_depth",
     "fid_vs_width",
     "fid_vs_heads",

@@ -8,7 +8,7 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::data::{ModeComparison, Sweep};
+use crate::results::{ModeComparison, Sweep};
 use super::style::{self, LogAxis, color, legend_position, Ticks, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 

@@ -9,7 +9,7 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::data::{LawOverlay, Sweep};
+use crate::results::{LawOverlay, Sweep};
 use super::style::{self, LogAxis, color, legend_position, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 
@@ -30,7 +30,7 @@ impl Figure for Parity<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let metric = self.sweep.metric_label();
         let rmse = self.law.cv_rmse.map(|r| format!("; RMSE {}", style::num(r))).unwrap_or_default();
-        let held = if self.law.cv_kind == "kfold" { "its fold (k-fold CV)" } else { "its budget (leave-one-budget-out CV)" };
+        let held = if self.law.cv_kind == crate::law::CvKind::Kfold { "its fold (k-fold CV)" } else { "its budget (leave-one-budget-out CV)" };
         let note = format!("Each run predicted by law {} fitted without {held}{rmse} on ln {metric}.", self.law.name);
         let area = footnote(root, &note)?;
         let cv = &self.law.cv;

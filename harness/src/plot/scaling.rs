@@ -8,7 +8,7 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::data::{Point, Sweep};
+use crate::results::{Point, Sweep};
 use super::style::{self, LogAxis, color, legend_position, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 
@@ -46,11 +46,18 @@ impl Figure for FidVsParams<'_> {
         let curves = s.law.as_ref().map(|l| l.curves.as_slice()).unwrap_or(&[]);
         let xa = LogAxis::fit(self.points.iter().map(|p| p.params).chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.0))), 0.04, 0.04);
         // The whole error bars (mean ± std) are inside the range: nothing is clipped at the frame.
+        let (teacher, floor) = s.reference_values();
         let ya = LogAxis::fit(
-            self.points.iter().flat_map(|p| [p.mean, p.mean - p.std, p.mean + p.std]).chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.1))),
+            self.points
+                .iter()
+                .flat_map(|p| [p.mean, p.mean - p.std, p.mean + p.std])
+                .chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.1)))
+                .chain(teacher)
+                .chain(floor.map(|(m, sd)| (m - sd).max(m * 0.5))),
             0.06,
             0.06,
         );
+        let (x0, x1) = (xa.lo, xa.hi);
         let y0 = ya.lo;
         let mut chart = ChartBuilder::on(&area)
             .caption(format!("{}: {metric} vs parameters", s.name), (FAMILY, style::TITLE))
@@ -68,6 +75,20 @@ impl Figure for FidVsParams<'_> {
             .y_label_formatter(&|v| style::num(*v))
             .draw()?;
 
+        // The references every student is measured against: real data (floor) and the teacher.
+        if let Some((m, sd)) = floor {
+            chart
+                .draw_series([Rectangle::new([(x0, (m - sd).max(m * 0.5)), (x1, m + sd)], RGBColor(190, 190, 190).mix(0.5).filled())])?
+                .label(format!("real data {} ± {}", style::num(m), style::num(sd)))
+                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], RGBColor(190, 190, 190).filled()));
+        }
+        if let Some(t) = teacher {
+            let f = |k: f64| x0 * (x1 / x0).powf(k / 60.0);
+            chart
+                .draw_series((0..60).map(|i| PathElement::new(vec![(f(i as f64), t), (f(i as f64 + 0.5), t)], BLACK.stroke_width(2))))?
+                .label(format!("teacher {}", style::num(t)))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], BLACK.stroke_width(2)));
+        }
         for (i, &d) in self.depths.iter().enumerate() {
             let c = color(i);
             let pts: Vec<&Point> = self.points.iter().filter(|p| p.depth == d).collect();
@@ -93,6 +114,12 @@ impl Figure for FidVsParams<'_> {
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
         }
         let mut labels: Vec<String> = self.depths.iter().map(|d| format!("depth {d}")).collect();
+        if let Some((m, sd)) = floor {
+            labels.push(format!("real data {} ± {}", style::num(m), style::num(sd)));
+        }
+        if let Some(t) = teacher {
+            labels.push(format!("teacher {}", style::num(t)));
+        }
         if let Some(l) = &s.law {
             labels.push(format!("law {} (line colour = depth)", l.name));
         }

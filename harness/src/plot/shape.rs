@@ -9,7 +9,7 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::data::{Point, Sweep};
+use crate::results::{Point, Sweep};
 use super::style::{self, LogAxis, color, legend_position, lin_bounds, Ticks, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
 

@@ -6,8 +6,42 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{anyhow, Result};
 use dit::DitConfig;
 
-use super::data::{CvPoint, LawCurve, LawOverlay, Point};
+use super::Point;
 use crate::law::{Feat, LawFile};
+
+/// The law's prediction along one line of shapes (one depth, or the parameter axis for law a).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LawCurve {
+    /// The depth the curve is drawn at; None for a law of parameters only.
+    pub depth: Option<i64>,
+    /// (params, predicted metric), ordered by params.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One cross-validated prediction of law.json's `cv_predictions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CvPoint {
+    pub budget: i64,
+    pub measured: f64,
+    pub predicted: f64,
+}
+
+/// What the plots draw from law.json.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LawOverlay {
+    pub name: String,
+    pub formula: String,
+    /// RMSE on ln(metric) of the cross-validation the law was chosen on.
+    pub cv_rmse: Option<f64>,
+    /// "lobo" (leave one budget out) or "kfold".
+    pub cv_kind: crate::law::CvKind,
+    /// The head count the curves hold fixed (head dim = width / heads), as the sweep did.
+    pub heads: Option<i64>,
+    /// The head dim the curves hold fixed instead, when no head count is known.
+    pub head_dim: Option<f64>,
+    pub curves: Vec<LawCurve>,
+    pub cv: Vec<CvPoint>,
+}
 
 /// Samples per curve: smooth at the plot's size.
 const SAMPLES: usize = 80;
@@ -15,7 +49,7 @@ const SAMPLES: usize = 80;
 /// The overlay of `law` over the measured `points` (the law's mode).
 pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
     let chosen = law.chosen();
-    let form = chosen.form().ok_or_else(|| anyhow!("unknown law `{}`", chosen.name))?;
+    let form = chosen.form();
     let raw = form.from_map(&chosen.coef);
     let [n_lo, n_hi] = law.params_range.map(|v| v as f64);
     let in_range = |n: f64| n >= n_lo / 1.1 && n <= n_hi * 1.1;
@@ -64,10 +98,10 @@ pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
         curves.push(LawCurve { depth: None, points: pts });
     }
     Ok(LawOverlay {
-        name: chosen.name.clone(),
+        name: chosen.name.to_string(),
         formula: chosen.formula.clone(),
         cv_rmse: Some(chosen.cv_rmse()).filter(|v| v.is_finite()),
-        cv_kind: law.cv_kind.clone(),
+        cv_kind: law.cv_kind,
         head_dim,
         heads,
         curves,

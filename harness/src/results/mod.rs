@@ -1,6 +1,10 @@
 //! A sweep as plain structs: the runs of `runs.parquet`, their training curves, and the fitted
 //! law's overlays. The plots take these (not files), so tests can draw from hand-made data.
 
+pub mod overlay;
+
+pub use overlay::{CvPoint, LawCurve, LawOverlay};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -71,40 +75,6 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
-/// The law's prediction along one line of shapes (one depth, or the parameter axis for law a).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LawCurve {
-    /// The depth the curve is drawn at; None for a law of parameters only.
-    pub depth: Option<i64>,
-    /// (params, predicted metric), ordered by params.
-    pub points: Vec<(f64, f64)>,
-}
-
-/// One cross-validated prediction of law.json's `cv_predictions`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CvPoint {
-    pub budget: i64,
-    pub measured: f64,
-    pub predicted: f64,
-}
-
-/// What the plots draw from law.json.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LawOverlay {
-    pub name: String,
-    pub formula: String,
-    /// RMSE on ln(metric) of the cross-validation the law was chosen on.
-    pub cv_rmse: Option<f64>,
-    /// "lobo" (leave one budget out) or "kfold".
-    pub cv_kind: String,
-    /// The head count the curves hold fixed (head dim = width / heads), as the sweep did.
-    pub heads: Option<i64>,
-    /// The head dim the curves hold fixed instead, when no head count is known.
-    pub head_dim: Option<f64>,
-    pub curves: Vec<LawCurve>,
-    pub cv: Vec<CvPoint>,
-}
-
 /// A sweep, ready to plot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sweep {
@@ -116,6 +86,56 @@ pub struct Sweep {
     pub runs: Vec<Run>,
     pub curves: Vec<Curve>,
     pub law: Option<LawOverlay>,
+    /// The teacher and the real-data floor under the students' protocol (`reference.json`).
+    pub reference: Option<distill::reference::Reference>,
+    /// Learning-curve points of every run (`curves.parquet`).
+    pub learning: Vec<LearnPoint>,
+}
+
+/// One evaluation of one run part-way through training (a row of `curves.parquet`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnPoint {
+    pub run_id: String,
+    pub budget: i64,
+    pub depth: i64,
+    pub width: i64,
+    pub heads: i64,
+    pub mode: String,
+    pub seed: i64,
+    pub step: f64,
+    pub train_flops: f64,
+    pub value: f64,
+}
+
+/// `dir/curves.parquet` (empty when the sweep has none).
+fn learning_of(dir: &Path, metric: &str) -> Result<Vec<LearnPoint>> {
+    let p = dir.join("curves.parquet");
+    let Ok(f) = std::fs::File::open(&p) else { return Ok(Vec::new()) };
+    let df = ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: corrupt table: {e}", p.display()))?;
+    let (ids, modes) = (strings(&df, "run_id")?, strings(&df, "mode")?);
+    let cols = ["budget", "depth", "width", "heads", "seed", "step", "train_flops", metric].map(|c| floats(&df, c));
+    let [budget, depth, width, heads, seed, step, flops, value] = cols;
+    let (budget, depth, width, heads, seed, step, flops, value) = (budget?, depth?, width?, heads?, seed?, step?, flops?, value?);
+    let mut out = Vec::new();
+    for i in 0..df.height() {
+        let (Some(b), Some(d), Some(w), Some(h), Some(st), Some(fl), Some(v)) = (budget[i], depth[i], width[i], heads[i], step[i], flops[i], value[i]) else { continue };
+        if !(v.is_finite() && v > 0.0) {
+            continue;
+        }
+        out.push(LearnPoint {
+            run_id: ids[i].clone().unwrap_or_default(),
+            budget: b as i64,
+            depth: d as i64,
+            width: w as i64,
+            heads: h as i64,
+            mode: modes[i].clone().unwrap_or_default(),
+            seed: seed[i].unwrap_or(0.0) as i64,
+            step: st,
+            train_flops: fl,
+            value: v,
+        });
+    }
+    Ok(out)
 }
 
 /// Mean and std of one mode's runs in one budget.
@@ -145,9 +165,11 @@ impl Sweep {
         let runs = runs_of(&df, &metric).with_context(|| format!("{}: reading the table", dir.display()))?;
         let mode = law.as_ref().map(|l| l.mode.clone()).unwrap_or_else(|| default_mode(&runs));
         let curves = curves_of(dir, &runs)?;
-        let mut sweep = Sweep { name: sweep_name(dir), metric, mode, runs, curves, law: None };
+        let learning = learning_of(dir, &metric)?;
+        let reference = distill::reference::Reference::load(dir);
+        let mut sweep = Sweep { name: sweep_name(dir), metric, mode, runs, curves, law: None, reference, learning };
         if let Some(l) = law {
-            let overlay = super::overlay::overlay(&l, &sweep.points()).with_context(|| format!("{}: law.json", dir.display()))?;
+            let overlay = overlay::overlay(&l, &sweep.points()).with_context(|| format!("{}: law.json", dir.display()))?;
             sweep.law = Some(overlay);
         }
         Ok(sweep)
@@ -160,6 +182,23 @@ impl Sweep {
             "kid" => "KID".into(),
             m => m.into(),
         }
+    }
+
+    /// The teacher's and the real data's value of the sweep's metric (teacher, floor mean, floor std).
+    pub fn reference_values(&self) -> (Option<f64>, Option<(f64, f64)>) {
+        let Some(r) = &self.reference else { return (None, None) };
+        let pick = |m: &distill::eval::EvalResult| match self.metric.as_str() {
+            "fid_proxy" => Some(m.fid_proxy),
+            "kid" => Some(m.kid),
+            "class_accuracy" => Some(m.class_accuracy),
+            _ => None,
+        };
+        let floor = match self.metric.as_str() {
+            "fid_proxy" => Some((r.floor.fid_proxy.mean, r.floor.fid_proxy.std)),
+            "kid" => Some((r.floor.kid.mean, r.floor.kid.std)),
+            _ => None,
+        };
+        (r.teacher.as_ref().and_then(|t| pick(&t.metrics)), floor)
     }
 
     /// Usable runs of every mode, averaged over seeds per (budget, shape, mode).
