@@ -4,11 +4,15 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use dit::rng::{normal_vec, seeded};
-use dit::{DiT, DitConfig};
+use dit::{DiT, DitConfig, Tape};
 
 fn loss(model: &DiT, x: &Tensor, t: &[f32], y: &[u32], r: &Tensor) -> Tensor {
-    // A random projection of the output, so every output element matters.
-    (model.forward(x, t, y).unwrap() * r).unwrap().sum_all().unwrap()
+    projected(&model.forward(x, t, y).unwrap(), r)
+}
+
+/// A random projection of the output, so every output element matters.
+fn projected(out: &Tensor, r: &Tensor) -> Tensor {
+    (out * r).unwrap().sum_all().unwrap()
 }
 
 #[test]
@@ -17,7 +21,7 @@ fn every_parameter_gets_the_finite_difference_gradient() {
 }
 
 /// The same with the training path: a recorded forward and the blocks' hand-written backward
-/// (`DiT::record_tape` + `DiT::backward`, see `dit/src/backward.rs`).
+/// (`DiT::forward_recorded` + `DiT::backward`, see `dit/src/backward.rs`).
 #[test]
 fn the_hand_written_backward_gets_the_finite_difference_gradient() {
     check(true);
@@ -56,9 +60,9 @@ fn check(recorded: bool) {
     let y = [2u32, 3]; // a real class and the null class
 
     let grads = if recorded {
-        model.record_tape();
-        let l = loss(&model, &x, &t, &y, &r);
-        model.backward(&l).unwrap()
+        let mut tape = Tape::new();
+        let l = projected(&model.forward_recorded(&x, &t, &y, &mut tape).unwrap().0, &r);
+        model.backward(&l, tape).unwrap()
     } else {
         loss(&model, &x, &t, &y, &r).backward().unwrap()
     };

@@ -39,7 +39,6 @@ pub use softmax::{softmax_last, softmax_last_reference};
 pub(crate) use attention::{attention_bwd, attention_keep_probs};
 pub(crate) use float::{cast, sum8, Float};
 pub(crate) use gelu::gelu_grad_in_place;
-pub(crate) use gemm::gemm_threads;
 pub(crate) use layer_norm::ln_stats;
 
 use candle_core::{DType, Layout, Result, Tensor};
