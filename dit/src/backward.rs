@@ -25,7 +25,10 @@ use rayon::prelude::*;
 use crate::layers::Linear;
 use crate::model::{DiT, DiTBlock};
 use crate::ops::gemm::{gemm, gemm_threads, MatMut, MatRef};
-use crate::ops::{self, attention_bwd, cast, gated_residual, gelu_grad_in_place, ln_modulate, ln_stats, sum8, Float};
+use crate::ops::{
+    self, attention_bwd, cast, gated_residual, gelu_grad_in_place, ln_modulate, ln_stats, sum8,
+    Float,
+};
 
 //--------------------------------------------------------------------------------
 // The tape and the recorded forward
@@ -33,27 +36,44 @@ use crate::ops::{self, attention_bwd, cast, gated_residual, gelu_grad_in_place, 
 
 /// What one block's forward keeps for its backward (all detached, contiguous).
 struct BlockTape {
-    x: Tensor,     // block input [N, T, D]
-    m: Tensor,     // adaLN modulation [N, 6D]: shift, scale, gate (attention), shift, scale, gate (MLP)
-    h1: Tensor,    // modulated LayerNorm before attention [N, T, D]
-    qkv: Tensor,   // [N, T, 3D]
-    probs: Tensor, // attention probabilities [N * heads, T, T]
-    o: Tensor,     // attention output, heads merged [N, T, D]
-    a: Tensor,     // after the projection [N, T, D]
-    x2: Tensor,    // after the attention residual [N, T, D]
-    h2: Tensor,    // modulated LayerNorm before the MLP [N, T, D]
-    f1: Tensor,    // fc1 output [N, T, 4D]
-    g1: Tensor,    // GELU(f1) [N, T, 4D]
-    f: Tensor,     // fc2 output [N, T, D]
+    /// Block input [N, T, D].
+    x: Tensor,
+    /// adaLN modulation [N, 6D]: shift, scale, gate (attention), shift, scale, gate (MLP).
+    m: Tensor,
+    /// Modulated LayerNorm before attention [N, T, D].
+    h1: Tensor,
+    /// The qkv projection [N, T, 3D].
+    qkv: Tensor,
+    /// Attention probabilities [N * heads, T, T].
+    probs: Tensor,
+    /// Attention output, heads merged [N, T, D].
+    o: Tensor,
+    /// After the projection [N, T, D].
+    a: Tensor,
+    /// After the attention residual [N, T, D].
+    x2: Tensor,
+    /// Modulated LayerNorm before the MLP [N, T, D].
+    h2: Tensor,
+    /// fc1 output [N, T, 4D].
+    f1: Tensor,
+    /// GELU(f1) [N, T, 4D].
+    g1: Tensor,
+    /// fc2 output [N, T, D].
+    f: Tensor,
 }
 
 /// One recorded forward pass.
 struct Recorded {
-    model: TensorId,  // the recording model's patch-embedding weight: a tape is for its model only
-    patches: Tensor,  // patchified input [N, T, C*p*p]
-    c: Tensor,        // SiLU(conditioning) [N, D], tracked: its embedders stay on autograd
+    /// The recording model's patch-embedding weight: a tape is for its model only.
+    model: TensorId,
+    /// Patchified input [N, T, C*p*p].
+    patches: Tensor,
+    /// SiLU(conditioning) [N, D], tracked: its embedders stay on autograd.
+    c: Tensor,
+    /// What each block keeps, in order.
     blocks: Vec<BlockTape>,
-    outs: Vec<Var>,   // each block's output as a leaf: the features; the last feeds the final layer
+    /// Each block's output as a leaf: the features; the last feeds the final layer.
+    outs: Vec<Var>,
 }
 
 /// The activations of the recorded forwards of one training step, for `DiT::backward`.
@@ -97,7 +117,23 @@ impl DiTBlock {
         let g1 = ops::gelu(&f1)?;
         let f = linear_detached(&self.mlp.fc2, &g1)?; // (N, T, D)
         let y = gated_residual(&x2, &f, gate_mlp)?;
-        Ok((y, BlockTape { x: x.clone(), m, h1, qkv, probs, o, a, x2, h2, f1, g1, f }))
+        Ok((
+            y,
+            BlockTape {
+                x: x.clone(),
+                m,
+                h1,
+                qkv,
+                probs,
+                o,
+                a,
+                x2,
+                h2,
+                f1,
+                g1,
+                f,
+            },
+        ))
     }
 }
 
@@ -107,14 +143,21 @@ impl DiT {
     /// outputs come back as leaf variables, so the loss's autograd stops there and
     /// `backward(loss, tape)` takes over. Off the fused CPU path (other devices, dtypes, or
     /// `ops::set_fused(false)`) this is `forward_with_features` and records nothing.
-    pub fn forward_recorded(&self, x: &Tensor, t: &[f32], y: &[u32], tape: &mut Tape) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_recorded(
+        &self,
+        x: &Tensor,
+        t: &[f32],
+        y: &[u32],
+        tape: &mut Tape,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         if !ops::fused_cpu(x) {
             return self.forward_with_features(x, t, y);
         }
         Self::check_batch(x, t, y)?;
         let c = self.condition_silu(t, y)?; // (N, D)
         let patches = self.x_embedder.patchify(x)?; // (N, T, C*p*p)
-        let mut h = linear_detached(&self.x_embedder.proj, &patches)?.broadcast_add(&self.pos_embed)?; // (N, T, D)
+        let mut h =
+            linear_detached(&self.x_embedder.proj, &patches)?.broadcast_add(&self.pos_embed)?; // (N, T, D)
         let c_det = c.detach();
         let mut blocks = Vec::with_capacity(self.blocks.len());
         let mut outs = Vec::with_capacity(self.blocks.len());
@@ -126,7 +169,13 @@ impl DiT {
         }
         let features: Vec<Tensor> = outs.iter().map(|v| v.as_tensor().clone()).collect();
         let out = self.head(features.last().unwrap_or(&h), &c)?; // (N, C_out, H, W)
-        tape.forwards.push(Recorded { model: self.x_embedder.proj_weight.id(), patches, c, blocks, outs });
+        tape.forwards.push(Recorded {
+            model: self.x_embedder.proj_weight.id(),
+            patches,
+            c,
+            blocks,
+            outs,
+        });
         Ok((out, features))
     }
 }
@@ -137,7 +186,9 @@ impl DiT {
 
 /// The contiguous CPU data behind a tensor.
 fn cpu_slice<'a, T: candle_core::WithDType>(s: &'a Storage, l: &Layout) -> Result<&'a [T]> {
-    let Storage::Cpu(cs) = s else { candle_core::bail!("hand-written backward: CPU tensors only") };
+    let Storage::Cpu(cs) = s else {
+        candle_core::bail!("hand-written backward: CPU tensors only")
+    };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&cs.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("hand-written backward: a saved tensor is not contiguous"),
@@ -176,20 +227,47 @@ fn col_sums<T: Float>(g: &[T], cols: usize) -> Vec<T> {
 
 /// Backward of `y = x W^T + b` (`x: [R, K]`, `W: [O, K]`) given `dy: [R, O]`: `dx` into `dx`
 /// (when given), and `(dW, db)`.
-fn linear_bwd<T: Float + 'static>(dy: &[T], x: &[T], w: &[T], (r, k, o): (usize, usize, usize), dx: Option<&mut [T]>) -> (Vec<T>, Vec<T>) {
+fn linear_bwd<T: Float + 'static>(
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    (r, k, o): (usize, usize, usize),
+    dx: Option<&mut [T]>,
+) -> (Vec<T>, Vec<T>) {
     let dy_mat = MatRef::rows(dy, r, o);
     if let Some(dx) = dx {
-        gemm(MatMut::rows(dx, r, k), dy_mat, MatRef::rows(w, o, k), T::one(), false, gemm_threads()); // dY W
+        gemm(
+            MatMut::rows(dx, r, k),
+            dy_mat,
+            MatRef::rows(w, o, k),
+            T::one(),
+            false,
+            gemm_threads(),
+        ); // dY W
     }
     let mut dw = vec![T::zero(); o * k];
-    gemm(MatMut::rows(&mut dw, o, k), dy_mat.t(), MatRef::rows(x, r, k), T::one(), false, gemm_threads()); // dY^T X
+    gemm(
+        MatMut::rows(&mut dw, o, k),
+        dy_mat.t(),
+        MatRef::rows(x, r, k),
+        T::one(),
+        false,
+        gemm_threads(),
+    ); // dY^T X
     (dw, col_sums(dy, o))
 }
 
 /// One row of adaLN's backward. With `xh = LayerNorm(x)` and `y = xh (1 + scale) + shift`:
 /// `dshift += g`, `dscale += g xh`, and `dx += LayerNorm'(x)^T (g (1 + scale))`.
 #[inline]
-fn ln_modulate_bwd_row<T: Float>(x: &[T], g: &[T], scale: &[T], dshift: &mut [T], dscale: &mut [T], dx: &mut [T]) {
+fn ln_modulate_bwd_row<T: Float>(
+    x: &[T],
+    g: &[T],
+    scale: &[T],
+    dshift: &mut [T],
+    dscale: &mut [T],
+    dx: &mut [T],
+) {
     let nf = cast::<T>(x.len() as f64);
     let (mean, inv) = ln_stats(x);
     for j in 0..x.len() {
@@ -197,7 +275,9 @@ fn ln_modulate_bwd_row<T: Float>(x: &[T], g: &[T], scale: &[T], dshift: &mut [T]
         dscale[j] += g[j] * (x[j] - mean) * inv;
     }
     let mg = sum8(x.len(), |j| g[j] * (T::one() + scale[j])) / nf;
-    let mgy = sum8(x.len(), |j| g[j] * (T::one() + scale[j]) * (x[j] - mean) * inv) / nf;
+    let mgy = sum8(x.len(), |j| {
+        g[j] * (T::one() + scale[j]) * (x[j] - mean) * inv
+    }) / nf;
     for j in 0..x.len() {
         let xh = (x[j] - mean) * inv;
         let gh = g[j] * (T::one() + scale[j]);
@@ -207,7 +287,15 @@ fn ln_modulate_bwd_row<T: Float>(x: &[T], g: &[T], scale: &[T], dshift: &mut [T]
 
 /// `dgate += sum_t dy * branch` and `dbranch = dy * gate` for each item (gate = `[N, D]` broadcast
 /// over the tokens), where `y = x + branch * gate`.
-fn gate_bwd<T: Float>(dy: &[T], branch: &[T], m: &[T], dm: &mut [T], dbranch: &mut [T], (t, d): (usize, usize), slot: usize) {
+fn gate_bwd<T: Float>(
+    dy: &[T],
+    branch: &[T],
+    m: &[T],
+    dm: &mut [T],
+    dbranch: &mut [T],
+    (t, d): (usize, usize),
+    slot: usize,
+) {
     dm.par_chunks_mut(6 * d)
         .zip(dbranch.par_chunks_mut(t * d))
         .enumerate()
@@ -216,7 +304,10 @@ fn gate_bwd<T: Float>(dy: &[T], branch: &[T], m: &[T], dm: &mut [T], dbranch: &m
             let dgate = &mut dmi[slot * d..(slot + 1) * d];
             let off = i * t * d;
             for (row, dbr) in db.chunks_mut(d).enumerate() {
-                let (g, b) = (&dy[off + row * d..off + (row + 1) * d], &branch[off + row * d..off + (row + 1) * d]);
+                let (g, b) = (
+                    &dy[off + row * d..off + (row + 1) * d],
+                    &branch[off + row * d..off + (row + 1) * d],
+                );
                 for j in 0..d {
                     dgate[j] += g[j] * b[j];
                     dbr[j] = g[j] * gate[j];
@@ -227,16 +318,27 @@ fn gate_bwd<T: Float>(dy: &[T], branch: &[T], m: &[T], dm: &mut [T], dbranch: &m
 
 /// adaLN backward for every item: shift/scale gradients into `dm` at `slot`, `slot + 1`, and the
 /// input gradient added into `dx` (which holds the residual stream's gradient).
-fn ln_modulate_bwd<T: Float>(x: &[T], g: &[T], m: &[T], dm: &mut [T], dx: &mut [T], (t, d): (usize, usize), slot: usize) {
-    dm.par_chunks_mut(6 * d).zip(dx.par_chunks_mut(t * d)).enumerate().for_each(|(i, (dmi, dxi))| {
-        let scale = &m[i * 6 * d + (slot + 1) * d..i * 6 * d + (slot + 2) * d];
-        let (dshift, rest) = dmi[slot * d..(slot + 2) * d].split_at_mut(d);
-        let off = i * t * d;
-        for (row, dxr) in dxi.chunks_mut(d).enumerate() {
-            let s = off + row * d..off + (row + 1) * d;
-            ln_modulate_bwd_row(&x[s.clone()], &g[s], scale, dshift, rest, dxr);
-        }
-    });
+fn ln_modulate_bwd<T: Float>(
+    x: &[T],
+    g: &[T],
+    m: &[T],
+    dm: &mut [T],
+    dx: &mut [T],
+    (t, d): (usize, usize),
+    slot: usize,
+) {
+    dm.par_chunks_mut(6 * d)
+        .zip(dx.par_chunks_mut(t * d))
+        .enumerate()
+        .for_each(|(i, (dmi, dxi))| {
+            let scale = &m[i * 6 * d + (slot + 1) * d..i * 6 * d + (slot + 2) * d];
+            let (dshift, rest) = dmi[slot * d..(slot + 2) * d].split_at_mut(d);
+            let off = i * t * d;
+            for (row, dxr) in dxi.chunks_mut(d).enumerate() {
+                let s = off + row * d..off + (row + 1) * d;
+                ln_modulate_bwd_row(&x[s.clone()], &g[s], scale, dshift, rest, dxr);
+            }
+        });
 }
 
 /// A parameter's gradient waiting to go into the gradient store.
@@ -246,7 +348,13 @@ impl DiTBlock {
     /// Backward of one block: `dy` (the gradient of its output) becomes the gradient of its
     /// input in place; returns the gradient of the conditioning `c: [N, D]` and pushes every
     /// parameter's gradient.
-    fn backward<T: Float + 'static>(&self, tp: &BlockTape, c: &[T], dy: &mut [T], grads: &mut Vec<ParamGrad<T>>) -> Result<Vec<T>> {
+    fn backward<T: Float + 'static>(
+        &self,
+        tp: &BlockTape,
+        c: &[T],
+        dy: &mut [T],
+        grads: &mut Vec<ParamGrad<T>>,
+    ) -> Result<Vec<T>> {
         let (n, t, d) = tp.x.dims3()?;
         let hid = tp.f1.dim(2)?;
         let r = n * t;
@@ -319,9 +427,15 @@ fn accumulate(grads: &mut GradStore, var: &Tensor, g: Tensor) -> Result<()> {
 impl DiT {
     /// Backward of one recorded forward, after candle's autograd has filled `grads` for the loss
     /// and the final layer (including the leaves `rec.outs`).
-    fn backward_recorded<T: Float + 'static>(&self, rec: &Recorded, grads: &mut GradStore) -> Result<()> {
+    fn backward_recorded<T: Float + 'static>(
+        &self,
+        rec: &Recorded,
+        grads: &mut GradStore,
+    ) -> Result<()> {
         let dev = self.device().clone();
-        let Some(first) = rec.blocks.first() else { candle_core::bail!("hand-written backward: a model without blocks") }; // `DitConfig::validate` rules it out
+        let Some(first) = rec.blocks.first() else {
+            candle_core::bail!("hand-written backward: a model without blocks")
+        }; // `DitConfig::validate` rules it out
         let (n, t, d) = first.x.dims3()?;
         let leaf_grad = |v: &Var, grads: &GradStore| -> Result<Option<Vec<T>>> {
             match grads.get(v.as_tensor()) {
@@ -336,7 +450,9 @@ impl DiT {
             data!(rec.c => c);
             for (i, (blk, tp)) in self.blocks.iter().zip(&rec.blocks).enumerate().rev() {
                 if let Some(g) = leaf_grad(&rec.outs[i], grads)? {
-                    dh.par_iter_mut().zip(g.par_iter()).for_each(|(a, &b)| *a += b);
+                    dh.par_iter_mut()
+                        .zip(g.par_iter())
+                        .for_each(|(a, &b)| *a += b);
                 }
                 let dci = blk.backward(tp, c, &mut dh, &mut pgrads)?;
                 dc.iter_mut().zip(dci).for_each(|(a, b)| *a += b);
@@ -357,7 +473,13 @@ impl DiT {
         let dc = Tensor::from_vec(dc, (n, d), &dev)?;
         let g2 = (&rec.c * dc)?.sum_all()?.backward()?;
         let (te, ye) = (&self.t_embedder, &self.y_embedder);
-        for var in [&te.mlp0.weight, &te.mlp0.bias, &te.mlp2.weight, &te.mlp2.bias, &ye.embedding_table] {
+        for var in [
+            &te.mlp0.weight,
+            &te.mlp0.bias,
+            &te.mlp2.weight,
+            &te.mlp2.bias,
+            &ye.embedding_table,
+        ] {
             if let Some(g) = g2.get(var) {
                 accumulate(grads, var, g.clone())?;
             }

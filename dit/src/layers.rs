@@ -15,7 +15,12 @@ pub struct Linear {
 
 impl Linear {
     /// `{prefix}.weight` of shape `[out, in]` drawn from `init`, and `{prefix}.bias`.
-    pub(crate) fn new(p: &mut Params, prefix: &str, (out, inp): (usize, usize), init: Init) -> Result<Self> {
+    pub(crate) fn new(
+        p: &mut Params,
+        prefix: &str,
+        (out, inp): (usize, usize),
+        init: Init,
+    ) -> Result<Self> {
         let weight = p.get(&format!("{prefix}.weight"), &[out, inp], init)?;
         let bias = p.get(&format!("{prefix}.bias"), &[out], Init::Zeros)?;
         Ok(Self { weight, bias })
@@ -23,7 +28,15 @@ impl Linear {
 
     /// Xavier-uniform weights, as the reference's `initialize_weights` gives every `nn.Linear`.
     pub(crate) fn xavier(p: &mut Params, prefix: &str, (out, inp): (usize, usize)) -> Result<Self> {
-        Self::new(p, prefix, (out, inp), Init::XavierUniform { fan_in: inp, fan_out: out })
+        Self::new(
+            p,
+            prefix,
+            (out, inp),
+            Init::XavierUniform {
+                fan_in: inp,
+                fan_out: out,
+            },
+        )
     }
 
     /// `x: [.., in] -> [.., out]`.
@@ -44,13 +57,34 @@ pub struct PatchEmbed {
 }
 
 impl PatchEmbed {
-    pub(crate) fn new(p: &mut Params, prefix: &str, (in_channels, hidden): (usize, usize), patch_size: usize, grid_size: usize) -> Result<Self> {
+    pub(crate) fn new(
+        p: &mut Params,
+        prefix: &str,
+        (in_channels, hidden): (usize, usize),
+        patch_size: usize,
+        grid_size: usize,
+    ) -> Result<Self> {
         let cpp = in_channels * patch_size * patch_size;
-        let init = Init::XavierUniform { fan_in: cpp, fan_out: hidden }; // on the weight viewed as 2D
-        let proj_weight = p.get(&format!("{prefix}.proj.weight"), &[hidden, in_channels, patch_size, patch_size], init)?;
+        let init = Init::XavierUniform {
+            fan_in: cpp,
+            fan_out: hidden,
+        }; // on the weight viewed as 2D
+        let proj_weight = p.get(
+            &format!("{prefix}.proj.weight"),
+            &[hidden, in_channels, patch_size, patch_size],
+            init,
+        )?;
         let bias = p.get(&format!("{prefix}.proj.bias"), &[hidden], Init::Zeros)?;
-        let proj = Linear { weight: proj_weight.reshape((hidden, cpp))?, bias };
-        Ok(Self { proj, proj_weight, patch_size, grid_size })
+        let proj = Linear {
+            weight: proj_weight.reshape((hidden, cpp))?,
+            bias,
+        };
+        Ok(Self {
+            proj,
+            proj_weight,
+            patch_size,
+            grid_size,
+        })
     }
 
     /// `[N, C, H, W] -> [N, T, C*p*p]`, flattening each patch in the conv weight's (c, i, j) order.
@@ -80,7 +114,11 @@ impl Attention {
     pub(crate) fn new(p: &mut Params, prefix: &str, dim: usize, num_heads: usize) -> Result<Self> {
         let qkv = Linear::xavier(p, &format!("{prefix}.qkv"), (3 * dim, dim))?;
         let proj = Linear::xavier(p, &format!("{prefix}.proj"), (dim, dim))?;
-        Ok(Self { qkv, proj, num_heads })
+        Ok(Self {
+            qkv,
+            proj,
+            num_heads,
+        })
     }
 
     /// `[N, T, D] -> [N, T, D]`.

@@ -30,8 +30,18 @@ pub struct TimestepEmbedder {
 impl TimestepEmbedder {
     fn new(p: &mut Params, prefix: &str, hidden: usize) -> Result<Self> {
         // Initialize timestep embedding MLP: normal(std=0.02).
-        let mlp0 = Linear::new(p, &format!("{prefix}.mlp.0"), (hidden, TIME_FREQ_DIM), Init::Normal(0.02))?;
-        let mlp2 = Linear::new(p, &format!("{prefix}.mlp.2"), (hidden, hidden), Init::Normal(0.02))?;
+        let mlp0 = Linear::new(
+            p,
+            &format!("{prefix}.mlp.0"),
+            (hidden, TIME_FREQ_DIM),
+            Init::Normal(0.02),
+        )?;
+        let mlp2 = Linear::new(
+            p,
+            &format!("{prefix}.mlp.2"),
+            (hidden, hidden),
+            Init::Normal(0.02),
+        )?;
         Ok(Self { mlp0, mlp2 })
     }
 
@@ -46,7 +56,9 @@ impl TimestepEmbedder {
 /// computed on the host: they need no gradient.
 pub fn timestep_embedding(t: &[f32], dim: usize, device: &Device, dtype: DType) -> Result<Tensor> {
     let half = dim / 2;
-    let freqs: Vec<f32> = (0..half).map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp()).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp())
+        .collect();
     let mut out = Vec::with_capacity(t.len() * dim);
     for &ti in t {
         let args: Vec<f32> = freqs.iter().map(|f| ti * f).collect();
@@ -69,7 +81,11 @@ pub struct LabelEmbedder {
 impl LabelEmbedder {
     fn new(p: &mut Params, prefix: &str, rows: usize, hidden: usize) -> Result<Self> {
         // Initialize label embedding table: normal(std=0.02).
-        let embedding_table = p.get(&format!("{prefix}.embedding_table.weight"), &[rows, hidden], Init::Normal(0.02))?;
+        let embedding_table = p.get(
+            &format!("{prefix}.embedding_table.weight"),
+            &[rows, hidden],
+            Init::Normal(0.02),
+        )?;
         Ok(Self { embedding_table })
     }
 
@@ -99,8 +115,17 @@ impl DiTBlock {
         let attn = Attention::new(p, &format!("{prefix}.attn"), d, cfg.num_heads)?;
         let mlp = Mlp::new(p, &format!("{prefix}.mlp"), d, cfg.mlp_hidden())?;
         // Zero-out adaLN modulation layers: the block starts as the identity.
-        let ada_ln_modulation = Linear::new(p, &format!("{prefix}.adaLN_modulation.1"), (6 * d, d), Init::Zeros)?;
-        Ok(Self { attn, mlp, ada_ln_modulation })
+        let ada_ln_modulation = Linear::new(
+            p,
+            &format!("{prefix}.adaLN_modulation.1"),
+            (6 * d, d),
+            Init::Zeros,
+        )?;
+        Ok(Self {
+            attn,
+            mlp,
+            ada_ln_modulation,
+        })
     }
 
     /// `x: [N, T, D]`, `c_silu: [N, D]` (the SiLU of the conditioning) -> `[N, T, D]`.
@@ -108,8 +133,10 @@ impl DiTBlock {
         let m = self.ada_ln_modulation.forward(c_silu)?.chunk(6, 1)?; // 6 x (N, D)
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
-        let x = gated_residual(x, &self.attn.forward(&ln_modulate(x, shift_msa, scale_msa)?)?, gate_msa)?; // (N, T, D)
-        gated_residual(&x, &self.mlp.forward(&ln_modulate(&x, shift_mlp, scale_mlp)?)?, gate_mlp) // (N, T, D)
+        let h = ln_modulate(x, shift_msa, scale_msa)?; // modulate(norm1(x), ..), (N, T, D)
+        let x = gated_residual(x, &self.attn.forward(&h)?, gate_msa)?; // x + gate_msa * attn(h)
+        let h = ln_modulate(&x, shift_mlp, scale_mlp)?; // modulate(norm2(x), ..), (N, T, D)
+        gated_residual(&x, &self.mlp.forward(&h)?, gate_mlp) // x + gate_mlp * mlp(h)
     }
 }
 
@@ -121,12 +148,26 @@ pub struct FinalLayer {
 }
 
 impl FinalLayer {
-    fn new(p: &mut Params, prefix: &str, hidden: usize, patch_size: usize, out_channels: usize) -> Result<Self> {
+    fn new(
+        p: &mut Params,
+        prefix: &str,
+        hidden: usize,
+        patch_size: usize,
+        out_channels: usize,
+    ) -> Result<Self> {
         // Zero-out output layers: the initial model predicts 0.
         let out = patch_size * patch_size * out_channels;
         let linear = Linear::new(p, &format!("{prefix}.linear"), (out, hidden), Init::Zeros)?;
-        let ada_ln_modulation = Linear::new(p, &format!("{prefix}.adaLN_modulation.1"), (2 * hidden, hidden), Init::Zeros)?;
-        Ok(Self { linear, ada_ln_modulation })
+        let ada_ln_modulation = Linear::new(
+            p,
+            &format!("{prefix}.adaLN_modulation.1"),
+            (2 * hidden, hidden),
+            Init::Zeros,
+        )?;
+        Ok(Self {
+            linear,
+            ada_ln_modulation,
+        })
     }
 
     /// `x: [N, T, D]`, `c_silu: [N, D]` -> `[N, T, p*p*C_out]`.
@@ -158,11 +199,20 @@ impl DiT {
         cfg.validate()?;
         let mut p = Params::new(seed, dtype, device);
         let d = cfg.hidden_size;
-        let x_embedder = PatchEmbed::new(&mut p, "x_embedder", (cfg.in_channels, d), cfg.patch_size, cfg.grid_size())?;
+        let x_embedder = PatchEmbed::new(
+            &mut p,
+            "x_embedder",
+            (cfg.in_channels, d),
+            cfg.patch_size,
+            cfg.grid_size(),
+        )?;
         let t_embedder = TimestepEmbedder::new(&mut p, "t_embedder", d)?;
         let y_embedder = LabelEmbedder::new(&mut p, "y_embedder", cfg.label_rows(), d)?;
-        let blocks = (0..cfg.depth).map(|i| DiTBlock::new(&mut p, &format!("blocks.{i}"), cfg)).collect::<Result<Vec<_>>>()?;
-        let final_layer = FinalLayer::new(&mut p, "final_layer", d, cfg.patch_size, cfg.out_channels())?;
+        let blocks = (0..cfg.depth)
+            .map(|i| DiTBlock::new(&mut p, &format!("blocks.{i}"), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer =
+            FinalLayer::new(&mut p, "final_layer", d, cfg.patch_size, cfg.out_channels())?;
         let pos = pos_embed_2d(d, cfg.grid_size());
         let pos_embed = Tensor::from_vec(pos, (1, cfg.num_tokens(), d), device)?.to_dtype(dtype)?;
         Ok(Self {
@@ -180,7 +230,12 @@ impl DiT {
     }
 
     /// Build the shape of `cfg` and load its weights from a safetensors file with the reference names.
-    pub fn load(cfg: &DitConfig, path: &std::path::Path, dtype: DType, device: &Device) -> anyhow::Result<Self> {
+    pub fn load(
+        cfg: &DitConfig,
+        path: &std::path::Path,
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
         let mut m = Self::new(cfg, 0, dtype, device)?;
         m.load_weights(path)?;
         Ok(m)
@@ -193,9 +248,16 @@ impl DiT {
         let tensors = candle_core::safetensors::load(path, &self.device)
             .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
         for (name, var) in lock_vars(&self.varmap).iter() {
-            let t = tensors.get(name).with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
+            let t = tensors
+                .get(name)
+                .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
             if t.dims() != var.dims() {
-                anyhow::bail!("{}: tensor `{name}` has shape {:?}, the config expects {:?}", path.display(), t.dims(), var.dims());
+                anyhow::bail!(
+                    "{}: tensor `{name}` has shape {:?}, the config expects {:?}",
+                    path.display(),
+                    t.dims(),
+                    var.dims()
+                );
             }
             var.set(&t.to_dtype(self.dtype)?)?;
         }
@@ -204,7 +266,10 @@ impl DiT {
 
     /// Name → current value of every trainable variable.
     pub fn named_tensors(&self) -> std::collections::HashMap<String, Tensor> {
-        lock_vars(&self.varmap).iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+        lock_vars(&self.varmap)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     pub fn device(&self) -> &Device {
@@ -226,13 +291,20 @@ impl DiT {
         let p = self.cfg.patch_size;
         let g = self.cfg.grid_size();
         let c = self.cfg.out_channels();
-        x.reshape((n, g, g, p, p, c))?.permute((0, 5, 1, 3, 2, 4))?.reshape((n, c, g * p, g * p))
+        x.reshape((n, g, g, p, p, c))?
+            .permute((0, 5, 1, 3, 2, 4))?
+            .reshape((n, c, g * p, g * p))
     }
 
     /// One timestep and one label per input.
     pub(crate) fn check_batch(x: &Tensor, t: &[f32], y: &[u32]) -> Result<()> {
         if t.len() != x.dim(0)? || y.len() != x.dim(0)? {
-            candle_core::bail!("forward: batch {} with {} timesteps and {} labels", x.dim(0)?, t.len(), y.len());
+            candle_core::bail!(
+                "forward: batch {} with {} timesteps and {} labels",
+                x.dim(0)?,
+                t.len(),
+                y.len()
+            );
         }
         Ok(())
     }
@@ -240,7 +312,8 @@ impl DiT {
     /// The SiLU of the conditioning `c = t_emb + y_emb`, `[N, D]`, which every adaLN starts with.
     /// Labels equal to `num_classes` are the null class.
     pub(crate) fn condition_silu(&self, t: &[f32], y: &[u32]) -> Result<Tensor> {
-        let c = (self.t_embedder.forward(t, &self.device, self.dtype)? + self.y_embedder.forward(y)?)?; // (N, D)
+        let c = (self.t_embedder.forward(t, &self.device, self.dtype)?
+            + self.y_embedder.forward(y)?)?; // (N, D)
         c.silu()
     }
 
@@ -254,7 +327,12 @@ impl DiT {
     ///
     /// `x: [N, C, H, W]` images or latents, `t: [N]` timesteps, `y: [N]` labels (null class =
     /// `num_classes`). Training calls `forward_recorded` instead, for the hand-written backward.
-    pub fn forward_with_features(&self, x: &Tensor, t: &[f32], y: &[u32]) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_with_features(
+        &self,
+        x: &Tensor,
+        t: &[f32],
+        y: &[u32],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         Self::check_batch(x, t, y)?;
         let c = self.condition_silu(t, y)?; // (N, D)
         let mut x = self.x_embedder.forward(x)?.broadcast_add(&self.pos_embed)?; // (N, T, D)
@@ -296,7 +374,11 @@ impl DiT {
         let xx = Tensor::cat(&[x, x], 0)?;
         let tt: Vec<f32> = t.iter().chain(t.iter()).copied().collect();
         let null = self.cfg.null_class() as u32;
-        let yy: Vec<u32> = y.iter().copied().chain(std::iter::repeat_n(null, n)).collect();
+        let yy: Vec<u32> = y
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(null, n))
+            .collect();
         let eps = self.forward_eps(&xx, &tt, &yy)?;
         let cond = eps.narrow(0, 0, n)?;
         let uncond = eps.narrow(0, n, n)?;
@@ -313,7 +395,9 @@ impl DiT {
 /// half the row; each half is `[sin, cos]`.
 pub fn pos_embed_2d(dim: usize, grid: usize) -> Vec<f32> {
     let quarter = dim / 4;
-    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64))
+        .collect();
     let mut out = Vec::with_capacity(grid * grid * dim);
     for row in 0..grid {
         for col in 0..grid {

@@ -51,17 +51,40 @@ fn check(recorded: bool) {
         v
     };
     for (_, v) in &vars {
-        let vals: Vec<f64> = normal_vec(&mut rng, v.elem_count()).iter().map(|&z| 0.3 * z as f64).collect();
-        v.set(&Tensor::from_vec(vals, v.dims(), &dev).unwrap()).unwrap();
+        let vals: Vec<f64> = normal_vec(&mut rng, v.elem_count())
+            .iter()
+            .map(|&z| 0.3 * z as f64)
+            .collect();
+        v.set(&Tensor::from_vec(vals, v.dims(), &dev).unwrap())
+            .unwrap();
     }
-    let x = Tensor::from_vec(normal_vec(&mut rng, 2 * 2 * 16).iter().map(|&z| z as f64).collect::<Vec<_>>(), (2, 2, 4, 4), &dev).unwrap();
-    let r = Tensor::from_vec(normal_vec(&mut rng, 2 * 4 * 16).iter().map(|&z| z as f64).collect::<Vec<_>>(), (2, 4, 4, 4), &dev).unwrap();
+    let x = Tensor::from_vec(
+        normal_vec(&mut rng, 2 * 2 * 16)
+            .iter()
+            .map(|&z| z as f64)
+            .collect::<Vec<_>>(),
+        (2, 2, 4, 4),
+        &dev,
+    )
+    .unwrap();
+    let r = Tensor::from_vec(
+        normal_vec(&mut rng, 2 * 4 * 16)
+            .iter()
+            .map(|&z| z as f64)
+            .collect::<Vec<_>>(),
+        (2, 4, 4, 4),
+        &dev,
+    )
+    .unwrap();
     let t = [37.0f32, 801.0];
     let y = [2u32, 3]; // a real class and the null class
 
     let grads = if recorded {
         let mut tape = Tape::new();
-        let l = projected(&model.forward_recorded(&x, &t, &y, &mut tape).unwrap().0, &r);
+        let l = projected(
+            &model.forward_recorded(&x, &t, &y, &mut tape).unwrap().0,
+            &r,
+        );
         model.backward(&l, tape).unwrap()
     } else {
         loss(&model, &x, &t, &y, &r).backward().unwrap()
@@ -69,24 +92,33 @@ fn check(recorded: bool) {
     let h = 1e-5;
     let mut checked = 0;
     for (name, v) in &vars {
-        let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("`{name}` received no gradient"));
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("`{name}` received no gradient"));
         let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
         let base: Vec<f64> = v.flatten_all().unwrap().to_vec1().unwrap();
         // A few elements per tensor, spread over it.
-        let picks: Vec<usize> = (0..4).map(|k| (k * 7919 + name.len()) % base.len()).collect();
+        let picks: Vec<usize> = (0..4)
+            .map(|k| (k * 7919 + name.len()) % base.len())
+            .collect();
         let mut any_nonzero = false;
         for &i in &picks {
             let eval = |delta: f64| {
                 let mut w = base.clone();
                 w[i] += delta;
-                v.set(&Tensor::from_vec(w, v.dims(), &dev).unwrap()).unwrap();
+                v.set(&Tensor::from_vec(w, v.dims(), &dev).unwrap())
+                    .unwrap();
                 loss(&model, &x, &t, &y, &r).to_scalar::<f64>().unwrap()
             };
             let num = (eval(h) - eval(-h)) / (2.0 * h);
-            v.set(&Tensor::from_vec(base.clone(), v.dims(), &dev).unwrap()).unwrap();
+            v.set(&Tensor::from_vec(base.clone(), v.dims(), &dev).unwrap())
+                .unwrap();
             let ana = g[i];
             let err = (ana - num).abs() / ana.abs().max(num.abs()).max(1e-3);
-            assert!(err < 1e-2, "`{name}`[{i}]: analytic {ana:e}, numeric {num:e}, rel err {err:e}");
+            assert!(
+                err < 1e-2,
+                "`{name}`[{i}]: analytic {ana:e}, numeric {num:e}, rel err {err:e}"
+            );
             any_nonzero |= ana.abs() > 1e-8;
             checked += 1;
         }
@@ -95,6 +127,10 @@ fn check(recorded: bool) {
         assert!(total > 0.0, "`{name}`: gradient is identically zero");
         let _ = any_nonzero;
     }
-    assert_eq!(vars.len(), 2 + 4 + 1 + 2 * 10 + 4, "every named tensor was checked");
+    assert_eq!(
+        vars.len(),
+        2 + 4 + 1 + 2 * 10 + 4,
+        "every named tensor was checked"
+    );
     assert!(checked >= 4 * vars.len());
 }

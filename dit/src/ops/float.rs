@@ -45,13 +45,7 @@ pub(crate) fn cast<T: Float>(v: f64) -> T {
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let x = if x < -87.3 {
-        -87.3
-    } else if x > 88.3 {
-        88.3
-    } else {
-        x
-    };
+    let x = x.clamp(-87.3, 88.3); // NaN stays NaN
     let t = x * LOG2E + MAGIC;
     let k = t - MAGIC; // round(x / ln 2)
     let ki = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
@@ -77,13 +71,13 @@ pub(crate) fn sum8<T: Float>(n: usize, f: impl Fn(usize) -> T) -> T {
     let mut i = 0;
     while i < full {
         for (l, a) in acc.iter_mut().enumerate() {
-            *a = *a + f(i + l);
+            *a += f(i + l);
         }
         i += 8;
     }
     let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for j in full..n {
-        s = s + f(j);
+        s += f(j);
     }
     s
 }
@@ -98,8 +92,13 @@ pub(crate) fn max8<T: Float>(x: &[T]) -> T {
             *a = num_traits::Float::max(*a, v);
         }
     }
-    let m = acc.iter().fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
-    chunks.remainder().iter().fold(m, |a, &b| num_traits::Float::max(a, b))
+    let m = acc
+        .iter()
+        .fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
+    chunks
+        .remainder()
+        .iter()
+        .fold(m, |a, &b| num_traits::Float::max(a, b))
 }
 
 #[cfg(test)]

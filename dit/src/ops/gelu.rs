@@ -20,29 +20,38 @@ fn tanh_fast<T: Float>(u: T) -> T {
 fn gelu_fwd<T: Float>(x: &[T]) -> Vec<T> {
     let (c, a, half) = (cast::<T>(GELU_C), cast::<T>(GELU_A), cast::<T>(0.5));
     let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = half * x * (T::one() + tanh_fast(c * (x + a * x * x * x)));
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = half * x * (T::one() + tanh_fast(c * (x + a * x * x * x)));
+            }
+        });
     out
 }
 
 /// d GELU(x) / dx of the tanh approximation.
 #[inline(always)]
 fn gelu_deriv<T: Float>(x: T) -> T {
-    let (c, a, half, three) = (cast::<T>(GELU_C), cast::<T>(GELU_A), cast::<T>(0.5), cast::<T>(3.0));
+    let (c, a, half, three) = (
+        cast::<T>(GELU_C),
+        cast::<T>(GELU_A),
+        cast::<T>(0.5),
+        cast::<T>(3.0),
+    );
     let th = tanh_fast(c * (x + a * x * x * x));
     half * (T::one() + th) + half * x * (T::one() - th * th) * c * (T::one() + three * a * x * x)
 }
 
 /// `g *= GELU'(x)` elementwise: the gradient of the GELU input from that of its output, in place.
 pub(crate) fn gelu_grad_in_place<T: Float>(x: &[T], g: &mut [T]) {
-    g.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| {
-        for (g, &x) in g.iter_mut().zip(x) {
-            *g = *g * gelu_deriv(x);
-        }
-    });
+    g.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(g, x)| {
+            for (g, &x) in g.iter_mut().zip(x) {
+                *g *= gelu_deriv(x);
+            }
+        });
 }
 
 struct Gelu;
@@ -70,15 +79,25 @@ impl CustomOp2 for GeluGrad {
     fn name(&self) -> &'static str {
         "ditkd-gelu-grad"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         fn run<T: Float>(x: &[T], g: &[T]) -> Vec<T> {
             let mut out = g.to_vec();
             gelu_grad_in_place(x, &mut out);
             out
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(run(slice(x, l1, "gelu")?, slice(g, l2, "gelu")?)),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(run(slice(x, l1, "gelu")?, slice(g, l2, "gelu")?)),
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(run(slice(x, l1, "gelu")?, slice(g, l2, "gelu")?))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(run(slice(x, l1, "gelu")?, slice(g, l2, "gelu")?))
+            }
             _ => candle_core::bail!("gelu grad: f32 or f64 only"),
         };
         Ok((out, l1.shape().clone()))

@@ -50,8 +50,18 @@ impl<'a, T> MatRef<'a, T> {
     /// Panics when the view reaches past the end of `data`.
     pub fn new(data: &'a [T], (rows, cols): (usize, usize), (rs, cs): (usize, usize)) -> Self {
         let need = span(rows, cols, rs, cs);
-        assert!(need <= data.len(), "gemm: a {rows}x{cols} operand with strides ({rs}, {cs}) needs {need} elements, has {}", data.len());
-        Self { data, rows, cols, rs, cs }
+        assert!(
+            need <= data.len(),
+            "gemm: a {rows}x{cols} operand with strides ({rs}, {cs}) needs {need} elements, has {}",
+            data.len()
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
     }
 
     /// A row-major `rows x cols` matrix (row stride `cols`).
@@ -61,7 +71,13 @@ impl<'a, T> MatRef<'a, T> {
 
     /// The transpose: a stride swap, no copy.
     pub fn t(self) -> Self {
-        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
     }
 }
 
@@ -83,9 +99,22 @@ impl<'a, T> MatMut<'a, T> {
     /// `rows x cols` with row stride `rs` inside `data`; panics when it does not fit or rows overlap.
     pub fn new(data: &'a mut [T], (rows, cols): (usize, usize), rs: usize) -> Self {
         let need = span(rows, cols, rs, 1);
-        assert!(rows <= 1 || rs >= cols, "gemm: destination rows of {cols} overlap at row stride {rs}");
-        assert!(need <= data.len(), "gemm: a {rows}x{cols} destination with row stride {rs} needs {need} elements, has {}", data.len());
-        Self { ptr: data.as_mut_ptr(), rows, cols, rs, _borrow: PhantomData }
+        assert!(
+            rows <= 1 || rs >= cols,
+            "gemm: destination rows of {cols} overlap at row stride {rs}"
+        );
+        assert!(
+            need <= data.len(),
+            "gemm: a {rows}x{cols} destination with row stride {rs} needs {need} elements, has {}",
+            data.len()
+        );
+        Self {
+            ptr: data.as_mut_ptr(),
+            rows,
+            cols,
+            rs,
+            _borrow: PhantomData,
+        }
     }
 
     /// A row-major `rows x cols` matrix filling `data`'s first `rows * cols` elements.
@@ -103,7 +132,11 @@ pub(crate) fn head_blocks<T: Send + Sync, const G: usize>(
     (n, t, heads, hd): (usize, usize, usize, usize),
 ) -> impl IndexedParallelIterator<Item = [MatMut<'_, T>; G]> {
     let width = G * heads * hd;
-    assert_eq!(data.len(), n * t * width, "gemm: head blocks of a buffer of the wrong size");
+    assert_eq!(
+        data.len(),
+        n * t * width,
+        "gemm: head blocks of a buffer of the wrong size"
+    );
     let base = SendPtr(data.as_mut_ptr());
     (0..n * heads).into_par_iter().map(move |i| {
         let (b, h) = (i / heads, i % heads);
@@ -113,7 +146,13 @@ pub(crate) fn head_blocks<T: Send + Sync, const G: usize>(
             // is below (b + 1) * t * width <= data.len(); the range yields each i once, and blocks
             // of distinct (b, h, g) share no element, so each view is the only one over its
             // elements for as long as `data` stays borrowed. (Empty views are never dereferenced.)
-            MatMut { ptr: base.get().wrapping_add(offset), rows: t, cols: hd, rs: width, _borrow: PhantomData }
+            MatMut {
+                ptr: base.get().wrapping_add(offset),
+                rows: t,
+                cols: hd,
+                rs: width,
+                _borrow: PhantomData,
+            }
         })
     })
 }
@@ -138,9 +177,23 @@ impl<T> SendPtr<T> {
 
 /// `dst = scale * lhs . rhs`, or `dst += scale * lhs . rhs` with `accumulate`. Panics when the
 /// shapes do not multiply; the views' constructors have checked them against their buffers.
-pub(crate) fn gemm<T: Float + 'static>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, scale: T, accumulate: bool, threads: ::gemm::Parallelism) {
+pub(crate) fn gemm<T: Float + 'static>(
+    dst: MatMut<'_, T>,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    scale: T,
+    accumulate: bool,
+    threads: ::gemm::Parallelism,
+) {
     let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
-    assert!(lhs.rows == m && rhs.rows == k && rhs.cols == n, "gemm: {}x{} . {}x{} into {m}x{n}", lhs.rows, lhs.cols, rhs.rows, rhs.cols);
+    assert!(
+        lhs.rows == m && rhs.rows == k && rhs.cols == n,
+        "gemm: {}x{} . {}x{} into {m}x{n}",
+        lhs.rows,
+        lhs.cols,
+        rhs.rows,
+        rhs.cols
+    );
     // SAFETY: each view lies inside its buffer (checked when it was made); `dst` is an exclusive
     // borrow with distinct elements, so it aliases neither operand nor itself.
     unsafe {
@@ -173,7 +226,9 @@ mod tests {
     use super::*;
 
     fn naive(a: &[f64], b: &[f64], (m, n, k): (usize, usize, usize)) -> Vec<f64> {
-        (0..m * n).map(|ij| (0..k).map(|l| a[ij / n * k + l] * b[l * n + ij % n]).sum()).collect()
+        (0..m * n)
+            .map(|ij| (0..k).map(|l| a[ij / n * k + l] * b[l * n + ij % n]).sum())
+            .collect()
     }
 
     #[test]
@@ -182,12 +237,26 @@ mod tests {
         let b: Vec<f64> = (0..20).map(|v| 1.0 - v as f64 * 0.25).collect(); // 4x5
         let want = naive(&a, &b, (3, 5, 4));
         let mut out = vec![0.0; 15];
-        gemm(MatMut::rows(&mut out, 3, 5), MatRef::rows(&a, 3, 4), MatRef::rows(&b, 4, 5), 1.0, false, ::gemm::Parallelism::None);
+        gemm(
+            MatMut::rows(&mut out, 3, 5),
+            MatRef::rows(&a, 3, 4),
+            MatRef::rows(&b, 4, 5),
+            1.0,
+            false,
+            ::gemm::Parallelism::None,
+        );
         assert_eq!(out, want);
         // The same product from transposed storage, accumulated onto a bias with scale 2.
         let at: Vec<f64> = (0..12).map(|i| a[i % 3 * 4 + i / 3]).collect(); // 4x3 = A^T
         let mut acc = vec![1.0; 15];
-        gemm(MatMut::rows(&mut acc, 3, 5), MatRef::rows(&at, 4, 3).t(), MatRef::rows(&b, 4, 5), 2.0, true, ::gemm::Parallelism::None);
+        gemm(
+            MatMut::rows(&mut acc, 3, 5),
+            MatRef::rows(&at, 4, 3).t(),
+            MatRef::rows(&b, 4, 5),
+            2.0,
+            true,
+            ::gemm::Parallelism::None,
+        );
         for (g, w) in acc.iter().zip(&want) {
             assert!((g - (1.0 + 2.0 * w)).abs() < 1e-12);
         }
@@ -201,7 +270,14 @@ mod tests {
         head_blocks::<f64, 3>(&mut buf, (n, t, heads, hd)).for_each(|blocks| {
             for dst in blocks {
                 let ones = vec![1.0; dst.rows * dst.cols];
-                gemm(dst, MatRef::new(&one, (t, 1), (0, 0)), MatRef::rows(&ones, 1, hd), 1.0, true, ::gemm::Parallelism::None);
+                gemm(
+                    dst,
+                    MatRef::new(&one, (t, 1), (0, 0)),
+                    MatRef::rows(&ones, 1, hd),
+                    1.0,
+                    true,
+                    ::gemm::Parallelism::None,
+                );
             }
         });
         assert!(buf.iter().all(|&v| v == 1.0), "{buf:?}");
@@ -220,6 +296,13 @@ mod tests {
     fn mismatched_shapes_panic() {
         let (a, b) = ([0.0f64; 12], [0.0f64; 15]);
         let mut out = [0.0f64; 15];
-        gemm(MatMut::rows(&mut out, 3, 5), MatRef::rows(&a, 3, 4), MatRef::rows(&b, 3, 5), 1.0, false, ::gemm::Parallelism::None);
+        gemm(
+            MatMut::rows(&mut out, 3, 5),
+            MatRef::rows(&a, 3, 4),
+            MatRef::rows(&b, 3, 5),
+            1.0,
+            false,
+            ::gemm::Parallelism::None,
+        );
     }
 }

@@ -47,15 +47,21 @@ impl CustomOp1 for LayerNorm {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = row_len(l, self.name())?;
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(map_rows(n, slice(v, l, self.name())?, layer_norm_row)),
-            CpuStorage::F64(v) => CpuStorage::F64(map_rows(n, slice(v, l, self.name())?, layer_norm_row)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(map_rows(n, slice(v, l, self.name())?, layer_norm_row))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(map_rows(n, slice(v, l, self.name())?, layer_norm_row))
+            }
             _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
         };
         Ok((out, l.shape().clone()))
     }
     /// The gradient needs the input (its statistics are recomputed, not kept).
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &LayerNormGrad)?))
+        Ok(Some(
+            arg.apply_op2_no_bwd(&grad.contiguous()?, &LayerNormGrad)?,
+        ))
     }
 }
 
@@ -63,15 +69,27 @@ impl CustomOp2 for LayerNormGrad {
     fn name(&self) -> &'static str {
         "ditkd-layer-norm-grad"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let n = row_len(l1, self.name())?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(map_rows2(n, slice(x, l1, self.name())?, slice(g, l2, self.name())?, layer_norm_grad_row))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(map_rows2(n, slice(x, l1, self.name())?, slice(g, l2, self.name())?, layer_norm_grad_row))
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(map_rows2(
+                n,
+                slice(x, l1, self.name())?,
+                slice(g, l2, self.name())?,
+                layer_norm_grad_row,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(map_rows2(
+                n,
+                slice(x, l1, self.name())?,
+                slice(g, l2, self.name())?,
+                layer_norm_grad_row,
+            )),
             _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
         };
         Ok((out, l1.shape().clone()))

@@ -14,13 +14,27 @@ use super::{fused_cpu, slice, Float};
 /// `y = x W^T + b`: the bias is copied into every output row and one GEMM accumulates onto it.
 struct Linear;
 
-fn linear_fwd<T: Float + 'static>(x: &[T], w: &[T], b: &[T], rows: usize, k: usize, o: usize) -> Vec<T> {
+fn linear_fwd<T: Float + 'static>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    rows: usize,
+    k: usize,
+    o: usize,
+) -> Vec<T> {
     let mut out: Vec<T> = Vec::with_capacity(rows * o);
     for _ in 0..rows {
         out.extend_from_slice(b);
     }
     let w = MatRef::rows(w, o, k);
-    gemm(MatMut::rows(&mut out, rows, o), MatRef::rows(x, rows, k), w.t(), T::one(), true, gemm_threads());
+    gemm(
+        MatMut::rows(&mut out, rows, o),
+        MatRef::rows(x, rows, k),
+        w.t(),
+        T::one(),
+        true,
+        gemm_threads(),
+    );
     out
 }
 
@@ -28,19 +42,48 @@ impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
         "ditkd-linear"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (o, k2) = l2.shape().dims2()?;
-        let Some((&k, lead)) = l1.dims().split_last() else { candle_core::bail!("linear: input must have at least one axis") };
+        let Some((&k, lead)) = l1.dims().split_last() else {
+            candle_core::bail!("linear: input must have at least one axis")
+        };
         if k != k2 || l3.dims() != [o] {
-            candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?} do not match", l1.dims(), l2.dims(), l3.dims());
+            candle_core::bail!(
+                "linear: input {:?}, weight {:?}, bias {:?} do not match",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
         }
         let rows: usize = lead.iter().product();
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(linear_fwd(slice(x, l1, "linear")?, slice(w, l2, "linear")?, slice(b, l3, "linear")?, rows, k, o))
+                CpuStorage::F32(linear_fwd(
+                    slice(x, l1, "linear")?,
+                    slice(w, l2, "linear")?,
+                    slice(b, l3, "linear")?,
+                    rows,
+                    k,
+                    o,
+                ))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(linear_fwd(slice(x, l1, "linear")?, slice(w, l2, "linear")?, slice(b, l3, "linear")?, rows, k, o))
+                CpuStorage::F64(linear_fwd(
+                    slice(x, l1, "linear")?,
+                    slice(w, l2, "linear")?,
+                    slice(b, l3, "linear")?,
+                    rows,
+                    k,
+                    o,
+                ))
             }
             _ => candle_core::bail!("linear: f32 or f64 only"),
         };
@@ -48,13 +91,24 @@ impl CustomOp3 for Linear {
         dims.push(o);
         Ok((out, Shape::from(dims)))
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (o, k) = w.dims2()?;
         let rows = x.dims()[..x.rank() - 1].iter().product::<usize>();
         let g = g.contiguous()?.reshape((rows, o))?;
         let x2 = x.reshape((rows, k))?;
         // dY W, skipped for inputs nothing upstream learns from (the patchified images, timestep features).
-        let dx = if x.track_op() { Some(g.matmul(w)?.reshape(x.dims())?) } else { None };
+        let dx = if x.track_op() {
+            Some(g.matmul(w)?.reshape(x.dims())?)
+        } else {
+            None
+        };
         let dw = g.t()?.matmul(&x2)?; // dY^T X
         let db = sum_mid(&g)?; // column sums of dY
         Ok((dx, Some(dw), Some(db)))
@@ -63,7 +117,9 @@ impl CustomOp3 for Linear {
 
 /// `x W^T + b` from candle primitives.
 pub fn linear_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let Some((&k, lead)) = x.dims().split_last() else { candle_core::bail!("linear: input must have at least one axis") };
+    let Some((&k, lead)) = x.dims().split_last() else {
+        candle_core::bail!("linear: input must have at least one axis")
+    };
     let rows = lead.iter().product::<usize>();
     let y = x.reshape((rows, k))?.matmul(&w.t()?)?.broadcast_add(b)?;
     let mut out_dims = lead.to_vec();
@@ -74,7 +130,8 @@ pub fn linear_reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `x W^T + b` over the last axis of `x` (`w: [O, K]`, `b: [O]`), with a gradient.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     if fused_cpu(x) {
-        x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
+        x.contiguous()?
+            .apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
     } else {
         linear_reference(x, w, b)
     }

@@ -12,20 +12,29 @@ use rayon::prelude::*;
 use super::{fused_cpu, slice, Float, CHUNK};
 
 /// `out[a, b, :] = f(x[a, b, :], s[a, :])` elementwise, for `x: [A, B, C]` flattened and `s: [A, C]`.
-pub(crate) fn bcast_mid<T: Float>(x: &[T], s: &[T], b: usize, c: usize, f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+pub(crate) fn bcast_mid<T: Float>(
+    x: &[T],
+    s: &[T],
+    b: usize,
+    c: usize,
+    f: impl Fn(T, T) -> T + Sync,
+) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     let c = c.max(1);
     let per = (CHUNK / c).max(1) * c;
-    out.par_chunks_mut(per).zip(x.par_chunks(per)).enumerate().for_each(|(k, (o, x))| {
-        let row0 = k * per / c;
-        for (r, (o, x)) in o.chunks_mut(c).zip(x.chunks(c)).enumerate() {
-            let ai = (row0 + r) / b.max(1);
-            let s = &s[ai * c..(ai + 1) * c];
-            for ((o, &x), &s) in o.iter_mut().zip(x).zip(s) {
-                *o = f(x, s);
+    out.par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .enumerate()
+        .for_each(|(k, (o, x))| {
+            let row0 = k * per / c;
+            for (r, (o, x)) in o.chunks_mut(c).zip(x.chunks(c)).enumerate() {
+                let ai = (row0 + r) / b.max(1);
+                let s = &s[ai * c..(ai + 1) * c];
+                for ((o, &x), &s) in o.iter_mut().zip(x).zip(s) {
+                    *o = f(x, s);
+                }
             }
-        }
-    });
+        });
     out
 }
 
@@ -35,7 +44,7 @@ fn sum_mid_cpu<T: Float>(g: &[T], a: usize, b: usize, c: usize) -> Vec<T> {
     out.par_chunks_mut(c).enumerate().for_each(|(i, acc)| {
         for row in g[i * b * c..(i + 1) * b * c].chunks(c) {
             for (o, &v) in acc.iter_mut().zip(row) {
-                *o = *o + v;
+                *o += v;
             }
         }
     });
@@ -53,7 +62,11 @@ pub(crate) fn mid_dims(l1: &Layout, l2: &Layout, op: &str) -> Result<(usize, usi
         _ => l2.shape().dims2()?,
     };
     if l1.dims().len() != l2.dims().len() + 1 || s != (a, c) {
-        candle_core::bail!("{op}: shapes {:?} and {:?} do not broadcast", l1.dims(), l2.dims());
+        candle_core::bail!(
+            "{op}: shapes {:?} and {:?} do not broadcast",
+            l1.dims(),
+            l2.dims()
+        );
     }
     Ok((a, b, c))
 }
@@ -62,12 +75,30 @@ pub(crate) fn mid_dims(l1: &Layout, l2: &Layout, op: &str) -> Result<(usize, usi
 trait MidOp: CustomOp2 {
     fn apply<T: Float>(x: T, s: T) -> T;
 
-    fn mid_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn mid_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         let (_, b, c) = mid_dims(l1, l2, name)?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(s)) => CpuStorage::F32(bcast_mid(slice(x, l1, name)?, slice(s, l2, name)?, b, c, Self::apply)),
-            (CpuStorage::F64(x), CpuStorage::F64(s)) => CpuStorage::F64(bcast_mid(slice(x, l1, name)?, slice(s, l2, name)?, b, c, Self::apply)),
+            (CpuStorage::F32(x), CpuStorage::F32(s)) => CpuStorage::F32(bcast_mid(
+                slice(x, l1, name)?,
+                slice(s, l2, name)?,
+                b,
+                c,
+                Self::apply,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(s)) => CpuStorage::F64(bcast_mid(
+                slice(x, l1, name)?,
+                slice(s, l2, name)?,
+                b,
+                c,
+                Self::apply,
+            )),
             _ => candle_core::bail!("{name}: f32 or f64 only"),
         };
         Ok((out, l1.shape().clone()))
@@ -99,11 +130,23 @@ impl CustomOp2 for AddMid {
     fn name(&self) -> &'static str {
         "ditkd-add-mid"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.mid_fwd(s1, l1, s2, l2)
     }
     /// `dx = dy`, `ds = sum_b dy`.
-    fn bwd(&self, _x: &Tensor, _s: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _s: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         let ds = sum_mid(&g)?;
         Ok((Some(g), Some(ds)))
@@ -114,11 +157,23 @@ impl CustomOp2 for MulMid {
     fn name(&self) -> &'static str {
         "ditkd-mul-mid"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.mid_fwd(s1, l1, s2, l2)
     }
     /// `dx = dy * s`, `ds = sum_b dy * x`.
-    fn bwd(&self, x: &Tensor, s: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        s: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         let ds = sum_mid(&(&g * x)?)?;
         Ok((Some(g.apply_op2_no_bwd(s, &MulMid)?), Some(ds)))
@@ -145,7 +200,11 @@ impl CustomOp1 for SumMid {
 pub(crate) fn sum_mid(g: &Tensor) -> Result<Tensor> {
     if g.rank() == 2 {
         let (b, c) = g.dims2()?;
-        return g.contiguous()?.reshape((1, b, c))?.apply_op1_no_bwd(&SumMid)?.reshape(c);
+        return g
+            .contiguous()?
+            .reshape((1, b, c))?
+            .apply_op1_no_bwd(&SumMid)?
+            .reshape(c);
     }
     g.contiguous()?.apply_op1_no_bwd(&SumMid)
 }
@@ -197,12 +256,18 @@ mod tests {
                 let x = Var::from_tensor(&rand(&[a, b, c], 1)).unwrap();
                 let s = Var::from_tensor(&rand(&[a, c], 2)).unwrap();
                 let w = rand(&[a, b, c], 3);
-                let (yf, yr) = (f(x.as_tensor(), s.as_tensor()).unwrap(), r(x.as_tensor(), s.as_tensor()).unwrap());
+                let (yf, yr) = (
+                    f(x.as_tensor(), s.as_tensor()).unwrap(),
+                    r(x.as_tensor(), s.as_tensor()).unwrap(),
+                );
                 assert!(max_diff(&yf, &yr) < 1e-12);
                 let gf = (yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
                 let gr = (yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
                 for v in [&x, &s] {
-                    let d = max_diff(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+                    let d = max_diff(
+                        gf.get(v.as_tensor()).unwrap(),
+                        gr.get(v.as_tensor()).unwrap(),
+                    );
                     assert!(d < 1e-10, "gradient differs by {d}");
                 }
             }
@@ -214,12 +279,18 @@ mod tests {
         let x = Var::from_tensor(&rand(&[37, 6], 1)).unwrap();
         let s = Var::from_tensor(&rand(&[6], 2)).unwrap();
         let w = rand(&[37, 6], 3);
-        let (yf, yr) = (add_mid(x.as_tensor(), s.as_tensor()).unwrap(), x.as_tensor().broadcast_add(s.as_tensor()).unwrap());
+        let (yf, yr) = (
+            add_mid(x.as_tensor(), s.as_tensor()).unwrap(),
+            x.as_tensor().broadcast_add(s.as_tensor()).unwrap(),
+        );
         assert!(max_diff(&yf, &yr) < 1e-12);
         let gf = (yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gr = (yr * &w).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&x, &s] {
-            let (a, b) = (gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+            let (a, b) = (
+                gf.get(v.as_tensor()).unwrap(),
+                gr.get(v.as_tensor()).unwrap(),
+            );
             assert_eq!(a.dims(), b.dims());
             assert!(max_diff(a, b) < 1e-10);
         }
@@ -228,8 +299,12 @@ mod tests {
     /// x: [2, 3, 3] against s = a slice of x itself, so both arguments' gradients are exercised.
     #[test]
     fn mid_ops_pass_finite_differences() {
-        passes_finite_differences("add_mid", |x: &Tensor| add_mid(x, &x.i((.., 0, ..))?.sqr()?));
+        passes_finite_differences("add_mid", |x: &Tensor| {
+            add_mid(x, &x.i((.., 0, ..))?.sqr()?)
+        });
         passes_finite_differences("mul_mid", |x: &Tensor| mul_mid(x, &x.i((.., 1, ..))?));
-        passes_finite_differences("bias", |x: &Tensor| add_mid(&x.reshape((6, 3))?, &x.i((0, 0, ..))?.sqr()?));
+        passes_finite_differences("bias", |x: &Tensor| {
+            add_mid(&x.reshape((6, 3))?, &x.i((0, 0, ..))?.sqr()?)
+        });
     }
 }

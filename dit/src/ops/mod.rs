@@ -72,23 +72,32 @@ fn rows_per_task(n: usize) -> usize {
 fn map_rows<T: Float>(n: usize, x: &[T], f: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     let per = rows_per_task(n);
-    out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| {
-        for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
-            f(x, o);
-        }
-    });
+    out.par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+                f(x, o);
+            }
+        });
     out
 }
 
 /// `f(row of a, row of b, row of out)` for every row of length `n`, rows in parallel.
-fn map_rows2<T: Float>(n: usize, a: &[T], b: &[T], f: impl Fn(&[T], &[T], &mut [T]) + Sync) -> Vec<T> {
+fn map_rows2<T: Float>(
+    n: usize,
+    a: &[T],
+    b: &[T],
+    f: impl Fn(&[T], &[T], &mut [T]) + Sync,
+) -> Vec<T> {
     let mut out = vec![T::zero(); a.len()];
     let per = rows_per_task(n);
-    out.par_chunks_mut(per).zip(a.par_chunks(per).zip(b.par_chunks(per))).for_each(|(o, (a, b))| {
-        for ((o, a), b) in o.chunks_mut(n).zip(a.chunks(n)).zip(b.chunks(n)) {
-            f(a, b, o);
-        }
-    });
+    out.par_chunks_mut(per)
+        .zip(a.par_chunks(per).zip(b.par_chunks(per)))
+        .for_each(|(o, (a, b))| {
+            for ((o, a), b) in o.chunks_mut(n).zip(a.chunks(n)).zip(b.chunks(n)) {
+                f(a, b, o);
+            }
+        });
     out
 }
 

@@ -13,7 +13,7 @@ pub(crate) fn softmax_in_place<T: Float>(row: &mut [T]) {
     // The exps in their own loop vectorise; the sum stays in order.
     row.iter_mut().for_each(|v| *v = (*v - m).exp_fast());
     let inv = T::one() / sum8(row.len(), |i| row[i]);
-    row.iter_mut().for_each(|v| *v = *v * inv);
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// `g = y * (g - sum(g * y))`: the gradient of the softmax input from that of its output `y`.
@@ -49,7 +49,9 @@ impl CustomOp1 for Softmax {
     }
     /// The gradient needs only the output.
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
+        ))
     }
 }
 
@@ -58,7 +60,13 @@ impl CustomOp2 for SoftmaxGrad {
         "ditkd-softmax-grad"
     }
     /// `(y, dy) -> dx`.
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         fn run<T: Float>(n: usize, y: &[T], g: &[T]) -> Vec<T> {
             map_rows2(n, y, g, |y, g, o| {
                 o.copy_from_slice(g);
@@ -67,8 +75,16 @@ impl CustomOp2 for SoftmaxGrad {
         }
         let n = row_len(l1, self.name())?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(run(n, slice(y, l1, self.name())?, slice(g, l2, self.name())?)),
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(run(n, slice(y, l1, self.name())?, slice(g, l2, self.name())?)),
+            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(run(
+                n,
+                slice(y, l1, self.name())?,
+                slice(g, l2, self.name())?,
+            )),
+            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(run(
+                n,
+                slice(y, l1, self.name())?,
+                slice(g, l2, self.name())?,
+            )),
             _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
         };
         Ok((out, l1.shape().clone()))
