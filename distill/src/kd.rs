@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor, Var};
 use dit::rng::HostRng;
-use dit::{DiT, NoiseSchedule, SamplerConfig};
+use dit::{DiT, NoiseSchedule, SamplerConfig, Tape};
 use serde::{Deserialize, Serialize};
 
 use crate::train::{noise_batch, Batch, Objective};
@@ -228,7 +228,7 @@ impl KdObjective {
 }
 
 impl Objective for KdObjective {
-    fn loss(&mut self, model: &DiT, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
+    fn loss(&mut self, model: &DiT, tape: &mut Tape, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
         let (t, eps, xt) = noise_batch(&self.schedule, &batch.x0, rng)?;
         let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let c = model.cfg.in_channels;
@@ -253,7 +253,7 @@ impl Objective for KdObjective {
         };
         self.teacher_secs += t0.elapsed().as_secs_f64();
 
-        let (out_s, feats_s) = model.forward_with_features(&xt, &tf, &batch.y)?;
+        let (out_s, feats_s) = model.forward_recorded(&xt, &tf, &batch.y, tape)?;
         let eps_s = out_s.narrow(1, 0, c)?;
         let l_kd = mse(&eps_s, &eps_t)?;
         let l_data = mse(&eps_s, &eps)?;
@@ -392,7 +392,7 @@ impl OnestepObjective {
 }
 
 impl Objective for OnestepObjective {
-    fn loss(&mut self, model: &DiT, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
+    fn loss(&mut self, model: &DiT, tape: &mut Tape, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
         let n = batch.y.len();
         let size = self.bank.labels.len();
         let idx: Vec<u32> = (0..n).map(|_| rand::Rng::random_range(rng, 0..size) as u32).collect();
@@ -400,7 +400,7 @@ impl Objective for OnestepObjective {
         let noise = self.bank.noise.index_select(&ids, 0)?;
         let target = self.bank.samples.index_select(&ids, 0)?;
         let labels: Vec<u32> = idx.iter().map(|&i| self.bank.labels[i as usize]).collect();
-        let out = onestep_generate(model, &noise, &labels)?;
+        let out = model.eps(&model.forward_recorded(&noise, &vec![ONESTEP_T; n], &labels, tape)?.0)?; // onestep_generate, recorded
         let l2 = mse(&out, &target)?;
         let mut parts = vec![("loss_l2".to_string(), scalar(&l2)?)];
         let mut loss = l2;

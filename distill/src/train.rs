@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use dit::rng::HostRng;
-use dit::{DiT, DitConfig, SamplerConfig};
+use dit::{DiT, DitConfig, SamplerConfig, Tape};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointMeta, RngState};
@@ -179,8 +179,9 @@ pub struct Batch {
 /// objectives add teacher terms.
 pub trait Objective {
     /// The scalar loss for `batch`, drawing any randomness from `rng`; may return named parts
-    /// for the log.
-    fn loss(&mut self, model: &DiT, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)>;
+    /// for the log. The model runs through `model.forward_recorded(.., tape)`, so that
+    /// `model.backward(&loss, tape)` takes the blocks' hand-written backward.
+    fn loss(&mut self, model: &DiT, tape: &mut Tape, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)>;
     /// Variables the optimiser updates besides the model's (e.g. feature projectors).
     fn extra_vars(&self) -> Vec<(String, Var)> {
         Vec::new()
@@ -218,10 +219,10 @@ pub fn noise_batch(schedule: &dit::NoiseSchedule, x0: &Tensor, rng: &mut HostRng
 }
 
 impl Objective for EpsilonObjective {
-    fn loss(&mut self, model: &DiT, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
+    fn loss(&mut self, model: &DiT, tape: &mut Tape, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
         let (t, eps, xt) = noise_batch(&self.schedule, &batch.x0, rng)?;
         let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        let pred = model.forward_eps(&xt, &tf, &batch.y)?;
+        let pred = model.eps(&model.forward_recorded(&xt, &tf, &batch.y, tape)?.0)?;
         let loss = (pred - eps)?.sqr()?.mean_all()?;
         Ok((loss, Vec::new()))
     }
@@ -356,13 +357,13 @@ pub fn train(
         let batch = Batch { x0, y, step };
 
         // ---- loss, backward, update ---------------------------------------------------------------
-        model.record_tape(); // the blocks take the hand-written backward (dit::backward)
-        let (loss, parts) = objective.loss(model, &batch, &mut rng)?;
+        let mut tape = Tape::new(); // the blocks take the hand-written backward (dit::backward)
+        let (loss, parts) = objective.loss(model, &mut tape, &batch, &mut rng)?;
         let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
             return Err(Diverged { step, loss: loss_v }.into());
         }
-        let grads = model.backward(&loss)?;
+        let grads = model.backward(&loss, tape)?;
         let lr = cfg.optim.lr_at(step, cfg.steps);
         let gnorm = opt.step(&grads, lr)?;
         ema.update(&model_vars, step)?;

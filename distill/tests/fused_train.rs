@@ -29,10 +29,10 @@ fn train(fused: bool, steps: usize) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
         let eps = dit::rng::randn(&mut rng, x.dims(), &dev).unwrap();
         let t: Vec<f32> = dit::rng::uniform_ints(&mut rng, batch, 1000).iter().map(|&v| v as f32).collect();
         let y = dit::rng::uniform_ints(&mut rng, batch, cfg.num_classes);
-        model.record_tape(); // as the training loop does; a no-op off the fused path
-        let loss = (model.forward_eps(&x, &t, &y).unwrap() - eps).unwrap().sqr().unwrap().mean_all().unwrap();
+        let mut tape = dit::Tape::new(); // as the training loop does; records nothing off the fused path
+        let loss = (model.eps(&model.forward_recorded(&x, &t, &y, &mut tape).unwrap().0).unwrap() - eps).unwrap().sqr().unwrap().mean_all().unwrap();
         losses.push(loss.to_scalar::<f32>().unwrap());
-        let grads = model.backward(&loss).unwrap();
+        let grads = model.backward(&loss, tape).unwrap();
         opt.step(&grads, 1e-3).unwrap();
     }
     dit::ops::set_fused(true);

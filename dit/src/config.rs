@@ -120,7 +120,10 @@ impl DitConfig {
         ];
         for (field, v) in positive {
             if v == 0 {
-                return Err(ConfigError::NotPositive { field, value: v.to_string() });
+                return Err(ConfigError::NotPositive {
+                    field,
+                    value: v.to_string(),
+                });
             }
         }
         // Bounds far above any DiT (DiT-XL: depth 28, width 1152), so counts never overflow.
@@ -143,14 +146,22 @@ impl DitConfig {
         if !(0.0..1.0).contains(&self.class_dropout_prob) {
             return Err(ConfigError::BadDropout(self.class_dropout_prob));
         }
-        if self.hidden_size % self.num_heads != 0 {
-            return Err(ConfigError::HeadsDoNotDivide { heads: self.num_heads, width: self.hidden_size });
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
+            return Err(ConfigError::HeadsDoNotDivide {
+                heads: self.num_heads,
+                width: self.hidden_size,
+            });
         }
-        if self.input_size % self.patch_size != 0 {
-            return Err(ConfigError::PatchDoesNotDivide { patch: self.patch_size, input: self.input_size });
+        if !self.input_size.is_multiple_of(self.patch_size) {
+            return Err(ConfigError::PatchDoesNotDivide {
+                patch: self.patch_size,
+                input: self.input_size,
+            });
         }
-        if self.hidden_size % 4 != 0 {
-            return Err(ConfigError::WidthNotMultipleOf4 { width: self.hidden_size });
+        if !self.hidden_size.is_multiple_of(4) {
+            return Err(ConfigError::WidthNotMultipleOf4 {
+                width: self.hidden_size,
+            });
         }
         Ok(())
     }
@@ -239,7 +250,10 @@ impl DitConfig {
 
     /// A short human label such as `d4-w128-h4-p4`.
     pub fn shape_label(&self) -> String {
-        format!("d{}-w{}-h{}-p{}", self.depth, self.hidden_size, self.num_heads, self.patch_size)
+        format!(
+            "d{}-w{}-h{}-p{}",
+            self.depth, self.hidden_size, self.num_heads, self.patch_size
+        )
     }
 }
 
@@ -260,15 +274,31 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let c = DitConfig { num_heads: 5, ..Default::default() };
+        let c = DitConfig {
+            num_heads: 5,
+            ..Default::default()
+        };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("num_heads") && e.contains("128"), "{e}");
-        let c = DitConfig { patch_size: 3, ..Default::default() };
+        let c = DitConfig {
+            patch_size: 3,
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("patch_size"));
-        let c = DitConfig { depth: 0, ..Default::default() };
+        let c = DitConfig {
+            depth: 0,
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("depth"));
-        let c = DitConfig { class_dropout_prob: 1.5, ..Default::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("class_dropout_prob"));
+        let c = DitConfig {
+            class_dropout_prob: 1.5,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("class_dropout_prob"));
     }
 
     #[test]

@@ -15,8 +15,10 @@ impl DitConfig {
         let x_embed = d * self.in_channels * p2 + d;
         let t_embed = TIME_FREQ_DIM * d + d + d * d + d;
         let y_embed = self.label_rows() * d;
-        let block = (d * 3 * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d) + (d * 6 * d + 6 * d);
-        let final_layer = (d * 2 * d + 2 * d) + (d * p2 * self.out_channels() + p2 * self.out_channels());
+        let block =
+            (d * 3 * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d) + (d * 6 * d + 6 * d);
+        let final_layer =
+            (d * 2 * d + 2 * d) + (d * p2 * self.out_channels() + p2 * self.out_channels());
         x_embed + t_embed + y_embed + self.depth * block + final_layer
     }
 

@@ -8,7 +8,10 @@ use anyhow::Context;
 use candle_core::Tensor;
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
@@ -21,7 +24,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     }
     let tmp = tmp_path(path);
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -33,7 +37,8 @@ pub fn save_safetensors_atomic(map: &HashMap<String, Tensor>, path: &Path) -> an
         }
     }
     let tmp = tmp_path(path);
-    candle_core::safetensors::save(map, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    candle_core::safetensors::save(map, &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod backward;
 pub mod config;
 pub mod counts;
 pub mod io;
+pub mod layers;
 pub mod model;
 pub mod ops;
 pub mod params;
@@ -13,6 +14,7 @@ pub mod rng;
 pub mod sampler;
 pub mod schedule;
 
+pub use backward::Tape;
 pub use config::{ConfigError, DitConfig};
 pub use model::DiT;
 pub use sampler::{SamplerConfig, SamplerKind};

@@ -55,7 +55,13 @@ fn yes() -> bool {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { kind: SamplerKind::Ddim, steps: 50, cfg_scale: 1.0, eta: 0.0, clip_denoised: true }
+        Self {
+            kind: SamplerKind::Ddim,
+            steps: 50,
+            cfg_scale: 1.0,
+            eta: 0.0,
+            clip_denoised: true,
+        }
     }
 }
 
@@ -94,7 +100,11 @@ pub fn step_plan(schedule: &NoiseSchedule, steps: usize) -> Vec<StepCoefs> {
         .map(|(i, &t)| StepCoefs {
             t,
             abar: schedule.alphas_cumprod[t],
-            abar_prev: if i == 0 { 1.0 } else { schedule.alphas_cumprod[ts[i - 1]] },
+            abar_prev: if i == 0 {
+                1.0
+            } else {
+                schedule.alphas_cumprod[ts[i - 1]]
+            },
         })
         .collect();
     plan.reverse();
@@ -113,9 +123,17 @@ pub fn predict_x0(x: &Tensor, eps: &Tensor, abar: f64, clip: bool) -> Result<(Te
 }
 
 /// One DDIM step (Song et al. eq. 12): `sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z`.
-pub fn ddim_step(x: &Tensor, eps: &Tensor, c: StepCoefs, eta: f64, clip: bool, noise: Option<&Tensor>) -> Result<Tensor> {
+pub fn ddim_step(
+    x: &Tensor,
+    eps: &Tensor,
+    c: StepCoefs,
+    eta: f64,
+    clip: bool,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
     let (x0, eps) = predict_x0(x, eps, c.abar, clip)?;
-    let sigma = eta * ((1.0 - c.abar_prev) / (1.0 - c.abar)).sqrt() * (1.0 - c.abar / c.abar_prev).sqrt();
+    let sigma =
+        eta * ((1.0 - c.abar_prev) / (1.0 - c.abar)).sqrt() * (1.0 - c.abar / c.abar_prev).sqrt();
     let dir = (1.0 - c.abar_prev - sigma * sigma).max(0.0).sqrt();
     let mean = ((&x0 * c.abar_prev.sqrt())? + (&eps * dir)?)?;
     match noise {
@@ -125,7 +143,13 @@ pub fn ddim_step(x: &Tensor, eps: &Tensor, c: StepCoefs, eta: f64, clip: bool, n
 }
 
 /// One DDPM ancestral step: posterior mean of q(x_prev | x_t, x_0) plus sqrt(beta_t) z.
-pub fn ddpm_step(x: &Tensor, eps: &Tensor, c: StepCoefs, clip: bool, noise: Option<&Tensor>) -> Result<Tensor> {
+pub fn ddpm_step(
+    x: &Tensor,
+    eps: &Tensor,
+    c: StepCoefs,
+    clip: bool,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
     let (x0, _) = predict_x0(x, eps, c.abar, clip)?;
     let beta = 1.0 - c.abar / c.abar_prev;
     let coef_x0 = beta * c.abar_prev.sqrt() / (1.0 - c.abar);
@@ -154,7 +178,11 @@ pub fn sample(
         let eps = model.forward_cfg(&x, &t, labels, cfg.cfg_scale)?.detach();
         let last = i + 1 == plan.len();
         let needs_noise = !last && (cfg.kind == SamplerKind::Ddpm || cfg.eta > 0.0);
-        let z = if needs_noise { Some(randn(rng, x.dims(), x.device())?.to_dtype(x.dtype())?) } else { None };
+        let z = if needs_noise {
+            Some(randn(rng, x.dims(), x.device())?.to_dtype(x.dtype())?)
+        } else {
+            None
+        };
         x = match cfg.kind {
             SamplerKind::Ddim => ddim_step(&x, &eps, *c, cfg.eta, cfg.clip_denoised, z.as_ref())?,
             SamplerKind::Ddpm => ddpm_step(&x, &eps, *c, cfg.clip_denoised, z.as_ref())?,
@@ -191,20 +219,37 @@ mod tests {
         };
         let mut reference = cfg.build(50).unwrap();
         let mut rng = crate::rng::seeded(3);
-        let x = randn(&mut rng, &[2, 1, 4, 4], &dev).unwrap().to_dtype(candle_core::DType::F64).unwrap();
-        let eps = randn(&mut rng, &[2, 1, 4, 4], &dev).unwrap().to_dtype(candle_core::DType::F64).unwrap();
+        let x = randn(&mut rng, &[2, 1, 4, 4], &dev)
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap();
+        let eps = randn(&mut rng, &[2, 1, 4, 4], &dev)
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap();
         for &t in &[980usize, 500, 20] {
             let ours = ddim_step(
                 &x,
                 &eps,
-                StepCoefs { t, abar: sched.alphas_cumprod[t], abar_prev: sched.alphas_cumprod[t - 20] },
+                StepCoefs {
+                    t,
+                    abar: sched.alphas_cumprod[t],
+                    abar_prev: sched.alphas_cumprod[t - 20],
+                },
                 0.0,
                 false,
                 None,
             )
             .unwrap();
             let theirs = reference.step(&eps, t, &x).unwrap();
-            let d = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            let d = (ours - theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
             assert!(d < 1e-9, "t={t}: {d}");
         }
     }
@@ -214,13 +259,27 @@ mod tests {
     fn ddim_last_step_returns_x0() {
         let dev = Device::Cpu;
         let mut rng = crate::rng::seeded(4);
-        let x0 = randn(&mut rng, &[1, 1, 4, 4], &dev).unwrap().clamp(-1f32, 1f32).unwrap();
+        let x0 = randn(&mut rng, &[1, 1, 4, 4], &dev)
+            .unwrap()
+            .clamp(-1f32, 1f32)
+            .unwrap();
         let eps = randn(&mut rng, &[1, 1, 4, 4], &dev).unwrap();
         let s = NoiseSchedule::dit_default();
         let xt = s.q_sample(&x0, &eps, &[0]).unwrap();
-        let c = StepCoefs { t: 0, abar: s.alphas_cumprod[0], abar_prev: 1.0 };
+        let c = StepCoefs {
+            t: 0,
+            abar: s.alphas_cumprod[0],
+            abar_prev: 1.0,
+        };
         let out = ddim_step(&xt, &eps, c, 0.0, false, None).unwrap();
-        let d = (out - x0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (out - x0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5, "{d}");
     }
 
@@ -229,12 +288,22 @@ mod tests {
     fn ddpm_posterior_mean_formula() {
         let s = NoiseSchedule::dit_default();
         let t = 400;
-        let c = StepCoefs { t, abar: s.alphas_cumprod[t], abar_prev: s.alphas_cumprod[t - 1] };
+        let c = StepCoefs {
+            t,
+            abar: s.alphas_cumprod[t],
+            abar_prev: s.alphas_cumprod[t - 1],
+        };
         let dev = Device::Cpu;
         let x0 = Tensor::new(&[[0.3f64]], &dev).unwrap();
         let eps = Tensor::new(&[[-0.7f64]], &dev).unwrap();
-        let xt = ((&x0 * c.abar.sqrt()).unwrap() + (&eps * (1.0 - c.abar).sqrt()).unwrap()).unwrap();
-        let got = ddpm_step(&xt, &eps, c, false, None).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()[0];
+        let xt =
+            ((&x0 * c.abar.sqrt()).unwrap() + (&eps * (1.0 - c.abar).sqrt()).unwrap()).unwrap();
+        let got = ddpm_step(&xt, &eps, c, false, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()[0];
         let beta = s.betas[t];
         let alpha = 1.0 - beta;
         let mu = (s.alphas_cumprod[t - 1].sqrt() * beta / (1.0 - c.abar)) * 0.3

@@ -35,7 +35,10 @@ impl NoiseSchedule {
             acc *= 1.0 - b;
             alphas_cumprod.push(acc);
         }
-        Self { betas, alphas_cumprod }
+        Self {
+            betas,
+            alphas_cumprod,
+        }
     }
 
     pub fn num_steps(&self) -> usize {
@@ -47,8 +50,14 @@ impl NoiseSchedule {
         let n = x0.dim(0)?;
         let mut shape = vec![1usize; x0.rank()];
         shape[0] = n;
-        let a: Vec<f32> = t.iter().map(|&ti| self.alphas_cumprod[ti].sqrt() as f32).collect();
-        let s: Vec<f32> = t.iter().map(|&ti| (1.0 - self.alphas_cumprod[ti]).sqrt() as f32).collect();
+        let a: Vec<f32> = t
+            .iter()
+            .map(|&ti| self.alphas_cumprod[ti].sqrt() as f32)
+            .collect();
+        let s: Vec<f32> = t
+            .iter()
+            .map(|&ti| (1.0 - self.alphas_cumprod[ti]).sqrt() as f32)
+            .collect();
         let a = Tensor::from_vec(a, shape.as_slice(), x0.device())?.to_dtype(x0.dtype())?;
         let s = Tensor::from_vec(s, shape.as_slice(), x0.device())?.to_dtype(x0.dtype())?;
         x0.broadcast_mul(&a)? + eps.broadcast_mul(&s)?
@@ -58,12 +67,17 @@ impl NoiseSchedule {
 /// `steps` timesteps out of `total`, evenly spread and including both ends (guided-diffusion's
 /// `space_timesteps(total, [steps])`), ascending.
 pub fn respaced_timesteps(total: usize, steps: usize) -> Vec<usize> {
-    assert!(steps >= 1 && steps <= total, "steps must lie in 1..={total}");
+    assert!(
+        steps >= 1 && steps <= total,
+        "steps must lie in 1..={total}"
+    );
     if steps == 1 {
         return vec![total - 1];
     }
     let stride = (total - 1) as f64 / (steps - 1) as f64;
-    let mut v: Vec<usize> = (0..steps).map(|i| (i as f64 * stride).round() as usize).collect();
+    let mut v: Vec<usize> = (0..steps)
+        .map(|i| (i as f64 * stride).round() as usize)
+        .collect();
     v.dedup();
     v
 }
@@ -87,7 +101,10 @@ mod tests {
 
     #[test]
     fn respacing_keeps_both_ends() {
-        assert_eq!(respaced_timesteps(1000, 1000), (0..1000).collect::<Vec<_>>());
+        assert_eq!(
+            respaced_timesteps(1000, 1000),
+            (0..1000).collect::<Vec<_>>()
+        );
         let r = respaced_timesteps(1000, 50);
         assert_eq!(r.len(), 50);
         assert_eq!((r[0], r[49]), (0, 999));

@@ -64,11 +64,11 @@ pub fn time_step(case: &BenchCase, warmup: usize, iters: usize) -> Result<StepTi
         let t: Vec<f32> = dit::rng::uniform_ints(&mut rng, case.batch, 1000).iter().map(|&v| v as f32).collect();
         let y = dit::rng::uniform_ints(&mut rng, case.batch, m.num_classes);
         let t0 = Instant::now();
-        model.record_tape();
-        let loss = (model.forward_eps(&x, &t, &y)? - eps)?.sqr()?.mean_all()?;
+        let mut tape = dit::Tape::new();
+        let loss = (model.eps(&model.forward_recorded(&x, &t, &y, &mut tape)?.0)? - eps)?.sqr()?.mean_all()?;
         let _ = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
-        let grads = model.backward(&loss)?;
+        let grads = model.backward(&loss, tape)?;
         let t2 = Instant::now();
         opt.step(&grads, 1e-4)?;
         let t3 = Instant::now();
