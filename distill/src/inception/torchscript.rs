@@ -285,7 +285,7 @@ fn tensor_from_storage(storage: &[u8], t: &TensorRef) -> Result<Tensor> {
     let elem = t.dtype.size_in_bytes();
     let len = storage.len() / elem;
     ensure!(
-        storage.len() % elem == 0 && len >= t.storage_len,
+        storage.len().is_multiple_of(elem) && len >= t.storage_len,
         "storage holds {} bytes, the pickle promises {} elements of {elem} bytes",
         storage.len(),
         t.storage_len
