@@ -7,6 +7,7 @@ pub mod ema;
 pub mod eval;
 pub mod featnet;
 pub mod grid;
+pub mod inception;
 pub mod kd;
 pub mod metrics;
 pub mod optim;
