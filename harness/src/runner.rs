@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use dit::DitConfig;
 use distill::run::{run_distill, DistillConfig, Shared, Summary};
 

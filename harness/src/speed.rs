@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use dit::{DiT, DitConfig, SamplerConfig};
 use distill::kd::Mode;
 use distill::run::DistillConfig;

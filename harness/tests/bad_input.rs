@@ -124,12 +124,19 @@ fn help_describes_every_argument() {
     for sub in &subcommands {
         let out = Command::new(env!("CARGO_BIN_EXE_ditkd")).args([sub.as_str(), "--help"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        // An argument line of clap's help is `  <NAME>  description` or `  --flag <V>  description`;
-        // an undescribed one ends right after the name.
-        for l in text.lines().filter(|l| l.starts_with("  ") && !l.starts_with("   ")) {
+        // An argument line of clap's help is `  <NAME>  description` or `  --flag <V>  description`,
+        // or (long help) the name alone with the description indented on the next line.
+        let lines: Vec<&str> = text.lines().collect();
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        let is_arg = |t: &str| t.starts_with('-') || t.starts_with('<') || t.starts_with('[');
+        for (i, l) in lines.iter().enumerate() {
             let t = l.trim();
-            let described = t.contains("  ");
-            if !described && (t.starts_with('-') || t.starts_with('<') || t.starts_with('[')) {
+            if !l.starts_with("  ") || !is_arg(t) {
+                continue;
+            }
+            let same_line = t.contains("  ");
+            let next_line = lines.get(i + 1).is_some_and(|n| !n.trim().is_empty() && indent(n) > indent(l) && !is_arg(n.trim()));
+            if !same_line && !next_line {
                 bare.push(format!("{sub}: {t}"));
             }
         }

@@ -11,6 +11,7 @@ use std::path::Path;
 use common::ditkd;
 use dit::DitConfig;
 use harness::law::pipeline::{fit_sweep, Options};
+use harness::law::forms::Form;
 use harness::law::{design, LawFile, LawFit, Shape};
 use polars::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -102,11 +103,11 @@ fn fit_recovers_law_b_and_prefers_it_over_a() {
     let tmp = tempfile::tempdir().unwrap();
     write_table(tmp.path(), &synthetic_rows());
     let law = fit_sweep(&opts(tmp.path())).unwrap();
-    assert!(law.chosen == "b" || law.chosen == "c", "chose {}", law.chosen);
+    assert!(law.chosen == Form::B || law.chosen == Form::C, "chose {}", law.chosen);
     assert_eq!(law.n_runs, synthetic_rows().len() - 3, "failed, scratch and NaN rows are excluded");
     assert_eq!(law.budgets, BUDGETS.to_vec());
-    let a = law.laws.iter().find(|l| l.name == "a").unwrap();
-    let b = law.laws.iter().find(|l| l.name == "b").unwrap();
+    let a = law.laws.iter().find(|l| l.name == Form::A).unwrap();
+    let b = law.laws.iter().find(|l| l.name == Form::B).unwrap();
     assert!(b.cv_lobo_rmse.unwrap() < a.cv_lobo_rmse.unwrap() / 2.0, "b {:?} vs a {:?}", b.cv_lobo_rmse, a.cv_lobo_rmse);
     assert!(b.aic < a.aic);
     // Residual scale of the fit is the noise.
@@ -120,14 +121,14 @@ fn fit_recovers_law_b_and_prefers_it_over_a() {
     }
     // The out-of-budget predictions are as good as the noise allows.
     assert!(law.cv_predictions.iter().all(|p| (p.predicted / p.measured).ln().abs() < 0.1));
-    assert_eq!(law.cv_kind, "lobo");
+    assert_eq!(law.cv_kind, harness::law::CvKind::Lobo);
     // Latency model recovered from the exact synthetic latencies.
     let lm = law.latency_model.as_ref().unwrap();
     assert!(lm.r2 > 0.999 && (lm.coef[0] - 2.0).abs() < 1e-6 && (lm.coef[1] - 0.05).abs() < 1e-9 && (lm.coef[2] - 30.0).abs() < 1e-6, "{lm:?}");
     // Law (b) scales depth and width, not the head dim.
     let ex = law.design.exponents.as_ref().unwrap();
     assert!(ex.depth.is_some() && ex.width.is_some());
-    if law.chosen == "b" {
+    if law.chosen == Form::B {
         assert!(ex.head_dim.is_none());
     }
     assert!(law.design.budgets.len() >= 8);
@@ -140,7 +141,7 @@ fn any_metric_column_can_be_fitted() {
     write_table(tmp.path(), &synthetic_rows());
     let law = fit_sweep(&Options { metric: "kid".into(), bootstrap: 10, ..opts(tmp.path()) }).unwrap();
     assert_eq!(law.metric, "kid");
-    assert!((law.laws.iter().find(|l| l.name == "b").unwrap().coef["E"] - 0.003).abs() < 0.0005);
+    assert!((law.laws.iter().find(|l| l.name == Form::B).unwrap().coef["E"] - 0.003).abs() < 0.0005);
     let err = fit_sweep(&Options { metric: "nope".into(), ..opts(tmp.path()) }).unwrap_err().to_string();
     assert!(err.contains("runs.parquet") && err.contains("`nope`"), "{err}");
 }
@@ -193,9 +194,9 @@ fn hand_law(dir: &Path) -> LawFile {
     write_table(dir, &synthetic_rows());
     let mut law = fit_sweep(&Options { bootstrap: 5, ..opts(dir) }).unwrap();
     let coef: BTreeMap<String, f64> = [("E", 0.1), ("A", 1.0), ("alpha", 1.0), ("B", 10.0), ("beta", 1.0), ("C", 5.0), ("h0", 32.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    law.laws.push(LawFit { name: "c".into(), formula: "hand".into(), coef: coef.clone(), intervals: BTreeMap::new(), rss: 0.0, aic: 0.0, cv_lobo_rmse: Some(0.1), cv_kfold_rmse: 0.1, k: 7, n: 10 });
-    law.laws.retain(|l| l.name != "c" || l.formula == "hand");
-    law.chosen = "c".into();
+    law.laws.push(LawFit { name: Form::C, formula: "hand".into(), coef: coef.clone(), intervals: BTreeMap::new(), rss: 0.0, aic: 0.0, cv_lobo_rmse: Some(0.1), cv_kfold_rmse: 0.1, k: 7, n: 10 });
+    law.laws.retain(|l| l.name != Form::C || l.formula == "hand");
+    law.chosen = Form::C;
     law.bootstrap = vec![coef.clone(), coef];
     law.save(&dir.join("law.json")).unwrap();
     law
@@ -260,7 +261,7 @@ fn design_rows_stay_within_the_measured_ranges() {
     // searched freely, every budget's optimum would be depth 1, which no run measured.
     let base = DitConfig::default();
     let coef: BTreeMap<String, f64> = [("E", 0.0), ("A", 50.0), ("alpha", -0.08), ("B", 90.0), ("beta", 0.11)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let law = LawFit { name: "b".into(), formula: "E + A*d^(-alpha) + B*w^(-beta)".into(), coef, intervals: BTreeMap::new(), rss: 0.0, aic: 0.0, cv_lobo_rmse: Some(0.04), cv_kfold_rmse: 0.04, k: 5, n: 11 };
+    let law = LawFit { name: Form::B, formula: "E + A*d^(-alpha) + B*w^(-beta)".into(), coef, intervals: BTreeMap::new(), rss: 0.0, aic: 0.0, cv_lobo_rmse: Some(0.04), cv_kfold_rmse: 0.04, k: 5, n: 11 };
     let dom = design::Domain { params: [73_408, 331_424], depth: [2, 8], width: [24, 88], head_dim: [12, 44] };
     let r = design::Reference::from_ranges(dom.depth, dom.width, dom.head_dim);
     let c = design::Candidates::new(design::feasible(&base));
@@ -355,10 +356,10 @@ fn few_points_skip_the_big_laws() {
     let rows: Vec<_> = synthetic_rows().into_iter().filter(|r| r["seed"] == 0 && r["budget"] != 320_000).take(5).collect();
     write_table(tmp.path(), &rows);
     let law = fit_sweep(&Options { bootstrap: 5, ..opts(tmp.path()) }).unwrap();
-    assert!(law.laws.iter().any(|l| l.name == "a"));
-    let skipped: Vec<&str> = law.skipped.iter().map(|s| s.name.as_str()).collect();
+    assert!(law.laws.iter().any(|l| l.name == Form::A));
+    let skipped: Vec<&str> = law.skipped.iter().map(|s| s.name.name()).collect();
     assert_eq!(skipped, vec!["b", "c"], "5 points: (b) needs 6, (c) 8");
-    assert_eq!(law.chosen, "a");
+    assert_eq!(law.chosen, Form::A);
     assert!(law.design.exponents.is_none() && law.design.formula.contains("not identifiable"));
 }
 

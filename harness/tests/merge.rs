@@ -32,6 +32,8 @@ fn summary(fid: f64) -> Summary {
         train_wall_s: 1.0,
         teacher_fraction: 0.1,
         eval_wall_s: 1.0,
+        curve_eval_wall_s: 0.0,
+        train_flops: 1e9,
         metrics: Some(EvalResult { fid_proxy: fid, class_accuracy: 0.5, ..Default::default() }),
         teacher_hash: Some("teacher-a".into()),
         featnet_hash: "featnet-a".into(),
@@ -129,8 +131,8 @@ fn failed_rows_carry_nulls() {
     assert_eq!(rc, 0, "{err}");
     use polars::prelude::*;
     let df = ParquetReader::new(std::fs::File::open(out.join("runs.parquet")).unwrap()).finish().unwrap();
-    let status = df.column("status").unwrap().str().unwrap().into_iter().collect::<Vec<_>>();
-    let fid = df.column("fid_proxy").unwrap().f64().unwrap().into_iter().collect::<Vec<_>>();
+    let status: Vec<Option<&str>> = df.column("status").unwrap().str().unwrap().iter().collect();
+    let fid: Vec<Option<f64>> = df.column("fid_proxy").unwrap().f64().unwrap().iter().collect();
     assert_eq!(status, vec![Some("ok"), Some("failed")]);
     assert_eq!(fid, vec![Some(40.0), None], "the failed run's FID-proxy is null");
 }

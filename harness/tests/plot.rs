@@ -78,12 +78,25 @@ fn synthetic(dir: &Path) {
             .map(|k| format!("{}\n", json!({"step": 2 * k, "loss": 1.0 / (1.0 + 0.3 * k as f64) + 0.01 * d as f64, "lr": 1e-3})))
             .collect();
         std::fs::write(run.join("metrics.jsonl"), log).unwrap();
+        // The run's learning curve: its metric approaching the final value as it trains.
+        let student = DitConfig { depth: d, hidden_size: w, num_heads: h, patch_size: 4, ..Default::default() };
+        let cfg = distill::run::DistillConfig::new(None, m.parse().unwrap(), student, 10);
+        std::fs::write(run.join("config.yaml"), serde_yaml_ng::to_string(&cfg).unwrap()).unwrap();
+        if ok {
+            let curve: String = [2, 5, 10]
+                .iter()
+                .map(|&k| format!("{}\n", json!({"step": k, "images_seen": 8 * k, "train_flops": 1e6 * (k * d * w) as f64, "fid_proxy": fid(d, w, h, &m, s) * (1.0 + 4.0 / k as f64)})))
+                .collect();
+            std::fs::write(run.join("curve.jsonl"), curve).unwrap();
+        }
     }
     harness::table::rebuild(dir).unwrap();
 }
 
 /// The x-axis label each plot must carry (its SVG holds the text).
-const LABELS: [(&str, &str); 9] = [
+const LABELS: [(&str, &str); 11] = [
+    ("learning_steps", "training step (optimiser updates, log scale)"),
+    ("learning_flops", "training FLOPs"),
     ("fid_vs_params", "parameters (count, log scale)"),
     ("fid_vs_depth", "depth (DiT blocks)"),
     ("fid_vs_width", "width (hidden channels)"),

@@ -124,20 +124,18 @@ fn failed_runs_exit_non_zero_and_other_sweeps_directories_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     fixtures(root);
-    // A teacher whose config is fine but whose weights are corrupt: validation passes, every run fails.
-    let bad_teacher = root.join("bad-teacher");
-    std::fs::create_dir_all(&bad_teacher).unwrap();
-    std::fs::copy(root.join("teacher/dit.json"), bad_teacher.join("dit.json")).unwrap();
-    std::fs::write(bad_teacher.join("ema.safetensors"), b"not weights").unwrap();
+    // A learning rate no run survives: the spec is valid, every run diverges (a deterministic
+    // failure, recorded and never retried).
     let spec = root.join("failing.yaml");
-    let text = spec_text(root).replace(&format!("teacher: {}/teacher", root.display()), &format!("teacher: {}", bad_teacher.display()));
+    let text = spec_text(root).replace("warmup_steps: 1}", "warmup_steps: 1, lr: 1.0e9}");
+    assert!(text.contains("lr: 1.0e9"));
     std::fs::write(&spec, &text).unwrap();
     let out = root.join("failing");
     let (rc, _, err) = ditkd(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(rc, 1, "{err}");
     assert!(err.contains("runs failed"), "{err}");
     // Each failed run is listed with its reason.
-    let listed = err.lines().filter(|l| l.starts_with("failed d")).count();
+    let listed = err.lines().filter(|l| l.starts_with("diverged d") && l.contains("loss is")).count();
     let planned = std::fs::read_dir(out.join("runs")).unwrap().count();
     assert_eq!(listed, planned, "{err}");
     let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
@@ -145,7 +143,7 @@ fn failed_runs_exit_non_zero_and_other_sweeps_directories_are_refused() {
     if let Some(i) = header.iter().position(|h| *h == "fid_proxy") {
         assert!(csv.lines().skip(1).all(|l| l.split(',').nth(i).unwrap_or("").is_empty()), "failed rows carry no metric: {csv}");
     }
-    assert!(csv.lines().skip(1).all(|l| l.contains(",failed,")), "{csv}");
+    assert!(csv.lines().skip(1).all(|l| l.contains(",diverged,")), "{csv}");
 
     // The same directory for a sweep of another name: refused, its spec untouched.
     let before = std::fs::read_to_string(out.join("spec.yaml")).unwrap();

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use dit::{DiT, DitConfig};
 use distill::optim::{AdamW, OptimConfig};
 

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::Device;
 use distill::kd::Mode;
 use distill::run::{run_distill, DistillConfig, Shared, StudentInit};
 

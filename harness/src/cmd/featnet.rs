@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::Result;
-use candle_core::Device;
 use distill::data::{DataConfig, Split};
 use distill::featnet::{FeatNet, FEAT_DIM};
 

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod best;
 pub mod distill;
 pub mod featnet;
+pub mod fid;
 pub mod fit;
 pub mod info;
 pub mod plot;

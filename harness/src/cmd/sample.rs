@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::Result;
-use candle_core::Device;
 use dit::{SamplerConfig, SamplerKind};
 
 /// Most images one grid draws (a 100 x 100 grid).

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use candle_core::{DType, Device};
+use candle_core::DType;
 use dit::DiT;
 use distill::data::Split;
 use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};

@@ -144,11 +144,11 @@ pub fn ranked(law: &LawFit, shapes: &[Shape], keep: impl Fn(&Shape) -> bool, r: 
 }
 
 /// What makes two shapes different in a law's eyes (for listing distinct alternatives).
-pub fn law_key(form: Option<Form>, s: &Shape) -> (usize, usize, usize) {
+pub fn law_key(form: Form, s: &Shape) -> (usize, usize, usize) {
     match form {
-        Some(Form::A) => (s.params, 0, 0),
-        Some(Form::B) => (s.depth, s.width, 0),
-        _ => (s.depth, s.width, s.heads),
+        Form::A => (s.params, 0, 0),
+        Form::B => (s.depth, s.width, 0),
+        Form::C => (s.depth, s.width, s.heads),
     }
 }
 

@@ -186,7 +186,7 @@ pub fn best(law: &LawFile, law_path: &Path, results: &Path, budget: u64, max_lat
         budget,
         metric: law.metric.clone(),
         mode: law.mode.clone(),
-        law: chosen.name.clone(),
+        law: chosen.name.to_string(),
         formula: chosen.formula.clone(),
         best: pick(law, &top, top_pred, lat(&top)),
         alternatives,

@@ -104,6 +104,12 @@ impl Figure for Learning<'_> {
             note += &format!(" Grey band: real training images ({} ± {}), the floor at this sample count.", style::num(m), style::num(sd));
         }
         let area = footnote(root, &note)?;
+        let (head, area) = area.split_vertically(48);
+        let along = match self.along {
+            Along::Steps => "training steps",
+            Along::Flops => "training FLOPs",
+        };
+        head.draw_text(&format!("{}: {metric} as the students learn, against {along}", s.name), &(FAMILY, style::TITLE).into_font().color(&BLACK), (24, 10))?;
         let cells = area.split_evenly((1, self.panels.len()));
         let all = self.panels.iter().flat_map(|(_, ls)| ls.iter().flat_map(|l| l.points.iter().copied()));
         let ys: Vec<f64> = all.clone().map(|p| p.1).chain(teacher).chain(floor.map(|f| (f.0 - f.1).max(f.0 * 0.5))).collect();
