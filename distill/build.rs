@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -20,7 +22,9 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("..");
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("..");
     let mut all = vec![root.join("Cargo.lock"), root.join("Cargo.toml")];
     for krate in ["dit", "distill", "harness"] {
         let k = root.join(krate);
@@ -30,12 +34,23 @@ fn main() {
         println!("cargo:rerun-if-changed={}", k.join("src").display());
         println!("cargo:rerun-if-changed={}", k.join("Cargo.toml").display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
     // Paths relative to the root, in a fixed order, so the hash does not depend on the checkout's location.
     let mut rel: Vec<(String, PathBuf)> = all
         .into_iter()
         .filter(|p| p.is_file())
-        .map(|p| (p.strip_prefix(&root).unwrap_or(&p).to_string_lossy().replace('\\', "/"), p))
+        .map(|p| {
+            (
+                p.strip_prefix(&root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .replace('\\', "/"),
+                p,
+            )
+        })
         .collect();
     rel.sort();
     let mut h = Sha256::new();

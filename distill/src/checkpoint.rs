@@ -23,16 +23,26 @@ pub struct RngState {
 
 impl RngState {
     pub fn capture(rng: &ChaCha8Rng) -> Self {
-        Self { seed_hex: hex::encode(rng.get_seed()), stream: rng.get_stream(), word_pos: rng.get_word_pos().to_string() }
+        Self {
+            seed_hex: hex::encode(rng.get_seed()),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
     }
 
     pub fn restore(&self) -> Result<ChaCha8Rng> {
         use rand::SeedableRng;
         let bytes = hex::decode(&self.seed_hex).context("rng.seed_hex is not hex")?;
-        let seed: [u8; 32] = bytes.try_into().map_err(|_| anyhow::anyhow!("rng.seed_hex must be 32 bytes"))?;
+        let seed: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("rng.seed_hex must be 32 bytes"))?;
         let mut rng = ChaCha8Rng::from_seed(seed);
         rng.set_stream(self.stream);
-        rng.set_word_pos(self.word_pos.parse().context("rng.word_pos is not an integer")?);
+        rng.set_word_pos(
+            self.word_pos
+                .parse()
+                .context("rng.word_pos is not an integer")?,
+        );
         Ok(rng)
     }
 }
@@ -104,21 +114,30 @@ pub fn find(run_dir: &Path) -> Option<PathBuf> {
 
 pub fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
     let p = dir.join("state.json");
-    let s = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read checkpoint state", p.display()))?;
+    let s = std::fs::read_to_string(&p)
+        .with_context(|| format!("{}: cannot read checkpoint state", p.display()))?;
     serde_json::from_str(&s).with_context(|| format!("{}: corrupt checkpoint state", p.display()))
 }
 
 /// Restore model, EMA and optimiser from `dir`.
-pub fn restore(dir: &Path, model: &mut DiT, ema: &mut crate::ema::Ema, opt: &mut crate::optim::AdamW) -> Result<CheckpointMeta> {
+pub fn restore(
+    dir: &Path,
+    model: &mut DiT,
+    ema: &mut crate::ema::Ema,
+    opt: &mut crate::optim::AdamW,
+) -> Result<CheckpointMeta> {
     let meta = read_meta(dir)?;
     model.load_weights(&dir.join("model.safetensors"))?;
     let dev = model.device().clone();
     let load = |name: &str| {
         let p = dir.join(name);
-        candle_core::safetensors::load(&p, &dev).with_context(|| format!("{}: corrupt or missing checkpoint file", p.display()))
+        candle_core::safetensors::load(&p, &dev)
+            .with_context(|| format!("{}: corrupt or missing checkpoint file", p.display()))
     };
-    ema.load(&load("ema.safetensors")?).with_context(|| format!("{}", dir.display()))?;
-    opt.load_state(&load("optim.safetensors")?, meta.step).with_context(|| format!("{}", dir.display()))?;
+    ema.load(&load("ema.safetensors")?)
+        .with_context(|| format!("{}", dir.display()))?;
+    opt.load_state(&load("optim.safetensors")?, meta.step)
+        .with_context(|| format!("{}", dir.display()))?;
     Ok(meta)
 }
 
@@ -130,13 +149,18 @@ pub fn locate_model(path: &Path) -> Result<(PathBuf, PathBuf)> {
         bail!("{}: no such checkpoint file or directory", path.display());
     }
     let config_near = |dir: &Path| -> Option<PathBuf> {
-        [dir.join("dit.json"), dir.join(CHECKPOINT_DIR).join("dit.json"), dir.join("..").join("dit.json")]
-            .into_iter()
-            .find(|p| p.exists())
+        [
+            dir.join("dit.json"),
+            dir.join(CHECKPOINT_DIR).join("dit.json"),
+            dir.join("..").join("dit.json"),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
     };
     if path.is_file() {
         let dir = path.parent().unwrap_or(Path::new("."));
-        let cfg = config_near(dir).with_context(|| format!("{}: no dit.json beside the weights", path.display()))?;
+        let cfg = config_near(dir)
+            .with_context(|| format!("{}: no dit.json beside the weights", path.display()))?;
         return Ok((cfg, path));
     }
     let weights = [
@@ -146,15 +170,24 @@ pub fn locate_model(path: &Path) -> Result<(PathBuf, PathBuf)> {
     ]
     .into_iter()
     .find(|p| p.exists())
-    .with_context(|| format!("{}: no ema.safetensors or model.safetensors in this directory", path.display()))?;
-    let cfg = config_near(&path).with_context(|| format!("{}: no dit.json in this directory", path.display()))?;
+    .with_context(|| {
+        format!(
+            "{}: no ema.safetensors or model.safetensors in this directory",
+            path.display()
+        )
+    })?;
+    let cfg = config_near(&path)
+        .with_context(|| format!("{}: no dit.json in this directory", path.display()))?;
     Ok((cfg, weights))
 }
 
 pub fn read_dit_config(path: &Path) -> Result<DitConfig> {
-    let s = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let cfg: DitConfig = serde_json::from_str(&s).with_context(|| format!("{}: not a DiT config", path.display()))?;
-    cfg.validate().with_context(|| format!("{}", path.display()))?;
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let cfg: DitConfig = serde_json::from_str(&s)
+        .with_context(|| format!("{}: not a DiT config", path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}", path.display()))?;
     Ok(cfg)
 }
 

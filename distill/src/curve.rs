@@ -38,8 +38,14 @@ impl CurveLog {
         let path = dir.join("curve.jsonl");
         let mut rows = Vec::new();
         if let Ok(text) = std::fs::read_to_string(&path) {
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let row: CurveRow = serde_json::from_str(line).with_context(|| format!("{}: line {}: corrupt curve row", path.display(), i + 1))?;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let row: CurveRow = serde_json::from_str(line).with_context(|| {
+                    format!("{}: line {}: corrupt curve row", path.display(), i + 1)
+                })?;
                 if row.step <= upto {
                     rows.push(row);
                 }
@@ -71,6 +77,10 @@ impl CurveLog {
 
     /// Seconds spent evaluating the curve's points before the last.
     pub fn eval_secs_before(&self, last: usize) -> f64 {
-        self.rows.iter().filter(|r| r.step < last).map(|r| r.eval_wall_s).sum()
+        self.rows
+            .iter()
+            .filter(|r| r.step < last)
+            .map(|r| r.eval_wall_s)
+            .sum()
     }
 }

@@ -20,7 +20,15 @@ pub struct Dataset {
 
 impl std::fmt::Debug for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Dataset({} x {}x{}x{}, {} classes)", self.len(), self.channels, self.height, self.width, self.num_classes)
+        write!(
+            f,
+            "Dataset({} x {}x{}x{}, {} classes)",
+            self.len(),
+            self.channels,
+            self.height,
+            self.width,
+            self.num_classes
+        )
     }
 }
 
@@ -73,7 +81,8 @@ pub enum Split {
 
 /// Read a whole file, transparently gunzipping it (gzip magic 1f 8b).
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("{}: cannot read data file", path.display()))?;
+    let raw = std::fs::read(path)
+        .with_context(|| format!("{}: cannot read data file", path.display()))?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
@@ -92,16 +101,31 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 /// IDX3 (images, magic 0x00000803): returns (count, rows, cols, pixels).
 pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     if bytes.len() < 16 {
-        bail!("{}: truncated IDX header ({} bytes)", path.display(), bytes.len());
+        bail!(
+            "{}: truncated IDX header ({} bytes)",
+            path.display(),
+            bytes.len()
+        );
     }
     let magic = be_u32(bytes, 0);
     if magic != 0x0803 {
-        bail!("{}: bad IDX magic number {magic:#010x} (images need 0x00000803)", path.display());
+        bail!(
+            "{}: bad IDX magic number {magic:#010x} (images need 0x00000803)",
+            path.display()
+        );
     }
-    let (n, r, c) = (be_u32(bytes, 4) as usize, be_u32(bytes, 8) as usize, be_u32(bytes, 12) as usize);
+    let (n, r, c) = (
+        be_u32(bytes, 4) as usize,
+        be_u32(bytes, 8) as usize,
+        be_u32(bytes, 12) as usize,
+    );
     let need = 16 + n * r * c;
     if bytes.len() < need {
-        bail!("{}: truncated IDX image file: {} bytes, header promises {need}", path.display(), bytes.len());
+        bail!(
+            "{}: truncated IDX image file: {} bytes, header promises {need}",
+            path.display(),
+            bytes.len()
+        );
     }
     Ok((n, r, c, bytes[16..need].to_vec()))
 }
@@ -109,15 +133,27 @@ pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, usiz
 /// IDX1 (labels, magic 0x00000801).
 pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     if bytes.len() < 8 {
-        bail!("{}: truncated IDX header ({} bytes)", path.display(), bytes.len());
+        bail!(
+            "{}: truncated IDX header ({} bytes)",
+            path.display(),
+            bytes.len()
+        );
     }
     let magic = be_u32(bytes, 0);
     if magic != 0x0801 {
-        bail!("{}: bad IDX magic number {magic:#010x} (labels need 0x00000801)", path.display());
+        bail!(
+            "{}: bad IDX magic number {magic:#010x} (labels need 0x00000801)",
+            path.display()
+        );
     }
     let n = be_u32(bytes, 4) as usize;
     if bytes.len() < 8 + n {
-        bail!("{}: truncated IDX label file: {} bytes, header promises {}", path.display(), bytes.len(), 8 + n);
+        bail!(
+            "{}: truncated IDX label file: {} bytes, header promises {}",
+            path.display(),
+            bytes.len(),
+            8 + n
+        );
     }
     Ok(bytes[8..8 + n].to_vec())
 }
@@ -126,7 +162,9 @@ pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
 pub fn verify_checksum(file: &Path) -> Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     let sums = dir.join("SHA256SUMS");
-    let Ok(text) = std::fs::read_to_string(&sums) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(&sums) else {
+        return Ok(());
+    };
     let name = file.file_name().unwrap().to_string_lossy();
     let Some(expected) = text.lines().find_map(|l| {
         let (h, f) = l.split_once(char::is_whitespace)?;
@@ -134,10 +172,14 @@ pub fn verify_checksum(file: &Path) -> Result<()> {
     }) else {
         return Ok(());
     };
-    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read data file", file.display()))?;
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("{}: cannot read data file", file.display()))?;
     let got = hex::encode(Sha256::digest(&bytes));
     if got != expected {
-        bail!("{}: checksum mismatch (sha256 {got}, SHA256SUMS says {expected})", file.display());
+        bail!(
+            "{}: checksum mismatch (sha256 {got}, SHA256SUMS says {expected})",
+            file.display()
+        );
     }
     Ok(())
 }
@@ -149,7 +191,10 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("{}: missing data file `{stem}` (or `{stem}.gz`)", dir.display())
+    bail!(
+        "{}: missing data file `{stem}` (or `{stem}.gz`)",
+        dir.display()
+    )
 }
 
 /// An IDX dataset directory in the MNIST layout (`train-images-idx3-ubyte[.gz]`, ...).
@@ -166,10 +211,18 @@ pub fn load_idx_dir(dir: &Path, split: Split, num_classes: usize) -> Result<Data
     let (n, r, c, px) = parse_idx_images(&read_maybe_gz(&img_path)?, &img_path)?;
     let labels = parse_idx_labels(&read_maybe_gz(&lbl_path)?, &lbl_path)?;
     if labels.len() != n {
-        bail!("{}: {} labels for {n} images in {}", lbl_path.display(), labels.len(), img_path.display());
+        bail!(
+            "{}: {} labels for {n} images in {}",
+            lbl_path.display(),
+            labels.len(),
+            img_path.display()
+        );
     }
     if let Some(bad) = labels.iter().find(|&&l| l as usize >= num_classes) {
-        bail!("{}: label {bad} out of range 0..{num_classes}", lbl_path.display());
+        bail!(
+            "{}: label {bad} out of range 0..{num_classes}",
+            lbl_path.display()
+        );
     }
     Ok(Dataset {
         images: px.iter().map(|&p| p as f32 / 127.5 - 1.0).collect(),
@@ -198,7 +251,11 @@ pub fn load_cifar10_dir(dir: &Path, split: Split) -> Result<Dataset> {
         verify_checksum(&p)?;
         let bytes = read_maybe_gz(&p)?;
         if bytes.is_empty() || bytes.len() % 3073 != 0 {
-            bail!("{}: truncated CIFAR-10 batch ({} bytes is not a multiple of 3073)", p.display(), bytes.len());
+            bail!(
+                "{}: truncated CIFAR-10 batch ({} bytes is not a multiple of 3073)",
+                p.display(),
+                bytes.len()
+            );
         }
         for rec in bytes.chunks_exact(3073) {
             if rec[0] >= 10 {
@@ -208,7 +265,14 @@ pub fn load_cifar10_dir(dir: &Path, split: Split) -> Result<Dataset> {
             images.extend(rec[1..].iter().map(|&v| v as f32 / 127.5 - 1.0));
         }
     }
-    Ok(Dataset { images, labels, channels: 3, height: 32, width: 32, num_classes: 10 })
+    Ok(Dataset {
+        images,
+        labels,
+        channels: 3,
+        height: 32,
+        width: 32,
+        num_classes: 10,
+    })
 }
 
 /// Names a dataset in configs.
@@ -232,7 +296,10 @@ fn d_dir() -> PathBuf {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { name: d_name(), dir: d_dir() }
+        Self {
+            name: d_name(),
+            dir: d_dir(),
+        }
     }
 }
 
@@ -240,8 +307,14 @@ impl DataConfig {
     /// The dataset is known and its directory exists (cheap: run before any training starts;
     /// `load` then verifies every file's checksum).
     pub fn check(&self) -> Result<()> {
-        if !matches!(self.name.as_str(), "fashion-mnist" | "mnist" | "kmnist" | "cifar10") {
-            bail!("name: unknown dataset `{}` (fashion-mnist, mnist, kmnist, cifar10)", self.name.chars().take(40).collect::<String>());
+        if !matches!(
+            self.name.as_str(),
+            "fashion-mnist" | "mnist" | "kmnist" | "cifar10"
+        ) {
+            bail!(
+                "name: unknown dataset `{}` (fashion-mnist, mnist, kmnist, cifar10)",
+                self.name.chars().take(40).collect::<String>()
+            );
         }
         let dir = crate::paths::resolve(&self.dir);
         if !dir.is_dir() {
@@ -255,14 +328,26 @@ impl DataConfig {
         match self.name.as_str() {
             "fashion-mnist" | "mnist" | "kmnist" => load_idx_dir(&dir, split, 10),
             "cifar10" => load_cifar10_dir(&dir, split),
-            other => bail!("data.name: unknown dataset `{other}` (fashion-mnist, mnist, kmnist, cifar10)"),
+            other => bail!(
+                "data.name: unknown dataset `{other}` (fashion-mnist, mnist, kmnist, cifar10)"
+            ),
         }
     }
 }
 
 /// Fashion-MNIST class names, index = label.
-pub const FASHION_CLASSES: [&str; 10] =
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const FASHION_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
 #[cfg(test)]
 mod tests {
@@ -287,8 +372,14 @@ mod tests {
         assert!(e.contains("truncated") && e.contains("x.idx"), "{e}");
         let mut bad = b.clone();
         bad[3] = 1;
-        assert!(parse_idx_images(&bad, p).unwrap_err().to_string().contains("magic"));
-        assert!(parse_idx_labels(&b, p).unwrap_err().to_string().contains("magic"));
+        assert!(parse_idx_images(&bad, p)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+        assert!(parse_idx_labels(&b, p)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
     }
 
     #[test]
@@ -298,19 +389,37 @@ mod tests {
         let img = idx_images(1, 2, 2, &[0, 255, 0, 255]);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&img).unwrap();
-        std::fs::write(dir.path().join("train-images-idx3-ubyte.gz"), gz.finish().unwrap()).unwrap();
-        std::fs::write(dir.path().join("train-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 1, 7]).unwrap();
+        std::fs::write(
+            dir.path().join("train-images-idx3-ubyte.gz"),
+            gz.finish().unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("train-labels-idx1-ubyte"),
+            [0, 0, 8, 1, 0, 0, 0, 1, 7],
+        )
+        .unwrap();
         let ds = load_idx_dir(dir.path(), Split::Train, 10).unwrap();
         assert_eq!(ds.images, vec![-1.0, 1.0, -1.0, 1.0]);
         assert_eq!(ds.labels, vec![7]);
         // Missing split.
-        let e = load_idx_dir(dir.path(), Split::Test, 10).unwrap_err().to_string();
+        let e = load_idx_dir(dir.path(), Split::Test, 10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing") && e.contains("t10k-images"), "{e}");
         // Checksum mismatch.
-        std::fs::write(dir.path().join("SHA256SUMS"), format!("{}  train-labels-idx1-ubyte\n", "0".repeat(64)))
-            .unwrap();
-        let e = load_idx_dir(dir.path(), Split::Train, 10).unwrap_err().to_string();
-        assert!(e.contains("checksum mismatch") && e.contains("train-labels"), "{e}");
+        std::fs::write(
+            dir.path().join("SHA256SUMS"),
+            format!("{}  train-labels-idx1-ubyte\n", "0".repeat(64)),
+        )
+        .unwrap();
+        let e = load_idx_dir(dir.path(), Split::Train, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("checksum mismatch") && e.contains("train-labels"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -323,6 +432,9 @@ mod tests {
         assert_eq!((ds.len(), ds.channels, ds.height), (1, 3, 32));
         assert_eq!(ds.labels[0], 3);
         std::fs::write(dir.path().join("test_batch.bin"), &rec[..100]).unwrap();
-        assert!(load_cifar10_dir(dir.path(), Split::Test).unwrap_err().to_string().contains("truncated"));
+        assert!(load_cifar10_dir(dir.path(), Split::Test)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 }

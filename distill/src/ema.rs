@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use candle_core::{Result, Tensor, Var};
 
-
 /// EMA of named variables with the warm-up decay `min(target, (1 + n) / (10 + n))`, so early
 /// averages are not dominated by the random initialisation.
 pub struct Ema {
@@ -18,8 +17,16 @@ impl Ema {
     /// Start from a copy of the current weights.
     pub fn new(vars: &[(String, Var)], target_decay: f64, warmup: bool) -> Result<Self> {
         let names = vars.iter().map(|(n, _)| n.clone()).collect();
-        let values = vars.iter().map(|(_, v)| Var::from_tensor(&v.as_tensor().copy()?)).collect::<Result<_>>()?;
-        Ok(Self { target_decay, warmup, names, values })
+        let values = vars
+            .iter()
+            .map(|(_, v)| Var::from_tensor(&v.as_tensor().copy()?))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            target_decay,
+            warmup,
+            names,
+            values,
+        })
     }
 
     /// Decay used at update number `n` (0-based).
@@ -41,14 +48,24 @@ impl Ema {
     }
 
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.names.iter().cloned().zip(self.values.iter().map(|v| v.as_tensor().detach())).collect()
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.values.iter().map(|v| v.as_tensor().detach()))
+            .collect()
     }
 
     pub fn load(&mut self, t: &HashMap<String, Tensor>) -> anyhow::Result<()> {
         for (name, slot) in self.names.iter().zip(self.values.iter_mut()) {
-            let s = t.get(name).ok_or_else(|| anyhow::anyhow!("EMA state: tensor `{name}` is missing"))?;
+            let s = t
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("EMA state: tensor `{name}` is missing"))?;
             if s.dims() != slot.dims() {
-                anyhow::bail!("EMA state: `{name}` has shape {:?}, expected {:?}", s.dims(), slot.dims());
+                anyhow::bail!(
+                    "EMA state: `{name}` has shape {:?}, expected {:?}",
+                    s.dims(),
+                    slot.dims()
+                );
             }
             slot.set(&s.to_device(slot.device())?.to_dtype(slot.dtype())?)?;
         }

@@ -46,7 +46,11 @@ fn d_samples() -> usize {
     1000
 }
 fn d_sampler() -> SamplerConfig {
-    SamplerConfig { steps: 25, cfg_scale: 2.0, ..Default::default() }
+    SamplerConfig {
+        steps: 25,
+        cfg_scale: 2.0,
+        ..Default::default()
+    }
 }
 fn d_true() -> bool {
     true
@@ -54,7 +58,14 @@ fn d_true() -> bool {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { samples: d_samples(), sampler: d_sampler(), seed: 0, speed: true, at_steps: Vec::new(), curve_points: 0 }
+        Self {
+            samples: d_samples(),
+            sampler: d_sampler(),
+            seed: 0,
+            speed: true,
+            at_steps: Vec::new(),
+            curve_points: 0,
+        }
     }
 }
 
@@ -70,7 +81,9 @@ impl EvalConfig {
         if !(MIN_SAMPLES..=MAX_SAMPLES).contains(&self.samples) {
             anyhow::bail!("samples: must lie in {MIN_SAMPLES}..={MAX_SAMPLES} (got {}; PRDC needs more than k = {} images)", self.samples, metrics::PRDC_K);
         }
-        self.sampler.validate(NoiseSchedule::dit_default().num_steps()).map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
+        self.sampler
+            .validate(NoiseSchedule::dit_default().num_steps())
+            .map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
         if self.at_steps.contains(&0) {
             anyhow::bail!("at_steps: steps must be >= 1");
         }
@@ -82,7 +95,12 @@ impl EvalConfig {
 
     /// The steps a run of `total` steps is evaluated at, ascending, ending with `total`.
     pub fn curve_steps(&self, total: usize) -> Vec<usize> {
-        let mut v: Vec<usize> = self.at_steps.iter().copied().filter(|&s| s <= total).collect();
+        let mut v: Vec<usize> = self
+            .at_steps
+            .iter()
+            .copied()
+            .filter(|&s| s <= total)
+            .collect();
         for k in 1..self.curve_points {
             let s = total >> k;
             if s >= 1 {
@@ -132,13 +150,24 @@ pub struct EvalResult {
 pub fn eval_inputs(model: &DiT, n: usize, seed: u64) -> Result<(Tensor, Vec<u32>)> {
     let c = &model.cfg;
     let mut rng = dit::rng::seeded(seed ^ 0xE7A1);
-    let noise = dit::rng::randn(&mut rng, &[n, c.in_channels, c.input_size, c.input_size], model.device())?;
+    let noise = dit::rng::randn(
+        &mut rng,
+        &[n, c.in_channels, c.input_size, c.input_size],
+        model.device(),
+    )?;
     let labels = (0..n).map(|i| (i % c.num_classes) as u32).collect();
     Ok((noise, labels))
 }
 
 /// Generate images for `noise`/`labels` in batches.
-pub fn generate(model: &DiT, mode: Mode, noise: &Tensor, labels: &[u32], sampler: &SamplerConfig, seed: u64) -> Result<Tensor> {
+pub fn generate(
+    model: &DiT,
+    mode: Mode,
+    noise: &Tensor,
+    labels: &[u32],
+    sampler: &SamplerConfig,
+    seed: u64,
+) -> Result<Tensor> {
     let mut rng = dit::rng::seeded(seed ^ 0x5A3);
     let schedule = NoiseSchedule::dit_default();
     let mut out = Vec::new();
@@ -149,7 +178,9 @@ pub fn generate(model: &DiT, mode: Mode, noise: &Tensor, labels: &[u32], sampler
         let y = &labels[start..start + b];
         out.push(match mode.generation() {
             Generation::OneForward => onestep_generate(model, &z, y)?.clamp(-1f32, 1f32)?.detach(),
-            Generation::Sampler => dit::sampler::sample(model, &schedule, &z, y, sampler, &mut rng)?,
+            Generation::Sampler => {
+                dit::sampler::sample(model, &schedule, &z, y, sampler, &mut rng)?
+            }
         });
     }
     Ok(Tensor::cat(&out, 0)?)
@@ -159,7 +190,14 @@ pub fn generate(model: &DiT, mode: Mode, noise: &Tensor, labels: &[u32], sampler
 pub fn forwards_per_image(mode: Mode, sampler: &SamplerConfig) -> usize {
     match mode.generation() {
         Generation::OneForward => 1,
-        Generation::Sampler => sampler.steps * if (sampler.cfg_scale - 1.0).abs() > 1e-12 { 2 } else { 1 },
+        Generation::Sampler => {
+            sampler.steps
+                * if (sampler.cfg_scale - 1.0).abs() > 1e-12 {
+                    2
+                } else {
+                    1
+                }
+        }
     }
 }
 
@@ -189,8 +227,17 @@ pub struct Timing {
 
 /// Time generating a batch of each size in `batches`, `repeats` times each (rounds alternate
 /// between the sizes, so a disturbance hits all of them alike).
-pub fn time_generation(model: &DiT, mode: Mode, sampler: &SamplerConfig, batches: &[usize], repeats: usize) -> Result<Vec<Timing>> {
-    let inputs = batches.iter().map(|&b| eval_inputs(model, b, 90 + b as u64)).collect::<Result<Vec<_>>>()?;
+pub fn time_generation(
+    model: &DiT,
+    mode: Mode,
+    sampler: &SamplerConfig,
+    batches: &[usize],
+    repeats: usize,
+) -> Result<Vec<Timing>> {
+    let inputs = batches
+        .iter()
+        .map(|&b| eval_inputs(model, b, 90 + b as u64))
+        .collect::<Result<Vec<_>>>()?;
     let mut ms: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
     for round in 0..=repeats {
         for (i, (z, y)) in inputs.iter().enumerate() {
@@ -204,7 +251,12 @@ pub fn time_generation(model: &DiT, mode: Mode, sampler: &SamplerConfig, batches
     Ok(batches
         .iter()
         .zip(ms)
-        .map(|(&batch, v)| Timing { batch, repeats, min_ms: v.iter().copied().fold(f64::INFINITY, f64::min), median_ms: median(v) })
+        .map(|(&batch, v)| Timing {
+            batch,
+            repeats,
+            min_ms: v.iter().copied().fold(f64::INFINITY, f64::min),
+            median_ms: median(v),
+        })
         .collect())
 }
 
@@ -222,7 +274,9 @@ pub fn real_subset(feats: &[f32], dim: usize, n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EA1_5B5E);
     let mut idx = rand::seq::index::sample(&mut rng, total, n).into_vec();
     idx.sort_unstable();
-    idx.iter().flat_map(|&i| feats[i * dim..(i + 1) * dim].iter().copied()).collect()
+    idx.iter()
+        .flat_map(|&i| feats[i * dim..(i + 1) * dim].iter().copied())
+        .collect()
 }
 
 /// FID∞: FIDs of the first 40, 60, 80 and 100 % of the generated rows (labels cycle, so each
@@ -230,16 +284,25 @@ pub fn real_subset(feats: &[f32], dim: usize, n: usize, seed: u64) -> Vec<f32> {
 /// set is too small for four distinct sizes.
 pub fn fid_infinity(real: &[f32], fake: &[f32], dim: usize) -> Result<Option<f64>> {
     let m = fake.len() / dim;
-    let sizes: Vec<usize> = [0.4, 0.6, 0.8, 1.0].iter().map(|f| ((m as f64 * f).round() as usize).max(2)).collect();
+    let sizes: Vec<usize> = [0.4, 0.6, 0.8, 1.0]
+        .iter()
+        .map(|f| ((m as f64 * f).round() as usize).max(2))
+        .collect();
     if sizes.windows(2).any(|w| w[0] >= w[1]) {
         return Ok(None);
     }
     let mut pts = Vec::new();
     for &n in &sizes {
-        pts.push((1.0 / n as f64, metrics::frechet_distance(real, &fake[..n * dim], dim)?));
+        pts.push((
+            1.0 / n as f64,
+            metrics::frechet_distance(real, &fake[..n * dim], dim)?,
+        ));
     }
     let k = pts.len() as f64;
-    let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / k, pts.iter().map(|p| p.1).sum::<f64>() / k);
+    let (mx, my) = (
+        pts.iter().map(|p| p.0).sum::<f64>() / k,
+        pts.iter().map(|p| p.1).sum::<f64>() / k,
+    );
     let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
     let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let slope = sxy / sxx;
@@ -252,7 +315,10 @@ pub fn check_finite_weights(model: &DiT) -> Result<()> {
     let mut named: Vec<_> = model.named_tensors().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, t) in named {
-        let v: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let v: Vec<f32> = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
         if let Some(x) = v.iter().find(|x| !x.is_finite()) {
             anyhow::bail!("weight `{name}` holds a non-finite value ({x}): nothing is scored");
         }
@@ -289,7 +355,14 @@ pub fn evaluate(
 /// on the set sizes: 10,000 real against 500 generated caps coverage near 0.2 even for real
 /// images); class accuracy by the feature net; fidelity to the teacher's samples of the same
 /// noise when given. Speed fields are left empty.
-pub fn score(x: &Tensor, labels: &[u32], seed: u64, net: &FeatNet, test_feats: &[f32], teacher_samples: Option<&Tensor>) -> Result<EvalResult> {
+pub fn score(
+    x: &Tensor,
+    labels: &[u32],
+    seed: u64,
+    net: &FeatNet,
+    test_feats: &[f32],
+    teacher_samples: Option<&Tensor>,
+) -> Result<EvalResult> {
     let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
     if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
         anyhow::bail!(
@@ -305,7 +378,8 @@ pub fn score(x: &Tensor, labels: &[u32], seed: u64, net: &FeatNet, test_feats: &
     let kid = metrics::kid(&real, &feats, FEAT_DIM, None, 10, seed)?;
     let prdc = metrics::prdc(&real, &feats, FEAT_DIM, metrics::PRDC_K)?;
     let pred = net.predict(&flat, 500)?;
-    let class_accuracy = pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len().max(1) as f64;
+    let class_accuracy =
+        pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len().max(1) as f64;
     let (mut fidelity_mse, mut fidelity_fd) = (None, None);
     if let Some(ts) = teacher_samples {
         fidelity_mse = Some((x - ts)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64);

@@ -46,15 +46,50 @@ pub struct FeatNetMeta {
 }
 
 impl FeatNet {
-    pub fn new(channels: usize, size: usize, num_classes: usize, seed: u64, device: &Device) -> Result<Self> {
+    pub fn new(
+        channels: usize,
+        size: usize,
+        num_classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let mut p = Params::new(seed, DType::F32, device);
         let xavier = |fan_in, fan_out| Init::XavierUniform { fan_in, fan_out };
         let flat = 64 * (size / 4) * (size / 4);
-        let conv = |c: Tensor, b: Tensor| Conv2d::new(c, Some(b), Conv2dConfig { padding: 1, ..Default::default() });
-        let conv1 = conv(p.get("conv1.weight", &[32, channels, 3, 3], xavier(channels * 9, 32 * 9))?, p.get("conv1.bias", &[32], Init::Zeros)?);
-        let conv2 = conv(p.get("conv2.weight", &[64, 32, 3, 3], xavier(32 * 9, 64 * 9))?, p.get("conv2.bias", &[64], Init::Zeros)?);
-        let fc1 = Linear::new(p.get("fc1.weight", &[FEAT_DIM, flat], xavier(flat, FEAT_DIM))?, Some(p.get("fc1.bias", &[FEAT_DIM], Init::Zeros)?));
-        let fc2 = Linear::new(p.get("fc2.weight", &[num_classes, FEAT_DIM], xavier(FEAT_DIM, num_classes))?, Some(p.get("fc2.bias", &[num_classes], Init::Zeros)?));
+        let conv = |c: Tensor, b: Tensor| {
+            Conv2d::new(
+                c,
+                Some(b),
+                Conv2dConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+            )
+        };
+        let conv1 = conv(
+            p.get(
+                "conv1.weight",
+                &[32, channels, 3, 3],
+                xavier(channels * 9, 32 * 9),
+            )?,
+            p.get("conv1.bias", &[32], Init::Zeros)?,
+        );
+        let conv2 = conv(
+            p.get("conv2.weight", &[64, 32, 3, 3], xavier(32 * 9, 64 * 9))?,
+            p.get("conv2.bias", &[64], Init::Zeros)?,
+        );
+        let fc1 = Linear::new(
+            p.get("fc1.weight", &[FEAT_DIM, flat], xavier(flat, FEAT_DIM))?,
+            Some(p.get("fc1.bias", &[FEAT_DIM], Init::Zeros)?),
+        );
+        let fc2 = Linear::new(
+            p.get(
+                "fc2.weight",
+                &[num_classes, FEAT_DIM],
+                xavier(FEAT_DIM, num_classes),
+            )?,
+            Some(p.get("fc2.bias", &[num_classes], Init::Zeros)?),
+        );
         let meta = FeatNetMeta {
             channels,
             size,
@@ -66,7 +101,15 @@ impl FeatNet {
             fid_proxy_floor: None,
             wall_time_s: 0.0,
         };
-        Ok(Self { conv1, conv2, fc1, fc2, varmap: p.varmap, meta, device: device.clone() })
+        Ok(Self {
+            conv1,
+            conv2,
+            fc1,
+            fc2,
+            varmap: p.varmap,
+            meta,
+            device: device.clone(),
+        })
     }
 
     /// `[N, C, H, W]` in [-1, 1] -> `[N, 128]` features.
@@ -87,15 +130,27 @@ impl FeatNet {
         let mut out = Vec::with_capacity(n * FEAT_DIM);
         for start in (0..n).step_by(batch.max(1)) {
             let b = batch.min(n - start);
-            let x = Tensor::from_slice(&images[start * per..(start + b) * per], (b, self.meta.channels, self.meta.size, self.meta.size), &self.device)?;
-            out.extend(self.features(&x)?.detach().flatten_all()?.to_vec1::<f32>()?);
+            let x = Tensor::from_slice(
+                &images[start * per..(start + b) * per],
+                (b, self.meta.channels, self.meta.size, self.meta.size),
+                &self.device,
+            )?;
+            out.extend(
+                self.features(&x)?
+                    .detach()
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
         }
         Ok(out)
     }
 
     /// Features of a tensor of images `[N, C, H, W]`.
     pub fn features_of_tensor(&self, x: &Tensor) -> Result<Vec<f32>> {
-        self.features_of(&x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, 250)
+        self.features_of(
+            &x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            250,
+        )
     }
 
     /// Predicted class of each image.
@@ -105,7 +160,11 @@ impl FeatNet {
         let mut out = Vec::with_capacity(n);
         for start in (0..n).step_by(batch.max(1)) {
             let b = batch.min(n - start);
-            let x = Tensor::from_slice(&images[start * per..(start + b) * per], (b, self.meta.channels, self.meta.size, self.meta.size), &self.device)?;
+            let x = Tensor::from_slice(
+                &images[start * per..(start + b) * per],
+                (b, self.meta.channels, self.meta.size, self.meta.size),
+                &self.device,
+            )?;
             out.extend(self.logits(&x)?.detach().argmax(1)?.to_vec1::<u32>()?);
         }
         Ok(out)
@@ -114,15 +173,38 @@ impl FeatNet {
     /// Fraction of `data` classified correctly.
     pub fn accuracy(&self, data: &Dataset) -> Result<f64> {
         let pred = self.predict(&data.images, 500)?;
-        let ok = pred.iter().zip(&data.labels).filter(|(p, l)| **p == **l as u32).count();
+        let ok = pred
+            .iter()
+            .zip(&data.labels)
+            .filter(|(p, l)| **p == **l as u32)
+            .count();
         Ok(ok as f64 / data.len() as f64)
     }
 
     /// Train with AdamW (lr 1e-3, cosine), batch 128, seeded order.
-    pub fn train(&mut self, train: &Dataset, epochs: usize, seed: u64, progress: bool) -> Result<()> {
-        let mut vars: Vec<(String, Var)> = self.varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    pub fn train(
+        &mut self,
+        train: &Dataset,
+        epochs: usize,
+        seed: u64,
+        progress: bool,
+    ) -> Result<()> {
+        let mut vars: Vec<(String, Var)> = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let cfg = OptimConfig { lr: 1e-3, warmup_steps: 100, min_lr_ratio: 0.05, grad_clip: 0.0, ..Default::default() };
+        let cfg = OptimConfig {
+            lr: 1e-3,
+            warmup_steps: 100,
+            min_lr_ratio: 0.05,
+            grad_clip: 0.0,
+            ..Default::default()
+        };
         let mut opt = AdamW::new(vars, cfg.clone())?;
         let batch = 128;
         let steps = epochs * train.len() / batch;
@@ -131,7 +213,11 @@ impl FeatNet {
         for step in 0..steps {
             let idx = order.batch(step, batch);
             let (x, y) = train.gather(&idx);
-            let x = Tensor::from_vec(x, (batch, train.channels, train.height, train.width), &self.device)?;
+            let x = Tensor::from_vec(
+                x,
+                (batch, train.channels, train.height, train.width),
+                &self.device,
+            )?;
             let y = Tensor::from_vec(y, batch, &self.device)?;
             let loss = candle_nn::loss::cross_entropy(&self.logits(&x)?, &y)?;
             let grads = loss.backward()?;
@@ -149,7 +235,14 @@ impl FeatNet {
 
     /// Save `featnet.safetensors` + `featnet.json` into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let map = self.varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let map = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
         dit::io::save_safetensors_atomic(&map, &dir.join("featnet.safetensors"))?;
         dit::io::write_json_atomic(&dir.join("featnet.json"), &self.meta)
     }
@@ -158,15 +251,22 @@ impl FeatNet {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let dir = crate::paths::resolve(dir);
         let meta_path = dir.join("featnet.json");
-        let meta: FeatNetMeta = serde_json::from_str(
-            &std::fs::read_to_string(&meta_path).with_context(|| format!("{}: missing feature net (run `ditkd featnet`)", meta_path.display()))?,
-        )
-        .with_context(|| format!("{}: corrupt", meta_path.display()))?;
+        let meta: FeatNetMeta =
+            serde_json::from_str(&std::fs::read_to_string(&meta_path).with_context(|| {
+                format!(
+                    "{}: missing feature net (run `ditkd featnet`)",
+                    meta_path.display()
+                )
+            })?)
+            .with_context(|| format!("{}: corrupt", meta_path.display()))?;
         let mut net = Self::new(meta.channels, meta.size, meta.num_classes, 0, device)?;
         let w = dir.join("featnet.safetensors");
-        let t = candle_core::safetensors::load(&w, device).with_context(|| format!("{}: corrupt or missing weights", w.display()))?;
+        let t = candle_core::safetensors::load(&w, device)
+            .with_context(|| format!("{}: corrupt or missing weights", w.display()))?;
         for (name, var) in net.varmap.data().lock().unwrap().iter() {
-            let v = t.get(name).with_context(|| format!("{}: tensor `{name}` missing", w.display()))?;
+            let v = t
+                .get(name)
+                .with_context(|| format!("{}: tensor `{name}` missing", w.display()))?;
             var.set(v)?;
         }
         net.meta = meta;
@@ -175,7 +275,11 @@ impl FeatNet {
 
     /// SHA-256 (first 16 hex digits) of the weights file: identifies the feature space.
     pub fn hash(dir: &Path) -> Result<String> {
-        Ok(crate::checkpoint::file_hash(&crate::paths::resolve(dir).join("featnet.safetensors"))?[..16].to_string())
+        Ok(
+            crate::checkpoint::file_hash(&crate::paths::resolve(dir).join("featnet.safetensors"))?
+                [..16]
+                .to_string(),
+        )
     }
 }
 
@@ -183,4 +287,3 @@ impl FeatNet {
 pub fn default_dir() -> PathBuf {
     PathBuf::from("results/featnet")
 }
-

@@ -9,7 +9,10 @@ use candle_core::Tensor;
 /// `scale`, 2-pixel gutters. One channel is grey, three are RGB.
 pub fn save_grid(images: &Tensor, cols: usize, scale: usize, path: &Path) -> Result<()> {
     let (n, c, h, w) = images.dims4()?;
-    let data: Vec<f32> = images.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    let data: Vec<f32> = images
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
     let rows = n.div_ceil(cols);
     let pad = 2;
     let (cw, ch) = (w * scale + pad, h * scale + pad);
@@ -23,7 +26,11 @@ pub fn save_grid(images: &Tensor, cols: usize, scale: usize, path: &Path) -> Res
                     let v = data[((k * c + ch) * h + y / scale) * w + x / scale];
                     ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
                 };
-                let rgb = if c >= 3 { [px(0), px(1), px(2)] } else { [px(0); 3] };
+                let rgb = if c >= 3 {
+                    [px(0), px(1), px(2)]
+                } else {
+                    [px(0); 3]
+                };
                 img.put_pixel((gx + x) as u32, (gy + y) as u32, image::Rgb(rgb));
             }
         }

@@ -96,7 +96,11 @@ fn d_data() -> f64 {
 
 impl Default for KdWeights {
     fn default() -> Self {
-        Self { kd: d_kd(), data: d_data(), feat: 0.0 }
+        Self {
+            kd: d_kd(),
+            data: d_data(),
+            feat: 0.0,
+        }
     }
 }
 
@@ -118,7 +122,9 @@ impl KdWeights {
 /// Teacher block matched by student block `i` when depths differ: blocks are spread uniformly
 /// and the last student block always meets the last teacher block (`ceil((i+1) * Dt / Ds) - 1`).
 pub fn block_map(student_depth: usize, teacher_depth: usize) -> Vec<usize> {
-    (0..student_depth).map(|i| ((i + 1) * teacher_depth).div_ceil(student_depth) - 1).collect()
+    (0..student_depth)
+        .map(|i| ((i + 1) * teacher_depth).div_ceil(student_depth) - 1)
+        .collect()
 }
 
 fn mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
@@ -159,13 +165,27 @@ const CACHE_CHUNK: usize = 50;
 
 impl TeacherCache {
     /// The cache of `teacher_hash` for runs with this seed, batch size and label-dropout rate.
-    pub fn new(cache_dir: &Path, teacher_hash: &str, seed: u64, batch: usize, label_dropout: f64) -> Self {
-        let dir = cache_dir.join(format!("kd-{teacher_hash}-s{seed}-b{batch}-p{label_dropout}"));
-        Self { dir, chunk_index: usize::MAX, chunk: Vec::new(), loaded: None }
+    pub fn new(
+        cache_dir: &Path,
+        teacher_hash: &str,
+        seed: u64,
+        batch: usize,
+        label_dropout: f64,
+    ) -> Self {
+        let dir = cache_dir.join(format!(
+            "kd-{teacher_hash}-s{seed}-b{batch}-p{label_dropout}"
+        ));
+        Self {
+            dir,
+            chunk_index: usize::MAX,
+            chunk: Vec::new(),
+            loaded: None,
+        }
     }
 
     fn path(&self, chunk: usize) -> PathBuf {
-        self.dir.join(format!("steps-{:06}.safetensors", chunk * CACHE_CHUNK))
+        self.dir
+            .join(format!("steps-{:06}.safetensors", chunk * CACHE_CHUNK))
     }
 
     /// The cached teacher output of `step`, if present.
@@ -203,7 +223,12 @@ impl TeacherCache {
 }
 
 impl KdObjective {
-    pub fn new(teacher: DiT, student_cfg: &dit::DitConfig, weights: KdWeights, seed: u64) -> Result<Self> {
+    pub fn new(
+        teacher: DiT,
+        student_cfg: &dit::DitConfig,
+        weights: KdWeights,
+        seed: u64,
+    ) -> Result<Self> {
         let map = block_map(student_cfg.depth, teacher.cfg.depth);
         let (ws, wt) = (student_cfg.hidden_size, teacher.cfg.hidden_size);
         let mut projectors = Vec::new();
@@ -211,11 +236,26 @@ impl KdObjective {
             let mut p = dit::params::Params::new(seed ^ 0x9E0, DType::F32, teacher.device());
             for i in 0..student_cfg.depth {
                 let name = format!("proj.{i}");
-                p.get(&name, &[wt, ws], dit::params::Init::XavierUniform { fan_in: ws, fan_out: wt })?;
+                p.get(
+                    &name,
+                    &[wt, ws],
+                    dit::params::Init::XavierUniform {
+                        fan_in: ws,
+                        fan_out: wt,
+                    },
+                )?;
                 projectors.push(p.varmap.data().lock().unwrap()[&name].clone());
             }
         }
-        Ok(Self { teacher, schedule: NoiseSchedule::dit_default(), weights, projectors, map, teacher_secs: 0.0, cache: None })
+        Ok(Self {
+            teacher,
+            schedule: NoiseSchedule::dit_default(),
+            weights,
+            projectors,
+            map,
+            teacher_secs: 0.0,
+            cache: None,
+        })
     }
 
     /// Share teacher outputs through `cache` (used when no feature term needs the teacher's blocks).
@@ -228,14 +268,24 @@ impl KdObjective {
 }
 
 impl Objective for KdObjective {
-    fn loss(&mut self, model: &DiT, tape: &mut Tape, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
+    fn loss(
+        &mut self,
+        model: &DiT,
+        tape: &mut Tape,
+        batch: &Batch,
+        rng: &mut HostRng,
+    ) -> Result<(Tensor, Vec<(String, f64)>)> {
         let (t, eps, xt) = noise_batch(&self.schedule, &batch.x0, rng)?;
         let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let c = model.cfg.in_channels;
         let want_feats = self.weights.feat > 0.0;
 
         let t0 = std::time::Instant::now();
-        let cached = self.cache.as_mut().and_then(|c| c.get(batch.step)).filter(|e| e.dims() == xt.dims());
+        let cached = self
+            .cache
+            .as_mut()
+            .and_then(|c| c.get(batch.step))
+            .filter(|e| e.dims() == xt.dims());
         let (eps_t, feats_t) = match cached {
             Some(e) => (e.to_device(xt.device())?, Vec::new()),
             None => {
@@ -247,7 +297,11 @@ impl Objective for KdObjective {
                     eps_t = eps_t.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
                     cache.put(batch.step, &eps_t)?;
                 }
-                let feats_t: Vec<Tensor> = if want_feats { feats_t.iter().map(|f| f.detach()).collect() } else { Vec::new() };
+                let feats_t: Vec<Tensor> = if want_feats {
+                    feats_t.iter().map(|f| f.detach()).collect()
+                } else {
+                    Vec::new()
+                };
                 (eps_t, feats_t)
             }
         };
@@ -258,7 +312,10 @@ impl Objective for KdObjective {
         let l_kd = mse(&eps_s, &eps_t)?;
         let l_data = mse(&eps_s, &eps)?;
         let mut loss = ((&l_kd * self.weights.kd)? + (&l_data * self.weights.data)?)?;
-        let mut parts = vec![("loss_kd".to_string(), scalar(&l_kd)?), ("loss_data".to_string(), scalar(&l_data)?)];
+        let mut parts = vec![
+            ("loss_kd".to_string(), scalar(&l_kd)?),
+            ("loss_data".to_string(), scalar(&l_data)?),
+        ];
         if want_feats {
             let mut l_feat = Tensor::zeros((), DType::F32, model.device())?;
             for (i, fs) in feats_s.iter().enumerate() {
@@ -266,7 +323,9 @@ impl Objective for KdObjective {
                 let fs = match self.projectors.get(i) {
                     Some(p) => {
                         let (n, tk, w) = fs.dims3()?;
-                        fs.reshape((n * tk, w))?.matmul(&p.as_tensor().t()?)?.reshape((n, tk, ft.dim(2)?))?
+                        fs.reshape((n * tk, w))?
+                            .matmul(&p.as_tensor().t()?)?
+                            .reshape((n, tk, ft.dim(2)?))?
                     }
                     None => fs.clone(),
                 };
@@ -283,7 +342,11 @@ impl Objective for KdObjective {
     }
 
     fn extra_vars(&self) -> Vec<(String, Var)> {
-        self.projectors.iter().enumerate().map(|(i, v)| (format!("proj.{i}"), v.clone())).collect()
+        self.projectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("proj.{i}"), v.clone()))
+            .collect()
     }
 }
 
@@ -320,12 +383,20 @@ fn d_bank() -> usize {
     2048
 }
 fn d_bank_sampler() -> SamplerConfig {
-    SamplerConfig { steps: 25, cfg_scale: 2.0, ..Default::default() }
+    SamplerConfig {
+        steps: 25,
+        cfg_scale: 2.0,
+        ..Default::default()
+    }
 }
 
 impl Default for BankConfig {
     fn default() -> Self {
-        Self { size: d_bank(), sampler: d_bank_sampler(), seed: 0 }
+        Self {
+            size: d_bank(),
+            sampler: d_bank_sampler(),
+            seed: 0,
+        }
     }
 }
 
@@ -335,28 +406,61 @@ impl SampleBank {
         use sha2::{Digest, Sha256};
         let key = format!("{teacher_hash}|{}", serde_json::to_string(cfg).unwrap());
         let h = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
-        cache_dir.join(format!("bank-{}-{h}.safetensors", &teacher_hash[..teacher_hash.len().min(12)]))
+        cache_dir.join(format!(
+            "bank-{}-{h}.safetensors",
+            &teacher_hash[..teacher_hash.len().min(12)]
+        ))
     }
 
     /// Load the cached bank, or generate it with the teacher (batches of 256) and cache it.
-    pub fn load_or_generate(teacher: &DiT, teacher_hash: &str, cfg: &BankConfig, cache_dir: &Path, progress: bool) -> Result<Self> {
+    pub fn load_or_generate(
+        teacher: &DiT,
+        teacher_hash: &str,
+        cfg: &BankConfig,
+        cache_dir: &Path,
+        progress: bool,
+    ) -> Result<Self> {
         let path = Self::path(cache_dir, teacher_hash, cfg);
         let dev = teacher.device();
         if path.exists() {
-            let t = candle_core::safetensors::load(&path, dev).with_context(|| format!("{}: corrupt sample bank (delete it to regenerate)", path.display()))?;
-            let get = |k: &str| t.get(k).cloned().with_context(|| format!("{}: `{k}` missing", path.display()));
+            let t = candle_core::safetensors::load(&path, dev).with_context(|| {
+                format!(
+                    "{}: corrupt sample bank (delete it to regenerate)",
+                    path.display()
+                )
+            })?;
+            let get = |k: &str| {
+                t.get(k)
+                    .cloned()
+                    .with_context(|| format!("{}: `{k}` missing", path.display()))
+            };
             let labels = get("labels")?.to_vec1::<u32>()?;
-            return Ok(Self { noise: get("noise")?, labels, samples: get("samples")? });
+            return Ok(Self {
+                noise: get("noise")?,
+                labels,
+                samples: get("samples")?,
+            });
         }
         let c = &teacher.cfg;
         let mut rng = dit::rng::seeded(cfg.seed ^ 0xBA4C);
-        let noise = dit::rng::randn(&mut rng, &[cfg.size, c.in_channels, c.input_size, c.input_size], dev)?;
+        let noise = dit::rng::randn(
+            &mut rng,
+            &[cfg.size, c.in_channels, c.input_size, c.input_size],
+            dev,
+        )?;
         let labels = dit::rng::uniform_ints(&mut rng, cfg.size, c.num_classes);
         let mut samples = Vec::new();
         let pb = crate::progress::bar(cfg.size as u64, "sample bank", progress);
         for start in (0..cfg.size).step_by(256) {
             let b = 256.min(cfg.size - start);
-            let x = dit::sampler::sample(teacher, &NoiseSchedule::dit_default(), &noise.narrow(0, start, b)?, &labels[start..start + b], &cfg.sampler, &mut rng)?;
+            let x = dit::sampler::sample(
+                teacher,
+                &NoiseSchedule::dit_default(),
+                &noise.narrow(0, start, b)?,
+                &labels[start..start + b],
+                &cfg.sampler,
+                &mut rng,
+            )?;
             samples.push(x);
             pb.inc(b as u64);
         }
@@ -364,15 +468,26 @@ impl SampleBank {
         let samples = Tensor::cat(&samples, 0)?;
         let mut map = std::collections::HashMap::new();
         map.insert("noise".to_string(), noise.clone());
-        map.insert("labels".to_string(), Tensor::from_slice(&labels, labels.len(), dev)?);
+        map.insert(
+            "labels".to_string(),
+            Tensor::from_slice(&labels, labels.len(), dev)?,
+        );
         map.insert("samples".to_string(), samples.clone());
         dit::io::save_safetensors_atomic(&map, &path)?;
-        Ok(Self { noise, labels, samples })
+        Ok(Self {
+            noise,
+            labels,
+            samples,
+        })
     }
 }
 
 /// One-step student forward: noise -> image, `[N, C, H, W]`.
-pub fn onestep_generate(model: &DiT, noise: &Tensor, labels: &[u32]) -> candle_core::Result<Tensor> {
+pub fn onestep_generate(
+    model: &DiT,
+    noise: &Tensor,
+    labels: &[u32],
+) -> candle_core::Result<Tensor> {
     let t = vec![ONESTEP_T; labels.len()];
     model.forward_eps(noise, &t, labels)
 }
@@ -392,15 +507,27 @@ impl OnestepObjective {
 }
 
 impl Objective for OnestepObjective {
-    fn loss(&mut self, model: &DiT, tape: &mut Tape, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
+    fn loss(
+        &mut self,
+        model: &DiT,
+        tape: &mut Tape,
+        batch: &Batch,
+        rng: &mut HostRng,
+    ) -> Result<(Tensor, Vec<(String, f64)>)> {
         let n = batch.y.len();
         let size = self.bank.labels.len();
-        let idx: Vec<u32> = (0..n).map(|_| rand::Rng::random_range(rng, 0..size) as u32).collect();
+        let idx: Vec<u32> = (0..n)
+            .map(|_| rand::Rng::random_range(rng, 0..size) as u32)
+            .collect();
         let ids = Tensor::from_slice(&idx, n, model.device())?;
         let noise = self.bank.noise.index_select(&ids, 0)?;
         let target = self.bank.samples.index_select(&ids, 0)?;
         let labels: Vec<u32> = idx.iter().map(|&i| self.bank.labels[i as usize]).collect();
-        let out = model.eps(&model.forward_recorded(&noise, &vec![ONESTEP_T; n], &labels, tape)?.0)?; // onestep_generate, recorded
+        let out = model.eps(
+            &model
+                .forward_recorded(&noise, &vec![ONESTEP_T; n], &labels, tape)?
+                .0,
+        )?; // onestep_generate, recorded
         let l2 = mse(&out, &target)?;
         let mut parts = vec![("loss_l2".to_string(), scalar(&l2)?)];
         let mut loss = l2;
@@ -417,7 +544,11 @@ impl Objective for OnestepObjective {
 /// plus the embedders and the final layer. Errors when widths (or patch/channels) differ.
 pub fn init_from_teacher(student: &DiT, teacher: &DiT) -> Result<()> {
     let (s, t) = (&student.cfg, &teacher.cfg);
-    if s.hidden_size != t.hidden_size || s.patch_size != t.patch_size || s.in_channels != t.in_channels || s.mlp_ratio != t.mlp_ratio {
+    if s.hidden_size != t.hidden_size
+        || s.patch_size != t.patch_size
+        || s.in_channels != t.in_channels
+        || s.mlp_ratio != t.mlp_ratio
+    {
         anyhow::bail!(
             "student init `teacher` needs the teacher's width, patch, channels and mlp_ratio (student {}, teacher {})",
             s.shape_label(),
@@ -435,7 +566,9 @@ pub fn init_from_teacher(student: &DiT, teacher: &DiT) -> Result<()> {
             }
             None => name.clone(),
         };
-        let v = tt.get(&src).with_context(|| format!("teacher has no `{src}`"))?;
+        let v = tt
+            .get(&src)
+            .with_context(|| format!("teacher has no `{src}`"))?;
         if v.dims() == var.dims() {
             var.set(v)?;
         }
@@ -463,8 +596,16 @@ mod tests {
         }
         let mut fresh = TeacherCache::new(dir.path(), "abc", 0, 2, 0.1);
         let got = fresh.get(CACHE_CHUNK + 7).unwrap();
-        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![(CACHE_CHUNK + 7) as f32 * 0.5; 8]);
-        assert!(TeacherCache::new(dir.path(), "abc", 1, 2, 0.1).get(CACHE_CHUNK).is_none(), "another seed has its own cache");
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![(CACHE_CHUNK + 7) as f32 * 0.5; 8]
+        );
+        assert!(
+            TeacherCache::new(dir.path(), "abc", 1, 2, 0.1)
+                .get(CACHE_CHUNK)
+                .is_none(),
+            "another seed has its own cache"
+        );
     }
 
     #[test]

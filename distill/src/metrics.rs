@@ -40,9 +40,17 @@ fn check(name: &str, x: &[f32], dim: usize, min_rows: usize) -> Result<usize> {
         x.len()
     );
     let n = x.len() / dim;
-    ensure!(n >= min_rows, "{name}: need at least {min_rows} rows, got {n}");
+    ensure!(
+        n >= min_rows,
+        "{name}: need at least {min_rows} rows, got {n}"
+    );
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        bail!("{name}: non-finite value {} at row {}, column {}", x[i], i / dim, i % dim);
+        bail!(
+            "{name}: non-finite value {} at row {}, column {}",
+            x[i],
+            i / dim,
+            i % dim
+        );
     }
     Ok(n)
 }
@@ -58,7 +66,12 @@ fn to_f64(x: &[f32]) -> Vec<f64> {
 fn sqdist(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| (x - y) * (x - y)).sum();
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
             acc[l] += (x[l] - y[l]) * (x[l] - y[l]);
@@ -100,7 +113,10 @@ pub fn trace_sqrt_product(s1: &DMatrix<f64>, s2: &DMatrix<f64>) -> f64 {
     let a = sqrt_psd(s1);
     let mut m = &a * s2 * &a;
     symmetrize(&mut m);
-    m.symmetric_eigenvalues().iter().map(|&l| l.max(0.0).sqrt()).sum()
+    m.symmetric_eigenvalues()
+        .iter()
+        .map(|&l| l.max(0.0).sqrt())
+        .sum()
 }
 
 /// Fréchet distance between Gaussians fitted to `real` and `fake` (pytorch-fid's
@@ -112,7 +128,10 @@ pub fn frechet_distance(real: &[f32], fake: &[f32], dim: usize) -> Result<f64> {
     let (mu_f, s_f) = mean_and_cov(fake, dim)?;
     let d = (mu_r - mu_f).norm_squared() + s_r.trace() + s_f.trace()
         - 2.0 * trace_sqrt_product(&s_r, &s_f);
-    ensure!(d.is_finite(), "frechet_distance: result is not finite ({d})");
+    ensure!(
+        d.is_finite(),
+        "frechet_distance: result is not finite ({d})"
+    );
     Ok(d.max(0.0))
 }
 
@@ -191,7 +210,10 @@ pub fn kid(
         .collect();
     let mean = mmds.iter().sum::<f64>() / mmds.len() as f64;
     let var = mmds.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / mmds.len() as f64;
-    Ok(KidResult { mean, std: var.sqrt() })
+    Ok(KidResult {
+        mean,
+        std: var.sqrt(),
+    })
 }
 
 /// Squared distance of each row to its k-th nearest other row of the same set (the (k+1)-th
@@ -312,7 +334,10 @@ mod tests {
         let d2 = frechet_distance(&dup(&c), &dup(&e), 16).unwrap();
         let d1 = frechet_distance(&c, &e, 8).unwrap();
         // Duplicating every column doubles every term of the distance.
-        assert!((d2 - 2.0 * d1).abs() < 1e-6 * d1.max(1.0), "{d2} vs 2 * {d1}");
+        assert!(
+            (d2 - 2.0 * d1).abs() < 1e-6 * d1.max(1.0),
+            "{d2} vs 2 * {d1}"
+        );
     }
 
     #[test]
@@ -332,10 +357,17 @@ mod tests {
         let first = kid_first_rows(&a, &b, 8).unwrap();
         // Subsets of every row are permutations; the unbiased MMD^2 does not see the order.
         let full = kid(&a, &b, 8, Some(120), 3, 0).unwrap();
-        assert!((full.mean - first).abs() < 1e-12 && full.std < 1e-12, "{full:?} vs {first}");
+        assert!(
+            (full.mean - first).abs() < 1e-12 && full.std < 1e-12,
+            "{full:?} vs {first}"
+        );
         assert!(first > 0.0);
         let r1 = kid(&a, &b, 8, Some(50), 5, 42).unwrap();
-        assert_eq!(r1, kid(&a, &b, 8, Some(50), 5, 42).unwrap(), "same seed, same subsets");
+        assert_eq!(
+            r1,
+            kid(&a, &b, 8, Some(50), 5, 42).unwrap(),
+            "same seed, same subsets"
+        );
         assert!(r1.std > 0.0);
         // Independent draws of one distribution: near 0, far below the shifted pair.
         let same = kid_first_rows(&a, &gauss(120, 8, 0.0, 1.0, 14), 8).unwrap();
@@ -346,7 +378,11 @@ mod tests {
     fn prdc_self_is_one() {
         let x = gauss(200, 8, 0.0, 1.0, 11);
         let p = prdc(&x, &x, 8, 5).unwrap();
-        assert_eq!((p.precision, p.recall, p.coverage), (1.0, 1.0, 1.0), "{p:?}");
+        assert_eq!(
+            (p.precision, p.recall, p.coverage),
+            (1.0, 1.0, 1.0),
+            "{p:?}"
+        );
         assert!(p.density > 0.5 && p.density < 2.0, "{p:?}");
     }
 
@@ -356,6 +392,9 @@ mod tests {
         let e = prdc(&a, &b, 8, PRDC_K).unwrap_err().to_string();
         assert!(e.contains("prdc: real") && e.contains("at least 6"), "{e}");
         assert!(kid(&a[..8], &b, 8, None, 10, 0).is_err());
-        assert!(kid_first_rows(&b, &[f32::NAN; 16], 8).unwrap_err().to_string().contains("non-finite"));
+        assert!(kid_first_rows(&b, &[f32::NAN; 16], 8)
+            .unwrap_err()
+            .to_string()
+            .contains("non-finite"));
     }
 }

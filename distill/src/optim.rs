@@ -83,12 +83,37 @@ impl OptimConfig {
             }
         };
         finite("lr", self.lr, self.lr > 0.0, "a finite number > 0")?;
-        finite("min_lr_ratio", self.min_lr_ratio, (0.0..=1.0).contains(&self.min_lr_ratio), "in [0, 1]")?;
-        finite("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "in [0, 1)")?;
-        finite("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)")?;
+        finite(
+            "min_lr_ratio",
+            self.min_lr_ratio,
+            (0.0..=1.0).contains(&self.min_lr_ratio),
+            "in [0, 1]",
+        )?;
+        finite(
+            "beta1",
+            self.beta1,
+            (0.0..1.0).contains(&self.beta1),
+            "in [0, 1)",
+        )?;
+        finite(
+            "beta2",
+            self.beta2,
+            (0.0..1.0).contains(&self.beta2),
+            "in [0, 1)",
+        )?;
         finite("eps", self.eps, self.eps > 0.0, "a finite number > 0")?;
-        finite("weight_decay", self.weight_decay, self.weight_decay >= 0.0, "a finite number >= 0")?;
-        finite("grad_clip", self.grad_clip, self.grad_clip >= 0.0, "a finite number >= 0 (0 = off)")?;
+        finite(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "a finite number >= 0",
+        )?;
+        finite(
+            "grad_clip",
+            self.grad_clip,
+            self.grad_clip >= 0.0,
+            "a finite number >= 0 (0 = off)",
+        )?;
         Ok(())
     }
 
@@ -121,9 +146,21 @@ impl AdamW {
     pub fn new(mut vars: Vec<(String, Var)>, cfg: OptimConfig) -> Result<Self> {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let zeros = |v: &Var| Var::from_tensor(&v.zeros_like()?);
-        let m = vars.iter().map(|(_, v)| zeros(v)).collect::<Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| zeros(v)).collect::<Result<Vec<_>>>()?;
-        Ok(Self { cfg, vars, m, v, step: 0 })
+        let m = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg,
+            vars,
+            m,
+            v,
+            step: 0,
+        })
     }
 
     pub fn vars(&self) -> &[(String, Var)] {
@@ -135,7 +172,11 @@ impl AdamW {
         let mut sq = 0.0f64;
         for (_, var) in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                sq += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
             }
         }
         Ok(sq.sqrt())
@@ -145,13 +186,19 @@ impl AdamW {
     /// Returns the pre-clipping gradient norm.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<f64> {
         let norm = self.grad_norm(grads)?;
-        let clip = if self.cfg.grad_clip > 0.0 && norm > self.cfg.grad_clip { self.cfg.grad_clip / (norm + 1e-6) } else { 1.0 };
+        let clip = if self.cfg.grad_clip > 0.0 && norm > self.cfg.grad_clip {
+            self.cfg.grad_clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
         let t = (self.step + 1) as f64;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powf(t);
         let bc2 = 1.0 - b2.powf(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let g = if clip != 1.0 { (g * clip)? } else { g.clone() };
             let m = ((self.m[i].as_tensor() * b1)? + (&g * (1.0 - b1))?)?;
             let v = ((self.v[i].as_tensor() * b2)? + (g.sqr()? * (1.0 - b2))?)?;
@@ -183,9 +230,15 @@ impl AdamW {
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (prefix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
                 let key = format!("{prefix}.{name}");
-                let s = t.get(&key).ok_or_else(|| anyhow::anyhow!("optimiser state: tensor `{key}` is missing"))?;
+                let s = t
+                    .get(&key)
+                    .ok_or_else(|| anyhow::anyhow!("optimiser state: tensor `{key}` is missing"))?;
                 if s.dims() != var.dims() {
-                    anyhow::bail!("optimiser state: `{key}` has shape {:?}, expected {:?}", s.dims(), var.dims());
+                    anyhow::bail!(
+                        "optimiser state: `{key}` has shape {:?}, expected {:?}",
+                        s.dims(),
+                        var.dims()
+                    );
                 }
                 slot.set(&s.to_device(var.device())?.to_dtype(var.dtype())?)?;
             }
@@ -202,7 +255,12 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays() {
-        let c = OptimConfig { lr: 1.0, warmup_steps: 10, min_lr_ratio: 0.1, ..Default::default() };
+        let c = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
         assert!((c.lr_at(0, 100) - 0.1).abs() < 1e-12);
         assert!((c.lr_at(9, 100) - 1.0).abs() < 1e-12);
         assert!((c.lr_at(10, 100) - 1.0).abs() < 1e-12);
@@ -215,7 +273,11 @@ mod tests {
     fn adamw_update_matches_formula() {
         let dev = Device::Cpu;
         let w = Var::new(&[1.0f64], &dev).unwrap();
-        let cfg = OptimConfig { weight_decay: 0.1, grad_clip: 0.0, ..Default::default() };
+        let cfg = OptimConfig {
+            weight_decay: 0.1,
+            grad_clip: 0.0,
+            ..Default::default()
+        };
         let mut opt = AdamW::new(vec![("w".into(), w.clone())], cfg).unwrap();
         for step in 0..2 {
             let loss = (w.as_tensor() * 3.0).unwrap().sum_all().unwrap(); // grad 3
@@ -223,7 +285,11 @@ mod tests {
             opt.step(&g, 0.01).unwrap();
             let got = w.to_vec1::<f64>().unwrap()[0];
             // Adam with a constant gradient: m_hat = v_hat^(1/2) = 3, so the step is lr * 3/(3+eps).
-            let expect = if step == 0 { 1.0 * (1.0 - 0.001) - 0.01 * 3.0 / (3.0 + 1e-8) } else { got };
+            let expect = if step == 0 {
+                1.0 * (1.0 - 0.001) - 0.01 * 3.0 / (3.0 + 1e-8)
+            } else {
+                got
+            };
             assert!((got - expect).abs() < 1e-12);
         }
         assert_eq!(opt.step, 2);
@@ -233,9 +299,15 @@ mod tests {
     fn clipping_bounds_the_norm() {
         let dev = Device::Cpu;
         let w = Var::new(&[0.0f64, 0.0], &dev).unwrap();
-        let cfg = OptimConfig { grad_clip: 1.0, ..Default::default() };
+        let cfg = OptimConfig {
+            grad_clip: 1.0,
+            ..Default::default()
+        };
         let opt = AdamW::new(vec![("w".into(), w.clone())], cfg).unwrap();
-        let loss = (w.as_tensor() * Tensor::new(&[3.0f64, 4.0], &dev).unwrap()).unwrap().sum_all().unwrap();
+        let loss = (w.as_tensor() * Tensor::new(&[3.0f64, 4.0], &dev).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let g = loss.backward().unwrap();
         assert!((opt.grad_norm(&g).unwrap() - 5.0).abs() < 1e-12);
     }

@@ -26,8 +26,16 @@ impl MeanStd {
     pub fn of(values: Vec<f64>) -> Self {
         let n = values.len() as f64;
         let mean = values.iter().sum::<f64>() / n.max(1.0);
-        let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { f64::NAN };
-        Self { mean, std: var.sqrt(), values }
+        let var = if values.len() > 1 {
+            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            f64::NAN
+        };
+        Self {
+            mean,
+            std: var.sqrt(),
+            values,
+        }
     }
 }
 
@@ -84,9 +92,18 @@ impl Reference {
     }
 
     /// `dir/reference.json` if it was computed from these inputs, else measured now and written.
-    pub fn ensure(dir: &Path, eval: &EvalConfig, teacher: Option<&Path>, shared: &Shared, cache_dir: &Path) -> Result<Reference> {
+    pub fn ensure(
+        dir: &Path,
+        eval: &EvalConfig,
+        teacher: Option<&Path>,
+        shared: &Shared,
+        cache_dir: &Path,
+    ) -> Result<Reference> {
         let teacher_hash = match teacher {
-            Some(p) => Some(crate::checkpoint::file_hash(&crate::checkpoint::locate_model(p)?.1)?[..16].to_string()),
+            Some(p) => Some(
+                crate::checkpoint::file_hash(&crate::checkpoint::locate_model(p)?.1)?[..16]
+                    .to_string(),
+            ),
             None => None,
         };
         let key = {
@@ -103,7 +120,13 @@ impl Reference {
             (Some(p), Some(h)) => Some(teacher_row(p, &h, eval, shared, cache_dir)?),
             _ => None,
         };
-        let r = Reference { key, samples: eval.samples, floor, teacher, untrained };
+        let r = Reference {
+            key,
+            samples: eval.samples,
+            floor,
+            teacher,
+            untrained,
+        };
         dit::io::write_json_atomic(&dir.join(FILE), &r)?;
         Ok(r)
     }
@@ -113,12 +136,22 @@ fn floor(eval: &EvalConfig, shared: &Shared) -> Result<Floor> {
     let n = eval.samples.min(shared.train.len());
     let mut rows = Vec::new();
     for d in 0..FLOOR_DRAWS {
-        let mut order = crate::train::DataOrder::new(eval.seed ^ 0xF100_u64.wrapping_add(d as u64), shared.train.len());
+        let mut order = crate::train::DataOrder::new(
+            eval.seed ^ 0xF100_u64.wrapping_add(d as u64),
+            shared.train.len(),
+        );
         let (x, y) = shared.train.gather(&order.batch(0, n));
         let t = &shared.train;
         let x = Tensor::from_vec(x, (n, t.channels, t.height, t.width), &shared.device)?;
         let labels: Vec<u32> = y.iter().map(|&l| l as u32).collect();
-        rows.push(score(&x, &labels, eval.seed, &shared.featnet, &shared.test_feats, None)?);
+        rows.push(score(
+            &x,
+            &labels,
+            eval.seed,
+            &shared.featnet,
+            &shared.test_feats,
+            None,
+        )?);
     }
     let col = |f: fn(&EvalResult) -> f64| MeanStd::of(rows.iter().map(f).collect());
     Ok(Floor {
@@ -132,24 +165,62 @@ fn floor(eval: &EvalConfig, shared: &Shared) -> Result<Floor> {
     })
 }
 
-fn untrained(teacher: Option<&Path>, eval: &EvalConfig, shared: &Shared) -> Result<Option<EvalResult>> {
+fn untrained(
+    teacher: Option<&Path>,
+    eval: &EvalConfig,
+    shared: &Shared,
+) -> Result<Option<EvalResult>> {
     let Some(p) = teacher else { return Ok(None) };
     let base = crate::checkpoint::read_dit_config(&crate::checkpoint::locate_model(p)?.0)?;
     // The smallest shape: zero-initialised outputs make every untrained shape sample alike.
-    let cfg = dit::DitConfig { depth: 1, hidden_size: 32, num_heads: 2, ..base };
+    let cfg = dit::DitConfig {
+        depth: 1,
+        hidden_size: 32,
+        num_heads: 2,
+        ..base
+    };
     let model = DiT::new(&cfg, 0, candle_core::DType::F32, &shared.device)?;
-    let e = EvalConfig { speed: false, ..eval.clone() };
-    Ok(Some(crate::eval::evaluate(&model, Mode::Scratch, &e, &shared.featnet, &shared.test_feats, None)?.0))
+    let e = EvalConfig {
+        speed: false,
+        ..eval.clone()
+    };
+    Ok(Some(
+        crate::eval::evaluate(
+            &model,
+            Mode::Scratch,
+            &e,
+            &shared.featnet,
+            &shared.test_feats,
+            None,
+        )?
+        .0,
+    ))
 }
 
-fn teacher_row(path: &Path, hash: &str, eval: &EvalConfig, shared: &Shared, cache_dir: &Path) -> Result<TeacherRow> {
+fn teacher_row(
+    path: &Path,
+    hash: &str,
+    eval: &EvalConfig,
+    shared: &Shared,
+    cache_dir: &Path,
+) -> Result<TeacherRow> {
     let teacher = crate::checkpoint::load_model(path, &shared.device)?;
     crate::eval::check_finite_weights(&teacher)?;
     let at = |seed: u64| -> Result<EvalResult> {
-        let e = EvalConfig { seed, ..eval.clone() };
+        let e = EvalConfig {
+            seed,
+            ..eval.clone()
+        };
         let x = teacher_samples(&teacher, hash, &e, cache_dir)?;
         let (_, labels) = crate::eval::eval_inputs(&teacher, e.samples, e.seed)?;
-        let mut m = score(&x, &labels, e.seed, &shared.featnet, &shared.test_feats, None)?;
+        let mut m = score(
+            &x,
+            &labels,
+            e.seed,
+            &shared.featnet,
+            &shared.test_feats,
+            None,
+        )?;
         m.forwards_per_image = crate::eval::forwards_per_image(Mode::Kd, &e.sampler);
         m.gflops_per_image = m.forwards_per_image as f64 * teacher.cfg.forward_gflops();
         Ok(m)
@@ -171,9 +242,19 @@ fn teacher_row(path: &Path, hash: &str, eval: &EvalConfig, shared: &Shared, cach
 
 /// The teacher's samples on the evaluation noise of `eval`, cached by teacher hash and settings
 /// (every student's fidelity columns compare with them).
-pub fn teacher_samples(teacher: &DiT, hash: &str, eval: &EvalConfig, cache_dir: &Path) -> Result<Tensor> {
+pub fn teacher_samples(
+    teacher: &DiT,
+    hash: &str,
+    eval: &EvalConfig,
+    cache_dir: &Path,
+) -> Result<Tensor> {
     use sha2::{Digest, Sha256};
-    let key = format!("{hash}|{}|{}|{}", eval.samples, eval.seed, serde_json::to_string(&eval.sampler)?);
+    let key = format!(
+        "{hash}|{}|{}|{}",
+        eval.samples,
+        eval.seed,
+        serde_json::to_string(&eval.sampler)?
+    );
     let h = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
     let path = crate::paths::output(cache_dir).join(format!("teacher-eval-{h}.safetensors"));
     if let Ok(t) = candle_core::safetensors::load(&path, teacher.device()) {
@@ -183,7 +264,10 @@ pub fn teacher_samples(teacher: &DiT, hash: &str, eval: &EvalConfig, cache_dir: 
     }
     let (noise, labels) = crate::eval::eval_inputs(teacher, eval.samples, eval.seed)?;
     let x = crate::eval::generate(teacher, Mode::Kd, &noise, &labels, &eval.sampler, eval.seed)?;
-    dit::io::save_safetensors_atomic(&std::collections::HashMap::from([("samples".to_string(), x.clone())]), &path)?;
+    dit::io::save_safetensors_atomic(
+        &std::collections::HashMap::from([("samples".to_string(), x.clone())]),
+        &path,
+    )?;
     Ok(x)
 }
 

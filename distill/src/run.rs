@@ -81,7 +81,11 @@ fn d_batch() -> usize {
     crate::train::DEFAULT_BATCH
 }
 fn d_optim() -> OptimConfig {
-    OptimConfig { lr: DEFAULT_LR, warmup_steps: DEFAULT_WARMUP, ..Default::default() }
+    OptimConfig {
+        lr: DEFAULT_LR,
+        warmup_steps: DEFAULT_WARMUP,
+        ..Default::default()
+    }
 }
 fn d_ema() -> f64 {
     DEFAULT_EMA
@@ -127,7 +131,10 @@ impl DistillConfig {
             bail!("steps: must lie in 1..={MAX_STEPS} (got {})", self.steps);
         }
         if !(1..=MAX_BATCH).contains(&self.batch_size) {
-            bail!("batch_size: must lie in 1..={MAX_BATCH} (got {})", self.batch_size);
+            bail!(
+                "batch_size: must lie in 1..={MAX_BATCH} (got {})",
+                self.batch_size
+            );
         }
         self.optim.validate().context("optim")?;
         if !(0.0..1.0).contains(&self.ema_decay) {
@@ -135,11 +142,18 @@ impl DistillConfig {
         }
         self.kd.validate().context("kd")?;
         if !(self.perceptual_weight.is_finite() && self.perceptual_weight >= 0.0) {
-            bail!("perceptual_weight: must be finite and >= 0 (got {})", self.perceptual_weight);
+            bail!(
+                "perceptual_weight: must be finite and >= 0 (got {})",
+                self.perceptual_weight
+            );
         }
         if self.mode == Mode::Onestep {
             if !(1..=crate::eval::MAX_SAMPLES).contains(&self.bank.size) {
-                bail!("bank.size: must lie in 1..={} (got {})", crate::eval::MAX_SAMPLES, self.bank.size);
+                bail!(
+                    "bank.size: must lie in 1..={} (got {})",
+                    crate::eval::MAX_SAMPLES,
+                    self.bank.size
+                );
             }
             self.bank
                 .sampler
@@ -148,7 +162,10 @@ impl DistillConfig {
         }
         self.eval.validate().context("eval")?;
         if let Some(s) = self.eval.at_steps.iter().find(|&&s| s > self.steps) {
-            bail!("eval.at_steps: step {s} is beyond the run's {} steps", self.steps);
+            bail!(
+                "eval.at_steps: step {s} is beyond the run's {} steps",
+                self.steps
+            );
         }
         Ok(())
     }
@@ -161,7 +178,12 @@ impl DistillConfig {
 
     /// `d4-w96-h4-p4-kd-s0`.
     pub fn run_label(&self) -> String {
-        format!("{}-{}-s{}", self.student.shape_label(), self.mode, self.seed)
+        format!(
+            "{}-{}-s{}",
+            self.student.shape_label(),
+            self.mode,
+            self.seed
+        )
     }
 
     /// Training FLOPs up to `step` (analytic, 2 x multiply-accumulates): the student's forward
@@ -174,7 +196,9 @@ impl DistillConfig {
             (Mode::Kd, Some(t)) => t.forward_flops() as f64 * images,
             // The bank: every triple is a full guided sampling run of the teacher.
             (Mode::Onestep, Some(t)) => {
-                (self.bank.size * crate::eval::forwards_per_image(Mode::Kd, &self.bank.sampler)) as f64 * t.forward_flops() as f64
+                (self.bank.size * crate::eval::forwards_per_image(Mode::Kd, &self.bank.sampler))
+                    as f64
+                    * t.forward_flops() as f64
             }
             (Mode::Kd | Mode::Onestep, None) | (Mode::Scratch, _) => 0.0,
         };
@@ -182,8 +206,22 @@ impl DistillConfig {
     }
 
     /// The learning-curve row of `step`.
-    pub fn curve_row(&self, teacher: Option<&DitConfig>, step: usize, train_wall_s: f64, eval_wall_s: f64, metrics: EvalResult) -> CurveRow {
-        CurveRow { step, images_seen: step * self.batch_size, train_flops: self.train_flops(teacher, step), train_wall_s, eval_wall_s, metrics }
+    pub fn curve_row(
+        &self,
+        teacher: Option<&DitConfig>,
+        step: usize,
+        train_wall_s: f64,
+        eval_wall_s: f64,
+        metrics: EvalResult,
+    ) -> CurveRow {
+        CurveRow {
+            step,
+            images_seen: step * self.batch_size,
+            train_flops: self.train_flops(teacher, step),
+            train_wall_s,
+            eval_wall_s,
+            metrics,
+        }
     }
 
     /// The training config handed to the loop.
@@ -287,7 +325,8 @@ pub fn code_version() -> String {
 
 /// A finished run's summary, if `dir` holds one for exactly this config.
 pub fn completed(dir: &Path, cfg: &DistillConfig) -> Option<Summary> {
-    let s: Summary = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
+    let s: Summary =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
     // Done, or failed in a way a rerun would repeat (divergence is deterministic).
     (s.config_hash == cfg.hash() && s.status.is_final()).then_some(s)
 }
@@ -308,17 +347,35 @@ impl Shared {
     /// The training set, the feature net and the test set's features. With a cache directory the
     /// features are computed once per feature net and test set (keyed by both hashes) and read
     /// back by every later process.
-    pub fn load(data: &DataConfig, featnet_dir: &Path, cache_dir: Option<&Path>, device: &Device) -> Result<Self> {
+    pub fn load(
+        data: &DataConfig,
+        featnet_dir: &Path,
+        cache_dir: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
         let train = data.load(Split::Train)?;
         let test = data.load(Split::Test)?;
         let featnet = FeatNet::load(featnet_dir, device)?;
         let featnet_hash = FeatNet::hash(featnet_dir)?;
         let data_hash = dataset_hash(&test);
         let test_feats = match cache_dir {
-            Some(dir) => cached_reference_features(&featnet, &featnet_hash, &data_hash, &test, &crate::paths::output(dir))?,
+            Some(dir) => cached_reference_features(
+                &featnet,
+                &featnet_hash,
+                &data_hash,
+                &test,
+                &crate::paths::output(dir),
+            )?,
             None => crate::eval::reference_features(&featnet, &test)?,
         };
-        Ok(Self { train, featnet, featnet_hash, data_hash, test_feats, device: device.clone() })
+        Ok(Self {
+            train,
+            featnet,
+            featnet_hash,
+            data_hash,
+            test_feats,
+            device: device.clone(),
+        })
     }
 }
 
@@ -332,10 +389,23 @@ fn dataset_hash(d: &crate::data::Dataset) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
-fn cached_reference_features(net: &FeatNet, net_hash: &str, data_hash: &str, test: &crate::data::Dataset, dir: &Path) -> Result<Vec<f32>> {
-    let path = dir.join(format!("featnet-test-{}-{data_hash}.safetensors", &net_hash[..net_hash.len().min(16)]));
+fn cached_reference_features(
+    net: &FeatNet,
+    net_hash: &str,
+    data_hash: &str,
+    test: &crate::data::Dataset,
+    dir: &Path,
+) -> Result<Vec<f32>> {
+    let path = dir.join(format!(
+        "featnet-test-{}-{data_hash}.safetensors",
+        &net_hash[..net_hash.len().min(16)]
+    ));
     if let Ok(t) = candle_core::safetensors::load(&path, &Device::Cpu) {
-        if let Some(f) = t.get("features").and_then(|f| f.flatten_all().ok()).and_then(|f| f.to_vec1::<f32>().ok()) {
+        if let Some(f) = t
+            .get("features")
+            .and_then(|f| f.flatten_all().ok())
+            .and_then(|f| f.to_vec1::<f32>().ok())
+        {
             if f.len() == test.len() * crate::featnet::FEAT_DIM {
                 return Ok(f);
             }
@@ -343,19 +413,30 @@ fn cached_reference_features(net: &FeatNet, net_hash: &str, data_hash: &str, tes
     }
     let feats = crate::eval::reference_features(net, test)?;
     let t = Tensor::from_slice(&feats, (test.len(), crate::featnet::FEAT_DIM), &Device::Cpu)?;
-    dit::io::save_safetensors_atomic(&std::collections::HashMap::from([("features".to_string(), t)]), &path)?;
+    dit::io::save_safetensors_atomic(
+        &std::collections::HashMap::from([("features".to_string(), t)]),
+        &path,
+    )?;
     Ok(feats)
 }
 
 /// Train (or resume) and evaluate one student in `dir`. Training failures (divergence, I/O) are
 /// recorded as `status: failed` in `summary.json` and returned as such; bad configs are errors.
-pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: bool) -> Result<Summary> {
+pub fn run_distill(
+    cfg: &DistillConfig,
+    dir: &Path,
+    shared: &Shared,
+    progress: bool,
+) -> Result<Summary> {
     cfg.validate()?;
     if let Some(s) = completed(dir, cfg) {
         return Ok(s);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    dit::io::write_atomic(&dir.join("config.yaml"), serde_yaml_ng::to_string(cfg)?.as_bytes())?;
+    dit::io::write_atomic(
+        &dir.join("config.yaml"),
+        serde_yaml_ng::to_string(cfg)?.as_bytes(),
+    )?;
     let device = shared.device.clone();
     let s = &cfg.student;
     let mut summary = Summary {
@@ -389,7 +470,8 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
         let teacher = match &cfg.teacher {
             Some(p) => {
                 let (_, weights) = crate::checkpoint::locate_model(p)?;
-                summary.teacher_hash = Some(crate::checkpoint::file_hash(&weights)?[..16].to_string());
+                summary.teacher_hash =
+                    Some(crate::checkpoint::file_hash(&weights)?[..16].to_string());
                 Some(crate::checkpoint::load_model(p, &device)?)
             }
             None => None,
@@ -397,14 +479,22 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
         let tcfg = cfg.train_config();
         let mut student = DiT::new(s, cfg.seed, DType::F32, &device)?;
         if cfg.init == StudentInit::Teacher {
-            let t = teacher.as_ref().context("init: `teacher` needs a teacher")?;
+            let t = teacher
+                .as_ref()
+                .context("init: `teacher` needs a teacher")?;
             crate::kd::init_from_teacher(&student, t)?;
         }
         let mut objective: Box<dyn Objective> = match cfg.mode {
             Mode::Scratch => Box::new(EpsilonObjective::new()),
             Mode::Kd => {
-                let path = cfg.teacher.as_ref().context("teacher: kd needs a teacher")?;
-                let hash = summary.teacher_hash.as_ref().context("teacher: kd needs a teacher")?;
+                let path = cfg
+                    .teacher
+                    .as_ref()
+                    .context("teacher: kd needs a teacher")?;
+                let hash = summary
+                    .teacher_hash
+                    .as_ref()
+                    .context("teacher: kd needs a teacher")?;
                 let t = crate::checkpoint::load_model(path, &device)?;
                 let cache = crate::kd::TeacherCache::new(
                     &crate::paths::output(&cfg.cache_dir),
@@ -416,12 +506,19 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
                 Box::new(KdObjective::new(t, s, cfg.kd.clone(), cfg.seed)?.with_cache(cache))
             }
             Mode::Onestep => {
-                let t = teacher.as_ref().context("teacher: onestep needs a teacher")?;
-                let hash = summary.teacher_hash.as_ref().context("teacher: onestep needs a teacher")?;
+                let t = teacher
+                    .as_ref()
+                    .context("teacher: onestep needs a teacher")?;
+                let hash = summary
+                    .teacher_hash
+                    .as_ref()
+                    .context("teacher: onestep needs a teacher")?;
                 let cache = crate::paths::output(&cfg.cache_dir);
                 let bank = SampleBank::load_or_generate(t, hash, &cfg.bank, &cache, progress)?;
                 let perceptual = (cfg.perceptual_weight > 0.0)
-                    .then(|| FeatNet::load(&cfg.featnet, &device).map(|n| (n, cfg.perceptual_weight)))
+                    .then(|| {
+                        FeatNet::load(&cfg.featnet, &device).map(|n| (n, cfg.perceptual_weight))
+                    })
                     .transpose()?;
                 Box::new(OnestepObjective::new(bank, perceptual))
             }
@@ -430,19 +527,48 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
         // Training stops at each point (a checkpoint), is evaluated, and resumes from the checkpoint:
         // bit-identical to one uninterrupted call (tested), and a killed run resumes mid-curve.
         let t0 = Instant::now();
-        let resumed_at = crate::checkpoint::find(dir).and_then(|d| crate::checkpoint::read_meta(&d).ok()).map_or(0, |m| m.step);
+        let resumed_at = crate::checkpoint::find(dir)
+            .and_then(|d| crate::checkpoint::read_meta(&d).ok())
+            .map_or(0, |m| m.step);
         let mut curve = CurveLog::open(dir, resumed_at)?;
-        let quiet = EvalConfig { speed: false, ..cfg.eval.clone() };
+        let quiet = EvalConfig {
+            speed: false,
+            ..cfg.eval.clone()
+        };
         let teacher_cfg = teacher.as_ref().map(|t| t.cfg.clone());
         let mut out = None;
         for &point in &cfg.eval.curve_steps(cfg.steps) {
-            let opts = TrainOptions { stop_at: Some(point), progress, label: cfg.run_label() };
-            let o = train(&tcfg, &mut student, &shared.train, objective.as_mut(), &RunPaths::new(dir), &opts)?;
+            let opts = TrainOptions {
+                stop_at: Some(point),
+                progress,
+                label: cfg.run_label(),
+            };
+            let o = train(
+                &tcfg,
+                &mut student,
+                &shared.train,
+                objective.as_mut(),
+                &RunPaths::new(dir),
+                &opts,
+            )?;
             if point < cfg.steps && !curve.has(point) {
                 let t = Instant::now();
                 let ema = DiT::load(s, &dir.join("ema.safetensors"), DType::F32, &device)?;
-                let (m, _) = evaluate(&ema, cfg.mode, &quiet, &shared.featnet, &shared.test_feats, None)?;
-                curve.put(cfg.curve_row(teacher_cfg.as_ref(), point, o.wall_time_s, t.elapsed().as_secs_f64(), m))?;
+                let (m, _) = evaluate(
+                    &ema,
+                    cfg.mode,
+                    &quiet,
+                    &shared.featnet,
+                    &shared.test_feats,
+                    None,
+                )?;
+                curve.put(cfg.curve_row(
+                    teacher_cfg.as_ref(),
+                    point,
+                    o.wall_time_s,
+                    t.elapsed().as_secs_f64(),
+                    m,
+                ))?;
             }
             out = Some(o);
         }
@@ -457,15 +583,38 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
         let t1 = Instant::now();
         let ema = DiT::load(s, &dir.join("ema.safetensors"), DType::F32, &device)?;
         let teacher_samples = match (&teacher, &summary.teacher_hash) {
-            (Some(t), Some(h)) => Some(crate::reference::teacher_samples(t, h, &cfg.eval, &cfg.cache_dir)?),
+            (Some(t), Some(h)) => Some(crate::reference::teacher_samples(
+                t,
+                h,
+                &cfg.eval,
+                &cfg.cache_dir,
+            )?),
             _ => None,
         };
-        let (m, x) = evaluate(&ema, cfg.mode, &cfg.eval, &shared.featnet, &shared.test_feats, teacher_samples.as_ref())?;
+        let (m, x) = evaluate(
+            &ema,
+            cfg.mode,
+            &cfg.eval,
+            &shared.featnet,
+            &shared.test_feats,
+            teacher_samples.as_ref(),
+        )?;
         let k = x.dim(0)?.min(60);
-        crate::grid::save_grid(&x.narrow(0, 0, k)?, s.num_classes.min(k), 2, &dir.join("grid.png"))?;
+        crate::grid::save_grid(
+            &x.narrow(0, 0, k)?,
+            s.num_classes.min(k),
+            2,
+            &dir.join("grid.png"),
+        )?;
         summary.eval_wall_s = t1.elapsed().as_secs_f64();
         summary.curve_eval_wall_s = curve.eval_secs_before(cfg.steps);
-        curve.put(cfg.curve_row(teacher_cfg.as_ref(), cfg.steps, out.wall_time_s, summary.eval_wall_s, m.clone()))?;
+        curve.put(cfg.curve_row(
+            teacher_cfg.as_ref(),
+            cfg.steps,
+            out.wall_time_s,
+            summary.eval_wall_s,
+            m.clone(),
+        ))?;
         summary.metrics = Some(m);
         Ok(())
     })();
@@ -482,4 +631,3 @@ pub fn run_distill(cfg: &DistillConfig, dir: &Path, shared: &Shared, progress: b
     dit::io::write_json_atomic(&dir.join("summary.json"), &summary)?;
     Ok(summary)
 }
-

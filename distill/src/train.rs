@@ -74,7 +74,10 @@ fn d_log() -> usize {
     25
 }
 fn d_sampler() -> SamplerConfig {
-    SamplerConfig { cfg_scale: 2.0, ..Default::default() }
+    SamplerConfig {
+        cfg_scale: 2.0,
+        ..Default::default()
+    }
 }
 
 impl TrainConfig {
@@ -82,10 +85,18 @@ impl TrainConfig {
         crate::paths::check_dir_name(&self.name).map_err(|e| anyhow::anyhow!("name: {e}"))?;
         self.model.validate().context("model")?;
         if !(1..=crate::run::MAX_STEPS).contains(&self.steps) {
-            bail!("steps: must lie in 1..={} (got {})", crate::run::MAX_STEPS, self.steps);
+            bail!(
+                "steps: must lie in 1..={} (got {})",
+                crate::run::MAX_STEPS,
+                self.steps
+            );
         }
         if !(1..=crate::run::MAX_BATCH).contains(&self.batch_size) {
-            bail!("batch_size: must lie in 1..={} (got {})", crate::run::MAX_BATCH, self.batch_size);
+            bail!(
+                "batch_size: must lie in 1..={} (got {})",
+                crate::run::MAX_BATCH,
+                self.batch_size
+            );
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             bail!("ema_decay: must lie in [0, 1) (got {})", self.ema_decay);
@@ -97,15 +108,20 @@ impl TrainConfig {
         if self.log_every == 0 {
             bail!("log_every: must be positive");
         }
-        self.sampler.validate(dit::NoiseSchedule::dit_default().num_steps()).map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
+        self.sampler
+            .validate(dit::NoiseSchedule::dit_default().num_steps())
+            .map_err(|e| anyhow::anyhow!("sampler.{e}"))?;
         Ok(())
     }
 
     /// Read and validate a YAML file; unknown keys and wrong types are errors naming the file.
     pub fn from_yaml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let cfg: Self = serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let cfg: Self = serde_yaml_ng::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         Ok(cfg)
     }
 
@@ -137,14 +153,21 @@ pub struct DataOrder {
 
 impl DataOrder {
     pub fn new(seed: u64, n: usize) -> Self {
-        let mut o = Self { seed, n, epoch: usize::MAX, perm: Vec::new() };
+        let mut o = Self {
+            seed,
+            n,
+            epoch: usize::MAX,
+            perm: Vec::new(),
+        };
         o.load_epoch(0);
         o
     }
 
     fn load_epoch(&mut self, e: usize) {
         use rand::seq::SliceRandom;
-        let mut rng = dit::rng::seeded(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (e as u64).wrapping_add(0xD1B5));
+        let mut rng = dit::rng::seeded(
+            self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (e as u64).wrapping_add(0xD1B5),
+        );
         self.perm = (0..self.n).collect();
         self.perm.shuffle(&mut rng);
         self.epoch = e;
@@ -181,7 +204,13 @@ pub trait Objective {
     /// The scalar loss for `batch`, drawing any randomness from `rng`; may return named parts
     /// for the log. The model runs through `model.forward_recorded(.., tape)`, so that
     /// `model.backward(&loss, tape)` takes the blocks' hand-written backward.
-    fn loss(&mut self, model: &DiT, tape: &mut Tape, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)>;
+    fn loss(
+        &mut self,
+        model: &DiT,
+        tape: &mut Tape,
+        batch: &Batch,
+        rng: &mut HostRng,
+    ) -> Result<(Tensor, Vec<(String, f64)>)>;
     /// Variables the optimiser updates besides the model's (e.g. feature projectors).
     fn extra_vars(&self) -> Vec<(String, Var)> {
         Vec::new()
@@ -199,7 +228,9 @@ pub struct EpsilonObjective {
 
 impl EpsilonObjective {
     pub fn new() -> Self {
-        Self { schedule: dit::NoiseSchedule::dit_default() }
+        Self {
+            schedule: dit::NoiseSchedule::dit_default(),
+        }
     }
 }
 
@@ -210,16 +241,29 @@ impl Default for EpsilonObjective {
 }
 
 /// Draw `(t, eps, x_t)` for a batch from the host RNG.
-pub fn noise_batch(schedule: &dit::NoiseSchedule, x0: &Tensor, rng: &mut HostRng) -> Result<(Vec<usize>, Tensor, Tensor)> {
+pub fn noise_batch(
+    schedule: &dit::NoiseSchedule,
+    x0: &Tensor,
+    rng: &mut HostRng,
+) -> Result<(Vec<usize>, Tensor, Tensor)> {
     let n = x0.dim(0)?;
-    let t: Vec<usize> = dit::rng::uniform_ints(rng, n, schedule.num_steps()).iter().map(|&v| v as usize).collect();
+    let t: Vec<usize> = dit::rng::uniform_ints(rng, n, schedule.num_steps())
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
     let eps = dit::rng::randn(rng, x0.dims(), x0.device())?.to_dtype(x0.dtype())?;
     let xt = schedule.q_sample(x0, &eps, &t)?;
     Ok((t, eps, xt))
 }
 
 impl Objective for EpsilonObjective {
-    fn loss(&mut self, model: &DiT, tape: &mut Tape, batch: &Batch, rng: &mut HostRng) -> Result<(Tensor, Vec<(String, f64)>)> {
+    fn loss(
+        &mut self,
+        model: &DiT,
+        tape: &mut Tape,
+        batch: &Batch,
+        rng: &mut HostRng,
+    ) -> Result<(Tensor, Vec<(String, f64)>)> {
         let (t, eps, xt) = noise_batch(&self.schedule, &batch.x0, rng)?;
         let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let pred = model.eps(&model.forward_recorded(&xt, &tf, &batch.y, tape)?.0)?;
@@ -266,7 +310,9 @@ pub struct TrainOptions {
 
 /// Keep only metrics lines of steps `<= step` (a resumed run rewrites what came after its checkpoint).
 fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
         .filter(|l| {
@@ -293,8 +339,14 @@ pub fn train(
     cfg.validate()?;
     std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
     let device = model.device().clone();
-    let mut vars: Vec<(String, Var)> =
-        model.varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut vars: Vec<(String, Var)> = model
+        .varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let model_vars = vars.clone();
     // The optimiser sorts all variables by name, so the objective's own variables (feature
@@ -339,7 +391,10 @@ pub fn train(
         pb
     });
 
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(run.metrics())?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.metrics())?;
     let t0 = Instant::now();
     let mut window = (0.0f64, 0usize, Instant::now());
     let mut last_loss = f64::NAN;
@@ -352,8 +407,12 @@ pub fn train(
                 *label = null;
             }
         }
-        let x0 = Tensor::from_vec(x, (idx.len(), data.channels, data.height, data.width), &device)?
-            .to_dtype(model.dtype())?;
+        let x0 = Tensor::from_vec(
+            x,
+            (idx.len(), data.channels, data.height, data.width),
+            &device,
+        )?
+        .to_dtype(model.dtype())?;
         let batch = Batch { x0, y, step };
 
         // ---- loss, backward, update ---------------------------------------------------------------
@@ -422,7 +481,11 @@ pub fn train(
         // Nothing left to train (resumed at the end): the last logged window, as an uninterrupted run reports.
         last_loss = std::fs::read_to_string(run.metrics())
             .ok()
-            .and_then(|t| t.lines().last().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()))
+            .and_then(|t| {
+                t.lines()
+                    .last()
+                    .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            })
             .and_then(|v| v["loss"].as_f64())
             .unwrap_or(f64::NAN);
     }
@@ -436,7 +499,10 @@ pub fn train(
 
 /// Extra (non-model) trained variables, e.g. feature projectors: saved inside the checkpoint.
 fn extra_tensors(extra: &[(String, Var)]) -> std::collections::HashMap<String, Tensor> {
-    extra.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    extra
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
 }
 
 fn restore_extra_vars(dir: &Path, extra: &[(String, Var)]) -> Result<()> {
@@ -444,11 +510,19 @@ fn restore_extra_vars(dir: &Path, extra: &[(String, Var)]) -> Result<()> {
         return Ok(());
     }
     let p = dir.join("extra.safetensors");
-    let t = candle_core::safetensors::load(&p, &Device::Cpu).with_context(|| format!("{}: missing", p.display()))?;
+    let t = candle_core::safetensors::load(&p, &Device::Cpu)
+        .with_context(|| format!("{}: missing", p.display()))?;
     for (name, var) in extra {
-        let v = t.get(name).with_context(|| format!("{}: tensor `{name}` missing", p.display()))?;
+        let v = t
+            .get(name)
+            .with_context(|| format!("{}: tensor `{name}` missing", p.display()))?;
         if v.dims() != var.dims() {
-            bail!("{}: `{name}` has shape {:?}, expected {:?}", p.display(), v.dims(), var.dims());
+            bail!(
+                "{}: `{name}` has shape {:?}, expected {:?}",
+                p.display(),
+                v.dims(),
+                var.dims()
+            );
         }
         var.set(&v.to_device(var.device())?)?;
     }
@@ -456,13 +530,34 @@ fn restore_extra_vars(dir: &Path, extra: &[(String, Var)]) -> Result<()> {
 }
 
 /// Draw `n` samples (labels cycling 0..num_classes) from `model` with a seeded RNG and save a grid.
-pub fn sample_grid(model: &DiT, sampler: &SamplerConfig, n: usize, seed: u64, path: &Path) -> Result<Tensor> {
+pub fn sample_grid(
+    model: &DiT,
+    sampler: &SamplerConfig,
+    n: usize,
+    seed: u64,
+    path: &Path,
+) -> Result<Tensor> {
     let mut rng = dit::rng::seeded(seed);
     let c = &model.cfg;
     let labels: Vec<u32> = (0..n).map(|i| (i % c.num_classes) as u32).collect();
-    let noise = dit::rng::randn(&mut rng, &[n, c.in_channels, c.input_size, c.input_size], model.device())?;
-    let x = dit::sampler::sample(model, &dit::NoiseSchedule::dit_default(), &noise, &labels, sampler, &mut rng)?;
-    let cols = if n % c.num_classes == 0 && n >= c.num_classes { c.num_classes } else { (n as f64).sqrt().ceil() as usize };
+    let noise = dit::rng::randn(
+        &mut rng,
+        &[n, c.in_channels, c.input_size, c.input_size],
+        model.device(),
+    )?;
+    let x = dit::sampler::sample(
+        model,
+        &dit::NoiseSchedule::dit_default(),
+        &noise,
+        &labels,
+        sampler,
+        &mut rng,
+    )?;
+    let cols = if n % c.num_classes == 0 && n >= c.num_classes {
+        c.num_classes
+    } else {
+        (n as f64).sqrt().ceil() as usize
+    };
     crate::grid::save_grid(&x, cols, 2, path)?;
     Ok(x)
 }

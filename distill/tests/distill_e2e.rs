@@ -2,12 +2,12 @@
 //! run directory with a summary a sweep can read; finished runs are skipped; a student can teach.
 
 use candle_core::{DType, Device};
-use dit::{DiT, DitConfig, SamplerConfig};
 use distill::data::{DataConfig, Split};
 use distill::featnet::FeatNet;
 use distill::kd::Mode;
 use distill::run::{run_distill, DistillConfig, RunStatus, Shared};
 use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
+use dit::{DiT, DitConfig, SamplerConfig};
 
 #[test]
 fn students_in_every_mode_leave_complete_run_directories() {
@@ -25,7 +25,13 @@ fn students_in_every_mode_leave_complete_run_directories() {
     // A tiny teacher.
     let tcfg = TrainConfig {
         name: "t".into(),
-        model: DitConfig { hidden_size: 32, depth: 2, num_heads: 2, patch_size: 7, ..Default::default() },
+        model: DitConfig {
+            hidden_size: 32,
+            depth: 2,
+            num_heads: 2,
+            patch_size: 7,
+            ..Default::default()
+        },
         data: data.clone(),
         optim: Default::default(),
         steps: 10,
@@ -39,16 +45,34 @@ fn students_in_every_mode_leave_complete_run_directories() {
     };
     let teacher_dir = root.join("teacher");
     let mut t = DiT::new(&tcfg.model, 0, DType::F32, &dev).unwrap();
-    train(&tcfg, &mut t, &train_set, &mut EpsilonObjective::new(), &RunPaths::new(&teacher_dir), &TrainOptions::default()).unwrap();
+    train(
+        &tcfg,
+        &mut t,
+        &train_set,
+        &mut EpsilonObjective::new(),
+        &RunPaths::new(&teacher_dir),
+        &TrainOptions::default(),
+    )
+    .unwrap();
 
     let shared = Shared::load(&data, &root.join("featnet"), None, &dev).unwrap();
     assert_eq!(shared.test_feats.len(), 10_000 * distill::featnet::FEAT_DIM);
-    let student = DitConfig { hidden_size: 16, depth: 1, num_heads: 2, patch_size: 7, ..Default::default() };
+    let student = DitConfig {
+        hidden_size: 16,
+        depth: 1,
+        num_heads: 2,
+        patch_size: 7,
+        ..Default::default()
+    };
     let mk = |mode: Mode, teacher: &std::path::Path| {
         let mut c = DistillConfig::new(Some(teacher.to_path_buf()), mode, student.clone(), 6);
         c.batch_size = 16;
         c.eval.samples = 40;
-        c.eval.sampler = SamplerConfig { steps: 4, cfg_scale: 2.0, ..Default::default() };
+        c.eval.sampler = SamplerConfig {
+            steps: 4,
+            cfg_scale: 2.0,
+            ..Default::default()
+        };
         c.eval.speed = mode == Mode::Kd;
         c.bank.size = 24;
         c.bank.sampler.steps = 4;
@@ -65,22 +89,51 @@ fn students_in_every_mode_leave_complete_run_directories() {
         let m = s.metrics.as_ref().expect("an ok run is evaluated");
         assert!(m.fid_proxy.is_finite() && m.fid_proxy >= 0.0);
         assert!((0.0..=1.0).contains(&m.precision) && (0.0..=1.0).contains(&m.coverage));
-        assert!(m.fidelity_mse.is_some(), "{mode}: teacher fidelity is measured whenever a teacher is given");
+        assert!(
+            m.fidelity_mse.is_some(),
+            "{mode}: teacher fidelity is measured whenever a teacher is given"
+        );
         assert!(s.teacher_hash.is_some());
-        assert_eq!(s.featnet_hash, FeatNet::hash(&root.join("featnet")).unwrap());
-        for f in ["config.yaml", "metrics.jsonl", "summary.json", "grid.png", "ema.safetensors", "checkpoint/state.json"] {
+        assert_eq!(
+            s.featnet_hash,
+            FeatNet::hash(&root.join("featnet")).unwrap()
+        );
+        for f in [
+            "config.yaml",
+            "metrics.jsonl",
+            "summary.json",
+            "grid.png",
+            "ema.safetensors",
+            "checkpoint/state.json",
+        ] {
             assert!(dir.join(f).exists(), "{mode}: {f} missing");
         }
         match mode {
             Mode::Kd => {
-                assert!(s.teacher_fraction > 0.0 && s.teacher_fraction < 1.0, "{}", s.teacher_fraction);
+                assert!(
+                    s.teacher_fraction > 0.0 && s.teacher_fraction < 1.0,
+                    "{}",
+                    s.teacher_fraction
+                );
                 assert!(m.latency_ms.unwrap() > 0.0 && m.images_per_s.unwrap() > 0.0);
                 assert_eq!(m.forwards_per_image, 8);
             }
             Mode::Onestep => {
                 assert_eq!(m.forwards_per_image, 1);
-                let banks = std::fs::read_dir(root.join("cache")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("bank-")).count();
-                assert_eq!(banks, 1, "the sample bank is cached once per teacher and sampler");
+                let banks = std::fs::read_dir(root.join("cache"))
+                    .unwrap()
+                    .filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .starts_with("bank-")
+                    })
+                    .count();
+                assert_eq!(
+                    banks, 1,
+                    "the sample bank is cached once per teacher and sampler"
+                );
             }
             Mode::Scratch => assert_eq!(s.teacher_fraction, 0.0),
         }
@@ -90,8 +143,17 @@ fn students_in_every_mode_leave_complete_run_directories() {
     }
 
     // Teacher -> teaching assistant -> student.
-    let ta = root.join("runs").join(mk(Mode::Kd, &teacher_dir).run_label());
-    let cfg = DistillConfig { student: DitConfig { hidden_size: 8, num_heads: 1, ..student.clone() }, ..mk(Mode::Kd, &ta) };
+    let ta = root
+        .join("runs")
+        .join(mk(Mode::Kd, &teacher_dir).run_label());
+    let cfg = DistillConfig {
+        student: DitConfig {
+            hidden_size: 8,
+            num_heads: 1,
+            ..student.clone()
+        },
+        ..mk(Mode::Kd, &ta)
+    };
     let s = run_distill(&cfg, &root.join("runs/from-ta"), &shared, false).unwrap();
     assert_eq!(s.status, RunStatus::Ok, "{:?}", s.reason);
     assert_ne!(s.teacher_hash, Some(String::new()));

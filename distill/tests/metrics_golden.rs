@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use distill::metrics::{frechet_distance, kid_first_rows, prdc};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// (real rows, fake rows, dim) from `NAME.features.safetensors`.
@@ -14,7 +16,11 @@ fn load(name: &str) -> (Vec<f32>, Vec<f32>, usize) {
     let t = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let dim = t["real"].dims()[1];
-    assert_eq!(t["fake"].dims()[1], dim, "{name}: real and fake feature dims differ");
+    assert_eq!(
+        t["fake"].dims()[1],
+        dim,
+        "{name}: real and fake feature dims differ"
+    );
     let rows = |k: &str| t[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
     (rows("real"), rows("fake"), dim)
 }
@@ -22,12 +28,16 @@ fn load(name: &str) -> (Vec<f32>, Vec<f32>, usize) {
 fn check(name: &str) {
     let (real, fake, dim) = load(name);
     let path = fixture(&format!("{name}.expected.json"));
-    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(exp["dim"].as_u64(), Some(dim as u64));
     let k = exp["prdc_k"].as_u64().unwrap() as usize;
     let p = prdc(&real, &fake, dim, k).unwrap();
     let got = [
-        ("frechet_distance", frechet_distance(&real, &fake, dim).unwrap()),
+        (
+            "frechet_distance",
+            frechet_distance(&real, &fake, dim).unwrap(),
+        ),
         ("kid", kid_first_rows(&real, &fake, dim).unwrap()),
         ("precision", p.precision),
         ("recall", p.recall),

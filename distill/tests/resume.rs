@@ -3,17 +3,27 @@
 //! and keeps its last checkpoint.
 
 use candle_core::{DType, Device, Tensor};
-use dit::{DiT, DitConfig};
 use distill::data::{DataConfig, Split};
 use distill::optim::OptimConfig;
 use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
+use dit::{DiT, DitConfig};
 
 fn tiny_config() -> TrainConfig {
     TrainConfig {
         name: "resume-test".into(),
-        model: DitConfig { hidden_size: 32, depth: 2, num_heads: 2, patch_size: 7, ..Default::default() },
+        model: DitConfig {
+            hidden_size: 32,
+            depth: 2,
+            num_heads: 2,
+            patch_size: 7,
+            ..Default::default()
+        },
         data: DataConfig::default(),
-        optim: OptimConfig { lr: 1e-3, warmup_steps: 2, ..Default::default() },
+        optim: OptimConfig {
+            lr: 1e-3,
+            warmup_steps: 2,
+            ..Default::default()
+        },
         steps: 8,
         batch_size: 16,
         seed: 5,
@@ -48,17 +58,44 @@ fn split_run_equals_straight_run() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
 
     let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
-    let out = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&a), &TrainOptions::default()).unwrap();
+    let out = train(
+        &cfg,
+        &mut m,
+        &data,
+        &mut EpsilonObjective::new(),
+        &RunPaths::new(&a),
+        &TrainOptions::default(),
+    )
+    .unwrap();
     assert_eq!(out.steps_done, 8);
     assert!(out.final_loss.is_finite());
 
     let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
-    let opts = TrainOptions { stop_at: Some(4), ..Default::default() };
-    let half = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&b), &opts).unwrap();
+    let opts = TrainOptions {
+        stop_at: Some(4),
+        ..Default::default()
+    };
+    let half = train(
+        &cfg,
+        &mut m,
+        &data,
+        &mut EpsilonObjective::new(),
+        &RunPaths::new(&b),
+        &opts,
+    )
+    .unwrap();
     assert_eq!(half.steps_done, 4);
     // A new process would start from a fresh model: do the same.
     let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
-    let rest = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&b), &TrainOptions::default()).unwrap();
+    let rest = train(
+        &cfg,
+        &mut m,
+        &data,
+        &mut EpsilonObjective::new(),
+        &RunPaths::new(&b),
+        &TrainOptions::default(),
+    )
+    .unwrap();
     assert_eq!(rest.resumed_from, Some(4));
     assert_eq!(rest.steps_done, 8);
 
@@ -80,11 +117,21 @@ fn split_run_equals_straight_run() {
     assert_eq!(losses(&a).len(), 4);
 
     // A different config must not silently resume this checkpoint.
-    let other = TrainConfig { seed: 6, ..cfg.clone() };
+    let other = TrainConfig {
+        seed: 6,
+        ..cfg.clone()
+    };
     let mut m = DiT::new(&other.model, other.seed, DType::F32, &dev).unwrap();
-    let e = train(&other, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&b), &TrainOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = train(
+        &other,
+        &mut m,
+        &data,
+        &mut EpsilonObjective::new(),
+        &RunPaths::new(&b),
+        &TrainOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("another config"), "{e}");
 }
 
@@ -99,8 +146,18 @@ fn feature_kd_resumes_its_projectors_exactly() {
     cfg.steps = 6;
     cfg.checkpoint_every = 2;
     let dev = Device::Cpu;
-    let teacher_cfg = DitConfig { hidden_size: 48, depth: 3, num_heads: 2, patch_size: 7, ..Default::default() };
-    let weights = distill::kd::KdWeights { kd: 0.5, data: 0.1, feat: 0.4 };
+    let teacher_cfg = DitConfig {
+        hidden_size: 48,
+        depth: 3,
+        num_heads: 2,
+        patch_size: 7,
+        ..Default::default()
+    };
+    let weights = distill::kd::KdWeights {
+        kd: 0.5,
+        data: 0.1,
+        feat: 0.4,
+    };
     let objective = || {
         let teacher = DiT::new(&teacher_cfg, 11, DType::F32, &dev).unwrap();
         distill::kd::KdObjective::new(teacher, &cfg.model, weights.clone(), cfg.seed).unwrap()
@@ -108,15 +165,50 @@ fn feature_kd_resumes_its_projectors_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
-    train(&cfg, &mut m, &data, &mut objective(), &RunPaths::new(&a), &TrainOptions::default()).unwrap();
+    train(
+        &cfg,
+        &mut m,
+        &data,
+        &mut objective(),
+        &RunPaths::new(&a),
+        &TrainOptions::default(),
+    )
+    .unwrap();
     let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
-    let opts = TrainOptions { stop_at: Some(3), ..Default::default() };
-    train(&cfg, &mut m, &data, &mut objective(), &RunPaths::new(&b), &opts).unwrap();
+    let opts = TrainOptions {
+        stop_at: Some(3),
+        ..Default::default()
+    };
+    train(
+        &cfg,
+        &mut m,
+        &data,
+        &mut objective(),
+        &RunPaths::new(&b),
+        &opts,
+    )
+    .unwrap();
     let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
-    let rest = train(&cfg, &mut m, &data, &mut objective(), &RunPaths::new(&b), &TrainOptions::default()).unwrap();
+    let rest = train(
+        &cfg,
+        &mut m,
+        &data,
+        &mut objective(),
+        &RunPaths::new(&b),
+        &TrainOptions::default(),
+    )
+    .unwrap();
     assert_eq!(rest.resumed_from, Some(3));
-    assert!(a.join("checkpoint/extra.safetensors").exists(), "feature KD saves its projectors");
-    for f in ["model.safetensors", "ema.safetensors", "optim.safetensors", "extra.safetensors"] {
+    assert!(
+        a.join("checkpoint/extra.safetensors").exists(),
+        "feature KD saves its projectors"
+    );
+    for f in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optim.safetensors",
+        "extra.safetensors",
+    ] {
         assert_same(&a.join("checkpoint").join(f), &b.join("checkpoint").join(f));
     }
 }
@@ -125,14 +217,29 @@ fn feature_kd_resumes_its_projectors_exactly() {
 fn diverging_run_is_an_error_and_keeps_its_checkpoint() {
     let data = DataConfig::default().load(Split::Train).unwrap().take(256);
     let mut cfg = tiny_config();
-    cfg.optim = OptimConfig { lr: 1e6, warmup_steps: 1, grad_clip: 0.0, ..Default::default() };
+    cfg.optim = OptimConfig {
+        lr: 1e6,
+        warmup_steps: 1,
+        grad_clip: 0.0,
+        ..Default::default()
+    };
     cfg.steps = 60;
     cfg.checkpoint_every = 1;
     let tmp = tempfile::tempdir().unwrap();
     let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &Device::Cpu).unwrap();
-    let e = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(tmp.path()), &TrainOptions::default())
-        .unwrap_err();
-    assert!(e.downcast_ref::<distill::train::Diverged>().is_some(), "a typed divergence: {e:#}");
+    let e = train(
+        &cfg,
+        &mut m,
+        &data,
+        &mut EpsilonObjective::new(),
+        &RunPaths::new(tmp.path()),
+        &TrainOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.downcast_ref::<distill::train::Diverged>().is_some(),
+        "a typed divergence: {e:#}"
+    );
     assert!(e.to_string().contains("diverged"), "{e}");
     assert!(tmp.path().join("checkpoint/state.json").exists());
 }
@@ -162,13 +269,29 @@ fn rerun_after_the_final_checkpoint_restores_the_ema_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
-    train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&dir), &TrainOptions::default()).unwrap();
+    train(
+        &cfg,
+        &mut m,
+        &data,
+        &mut EpsilonObjective::new(),
+        &RunPaths::new(&dir),
+        &TrainOptions::default(),
+    )
+    .unwrap();
     let ema = dir.join("ema.safetensors");
     let kept = tmp.path().join("ema-straight.safetensors");
     std::fs::rename(&ema, &kept).unwrap();
 
     let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
-    let out = train(&cfg, &mut m, &data, &mut EpsilonObjective::new(), &RunPaths::new(&dir), &TrainOptions::default()).unwrap();
+    let out = train(
+        &cfg,
+        &mut m,
+        &data,
+        &mut EpsilonObjective::new(),
+        &RunPaths::new(&dir),
+        &TrainOptions::default(),
+    )
+    .unwrap();
     assert_eq!(out.steps_done, 8);
     assert!(ema.exists(), "the rerun wrote no ema.safetensors");
     assert_same(&ema, &kept);

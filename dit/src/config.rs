@@ -101,7 +101,11 @@ pub enum ConfigError {
     #[error("field `class_dropout_prob` must lie in [0, 1) (got {0})")]
     BadDropout(f64),
     #[error("field `{field}` must be at most {max} (got {value})")]
-    TooLarge { field: &'static str, value: usize, max: usize },
+    TooLarge {
+        field: &'static str,
+        value: usize,
+        max: usize,
+    },
     #[error("unknown preset `{0}`: expected DiT-S/B/L/XL with patch 2, 4 or 8, e.g. `DiT-XL/2`")]
     UnknownPreset(String),
 }
@@ -140,8 +144,13 @@ impl DitConfig {
                 return Err(ConfigError::TooLarge { field, value, max });
             }
         }
-        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) || self.mlp_hidden() == 0 {
-            return Err(ConfigError::NotPositive { field: "mlp_ratio", value: self.mlp_ratio.to_string() });
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0)
+            || self.mlp_hidden() == 0
+        {
+            return Err(ConfigError::NotPositive {
+                field: "mlp_ratio",
+                value: self.mlp_ratio.to_string(),
+            });
         }
         if !(0.0..1.0).contains(&self.class_dropout_prob) {
             return Err(ConfigError::BadDropout(self.class_dropout_prob));

@@ -70,10 +70,16 @@ impl SamplerConfig {
     /// (guidance >= 0, eta in [0, 1]). Errors name the field.
     pub fn validate(&self, schedule_steps: usize) -> std::result::Result<(), String> {
         if self.steps == 0 || self.steps > schedule_steps {
-            return Err(format!("steps: must lie in 1..={schedule_steps} (got {})", self.steps));
+            return Err(format!(
+                "steps: must lie in 1..={schedule_steps} (got {})",
+                self.steps
+            ));
         }
         if !(self.cfg_scale.is_finite() && self.cfg_scale >= 0.0) {
-            return Err(format!("cfg_scale: must be a finite number >= 0 (got {})", self.cfg_scale));
+            return Err(format!(
+                "cfg_scale: must be a finite number >= 0 (got {})",
+                self.cfg_scale
+            ));
         }
         if !(0.0..=1.0).contains(&self.eta) {
             return Err(format!("eta: must lie in [0, 1] (got {})", self.eta));

@@ -4,11 +4,15 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use dit::SamplerKind;
 use distill::kd::Mode;
+use dit::SamplerKind;
 
 #[derive(Parser, Debug)]
-#[command(name = "ditkd", version, about = "What is the best compact Diffusion Transformer for my parameter budget?")]
+#[command(
+    name = "ditkd",
+    version,
+    about = "What is the best compact Diffusion Transformer for my parameter budget?"
+)]
 pub struct Cli {
     /// Threads for candle's CPU kernels (0 = all cores).
     #[arg(long, global = true, default_value_t = 0)]
@@ -283,13 +287,50 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Info { model } => crate::cmd::info::run(&model),
-        Command::Teacher { config, out, stop_at, grid } => crate::cmd::teacher::run(&config, &out, stop_at, grid),
-        Command::Bench { only, warmup, iters } => crate::cmd::bench::run(only, warmup, iters),
+        Command::Teacher {
+            config,
+            out,
+            stop_at,
+            grid,
+        } => crate::cmd::teacher::run(&config, &out, stop_at, grid),
+        Command::Bench {
+            only,
+            warmup,
+            iters,
+        } => crate::cmd::bench::run(only, warmup, iters),
         Command::Featnet { out, epochs, seed } => crate::cmd::featnet::run(&out, epochs, seed),
-        Command::Distill { teacher, student, mode, steps, batch, seed, samples, init, out, config } => {
-            crate::cmd::distill::run(crate::cmd::distill::Args { teacher, student, mode, steps, batch, seed, samples, init, out, config })
-        }
-        Command::Sweep { spec, dry_run, shard, out, jobs, threads_per_job, allow_changed_spec } => crate::cmd::sweep::run(&crate::cmd::sweep::Args {
+        Command::Distill {
+            teacher,
+            student,
+            mode,
+            steps,
+            batch,
+            seed,
+            samples,
+            init,
+            out,
+            config,
+        } => crate::cmd::distill::run(crate::cmd::distill::Args {
+            teacher,
+            student,
+            mode,
+            steps,
+            batch,
+            seed,
+            samples,
+            init,
+            out,
+            config,
+        }),
+        Command::Sweep {
+            spec,
+            dry_run,
+            shard,
+            out,
+            jobs,
+            threads_per_job,
+            allow_changed_spec,
+        } => crate::cmd::sweep::run(&crate::cmd::sweep::Args {
             spec: &spec,
             dry_run,
             shard: shard.as_deref(),
@@ -298,15 +339,45 @@ pub fn run(cli: Cli) -> Result<()> {
             threads_per_job,
             allow_changed_spec,
         }),
-        Command::Study { spec, out, jobs, threads_per_job, bootstrap } => {
-            crate::cmd::study::run(&spec, out.as_deref(), jobs, threads_per_job, bootstrap)
-        }
+        Command::Study {
+            spec,
+            out,
+            jobs,
+            threads_per_job,
+            bootstrap,
+        } => crate::cmd::study::run(&spec, out.as_deref(), jobs, threads_per_job, bootstrap),
         Command::Table { dir, raw } => crate::cmd::sweep::table(&dir, raw),
-        Command::Merge { out, inputs, allow_mixed } => crate::cmd::sweep::merge(&out, &inputs, allow_mixed),
-        Command::Slurm { spec, shards, out, output, time, partition, binary } => {
-            crate::cmd::slurm::run(crate::cmd::slurm::Args { spec, shards, out, output, time, partition, binary })
-        }
-        Command::Fit { dir, metric, mode, bootstrap, hold_out, out, seed } => crate::cmd::fit::run(crate::cmd::fit::Args {
+        Command::Merge {
+            out,
+            inputs,
+            allow_mixed,
+        } => crate::cmd::sweep::merge(&out, &inputs, allow_mixed),
+        Command::Slurm {
+            spec,
+            shards,
+            out,
+            output,
+            time,
+            partition,
+            binary,
+        } => crate::cmd::slurm::run(crate::cmd::slurm::Args {
+            spec,
+            shards,
+            out,
+            output,
+            time,
+            partition,
+            binary,
+        }),
+        Command::Fit {
+            dir,
+            metric,
+            mode,
+            bootstrap,
+            hold_out,
+            out,
+            seed,
+        } => crate::cmd::fit::run(crate::cmd::fit::Args {
             dir,
             metric,
             mode,
@@ -315,18 +386,37 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             seed,
         }),
-        Command::Best { budget, results, max_latency_ms, json, force } => crate::cmd::best::run(&budget, &results, max_latency_ms, json, force),
+        Command::Best {
+            budget,
+            results,
+            max_latency_ms,
+            json,
+            force,
+        } => crate::cmd::best::run(&budget, &results, max_latency_ms, json, force),
         Command::Plot { dir } => crate::cmd::plot::run(&dir),
         Command::FidWeights(a) => crate::cmd::fid::run_weights(a),
         Command::Fid(a) => crate::cmd::fid::run(a),
-        Command::Latency { dir, repeats, batches } => {
+        Command::Latency {
+            dir,
+            repeats,
+            batches,
+        } => {
             let n = crate::speed::measure(&dir, &crate::speed::Options { repeats, batches }, true)?;
-            println!("{n} models timed -> {}", dir.join("latency.parquet").display());
+            println!(
+                "{n} models timed -> {}",
+                dir.join("latency.parquet").display()
+            );
             Ok(())
         }
         Command::Report { dir } => crate::cmd::report::run(&dir),
-        Command::Sample { checkpoint, n, steps, cfg, sampler, seed, out } => {
-            crate::cmd::sample::run(&checkpoint, n, steps, cfg, sampler, seed, &out)
-        }
+        Command::Sample {
+            checkpoint,
+            n,
+            steps,
+            cfg,
+            sampler,
+            seed,
+            out,
+        } => crate::cmd::sample::run(&checkpoint, n, steps, cfg, sampler, seed, &out),
     }
 }

@@ -12,12 +12,20 @@ static DEVICE: OnceLock<Device> = OnceLock::new();
 pub fn parse(s: &str) -> Result<Device> {
     match s.trim() {
         "cpu" => Ok(Device::Cpu),
-        other => match other.strip_prefix("cuda:").or((other == "cuda").then_some("0")) {
+        other => match other
+            .strip_prefix("cuda:")
+            .or((other == "cuda").then_some("0"))
+        {
             Some(n) => {
-                let n: usize = n.parse().map_err(|_| anyhow::anyhow!("--device `{other}`: expected cpu or cuda:N"))?;
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--device `{other}`: expected cpu or cuda:N"))?;
                 cuda(n)
             }
-            None => bail!("--device `{}`: expected cpu or cuda:N", crate::spec::clip(other, 40)),
+            None => bail!(
+                "--device `{}`: expected cpu or cuda:N",
+                crate::spec::clip(other, 40)
+            ),
         },
     }
 }

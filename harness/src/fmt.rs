@@ -37,7 +37,11 @@ pub fn grouped(v: i64) -> String {
         }
         out.push(c);
     }
-    if v < 0 { format!("-{out}") } else { out }
+    if v < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
 }
 
 fn trim(s: &str) -> String {

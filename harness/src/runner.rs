@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use dit::DitConfig;
 use distill::run::{run_distill, DistillConfig, Shared, Summary};
+use dit::DitConfig;
 
 use crate::spec::{enumerate, field_error, SweepSpec};
 
@@ -24,7 +24,10 @@ impl RunPlan {
     /// `007-d4-w96-h4-kd-s0`.
     pub fn dir_name(&self) -> String {
         let s = &self.cfg.student;
-        format!("{:03}-d{}-w{}-h{}-{}-s{}", self.index, s.depth, s.hidden_size, s.num_heads, self.cfg.mode, self.cfg.seed)
+        format!(
+            "{:03}-d{}-w{}-h{}-{}-s{}",
+            self.index, s.depth, s.hidden_size, s.num_heads, self.cfg.mode, self.cfg.seed
+        )
     }
 }
 
@@ -38,7 +41,8 @@ pub fn sweep_dir(spec: &SweepSpec, out: Option<&Path>) -> PathBuf {
 
 /// The teacher's config fixes the students' input, channels and classes.
 pub fn base_config(spec: &SweepSpec) -> Result<DitConfig> {
-    let (cfg, _) = distill::checkpoint::locate_model(&spec.teacher).map_err(|e| field_error("teacher", format!("{e:#}")))?;
+    let (cfg, _) = distill::checkpoint::locate_model(&spec.teacher)
+        .map_err(|e| field_error("teacher", format!("{e:#}")))?;
     distill::checkpoint::read_dit_config(&cfg).map_err(|e| field_error("teacher", format!("{e:#}")))
 }
 
@@ -53,8 +57,13 @@ pub fn plan(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<RunPlan>> {
         for p in &shapes {
             for &mode in &spec.distill.modes {
                 let cfg = spec.distill.run_config(spec, mode, p.cfg.clone(), seed);
-                cfg.validate().with_context(|| format!("run {} ({})", runs.len(), cfg.run_label()))?;
-                runs.push(RunPlan { index: runs.len(), budget: p.budget, cfg });
+                cfg.validate()
+                    .with_context(|| format!("run {} ({})", runs.len(), cfg.run_label()))?;
+                runs.push(RunPlan {
+                    index: runs.len(),
+                    budget: p.budget,
+                    cfg,
+                });
             }
         }
     }
@@ -75,11 +84,17 @@ pub fn load(path: &Path, jobs: Option<usize>, threads_per_job: Option<usize>) ->
     let mut spec = SweepSpec::from_file(path)?;
     // Parallelism changes how fast runs go, never what they compute (not part of a run's hash).
     if let Some(j) = jobs {
-        anyhow::ensure!((1..=1024).contains(&j), "--jobs: must lie in 1..=1024 (got {j})");
+        anyhow::ensure!(
+            (1..=1024).contains(&j),
+            "--jobs: must lie in 1..=1024 (got {j})"
+        );
         spec.parallel.jobs = j;
     }
     if let Some(t) = threads_per_job {
-        anyhow::ensure!((1..=1024).contains(&t), "--threads-per-job: must lie in 1..=1024 (got {t})");
+        anyhow::ensure!(
+            (1..=1024).contains(&t),
+            "--threads-per-job: must lie in 1..=1024 (got {t})"
+        );
         spec.parallel.threads_per_job = t;
     }
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -95,10 +110,18 @@ fn preflight(spec: &SweepSpec) -> Result<()> {
     let featnet = distill::paths::resolve(&spec.featnet);
     for f in ["featnet.json", "featnet.safetensors"] {
         if !featnet.join(f).is_file() {
-            return Err(field_error("featnet", format!("{}: missing (train it with `ditkd featnet`)", featnet.join(f).display())));
+            return Err(field_error(
+                "featnet",
+                format!(
+                    "{}: missing (train it with `ditkd featnet`)",
+                    featnet.join(f).display()
+                ),
+            ));
         }
     }
-    spec.data.check().map_err(|e| field_error("data", format!("{e:#}")))?;
+    spec.data
+        .check()
+        .map_err(|e| field_error("data", format!("{e:#}")))?;
     Ok(())
 }
 
@@ -110,16 +133,25 @@ pub fn spec_hash(spec: &SweepSpec) -> Result<String> {
     if let Some(o) = v.as_object_mut() {
         o.remove("parallel");
     }
-    Ok(hex::encode(&Sha256::digest(serde_json::to_string(&v)?.as_bytes())[..8]))
+    Ok(hex::encode(
+        &Sha256::digest(serde_json::to_string(&v)?.as_bytes())[..8],
+    ))
 }
 
 /// Refuse `dir` when it holds another sweep's spec (another name, or the same name with other
 /// settings unless `allow_changed`): two sweeps in one table would mix their runs.
 pub fn claim_dir(spec: &SweepSpec, dir: &Path, allow_changed: bool) -> Result<()> {
     let p = dir.join("spec.yaml");
-    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
-    let old: SweepSpec = serde_yaml_ng::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: this results directory holds an unreadable spec ({}); choose another --out", p.display(), crate::spec::clip(&e.to_string(), 200)))?;
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(());
+    };
+    let old: SweepSpec = serde_yaml_ng::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: this results directory holds an unreadable spec ({}); choose another --out",
+            p.display(),
+            crate::spec::clip(&e.to_string(), 200)
+        )
+    })?;
     if old.name != spec.name {
         anyhow::bail!(
             "{}: this directory holds sweep `{}`, not `{}`: its table would mix two sweeps; choose another --out",
@@ -142,9 +174,14 @@ pub fn claim_dir(spec: &SweepSpec, dir: &Path, allow_changed: bool) -> Result<()
 /// `K/N` -> (K, N), 1-based K.
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     let shown = crate::spec::clip(s, 40);
-    let bad = || anyhow::anyhow!("--shard `{shown}`: expected K/N with whole numbers 1 <= K <= N, e.g. 2/4");
+    let bad = || {
+        anyhow::anyhow!("--shard `{shown}`: expected K/N with whole numbers 1 <= K <= N, e.g. 2/4")
+    };
     let (k, n) = s.split_once('/').ok_or_else(bad)?;
-    let (k, n): (usize, usize) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    let (k, n): (usize, usize) = (
+        k.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
     if n == 0 || k == 0 || k > n {
         return Err(bad());
     }
@@ -155,7 +192,9 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 /// starting at K-1. A shape's KD and scratch runs stay together, so every shard gets both modes and
 /// a mix of cheap and dear shapes (deterministic).
 pub fn shard(runs: Vec<RunPlan>, k: usize, n: usize, modes: usize) -> Vec<RunPlan> {
-    runs.into_iter().filter(|r| (r.index / modes.max(1)) % n == k - 1).collect()
+    runs.into_iter()
+        .filter(|r| (r.index / modes.max(1)) % n == k - 1)
+        .collect()
 }
 
 /// Wall-time estimate of a run on one thread (s), for the dry-run table. Rates measured on a
@@ -167,23 +206,52 @@ pub fn shard(runs: Vec<RunPlan>, k: usize, n: usize, modes: usize) -> Vec<RunPla
 pub fn estimate_secs(r: &RunPlan, teacher: &DitConfig, pays_teacher: bool) -> f64 {
     let s = &r.cfg.student;
     let images = (r.cfg.steps * r.cfg.batch_size) as f64;
-    let train = 3.0 * s.forward_flops() as f64 * images / 25e9 + r.cfg.steps as f64 * s.depth as f64 * 2.5e-3;
-    let teach = if pays_teacher { teacher.forward_flops() as f64 * images / 50e9 } else { 0.0 };
-    let eval_forwards = r.cfg.eval.samples as f64 * distill::eval::forwards_per_image(r.cfg.mode, &r.cfg.eval.sampler) as f64;
+    let train = 3.0 * s.forward_flops() as f64 * images / 25e9
+        + r.cfg.steps as f64 * s.depth as f64 * 2.5e-3;
+    let teach = if pays_teacher {
+        teacher.forward_flops() as f64 * images / 50e9
+    } else {
+        0.0
+    };
+    let eval_forwards = r.cfg.eval.samples as f64
+        * distill::eval::forwards_per_image(r.cfg.mode, &r.cfg.eval.sampler) as f64;
     let eval = eval_forwards * s.forward_flops() as f64 / 12e9 + 5.0;
     train + teach + eval
 }
 
 /// Execute `runs` with `jobs` concurrent workers of `threads` candle threads each.
-pub fn execute(spec: &SweepSpec, runs: &[RunPlan], dir: &Path, progress: bool) -> Result<Vec<Summary>> {
+pub fn execute(
+    spec: &SweepSpec,
+    runs: &[RunPlan],
+    dir: &Path,
+    progress: bool,
+) -> Result<Vec<Summary>> {
     std::fs::create_dir_all(dir.join("runs"))?;
-    dit::io::write_atomic(&dir.join("spec.yaml"), serde_yaml_ng::to_string(spec)?.as_bytes())?;
+    dit::io::write_atomic(
+        &dir.join("spec.yaml"),
+        serde_yaml_ng::to_string(spec)?.as_bytes(),
+    )?;
     // Each worker runs in its own rayon pool of `threads_per_job` threads; candle's GEMM splits its
     // work by RAYON_NUM_THREADS, which the command sets to the same number before it calls this.
-    let shared = Shared::load(&spec.data, &spec.featnet, Some(&spec.cache_dir), &crate::device::get())?;
+    let shared = Shared::load(
+        &spec.data,
+        &spec.featnet,
+        Some(&spec.cache_dir),
+        &crate::device::get(),
+    )?;
     // The floor (real data) and the teacher under the students' protocol, before any student.
-    let quiet = distill::eval::EvalConfig { speed: false, ..spec.eval.clone() };
-    distill::reference::Reference::ensure(dir, &quiet, Some(&spec.teacher), &shared, &spec.cache_dir).context("measuring the real-data floor and the teacher")?;
+    let quiet = distill::eval::EvalConfig {
+        speed: false,
+        ..spec.eval.clone()
+    };
+    distill::reference::Reference::ensure(
+        dir,
+        &quiet,
+        Some(&spec.teacher),
+        &shared,
+        &spec.cache_dir,
+    )
+    .context("measuring the real-data floor and the teacher")?;
     let queue = Mutex::new(runs.iter().cloned().collect::<VecDeque<_>>());
     let results = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);
@@ -191,7 +259,8 @@ pub fn execute(spec: &SweepSpec, runs: &[RunPlan], dir: &Path, progress: bool) -
     if progress {
         distill::progress::attach(indicatif::MultiProgress::new());
     }
-    let overall = distill::progress::bar(runs.len() as u64, &format!("sweep {}", spec.name), progress);
+    let overall =
+        distill::progress::bar(runs.len() as u64, &format!("sweep {}", spec.name), progress);
     let jobs = spec.parallel.jobs.min(runs.len()).max(1);
     std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -266,9 +335,13 @@ seeds: [0, 1]
             let part = shard(all.clone(), k, 2, 2);
             // Each shard trains both modes, and a shape's KD and scratch runs land together.
             assert!(part.iter().any(|r| r.cfg.mode == distill::kd::Mode::Kd));
-            assert!(part.iter().any(|r| r.cfg.mode == distill::kd::Mode::Scratch));
+            assert!(part
+                .iter()
+                .any(|r| r.cfg.mode == distill::kd::Mode::Scratch));
             for r in &part {
-                assert!(part.iter().any(|q| q.cfg.student == r.cfg.student && q.cfg.seed == r.cfg.seed && q.cfg.mode != r.cfg.mode));
+                assert!(part.iter().any(|q| q.cfg.student == r.cfg.student
+                    && q.cfg.seed == r.cfg.seed
+                    && q.cfg.mode != r.cfg.mode));
             }
             seen.extend(part.iter().map(|r| r.index));
         }

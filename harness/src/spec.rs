@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use dit::DitConfig;
 use distill::data::DataConfig;
 use distill::eval::EvalConfig;
 use distill::kd::{KdWeights, Mode};
+use dit::DitConfig;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A parameter count written as `250000`, `250k`, `1.2M`.
@@ -23,8 +23,12 @@ impl<'de> Deserialize<'de> for Count {
             S(String),
         }
         match Raw::deserialize(d)? {
-            Raw::N(n) => parse_count(&n.to_string()).map(Count).map_err(serde::de::Error::custom),
-            Raw::F(f) => parse_count(&f.to_string()).map(Count).map_err(serde::de::Error::custom),
+            Raw::N(n) => parse_count(&n.to_string())
+                .map(Count)
+                .map_err(serde::de::Error::custom),
+            Raw::F(f) => parse_count(&f.to_string())
+                .map(Count)
+                .map_err(serde::de::Error::custom),
             Raw::S(s) => parse_count(&s).map(Count).map_err(serde::de::Error::custom),
         }
     }
@@ -38,7 +42,11 @@ pub fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {
-        format!("{}... ({} characters)", s.chars().take(n).collect::<String>(), s.chars().count())
+        format!(
+            "{}... ({} characters)",
+            s.chars().take(n).collect::<String>(),
+            s.chars().count()
+        )
     }
 }
 
@@ -51,13 +59,25 @@ pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
         Some('g' | 'G' | 'b' | 'B') => (&t[..t.len() - 1], 1e9),
         _ => (t, 1.0),
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("`{}` is not a parameter count (e.g. 250k, 1.2M)", clip(s, 40)))?;
+    let v: f64 = num.trim().parse().map_err(|_| {
+        format!(
+            "`{}` is not a parameter count (e.g. 250k, 1.2M)",
+            clip(s, 40)
+        )
+    })?;
     if !(v > 0.0) {
-        return Err(format!("`{}`: parameter count must be positive", clip(s, 40)));
+        return Err(format!(
+            "`{}`: parameter count must be positive",
+            clip(s, 40)
+        ));
     }
     let n = (v * mul).round();
     if !(1.0..=MAX_COUNT as f64).contains(&n) {
-        return Err(format!("`{}`: parameter count must lie in 1..={} (1T)", clip(s, 40), crate::fmt::grouped(MAX_COUNT as i64)));
+        return Err(format!(
+            "`{}`: parameter count must lie in 1..={} (1T)",
+            clip(s, 40),
+            crate::fmt::grouped(MAX_COUNT as i64)
+        ));
     }
     Ok(n as usize)
 }
@@ -77,7 +97,10 @@ fn d_tol() -> f64 {
 
 /// A list of values, or an inclusive range `{from, to, step}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged, expecting = "a list of positive integers, or a range {from, to, step} (no other keys)")]
+#[serde(
+    untagged,
+    expecting = "a list of positive integers, or a range {from, to, step} (no other keys)"
+)]
 pub enum Axis {
     List(Vec<usize>),
     Range(Range),
@@ -104,22 +127,37 @@ impl Axis {
             Axis::List(v) => v.clone(),
             Axis::Range(Range { from, to, step }) => {
                 if *step == 0 || from > to {
-                    return Err(field_error(format!("axes.{field}"), "a range needs from <= to and step > 0"));
+                    return Err(field_error(
+                        format!("axes.{field}"),
+                        "a range needs from <= to and step > 0",
+                    ));
                 }
                 if *to > MAX_AXIS {
-                    return Err(field_error(format!("axes.{field}"), format!("values must be at most {MAX_AXIS} (got to: {to})")));
+                    return Err(field_error(
+                        format!("axes.{field}"),
+                        format!("values must be at most {MAX_AXIS} (got to: {to})"),
+                    ));
                 }
                 (*from..=*to).step_by(*step).collect()
             }
         };
         if v.is_empty() || v.contains(&0) {
-            return Err(field_error(format!("axes.{field}"), "values must be positive and not empty"));
+            return Err(field_error(
+                format!("axes.{field}"),
+                "values must be positive and not empty",
+            ));
         }
         if let Some(x) = v.iter().find(|&&x| x > MAX_AXIS) {
-            return Err(field_error(format!("axes.{field}"), format!("values must be at most {MAX_AXIS} (got {x})")));
+            return Err(field_error(
+                format!("axes.{field}"),
+                format!("values must be at most {MAX_AXIS} (got {x})"),
+            ));
         }
         if let Some(d) = first_duplicate(&v) {
-            return Err(field_error(format!("axes.{field}"), format!("{d} is listed twice")));
+            return Err(field_error(
+                format!("axes.{field}"),
+                format!("{d} is listed twice"),
+            ));
         }
         Ok(v)
     }
@@ -127,7 +165,10 @@ impl Axis {
 
 /// The first value that occurs twice.
 fn first_duplicate<T: PartialEq + Clone>(v: &[T]) -> Option<T> {
-    v.iter().enumerate().find(|(i, x)| v[..*i].contains(x)).map(|(_, x)| x.clone())
+    v.iter()
+        .enumerate()
+        .find(|(i, x)| v[..*i].contains(x))
+        .map(|(_, x)| x.clone())
 }
 
 /// A validation error that names the spec field it is about (the loader adds file and line).
@@ -139,7 +180,11 @@ pub struct FieldError {
 }
 
 pub fn field_error(field: impl Into<String>, msg: impl Into<String>) -> anyhow::Error {
-    FieldError { field: field.into(), msg: msg.into() }.into()
+    FieldError {
+        field: field.into(),
+        msg: msg.into(),
+    }
+    .into()
 }
 
 /// 1-based line of a dotted field path (`distill.steps`, `budgets[1].tol`, `axes.heads`) in a YAML
@@ -159,14 +204,18 @@ pub fn line_of(text: &str, field: &str) -> Option<usize> {
             l.match_indices(key).any(|(at, _)| {
                 let before = l[..at].chars().last();
                 let after = l[at + key.len()..].trim_start();
-                before.is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '-' || c == '\t') && after.starts_with(':')
+                before.is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '-' || c == '\t')
+                    && after.starts_with(':')
             })
         })?;
         from = hit;
         found = Some(hit);
         if let Some(k) = index {
             // The k-th list item after the key: block items (`- `) or, for a flow list, the key's line.
-            let items: Vec<usize> = (hit + 1..lines.len()).take_while(|&i| lines[i].starts_with(' ') || lines[i].trim().is_empty()).filter(|&i| lines[i].trim_start().starts_with("- ")).collect();
+            let items: Vec<usize> = (hit + 1..lines.len())
+                .take_while(|&i| lines[i].starts_with(' ') || lines[i].trim().is_empty())
+                .filter(|&i| lines[i].trim_start().starts_with("- "))
+                .collect();
             if let Some(&i) = items.get(k) {
                 from = i;
                 found = Some(i);
@@ -216,7 +265,11 @@ fn d_min_hd() -> usize {
 
 impl Default for Constraints {
     fn default() -> Self {
-        Self { min_head_dim: d_min_hd(), max_head_dim: 0, closest_width: false }
+        Self {
+            min_head_dim: d_min_hd(),
+            max_head_dim: 0,
+            closest_width: false,
+        }
     }
 }
 
@@ -270,12 +323,24 @@ impl LrSchedule {
 
 impl DistillSettings {
     /// The resolved config of one run of `spec`: this is where a sweep's settings reach a run.
-    pub fn run_config(&self, spec: &SweepSpec, mode: Mode, student: DitConfig, seed: u64) -> distill::run::DistillConfig {
+    pub fn run_config(
+        &self,
+        spec: &SweepSpec,
+        mode: Mode,
+        student: DitConfig,
+        seed: u64,
+    ) -> distill::run::DistillConfig {
         // Scratch runs get the teacher too: only for the teacher-fidelity columns.
-        let mut c = distill::run::DistillConfig::new(Some(spec.teacher.clone()), mode, student, self.steps);
+        let mut c =
+            distill::run::DistillConfig::new(Some(spec.teacher.clone()), mode, student, self.steps);
         c.kd = self.kd.clone();
         c.batch_size = self.batch_size;
-        c.optim = distill::optim::OptimConfig { lr: self.lr, warmup_steps: self.warmup_steps, min_lr_ratio: self.lr_schedule.min_lr_ratio(), ..Default::default() };
+        c.optim = distill::optim::OptimConfig {
+            lr: self.lr,
+            warmup_steps: self.warmup_steps,
+            min_lr_ratio: self.lr_schedule.min_lr_ratio(),
+            ..Default::default()
+        };
         c.ema_decay = self.ema_decay;
         c.seed = seed;
         c.eval = spec.eval.clone();
@@ -316,7 +381,10 @@ fn d_jobs() -> usize {
 
 impl Default for Parallel {
     fn default() -> Self {
-        Self { jobs: d_jobs(), threads_per_job: d_one() }
+        Self {
+            jobs: d_jobs(),
+            threads_per_job: d_one(),
+        }
     }
 }
 
@@ -360,12 +428,24 @@ impl SweepSpec {
     /// Parse and validate; every error names the file, the field and (where the field is written)
     /// its line, and never echoes more than a line of the input.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read sweep spec", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("{}: cannot read sweep spec", path.display()))?;
         if meta.len() > MAX_SPEC_BYTES {
-            bail!("{}: {} bytes is not a sweep spec (at most {} KiB)", path.display(), meta.len(), MAX_SPEC_BYTES / 1024);
+            bail!(
+                "{}: {} bytes is not a sweep spec (at most {} KiB)",
+                path.display(),
+                meta.len(),
+                MAX_SPEC_BYTES / 1024
+            );
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read sweep spec (not UTF-8 text?)", path.display()))?;
-        let spec: Self = serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), clip(&e.to_string(), 400)))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "{}: cannot read sweep spec (not UTF-8 text?)",
+                path.display()
+            )
+        })?;
+        let spec: Self = serde_yaml_ng::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), clip(&e.to_string(), 400)))?;
         spec.validate().map_err(|e| locate(path, &text, e))?;
         Ok(spec)
     }
@@ -379,43 +459,101 @@ impl SweepSpec {
         }
         for (i, b) in self.budgets.iter().enumerate() {
             if !(b.tol > 0.0 && b.tol < 1.0) {
-                return Err(field_error(format!("budgets[{i}].tol"), format!("must lie in (0, 1) (got {})", b.tol)));
+                return Err(field_error(
+                    format!("budgets[{i}].tol"),
+                    format!("must lie in (0, 1) (got {})", b.tol),
+                ));
             }
             if let Some(j) = self.budgets[..i].iter().position(|c| c.params == b.params) {
-                return Err(field_error(format!("budgets[{i}].params"), format!("budget {} is listed twice (budgets[{j}])", crate::fmt::grouped(b.params.0 as i64))));
+                return Err(field_error(
+                    format!("budgets[{i}].params"),
+                    format!(
+                        "budget {} is listed twice (budgets[{j}])",
+                        crate::fmt::grouped(b.params.0 as i64)
+                    ),
+                ));
             }
         }
-        for (field, axis) in [("depth", &self.axes.depth), ("width", &self.axes.width), ("heads", &self.axes.heads), ("patch", &self.axes.patch)] {
+        for (field, axis) in [
+            ("depth", &self.axes.depth),
+            ("width", &self.axes.width),
+            ("heads", &self.axes.heads),
+            ("patch", &self.axes.patch),
+        ] {
             axis.values(field)?;
         }
-        if self.axes.mlp_ratio.is_empty() || self.axes.mlp_ratio.iter().any(|r| !(r.is_finite() && *r > 0.0 && *r <= 64.0)) {
-            return Err(field_error("axes.mlp_ratio", "values must be finite, positive (at most 64) and not empty"));
+        if self.axes.mlp_ratio.is_empty()
+            || self
+                .axes
+                .mlp_ratio
+                .iter()
+                .any(|r| !(r.is_finite() && *r > 0.0 && *r <= 64.0))
+        {
+            return Err(field_error(
+                "axes.mlp_ratio",
+                "values must be finite, positive (at most 64) and not empty",
+            ));
         }
         if let Some(d) = first_duplicate(&self.axes.mlp_ratio) {
-            return Err(field_error("axes.mlp_ratio", format!("{d} is listed twice")));
+            return Err(field_error(
+                "axes.mlp_ratio",
+                format!("{d} is listed twice"),
+            ));
         }
         let c = &self.constraints;
         if c.max_head_dim > 0 && c.max_head_dim < c.min_head_dim {
-            return Err(field_error("constraints.max_head_dim", format!("{} is below constraints.min_head_dim ({})", c.max_head_dim, c.min_head_dim)));
+            return Err(field_error(
+                "constraints.max_head_dim",
+                format!(
+                    "{} is below constraints.min_head_dim ({})",
+                    c.max_head_dim, c.min_head_dim
+                ),
+            ));
         }
         let d = &self.distill;
         if d.modes.is_empty() {
-            return Err(field_error("distill.modes", "at least one of kd, onestep, scratch"));
+            return Err(field_error(
+                "distill.modes",
+                "at least one of kd, onestep, scratch",
+            ));
         }
         if let Some(m) = first_duplicate(&d.modes) {
-            return Err(field_error("distill.modes", format!("`{m}` is listed twice")));
+            return Err(field_error(
+                "distill.modes",
+                format!("`{m}` is listed twice"),
+            ));
         }
         if !(1..=distill::run::MAX_STEPS).contains(&d.steps) {
-            return Err(field_error("distill.steps", format!("must lie in 1..={} (got {})", distill::run::MAX_STEPS, d.steps)));
+            return Err(field_error(
+                "distill.steps",
+                format!(
+                    "must lie in 1..={} (got {})",
+                    distill::run::MAX_STEPS,
+                    d.steps
+                ),
+            ));
         }
         if !(1..=distill::run::MAX_BATCH).contains(&d.batch_size) {
-            return Err(field_error("distill.batch_size", format!("must lie in 1..={} (got {})", distill::run::MAX_BATCH, d.batch_size)));
+            return Err(field_error(
+                "distill.batch_size",
+                format!(
+                    "must lie in 1..={} (got {})",
+                    distill::run::MAX_BATCH,
+                    d.batch_size
+                ),
+            ));
         }
         if !(d.lr.is_finite() && d.lr > 0.0) {
-            return Err(field_error("distill.lr", format!("must be a finite number > 0 (got {})", d.lr)));
+            return Err(field_error(
+                "distill.lr",
+                format!("must be a finite number > 0 (got {})", d.lr),
+            ));
         }
         if !(0.0..1.0).contains(&d.ema_decay) {
-            return Err(field_error("distill.ema_decay", format!("must lie in [0, 1) (got {})", d.ema_decay)));
+            return Err(field_error(
+                "distill.ema_decay",
+                format!("must lie in [0, 1) (got {})", d.ema_decay),
+            ));
         }
         d.kd.validate().map_err(|e| nested("distill.kd", e))?;
         if self.seeds.is_empty() {
@@ -425,10 +563,19 @@ impl SweepSpec {
             return Err(field_error("seeds", format!("seed {s} is listed twice")));
         }
         if self.parallel.jobs == 0 || self.parallel.jobs > 1024 {
-            return Err(field_error("parallel.jobs", format!("must lie in 1..=1024 (got {})", self.parallel.jobs)));
+            return Err(field_error(
+                "parallel.jobs",
+                format!("must lie in 1..=1024 (got {})", self.parallel.jobs),
+            ));
         }
         if self.parallel.threads_per_job == 0 || self.parallel.threads_per_job > 1024 {
-            return Err(field_error("parallel.threads_per_job", format!("must lie in 1..=1024 (got {})", self.parallel.threads_per_job)));
+            return Err(field_error(
+                "parallel.threads_per_job",
+                format!(
+                    "must lie in 1..=1024 (got {})",
+                    self.parallel.threads_per_job
+                ),
+            ));
         }
         self.eval.validate().map_err(|e| nested("eval", e))?;
         Ok(())
@@ -448,7 +595,9 @@ fn nested(prefix: &str, inner: anyhow::Error) -> anyhow::Error {
 pub fn locate(path: &Path, text: &str, e: anyhow::Error) -> anyhow::Error {
     match e.downcast_ref::<FieldError>() {
         Some(f) => match line_of(text, &f.field) {
-            Some(line) => anyhow::anyhow!("{}: line {line}: {}: {}", path.display(), f.field, f.msg),
+            Some(line) => {
+                anyhow::anyhow!("{}: line {line}: {}: {}", path.display(), f.field, f.msg)
+            }
             None => anyhow::anyhow!("{}: {}: {}", path.display(), f.field, f.msg),
         },
         None => anyhow::anyhow!("{}: {}", path.display(), clip(&format!("{e:#}"), 600)),
@@ -486,35 +635,74 @@ impl Rejections {
 /// fits (with the constraint that excluded the shapes within its tolerance).
 pub fn enumerate(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<Planned>> {
     let a = &spec.axes;
-    let (patches, depths, widths, heads) = (a.patch.values("patch")?, a.depth.values("depth")?, a.width.values("width")?, a.heads.values("heads")?);
+    let (patches, depths, widths, heads) = (
+        a.patch.values("patch")?,
+        a.depth.values("depth")?,
+        a.width.values("width")?,
+        a.heads.values("heads")?,
+    );
     for &p in &patches {
         if base.input_size % p != 0 {
-            return Err(field_error("axes.patch", format!("{p} does not divide the teacher's input size {}", base.input_size)));
+            return Err(field_error(
+                "axes.patch",
+                format!(
+                    "{p} does not divide the teacher's input size {}",
+                    base.input_size
+                ),
+            ));
         }
     }
     for &h in &heads {
         if !widths.iter().any(|w| w % h == 0) {
-            return Err(field_error("axes.heads", format!("{h} divides no width of axes.width ({})", clip(&format!("{widths:?}"), 80))));
+            return Err(field_error(
+                "axes.heads",
+                format!(
+                    "{h} divides no width of axes.width ({})",
+                    clip(&format!("{widths:?}"), 80)
+                ),
+            ));
         }
     }
     if !widths.iter().any(|w| w % 4 == 0) {
-        return Err(field_error("axes.width", "no width is a multiple of 4 (the 2D sin-cos position embedding needs it)"));
+        return Err(field_error(
+            "axes.width",
+            "no width is a multiple of 4 (the 2D sin-cos position embedding needs it)",
+        ));
     }
-    let combos = [patches.len(), a.mlp_ratio.len(), depths.len(), widths.len(), heads.len()].iter().product::<usize>();
+    let combos = [
+        patches.len(),
+        a.mlp_ratio.len(),
+        depths.len(),
+        widths.len(),
+        heads.len(),
+    ]
+    .iter()
+    .product::<usize>();
     if combos > MAX_COMBOS {
         return Err(field_error("axes", format!("{combos} combinations of the axes (at most {MAX_COMBOS}); narrow a range or raise its step")));
     }
     let c = &spec.constraints;
-    let mut why = Rejections { nearest: vec![None; spec.budgets.len()], ..Default::default() };
+    let mut why = Rejections {
+        nearest: vec![None; spec.budgets.len()],
+        ..Default::default()
+    };
     let mut out: Vec<Planned> = Vec::new();
     for &patch in &patches {
         for &mlp_ratio in &a.mlp_ratio {
             for &depth in &depths {
                 for &width in &widths {
                     for &h in &heads {
-                        let cfg = DitConfig { patch_size: patch, mlp_ratio, depth, hidden_size: width, num_heads: h, ..base.clone() };
+                        let cfg = DitConfig {
+                            patch_size: patch,
+                            mlp_ratio,
+                            depth,
+                            hidden_size: width,
+                            num_heads: h,
+                            ..base.clone()
+                        };
                         let n = cfg.num_params() as f64;
-                        let within = |b: &Budget| (n - b.params.0 as f64).abs() <= b.tol * b.params.0 as f64;
+                        let within =
+                            |b: &Budget| (n - b.params.0 as f64).abs() <= b.tol * b.params.0 as f64;
                         let in_any = spec.budgets.iter().any(within);
                         let reject = if width % h != 0 {
                             Some("heads do not divide the width")
@@ -535,7 +723,10 @@ pub fn enumerate(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<Planned>> {
                         }
                         for (i, b) in spec.budgets.iter().enumerate() {
                             let gap = (n - b.params.0 as f64).abs();
-                            if why.nearest[i].as_ref().is_none_or(|(p, _)| gap < (*p as f64 - b.params.0 as f64).abs()) {
+                            if why.nearest[i]
+                                .as_ref()
+                                .is_none_or(|(p, _)| gap < (*p as f64 - b.params.0 as f64).abs())
+                            {
                                 why.nearest[i] = Some((cfg.num_params(), cfg.shape_label()));
                             }
                         }
@@ -546,7 +737,10 @@ pub fn enumerate(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<Planned>> {
                         });
                         if let Some(b) = best {
                             if !out.iter().any(|p| p.cfg == cfg) {
-                                out.push(Planned { budget: b.params.0, cfg });
+                                out.push(Planned {
+                                    budget: b.params.0,
+                                    cfg,
+                                });
                             }
                         }
                     }
@@ -558,22 +752,36 @@ pub fn enumerate(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<Planned>> {
         let gap = |p: &Planned| (p.cfg.num_params() as f64 - p.budget as f64).abs();
         let same = |a: &Planned, b: &Planned| {
             a.budget == b.budget
-                && (a.cfg.depth, a.cfg.num_heads, a.cfg.patch_size) == (b.cfg.depth, b.cfg.num_heads, b.cfg.patch_size)
+                && (a.cfg.depth, a.cfg.num_heads, a.cfg.patch_size)
+                    == (b.cfg.depth, b.cfg.num_heads, b.cfg.patch_size)
                 && a.cfg.mlp_ratio == b.cfg.mlp_ratio
         };
         let all = out.clone();
-        out.retain(|p| !all.iter().any(|q| same(p, q) && (gap(q), q.cfg.hidden_size) < (gap(p), p.cfg.hidden_size)));
+        out.retain(|p| {
+            !all.iter()
+                .any(|q| same(p, q) && (gap(q), q.cfg.hidden_size) < (gap(p), p.cfg.hidden_size))
+        });
     }
     for (i, b) in spec.budgets.iter().enumerate() {
         if !out.iter().any(|p| p.budget == b.params.0) {
             let excluded = if why.in_tolerance.is_empty() {
                 "no shape of the axes lies within the tolerance".to_string()
             } else {
-                let parts: Vec<String> = why.in_tolerance.iter().map(|(w, n)| format!("{n} excluded because {w}")).collect();
-                format!("shapes within the tolerance (of any budget) were excluded: {}", parts.join("; "))
+                let parts: Vec<String> = why
+                    .in_tolerance
+                    .iter()
+                    .map(|(w, n)| format!("{n} excluded because {w}"))
+                    .collect();
+                format!(
+                    "shapes within the tolerance (of any budget) were excluded: {}",
+                    parts.join("; ")
+                )
             };
             let nearest = match &why.nearest[i] {
-                Some((p, label)) => format!("; the nearest valid shape is {label} with {} params", crate::fmt::grouped(*p as i64)),
+                Some((p, label)) => format!(
+                    "; the nearest valid shape is {label} with {} params",
+                    crate::fmt::grouped(*p as i64)
+                ),
                 None => String::new(),
             };
             return Err(field_error(
@@ -586,7 +794,15 @@ pub fn enumerate(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<Planned>> {
             ));
         }
     }
-    out.sort_by_key(|p| (p.budget, p.cfg.depth, p.cfg.hidden_size, p.cfg.num_heads, p.cfg.patch_size));
+    out.sort_by_key(|p| {
+        (
+            p.budget,
+            p.cfg.depth,
+            p.cfg.hidden_size,
+            p.cfg.num_heads,
+            p.cfg.patch_size,
+        )
+    });
     Ok(out)
 }
 
@@ -624,7 +840,11 @@ seeds: [0]
         assert!(!plan.is_empty());
         for p in &plan {
             let n = p.cfg.num_params() as f64;
-            let b = spec.budgets.iter().find(|b| b.params.0 == p.budget).unwrap();
+            let b = spec
+                .budgets
+                .iter()
+                .find(|b| b.params.0 == p.budget)
+                .unwrap();
             assert!((n - b.params.0 as f64).abs() <= b.tol * b.params.0 as f64);
             assert_eq!(p.cfg.hidden_size % p.cfg.num_heads, 0);
             assert!(p.cfg.head_dim() >= 8);
@@ -632,31 +852,51 @@ seeds: [0]
         let mut seen = plan.iter().map(|p| p.cfg.shape_label()).collect::<Vec<_>>();
         seen.dedup();
         assert_eq!(seen.len(), plan.len(), "no duplicates");
-        assert!(plan.iter().any(|p| p.budget == 100_000) && plan.iter().any(|p| p.budget == 250_000));
+        assert!(
+            plan.iter().any(|p| p.budget == 100_000) && plan.iter().any(|p| p.budget == 250_000)
+        );
     }
 
     #[test]
     fn closest_width_keeps_one_width_per_depth_and_heads() {
         let mut spec: SweepSpec = serde_yaml_ng::from_str(SPEC).unwrap();
-        spec.axes.width = Axis::Range(Range { from: 16, to: 160, step: 4 });
+        spec.axes.width = Axis::Range(Range {
+            from: 16,
+            to: 160,
+            step: 4,
+        });
         let wide = enumerate(&spec, &DitConfig::default()).unwrap();
         spec.constraints.closest_width = true;
         let iso = enumerate(&spec, &DitConfig::default()).unwrap();
         assert!(iso.len() < wide.len());
         for p in &iso {
             let key = (p.budget, p.cfg.depth, p.cfg.num_heads);
-            assert_eq!(iso.iter().filter(|q| (q.budget, q.cfg.depth, q.cfg.num_heads) == key).count(), 1, "{key:?}");
+            assert_eq!(
+                iso.iter()
+                    .filter(|q| (q.budget, q.cfg.depth, q.cfg.num_heads) == key)
+                    .count(),
+                1,
+                "{key:?}"
+            );
             // Nothing the wide plan had for this key lies nearer the budget.
             let gap = |c: &DitConfig| (c.num_params() as f64 - p.budget as f64).abs();
-            assert!(wide.iter().filter(|q| (q.budget, q.cfg.depth, q.cfg.num_heads) == key).all(|q| gap(&q.cfg) >= gap(&p.cfg)));
+            assert!(wide
+                .iter()
+                .filter(|q| (q.budget, q.cfg.depth, q.cfg.num_heads) == key)
+                .all(|q| gap(&q.cfg) >= gap(&p.cfg)));
         }
     }
 
     #[test]
     fn impossible_budget_is_named() {
         let mut spec: SweepSpec = serde_yaml_ng::from_str(SPEC).unwrap();
-        spec.budgets.push(Budget { params: Count(50_000_000), tol: 0.05 });
-        let e = enumerate(&spec, &DitConfig::default()).unwrap_err().to_string();
+        spec.budgets.push(Budget {
+            params: Count(50_000_000),
+            tol: 0.05,
+        });
+        let e = enumerate(&spec, &DitConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("50,000,000"), "{e}");
     }
 
@@ -664,10 +904,18 @@ seeds: [0]
     fn ema_decay_reaches_every_run_and_is_checked() {
         let spec: SweepSpec = serde_yaml_ng::from_str(SPEC).unwrap();
         assert_eq!(spec.distill.ema_decay, 0.999, "default");
-        let short: SweepSpec = serde_yaml_ng::from_str(&SPEC.replace("steps: 10}", "steps: 10, ema_decay: 0.995}")).unwrap();
+        let short: SweepSpec =
+            serde_yaml_ng::from_str(&SPEC.replace("steps: 10}", "steps: 10, ema_decay: 0.995}"))
+                .unwrap();
         let runs = crate::runner::plan(&short, &DitConfig::default()).unwrap();
         assert!(runs.iter().all(|r| r.cfg.ema_decay == 0.995));
-        let bad: SweepSpec = serde_yaml_ng::from_str(&SPEC.replace("steps: 10}", "steps: 10, ema_decay: 1.5}")).unwrap();
-        assert!(bad.validate().unwrap_err().to_string().contains("distill.ema_decay"));
+        let bad: SweepSpec =
+            serde_yaml_ng::from_str(&SPEC.replace("steps: 10}", "steps: 10, ema_decay: 1.5}"))
+                .unwrap();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("distill.ema_decay"));
     }
 }

@@ -40,20 +40,28 @@ const INT_COLS: &[&str] = &[
 pub fn collect_rows(dir: &Path) -> Result<Vec<serde_json::Map<String, Value>>> {
     let mut rows = Vec::new();
     let runs = dir.join("runs");
-    let Ok(entries) = std::fs::read_dir(&runs) else { return Ok(rows) };
+    let Ok(entries) = std::fs::read_dir(&runs) else {
+        return Ok(rows);
+    };
     for e in entries {
         let run = e?.path();
         let p = run.join("summary.json");
         if !p.exists() {
             continue; // in progress
         }
-        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
         let Ok(Value::Object(mut row)) = serde_json::from_str::<Value>(&text) else {
-            anyhow::bail!("{}: unreadable run summary (not a JSON object)", p.display())
+            anyhow::bail!(
+                "{}: unreadable run summary (not a JSON object)",
+                p.display()
+            )
         };
         let name = run.file_name().unwrap().to_string_lossy().into_owned();
         row.insert("run_id".into(), Value::String(name));
-        if let Ok(Value::Object(plan)) = std::fs::read_to_string(run.join("plan.json")).map(|t| serde_json::from_str(&t).unwrap_or(Value::Null)) {
+        if let Ok(Value::Object(plan)) = std::fs::read_to_string(run.join("plan.json"))
+            .map(|t| serde_json::from_str(&t).unwrap_or(Value::Null))
+        {
             if let Some(b) = plan.get("budget") {
                 row.insert("budget".into(), b.clone());
             }
@@ -76,19 +84,30 @@ pub fn to_frame(rows: &[serde_json::Map<String, Value>]) -> Result<DataFrame> {
     }
     let mut cols = Vec::new();
     for name in &names {
-        let vals: Vec<&Value> = rows.iter().map(|r| r.get(name).unwrap_or(&Value::Null)).collect();
+        let vals: Vec<&Value> = rows
+            .iter()
+            .map(|r| r.get(name).unwrap_or(&Value::Null))
+            .collect();
         let col = if INT_COLS.contains(&name.as_str()) {
-            Column::new(name.as_str().into(), vals.iter().map(|v| v.as_i64()).collect::<Vec<_>>())
+            Column::new(
+                name.as_str().into(),
+                vals.iter().map(|v| v.as_i64()).collect::<Vec<_>>(),
+            )
         } else if vals.iter().all(|v| v.is_null() || v.is_number()) {
-            Column::new(name.as_str().into(), vals.iter().map(|v| v.as_f64()).collect::<Vec<_>>())
+            Column::new(
+                name.as_str().into(),
+                vals.iter().map(|v| v.as_f64()).collect::<Vec<_>>(),
+            )
         } else {
             Column::new(
                 name.as_str().into(),
-                vals.iter().map(|v| match v {
-                    Value::Null => None,
-                    Value::String(s) => Some(s.clone()),
-                    other => Some(other.to_string()),
-                }).collect::<Vec<_>>(),
+                vals.iter()
+                    .map(|v| match v {
+                        Value::Null => None,
+                        Value::String(s) => Some(s.clone()),
+                        other => Some(other.to_string()),
+                    })
+                    .collect::<Vec<_>>(),
             )
         };
         cols.push(col);
@@ -129,25 +148,55 @@ fn write_frame(df: &mut DataFrame, path: &Path, parquet: bool) -> Result<()> {
 /// identity (run_id, budget, shape, mode, seed, params), sorted by run and step.
 pub fn collect_curve_rows(dir: &Path) -> Result<Vec<serde_json::Map<String, Value>>> {
     let mut rows = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("runs")) else { return Ok(rows) };
-    let mut runs: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("curve.jsonl").is_file()).collect();
+    let Ok(entries) = std::fs::read_dir(dir.join("runs")) else {
+        return Ok(rows);
+    };
+    let mut runs: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("curve.jsonl").is_file())
+        .collect();
     runs.sort();
     for run in runs {
         let cfg_path = run.join("config.yaml");
-        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
-        let cfg: distill::run::DistillConfig = serde_yaml_ng::from_str(&text).with_context(|| format!("{}: unreadable run config", cfg_path.display()))?;
-        let budget = std::fs::read_to_string(run.join("plan.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v.get("budget").cloned());
+        let text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+        let cfg: distill::run::DistillConfig = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("{}: unreadable run config", cfg_path.display()))?;
+        let budget = std::fs::read_to_string(run.join("plan.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v.get("budget").cloned());
         let curve = run.join("curve.jsonl");
-        let text = std::fs::read_to_string(&curve).with_context(|| format!("{}: cannot read", curve.display()))?;
+        let text = std::fs::read_to_string(&curve)
+            .with_context(|| format!("{}: cannot read", curve.display()))?;
         let s = &cfg.student;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let Ok(Value::Object(point)) = serde_json::from_str::<Value>(line) else {
                 anyhow::bail!("{}: line {}: corrupt curve row", curve.display(), i + 1)
             };
             let mut row = serde_json::Map::new();
-            row.insert("run_id".into(), Value::String(run.file_name().unwrap_or_default().to_string_lossy().into_owned()));
+            row.insert(
+                "run_id".into(),
+                Value::String(
+                    run.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned(),
+                ),
+            );
             row.insert("budget".into(), budget.clone().unwrap_or(Value::Null));
-            for (k, v) in [("depth", s.depth), ("width", s.hidden_size), ("heads", s.num_heads), ("patch", s.patch_size), ("params", s.num_params())] {
+            for (k, v) in [
+                ("depth", s.depth),
+                ("width", s.hidden_size),
+                ("heads", s.num_heads),
+                ("patch", s.patch_size),
+                ("params", s.num_params()),
+            ] {
                 row.insert(k.into(), Value::from(v));
             }
             row.insert("mode".into(), Value::String(cfg.mode.to_string()));
@@ -160,7 +209,11 @@ pub fn collect_curve_rows(dir: &Path) -> Result<Vec<serde_json::Map<String, Valu
 }
 
 /// Write `rows` as Parquet and CSV (atomically each).
-pub fn write_rows(rows: &[serde_json::Map<String, Value>], parquet: &Path, csv: &Path) -> Result<()> {
+pub fn write_rows(
+    rows: &[serde_json::Map<String, Value>],
+    parquet: &Path,
+    csv: &Path,
+) -> Result<()> {
     let mut df = to_frame(rows)?;
     write_frame(&mut df, parquet, true)?;
     write_frame(&mut df, csv, false)
@@ -187,13 +240,23 @@ pub fn rebuild(dir: &Path) -> Result<DataFrame> {
 /// Read a sweep's table.
 pub fn read(dir: &Path) -> Result<DataFrame> {
     let p = dir.join("runs.parquet");
-    let f = File::open(&p).with_context(|| format!("{}: no table (run the sweep first)", p.display()))?;
-    ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: corrupt table: {e}", p.display()))
+    let f = File::open(&p)
+        .with_context(|| format!("{}: no table (run the sweep first)", p.display()))?;
+    ParquetReader::new(f)
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{}: corrupt table: {e}", p.display()))
 }
 
 /// Mean and std over seeds of the headline metrics, per shape and mode.
 pub fn aggregate(df: &DataFrame) -> Result<DataFrame> {
-    let keys = [col("budget"), col("depth"), col("width"), col("heads"), col("patch"), col("mode")];
+    let keys = [
+        col("budget"),
+        col("depth"),
+        col("width"),
+        col("heads"),
+        col("patch"),
+        col("mode"),
+    ];
     let mut aggs = vec![len().alias("runs"), col("params").first().alias("params")];
     for m in ["fid_proxy", "kid", "precision", "recall", "latency_ms"] {
         aggs.push(col(m).mean().alias(format!("{m}_mean")));
@@ -205,7 +268,10 @@ pub fn aggregate(df: &DataFrame) -> Result<DataFrame> {
         .filter(col("status").eq(lit(distill::run::RunStatus::Ok.as_str())))
         .group_by(keys)
         .agg(aggs)
-        .sort(["budget", "depth", "width", "heads", "mode"], Default::default())
+        .sort(
+            ["budget", "depth", "width", "heads", "mode"],
+            Default::default(),
+        )
         .collect()?;
     Ok(out)
 }

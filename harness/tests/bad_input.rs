@@ -53,14 +53,29 @@ fn every_bad_input_is_a_clear_error_and_never_a_panic() {
         };
         let mut spec = case.spec.clone().unwrap_or_else(|| all.base.clone());
         for (from, to) in &case.replace {
-            assert!(spec.contains(from.as_str()), "case {}: `{from}` is not in the spec", case.name);
+            assert!(
+                spec.contains(from.as_str()),
+                "case {}: `{from}` is not in the spec",
+                case.name
+            );
             spec = spec.replacen(from.as_str(), to, 1);
         }
         let spec_path = tmp.path().join(format!("{}.yaml", case.name));
         std::fs::write(&spec_path, fill(&spec)).unwrap();
-        let args: Vec<String> = case.args.iter().map(|a| fill(a).replace("{spec}", &spec_path.display().to_string())).collect();
-        let out = Command::new(env!("CARGO_BIN_EXE_ditkd")).args(&args).current_dir(tmp.path()).output().unwrap();
-        let (rc, err) = (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string());
+        let args: Vec<String> = case
+            .args
+            .iter()
+            .map(|a| fill(a).replace("{spec}", &spec_path.display().to_string()))
+            .collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
+            .args(&args)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let (rc, err) = (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
         let mut why = Vec::new();
         if rc != case.rc {
             why.push(format!("exit {rc}, expected {}", case.rc));
@@ -82,10 +97,21 @@ fn every_bad_input_is_a_clear_error_and_never_a_panic() {
             }
         }
         if !why.is_empty() {
-            failures.push(format!("{}: {}\n    args: {args:?}\n    stderr: {}", case.name, why.join("; "), err.trim()));
+            failures.push(format!(
+                "{}: {}\n    args: {args:?}\n    stderr: {}",
+                case.name,
+                why.join("; "),
+                err.trim()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), all.cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        all.cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// A spec of many megabytes is refused by its size, not echoed back in the error.
@@ -94,22 +120,39 @@ fn a_huge_spec_is_not_echoed() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("huge.yaml");
     std::fs::write(&p, "x".repeat(10 << 20)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ditkd")).args(["sweep", p.to_str().unwrap(), "--dry-run"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
+        .args(["sweep", p.to_str().unwrap(), "--dry-run"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("huge.yaml") && err.contains("not a sweep spec") && err.len() < 500, "{err}");
+    assert!(
+        err.contains("huge.yaml") && err.contains("not a sweep spec") && err.len() < 500,
+        "{err}"
+    );
     // Just under the size limit, a spec that is one long string: the parse error is clipped.
     std::fs::write(&p, "y".repeat(900 << 10)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ditkd")).args(["sweep", p.to_str().unwrap(), "--dry-run"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
+        .args(["sweep", p.to_str().unwrap(), "--dry-run"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("huge.yaml") && err.len() < 1000, "{} bytes: {}", err.len(), &err[..err.len().min(300)]);
+    assert!(
+        err.contains("huge.yaml") && err.len() < 1000,
+        "{} bytes: {}",
+        err.len(),
+        &err[..err.len().min(300)]
+    );
 }
 
 /// Every argument of every subcommand says what it is in `--help`.
 #[test]
 fn help_describes_every_argument() {
-    let top = Command::new(env!("CARGO_BIN_EXE_ditkd")).arg("--help").output().unwrap();
+    let top = Command::new(env!("CARGO_BIN_EXE_ditkd"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let top = String::from_utf8_lossy(&top.stdout).to_string();
     let subcommands: Vec<String> = top
         .lines()
@@ -122,7 +165,10 @@ fn help_describes_every_argument() {
     assert!(subcommands.len() >= 15, "{subcommands:?}");
     let mut bare = Vec::new();
     for sub in &subcommands {
-        let out = Command::new(env!("CARGO_BIN_EXE_ditkd")).args([sub.as_str(), "--help"]).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
+            .args([sub.as_str(), "--help"])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         // An argument line of clap's help is `  <NAME>  description` or `  --flag <V>  description`,
         // or (long help) the name alone with the description indented on the next line.
@@ -135,11 +181,17 @@ fn help_describes_every_argument() {
                 continue;
             }
             let same_line = t.contains("  ");
-            let next_line = lines.get(i + 1).is_some_and(|n| !n.trim().is_empty() && indent(n) > indent(l) && !is_arg(n.trim()));
+            let next_line = lines.get(i + 1).is_some_and(|n| {
+                !n.trim().is_empty() && indent(n) > indent(l) && !is_arg(n.trim())
+            });
             if !same_line && !next_line {
                 bare.push(format!("{sub}: {t}"));
             }
         }
     }
-    assert!(bare.is_empty(), "arguments without a description:\n{}", bare.join("\n"));
+    assert!(
+        bare.is_empty(),
+        "arguments without a description:\n{}",
+        bare.join("\n")
+    );
 }

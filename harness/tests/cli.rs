@@ -3,21 +3,37 @@
 use std::process::Command;
 
 fn ditkd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ditkd")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
 fn info_prints_size_and_cost() {
     let (rc, out, _) = ditkd(&["info", "DiT-XL/2"]);
     assert_eq!(rc, 0);
-    assert!(out.contains("674,834,720") && out.contains("675,129,632"), "{out}");
-    assert!(out.contains("tokens       256") && out.contains("head dim     72"), "{out}");
+    assert!(
+        out.contains("674,834,720") && out.contains("675,129,632"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tokens       256") && out.contains("head dim     72"),
+        "{out}"
+    );
     let (rc, out, _) = ditkd(&["info", "depth=4,width=96,heads=4"]);
     assert_eq!(rc, 0);
     assert!(out.contains("head dim     24"), "{out}");
     // A training config names its model.
-    let teacher = concat!(env!("CARGO_MANIFEST_DIR"), "/../sweeps/teachers/fashion-mnist.yaml");
+    let teacher = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sweeps/teachers/fashion-mnist.yaml"
+    );
     let (rc, out, _) = ditkd(&["info", teacher]);
     assert_eq!(rc, 0);
     assert!(out.contains("1,275,408"), "{out}");
@@ -37,7 +53,11 @@ fn bad_input_is_a_clear_error() {
     let (rc, _, err) = ditkd(&["teacher", "--config", bad.to_str().unwrap()]);
     assert_eq!(rc, 1);
     assert!(err.contains("t.yaml") && err.contains("modle"), "{err}");
-    let (rc, _, err) = ditkd(&["sample", "--checkpoint", dir.path().join("nope").to_str().unwrap()]);
+    let (rc, _, err) = ditkd(&[
+        "sample",
+        "--checkpoint",
+        dir.path().join("nope").to_str().unwrap(),
+    ]);
     assert_eq!(rc, 1);
     assert!(err.contains("nope"), "{err}");
 }

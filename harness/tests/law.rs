@@ -10,8 +10,8 @@ use std::path::Path;
 
 use common::ditkd;
 use dit::DitConfig;
-use harness::law::pipeline::{fit_sweep, Options};
 use harness::law::forms::Form;
+use harness::law::pipeline::{fit_sweep, Options};
 use harness::law::{design, LawFile, LawFit, Shape};
 use polars::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -20,14 +20,22 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 /// The true law (b): y = E + A·d^(−α) + B·w^(−β).
-const TRUTH: [(&str, f64); 5] = [("E", 0.3), ("A", 2.0), ("alpha", 0.8), ("B", 40.0), ("beta", 0.9)];
+const TRUTH: [(&str, f64); 5] = [
+    ("E", 0.3),
+    ("A", 2.0),
+    ("alpha", 0.8),
+    ("B", 40.0),
+    ("beta", 0.9),
+];
 const BUDGETS: [u64; 3] = [80_000, 160_000, 320_000];
 /// Multiplicative noise (log-normal sigma) of the synthetic metric.
 const SIGMA: f64 = 0.01;
 
 fn truth(s: &Shape) -> f64 {
     let t: BTreeMap<&str, f64> = TRUTH.into_iter().collect();
-    t["E"] + t["A"] * (s.depth as f64).powf(-t["alpha"]) + t["B"] * (s.width as f64).powf(-t["beta"])
+    t["E"]
+        + t["A"] * (s.depth as f64).powf(-t["alpha"])
+        + t["B"] * (s.width as f64).powf(-t["beta"])
 }
 
 /// A synthetic latency (ms per image, 50 forwards): 2 + 0.05·depth·forwards + 30·gflops_per_image.
@@ -35,7 +43,15 @@ fn latency(cfg: &DitConfig) -> f64 {
     2.0 + 0.05 * cfg.depth as f64 * 50.0 + 30.0 * cfg.forward_gflops() * 50.0
 }
 
-fn row(i: usize, budget: u64, s: &Shape, mode: &str, seed: u64, y: Option<f64>, status: &str) -> Map<String, Value> {
+fn row(
+    i: usize,
+    budget: u64,
+    s: &Shape,
+    mode: &str,
+    seed: u64,
+    y: Option<f64>,
+    status: &str,
+) -> Map<String, Value> {
     let cfg = s.config(&DitConfig::default());
     let v = json!({
         "run_id": format!("{i:03}-d{}-w{}-h{}-{mode}-s{seed}", s.depth, s.width, s.heads),
@@ -58,12 +74,25 @@ fn synthetic_rows() -> Vec<Map<String, Value>> {
         for width in [32, 48, 64, 96, 128] {
             for heads in [2, 4] {
                 let s = Shape::on_base(depth, width, heads, &base);
-                let Some(&b) = BUDGETS.iter().find(|&&b| (s.params as f64 - b as f64).abs() <= 0.3 * b as f64) else { continue };
+                let Some(&b) = BUDGETS
+                    .iter()
+                    .find(|&&b| (s.params as f64 - b as f64).abs() <= 0.3 * b as f64)
+                else {
+                    continue;
+                };
                 for seed in 0..2 {
                     // Box-Muller from two uniforms.
                     let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
                     let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                    rows.push(row(rows.len(), b, &s, "kd", seed, Some(truth(&s) * (SIGMA * z).exp()), "ok"));
+                    rows.push(row(
+                        rows.len(),
+                        b,
+                        &s,
+                        "kd",
+                        seed,
+                        Some(truth(&s) * (SIGMA * z).exp()),
+                        "ok",
+                    ));
                 }
             }
         }
@@ -78,11 +107,20 @@ fn synthetic_rows() -> Vec<Map<String, Value>> {
 fn write_table(dir: &Path, rows: &[Map<String, Value>]) {
     std::fs::create_dir_all(dir).unwrap();
     let mut df = harness::table::to_frame(rows).unwrap();
-    ParquetWriter::new(File::create(dir.join("runs.parquet")).unwrap()).finish(&mut df).unwrap();
+    ParquetWriter::new(File::create(dir.join("runs.parquet")).unwrap())
+        .finish(&mut df)
+        .unwrap();
 }
 
 fn opts(dir: &Path) -> Options {
-    Options { dir: dir.to_path_buf(), metric: "fid_proxy".into(), mode: "kd".into(), bootstrap: 100, hold_out: None, seed: 0 }
+    Options {
+        dir: dir.to_path_buf(),
+        metric: "fid_proxy".into(),
+        mode: "kd".into(),
+        bootstrap: 100,
+        hold_out: None,
+        seed: 0,
+    }
 }
 
 fn sha256(path: &Path) -> String {
@@ -93,7 +131,17 @@ fn sha256(path: &Path) -> String {
 fn synthetic_table_covers_the_budgets() {
     let rows = synthetic_rows();
     for b in BUDGETS {
-        let shapes: std::collections::BTreeSet<_> = rows.iter().filter(|r| r["budget"] == b && r["status"] == "ok").map(|r| (r["depth"].to_string(), r["width"].to_string(), r["heads"].to_string())).collect();
+        let shapes: std::collections::BTreeSet<_> = rows
+            .iter()
+            .filter(|r| r["budget"] == b && r["status"] == "ok")
+            .map(|r| {
+                (
+                    r["depth"].to_string(),
+                    r["width"].to_string(),
+                    r["heads"].to_string(),
+                )
+            })
+            .collect();
         assert!(shapes.len() >= 5, "budget {b}: {} shapes", shapes.len());
     }
 }
@@ -103,28 +151,62 @@ fn fit_recovers_law_b_and_prefers_it_over_a() {
     let tmp = tempfile::tempdir().unwrap();
     write_table(tmp.path(), &synthetic_rows());
     let law = fit_sweep(&opts(tmp.path())).unwrap();
-    assert!(law.chosen == Form::B || law.chosen == Form::C, "chose {}", law.chosen);
-    assert_eq!(law.n_runs, synthetic_rows().len() - 3, "failed, scratch and NaN rows are excluded");
+    assert!(
+        law.chosen == Form::B || law.chosen == Form::C,
+        "chose {}",
+        law.chosen
+    );
+    assert_eq!(
+        law.n_runs,
+        synthetic_rows().len() - 3,
+        "failed, scratch and NaN rows are excluded"
+    );
     assert_eq!(law.budgets, BUDGETS.to_vec());
     let a = law.laws.iter().find(|l| l.name == Form::A).unwrap();
     let b = law.laws.iter().find(|l| l.name == Form::B).unwrap();
-    assert!(b.cv_lobo_rmse.unwrap() < a.cv_lobo_rmse.unwrap() / 2.0, "b {:?} vs a {:?}", b.cv_lobo_rmse, a.cv_lobo_rmse);
+    assert!(
+        b.cv_lobo_rmse.unwrap() < a.cv_lobo_rmse.unwrap() / 2.0,
+        "b {:?} vs a {:?}",
+        b.cv_lobo_rmse,
+        a.cv_lobo_rmse
+    );
     assert!(b.aic < a.aic);
     // Residual scale of the fit is the noise.
     assert!((b.rss / b.n as f64).sqrt() < 2.0 * SIGMA, "rss {}", b.rss);
-    let tol = [("E", 0.1), ("A", 0.15), ("alpha", 0.1), ("B", 0.3), ("beta", 0.1)];
+    let tol = [
+        ("E", 0.1),
+        ("A", 0.15),
+        ("alpha", 0.1),
+        ("B", 0.3),
+        ("beta", 0.1),
+    ];
     for ((name, t), (_, rel)) in TRUTH.iter().zip(tol) {
         let got = b.coef[*name];
-        assert!((got - t).abs() <= rel * t.abs(), "{name}: fitted {got}, true {t}");
+        assert!(
+            (got - t).abs() <= rel * t.abs(),
+            "{name}: fitted {got}, true {t}"
+        );
         let [lo, hi] = b.intervals[*name];
-        assert!(lo <= *t && *t <= hi, "{name}: true {t} outside the 90% interval [{lo}, {hi}]");
+        assert!(
+            lo <= *t && *t <= hi,
+            "{name}: true {t} outside the 90% interval [{lo}, {hi}]"
+        );
     }
     // The out-of-budget predictions are as good as the noise allows.
-    assert!(law.cv_predictions.iter().all(|p| (p.predicted / p.measured).ln().abs() < 0.1));
+    assert!(law
+        .cv_predictions
+        .iter()
+        .all(|p| (p.predicted / p.measured).ln().abs() < 0.1));
     assert_eq!(law.cv_kind, harness::law::CvKind::Lobo);
     // Latency model recovered from the exact synthetic latencies.
     let lm = law.latency_model.as_ref().unwrap();
-    assert!(lm.r2 > 0.999 && (lm.coef[0] - 2.0).abs() < 1e-6 && (lm.coef[1] - 0.05).abs() < 1e-9 && (lm.coef[2] - 30.0).abs() < 1e-6, "{lm:?}");
+    assert!(
+        lm.r2 > 0.999
+            && (lm.coef[0] - 2.0).abs() < 1e-6
+            && (lm.coef[1] - 0.05).abs() < 1e-9
+            && (lm.coef[2] - 30.0).abs() < 1e-6,
+        "{lm:?}"
+    );
     // Law (b) scales depth and width, not the head dim.
     let ex = law.design.exponents.as_ref().unwrap();
     assert!(ex.depth.is_some() && ex.width.is_some());
@@ -139,18 +221,40 @@ fn fit_recovers_law_b_and_prefers_it_over_a() {
 fn any_metric_column_can_be_fitted() {
     let tmp = tempfile::tempdir().unwrap();
     write_table(tmp.path(), &synthetic_rows());
-    let law = fit_sweep(&Options { metric: "kid".into(), bootstrap: 10, ..opts(tmp.path()) }).unwrap();
+    let law = fit_sweep(&Options {
+        metric: "kid".into(),
+        bootstrap: 10,
+        ..opts(tmp.path())
+    })
+    .unwrap();
     assert_eq!(law.metric, "kid");
-    assert!((law.laws.iter().find(|l| l.name == Form::B).unwrap().coef["E"] - 0.003).abs() < 0.0005);
-    let err = fit_sweep(&Options { metric: "nope".into(), ..opts(tmp.path()) }).unwrap_err().to_string();
-    assert!(err.contains("runs.parquet") && err.contains("`nope`"), "{err}");
+    assert!(
+        (law.laws.iter().find(|l| l.name == Form::B).unwrap().coef["E"] - 0.003).abs() < 0.0005
+    );
+    let err = fit_sweep(&Options {
+        metric: "nope".into(),
+        ..opts(tmp.path())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("runs.parquet") && err.contains("`nope`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn law_json_round_trips_and_hashes_the_table() {
     let tmp = tempfile::tempdir().unwrap();
     write_table(tmp.path(), &synthetic_rows());
-    let (code, out, err) = ditkd(&["fit", tmp.path().to_str().unwrap(), "--bootstrap", "40", "--seed", "3"]);
+    let (code, out, err) = ditkd(&[
+        "fit",
+        tmp.path().to_str().unwrap(),
+        "--bootstrap",
+        "40",
+        "--seed",
+        "3",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("chosen:") && out.contains("design:"), "{out}");
     let law = LawFile::load(tmp.path()).unwrap();
@@ -160,15 +264,54 @@ fn law_json_round_trips_and_hashes_the_table() {
     assert_eq!(again, law);
     // The schema's names, as the plots and notebooks read them.
     let v: Value = serde_json::from_str(&text).unwrap();
-    for k in ["metric", "mode", "table", "table_hash", "n_runs", "budgets", "held_out_budget", "params_range", "depth_range", "width_range", "head_dim_range", "base", "chosen", "laws", "cv_predictions", "design", "latency_model", "bootstrap"] {
+    for k in [
+        "metric",
+        "mode",
+        "table",
+        "table_hash",
+        "n_runs",
+        "budgets",
+        "held_out_budget",
+        "params_range",
+        "depth_range",
+        "width_range",
+        "head_dim_range",
+        "base",
+        "chosen",
+        "laws",
+        "cv_predictions",
+        "design",
+        "latency_model",
+        "bootstrap",
+    ] {
         assert!(v.get(k).is_some(), "law.json lacks `{k}`");
     }
-    for k in ["name", "formula", "coef", "intervals", "rss", "aic", "cv_lobo_rmse", "cv_kfold_rmse", "k", "n"] {
+    for k in [
+        "name",
+        "formula",
+        "coef",
+        "intervals",
+        "rss",
+        "aic",
+        "cv_lobo_rmse",
+        "cv_kfold_rmse",
+        "k",
+        "n",
+    ] {
         assert!(v["laws"][0].get(k).is_some(), "law lacks `{k}`");
     }
     assert!(v["base"].get("depth").is_none() && v["base"]["patch_size"] == 4);
     // Same seed, same law.
-    let (code, _, _) = ditkd(&["fit", tmp.path().to_str().unwrap(), "--bootstrap", "40", "--seed", "3", "--out", tmp.path().join("again.json").to_str().unwrap()]);
+    let (code, _, _) = ditkd(&[
+        "fit",
+        tmp.path().to_str().unwrap(),
+        "--bootstrap",
+        "40",
+        "--seed",
+        "3",
+        "--out",
+        tmp.path().join("again.json").to_str().unwrap(),
+    ]);
     assert_eq!(code, 0);
     assert_eq!(LawFile::load(tmp.path().join("again.json")).unwrap(), law);
 }
@@ -177,25 +320,67 @@ fn law_json_round_trips_and_hashes_the_table() {
 fn hold_out_budget_is_predicted_and_its_best_shape_found() {
     let tmp = tempfile::tempdir().unwrap();
     write_table(tmp.path(), &synthetic_rows());
-    let law = fit_sweep(&Options { hold_out: Some(320_000), bootstrap: 20, ..opts(tmp.path()) }).unwrap();
+    let law = fit_sweep(&Options {
+        hold_out: Some(320_000),
+        bootstrap: 20,
+        ..opts(tmp.path())
+    })
+    .unwrap();
     assert_eq!(law.held_out_budget, Some(320_000));
     assert_eq!(law.budgets, vec![80_000, 160_000]);
     let h = law.holdout.as_ref().unwrap();
     assert!(h.n_runs >= 10 && h.rmse_log < 0.05 && h.mape < 5.0, "{h:?}");
     assert!(h.within_5pct, "{h:?}");
-    let (code, out, err) = ditkd(&["fit", tmp.path().to_str().unwrap(), "--hold-out", "999k", "--bootstrap", "0"]);
+    let (code, out, err) = ditkd(&[
+        "fit",
+        tmp.path().to_str().unwrap(),
+        "--hold-out",
+        "999k",
+        "--bootstrap",
+        "0",
+    ]);
     assert_ne!(code, 0, "{out}");
-    assert!(err.contains("runs.parquet") && err.contains("999000"), "{err}");
+    assert!(
+        err.contains("runs.parquet") && err.contains("999000"),
+        "{err}"
+    );
 }
 
 /// A law whose argmin is hand-checkable: (c) with a strong head term at h0 = 32 and depth/width
 /// terms that favour the largest shapes.
 fn hand_law(dir: &Path) -> LawFile {
     write_table(dir, &synthetic_rows());
-    let mut law = fit_sweep(&Options { bootstrap: 5, ..opts(dir) }).unwrap();
-    let coef: BTreeMap<String, f64> = [("E", 0.1), ("A", 1.0), ("alpha", 1.0), ("B", 10.0), ("beta", 1.0), ("C", 5.0), ("h0", 32.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    law.laws.push(LawFit { name: Form::C, formula: "hand".into(), coef: coef.clone(), intervals: BTreeMap::new(), rss: 0.0, aic: 0.0, cv_lobo_rmse: Some(0.1), cv_kfold_rmse: 0.1, k: 7, n: 10 });
-    law.laws.retain(|l| l.name != Form::C || l.formula == "hand");
+    let mut law = fit_sweep(&Options {
+        bootstrap: 5,
+        ..opts(dir)
+    })
+    .unwrap();
+    let coef: BTreeMap<String, f64> = [
+        ("E", 0.1),
+        ("A", 1.0),
+        ("alpha", 1.0),
+        ("B", 10.0),
+        ("beta", 1.0),
+        ("C", 5.0),
+        ("h0", 32.0),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), *v))
+    .collect();
+    law.laws.push(LawFit {
+        name: Form::C,
+        formula: "hand".into(),
+        coef: coef.clone(),
+        intervals: BTreeMap::new(),
+        rss: 0.0,
+        aic: 0.0,
+        cv_lobo_rmse: Some(0.1),
+        cv_kfold_rmse: 0.1,
+        k: 7,
+        n: 10,
+    });
+    law.laws
+        .retain(|l| l.name != Form::C || l.formula == "hand");
     law.chosen = Form::C;
     law.bootstrap = vec![coef.clone(), coef];
     law.save(&dir.join("law.json")).unwrap();
@@ -210,46 +395,128 @@ fn best_picks_the_argmin() {
     // Brute force over every feasible shape inside the measured depth and head_dim ranges.
     let shapes = design::feasible(&DitConfig::default());
     let chosen = law.chosen();
-    let argmin = |keep: &dyn Fn(&Shape) -> bool| shapes.iter().filter(|s| s.params as u64 <= budget && keep(s)).map(|s| (*s, chosen.predict(s))).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    let argmin = |keep: &dyn Fn(&Shape) -> bool| {
+        shapes
+            .iter()
+            .filter(|s| s.params as u64 <= budget && keep(s))
+            .map(|s| (*s, chosen.predict(s)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap()
+    };
     let dom = law.domain();
     let (want, want_pred) = argmin(&|s| dom.allows(s, budget as f64));
     assert_eq!(want.head_dim(), 32, "the head term pins head_dim at h0");
     assert!((law.depth_range[0]..=law.depth_range[1]).contains(&want.depth));
     // Left alone, this law goes deeper than any run: that optimum is shown, as an extrapolation.
     let (free, free_pred) = argmin(&|_| true);
-    assert!(free.depth > law.depth_range[1] && free_pred < want_pred, "{free:?} vs {want:?}");
+    assert!(
+        free.depth > law.depth_range[1] && free_pred < want_pred,
+        "{free:?} vs {want:?}"
+    );
 
-    let (code, out, err) = ditkd(&["best", "--budget", "250k", "--results", tmp.path().to_str().unwrap(), "--json"]);
+    let (code, out, err) = ditkd(&[
+        "best",
+        "--budget",
+        "250k",
+        "--results",
+        tmp.path().to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let a: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((a["best"]["depth"].as_u64().unwrap() as usize, a["best"]["width"].as_u64().unwrap() as usize), (want.depth, want.width));
+    assert_eq!(
+        (
+            a["best"]["depth"].as_u64().unwrap() as usize,
+            a["best"]["width"].as_u64().unwrap() as usize
+        ),
+        (want.depth, want.width)
+    );
     assert_eq!(a["best"]["head_dim"], 32);
     assert!((a["best"]["predicted"].as_f64().unwrap() - want_pred).abs() < 1e-12);
     assert!(a["best"]["params"].as_u64().unwrap() <= budget);
     let alts = a["alternatives"].as_array().unwrap();
     assert_eq!(alts.len(), 5);
-    assert!(alts.iter().all(|p| p["predicted"].as_f64().unwrap() >= want_pred));
+    assert!(alts
+        .iter()
+        .all(|p| p["predicted"].as_f64().unwrap() >= want_pred));
     // Identical bootstrap draws: a degenerate interval at the prediction.
     let iv = &a["best"]["interval"];
-    assert!((iv[0].as_f64().unwrap() - want_pred).abs() < 1e-12 && (iv[1].as_f64().unwrap() - want_pred).abs() < 1e-12);
+    assert!(
+        (iv[0].as_f64().unwrap() - want_pred).abs() < 1e-12
+            && (iv[1].as_f64().unwrap() - want_pred).abs() < 1e-12
+    );
     assert!((a["typical_error_pct"].as_f64().unwrap() - 100.0 * (0.1f64.exp() - 1.0)).abs() < 1e-9);
     // 250k is inside the fitted range, and there are measured runs near it... or not: either way no extrapolation warning.
-    assert!(a["warnings"].as_array().unwrap().iter().all(|w| !w.as_str().unwrap().contains("outside the fitted params")));
+    assert!(a["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| !w.as_str().unwrap().contains("outside the fitted params")));
     let u = &a["unrestricted"];
-    assert_eq!((u["depth"].as_u64().unwrap() as usize, u["width"].as_u64().unwrap() as usize), (free.depth, free.width));
+    assert_eq!(
+        (
+            u["depth"].as_u64().unwrap() as usize,
+            u["width"].as_u64().unwrap() as usize
+        ),
+        (free.depth, free.width)
+    );
     assert!((u["predicted"].as_f64().unwrap() - free_pred).abs() < 1e-12);
-    assert!(a["warnings"][0].as_str().unwrap().starts_with("unrestricted optimum (extrapolation)"), "{a}");
-    assert!(alts.iter().all(|p| (law.depth_range[0]..=law.depth_range[1]).contains(&(p["depth"].as_u64().unwrap() as usize))));
-    let (code, out, _) = ditkd(&["best", "--budget", "250k", "--results", tmp.path().to_str().unwrap()]);
+    assert!(
+        a["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("unrestricted optimum (extrapolation)"),
+        "{a}"
+    );
+    assert!(alts
+        .iter()
+        .all(|p| (law.depth_range[0]..=law.depth_range[1])
+            .contains(&(p["depth"].as_u64().unwrap() as usize))));
+    let (code, out, _) = ditkd(&[
+        "best",
+        "--budget",
+        "250k",
+        "--results",
+        tmp.path().to_str().unwrap(),
+    ]);
     assert_eq!(code, 0);
-    assert!(out.contains(&format!("the law would pick depth={} width={}", free.depth, free.width)) && out.contains("extrapolation"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "the law would pick depth={} width={}",
+            free.depth, free.width
+        )) && out.contains("extrapolation"),
+        "{out}"
+    );
 
     // Text output, an extrapolating budget, and a latency cap.
-    let (code, out, _) = ditkd(&["best", "--budget", "5M", "--results", tmp.path().to_str().unwrap()]);
+    let (code, out, _) = ditkd(&[
+        "best",
+        "--budget",
+        "5M",
+        "--results",
+        tmp.path().to_str().unwrap(),
+    ]);
     assert_eq!(code, 0);
-    assert!(out.contains("predicted optimum") && out.contains("extrapolation"), "{out}");
-    let cap = law.latency_model.as_ref().unwrap().predict(&want.config(&law.base_config().unwrap())) / 2.0;
-    let (code, out, err) = ditkd(&["best", "--budget", "250k", "--results", tmp.path().to_str().unwrap(), "--json", "--max-latency-ms", &cap.to_string()]);
+    assert!(
+        out.contains("predicted optimum") && out.contains("extrapolation"),
+        "{out}"
+    );
+    let cap = law
+        .latency_model
+        .as_ref()
+        .unwrap()
+        .predict(&want.config(&law.base_config().unwrap()))
+        / 2.0;
+    let (code, out, err) = ditkd(&[
+        "best",
+        "--budget",
+        "250k",
+        "--results",
+        tmp.path().to_str().unwrap(),
+        "--json",
+        "--max-latency-ms",
+        &cap.to_string(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let a: Value = serde_json::from_str(&out).unwrap();
     assert!(a["best"]["latency_ms"].as_f64().unwrap() <= cap);
@@ -260,41 +527,119 @@ fn design_rows_stay_within_the_measured_ranges() {
     // A law (b) that rewards shallow models (negative depth exponent), as results/quick's fit does:
     // searched freely, every budget's optimum would be depth 1, which no run measured.
     let base = DitConfig::default();
-    let coef: BTreeMap<String, f64> = [("E", 0.0), ("A", 50.0), ("alpha", -0.08), ("B", 90.0), ("beta", 0.11)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let law = LawFit { name: Form::B, formula: "E + A*d^(-alpha) + B*w^(-beta)".into(), coef, intervals: BTreeMap::new(), rss: 0.0, aic: 0.0, cv_lobo_rmse: Some(0.04), cv_kfold_rmse: 0.04, k: 5, n: 11 };
-    let dom = design::Domain { params: [73_408, 331_424], depth: [2, 8], width: [24, 88], head_dim: [12, 44] };
+    let coef: BTreeMap<String, f64> = [
+        ("E", 0.0),
+        ("A", 50.0),
+        ("alpha", -0.08),
+        ("B", 90.0),
+        ("beta", 0.11),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), *v))
+    .collect();
+    let law = LawFit {
+        name: Form::B,
+        formula: "E + A*d^(-alpha) + B*w^(-beta)".into(),
+        coef,
+        intervals: BTreeMap::new(),
+        rss: 0.0,
+        aic: 0.0,
+        cv_lobo_rmse: Some(0.04),
+        cv_kfold_rmse: 0.04,
+        k: 5,
+        n: 11,
+    };
+    let dom = design::Domain {
+        params: [73_408, 331_424],
+        depth: [2, 8],
+        width: [24, 88],
+        head_dim: [12, 44],
+    };
     let r = design::Reference::from_ranges(dom.depth, dom.width, dom.head_dim);
     let c = design::Candidates::new(design::feasible(&base));
     let raw = law.form().from_map(&law.coef);
-    let free = c.optimum(law.form(), &raw, 80_000.0, 160_000.0, &r, |_| true).unwrap();
-    assert_eq!(c.shapes[free.0].depth, 1, "the unrestricted search would extrapolate to depth 1");
+    let free = c
+        .optimum(law.form(), &raw, 80_000.0, 160_000.0, &r, |_| true)
+        .unwrap();
+    assert_eq!(
+        c.shapes[free.0].depth, 1,
+        "the unrestricted search would extrapolate to depth 1"
+    );
 
     let d = design::design(&law, &[], &c, &dom, &r);
     assert!(d.budgets.len() >= 8 && d.extrapolated.len() == d.budgets.len());
     for i in 0..d.budgets.len() {
         let b = d.budgets[i] as f64;
-        assert!((2..=8).contains(&d.depth[i]), "row {i}: depth {} outside the measured 2..=8", d.depth[i]);
-        assert!((12..=44).contains(&d.head_dim[i]), "row {i}: head_dim {}", d.head_dim[i]);
+        assert!(
+            (2..=8).contains(&d.depth[i]),
+            "row {i}: depth {} outside the measured 2..=8",
+            d.depth[i]
+        );
+        assert!(
+            (12..=44).contains(&d.head_dim[i]),
+            "row {i}: head_dim {}",
+            d.head_dim[i]
+        );
         let beyond = b < 73_408.0 || b > 331_424.0;
-        assert_eq!(d.extrapolated[i], beyond || !(24..=88).contains(&d.width[i]), "row {i}");
+        assert_eq!(
+            d.extrapolated[i],
+            beyond || !(24..=88).contains(&d.width[i]),
+            "row {i}"
+        );
         // Width stays measured unless the budget itself goes beyond the fitted range.
         if !beyond {
-            assert!((24..=88).contains(&d.width[i]), "row {i}: width {}", d.width[i]);
+            assert!(
+                (24..=88).contains(&d.width[i]),
+                "row {i}: width {}",
+                d.width[i]
+            );
         }
     }
     // The grid spans the fitted params range, with one extrapolated budget beyond each end.
-    assert!(d.extrapolated[0] && *d.extrapolated.last().unwrap() && d.extrapolated.iter().filter(|x| **x).count() == 2, "{:?}", d.extrapolated);
+    assert!(
+        d.extrapolated[0]
+            && *d.extrapolated.last().unwrap()
+            && d.extrapolated.iter().filter(|x| **x).count() == 2,
+        "{:?}",
+        d.extrapolated
+    );
     assert!(d.budgets.contains(&73_408) && d.budgets.contains(&331_424));
-    assert!(d.formula.contains("depth 2..=8") && d.formula.contains("unrestricted") && d.formula.contains("depth 1"), "{}", d.formula);
+    assert!(
+        d.formula.contains("depth 2..=8")
+            && d.formula.contains("unrestricted")
+            && d.formula.contains("depth 1"),
+        "{}",
+        d.formula
+    );
 
     // End to end: a sweep without depth-1 runs gets no depth-1 design row.
     let tmp = tempfile::tempdir().unwrap();
-    write_table(tmp.path(), &synthetic_rows().into_iter().filter(|r| r["depth"] != 1).collect::<Vec<_>>());
-    let fitted = fit_sweep(&Options { bootstrap: 10, ..opts(tmp.path()) }).unwrap();
+    write_table(
+        tmp.path(),
+        &synthetic_rows()
+            .into_iter()
+            .filter(|r| r["depth"] != 1)
+            .collect::<Vec<_>>(),
+    );
+    let fitted = fit_sweep(&Options {
+        bootstrap: 10,
+        ..opts(tmp.path())
+    })
+    .unwrap();
     assert_eq!(fitted.depth_range[0], 2);
     let fd = &fitted.design;
-    assert!(fd.depth.iter().all(|v| (fitted.depth_range[0]..=fitted.depth_range[1]).contains(v)), "{fd:?}");
-    assert!(fd.head_dim.iter().all(|v| (fitted.head_dim_range[0]..=fitted.head_dim_range[1]).contains(v)), "{fd:?}");
+    assert!(
+        fd.depth
+            .iter()
+            .all(|v| (fitted.depth_range[0]..=fitted.depth_range[1]).contains(v)),
+        "{fd:?}"
+    );
+    assert!(
+        fd.head_dim
+            .iter()
+            .all(|v| (fitted.head_dim_range[0]..=fitted.head_dim_range[1]).contains(v)),
+        "{fd:?}"
+    );
     assert_eq!(fd.extrapolated.len(), fd.budgets.len());
 }
 
@@ -302,8 +647,21 @@ fn design_rows_stay_within_the_measured_ranges() {
 fn best_reports_the_best_measured_run_near_the_budget() {
     let tmp = tempfile::tempdir().unwrap();
     write_table(tmp.path(), &synthetic_rows());
-    fit_sweep(&Options { bootstrap: 10, ..opts(tmp.path()) }).unwrap().save(&tmp.path().join("law.json")).unwrap();
-    let (code, out, err) = ditkd(&["best", "--budget", "160k", "--results", tmp.path().to_str().unwrap(), "--json"]);
+    fit_sweep(&Options {
+        bootstrap: 10,
+        ..opts(tmp.path())
+    })
+    .unwrap()
+    .save(&tmp.path().join("law.json"))
+    .unwrap();
+    let (code, out, err) = ditkd(&[
+        "best",
+        "--budget",
+        "160k",
+        "--results",
+        tmp.path().to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let a: Value = serde_json::from_str(&out).unwrap();
     let m = &a["best_measured"];
@@ -320,42 +678,75 @@ fn errors_name_the_file() {
     // No law.json.
     let (code, _, err) = ditkd(&["best", "--budget", "100k", "--results", dir]);
     assert_ne!(code, 0);
-    assert!(err.contains("law.json") && err.contains("ditkd fit"), "{err}");
+    assert!(
+        err.contains("law.json") && err.contains("ditkd fit"),
+        "{err}"
+    );
     // No table.
     let (code, _, err) = ditkd(&["fit", dir]);
     assert_ne!(code, 0);
     assert!(err.contains("runs.parquet"), "{err}");
     // A table without ok rows.
-    let rows: Vec<_> = synthetic_rows().into_iter().map(|mut r| {
-        r.insert("status".into(), json!("failed"));
-        r
-    }).collect();
+    let rows: Vec<_> = synthetic_rows()
+        .into_iter()
+        .map(|mut r| {
+            r.insert("status".into(), json!("failed"));
+            r
+        })
+        .collect();
     write_table(tmp.path(), &rows);
     let (code, _, err) = ditkd(&["fit", dir]);
     assert_ne!(code, 0);
-    assert!(err.contains("runs.parquet") && err.contains("no runs with status `ok`"), "{err}");
+    assert!(
+        err.contains("runs.parquet") && err.contains("no runs with status `ok`"),
+        "{err}"
+    );
     // Too few points.
     write_table(tmp.path(), &synthetic_rows()[..3]);
     let (code, _, err) = ditkd(&["fit", dir]);
     assert_ne!(code, 0);
-    assert!(err.contains("runs.parquet") && err.contains("at least 4"), "{err}");
+    assert!(
+        err.contains("runs.parquet") && err.contains("at least 4"),
+        "{err}"
+    );
     // A missing results directory names the law.json it looked for.
     let missing = tmp.path().join("nowhere");
-    let (code, _, err) = ditkd(&["best", "--budget", "100k", "--results", missing.to_str().unwrap()]);
+    let (code, _, err) = ditkd(&[
+        "best",
+        "--budget",
+        "100k",
+        "--results",
+        missing.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains("nowhere/law.json") && err.contains(&format!("ditkd fit {}", missing.display())), "{err}");
+    assert!(
+        err.contains("nowhere/law.json")
+            && err.contains(&format!("ditkd fit {}", missing.display())),
+        "{err}"
+    );
     // A wrong mode.
     let (code, _, err) = ditkd(&["fit", dir, "--mode", "onestep"]);
     assert_ne!(code, 0);
-    assert!(err.contains("mode `onestep`") && err.contains("kd"), "{err}");
+    assert!(
+        err.contains("mode `onestep`") && err.contains("kd"),
+        "{err}"
+    );
 }
 
 #[test]
 fn few_points_skip_the_big_laws() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows: Vec<_> = synthetic_rows().into_iter().filter(|r| r["seed"] == 0 && r["budget"] != 320_000).take(5).collect();
+    let rows: Vec<_> = synthetic_rows()
+        .into_iter()
+        .filter(|r| r["seed"] == 0 && r["budget"] != 320_000)
+        .take(5)
+        .collect();
     write_table(tmp.path(), &rows);
-    let law = fit_sweep(&Options { bootstrap: 5, ..opts(tmp.path()) }).unwrap();
+    let law = fit_sweep(&Options {
+        bootstrap: 5,
+        ..opts(tmp.path())
+    })
+    .unwrap();
     assert!(law.laws.iter().any(|l| l.name == Form::A));
     let skipped: Vec<&str> = law.skipped.iter().map(|s| s.name.name()).collect();
     assert_eq!(skipped, vec!["b", "c"], "5 points: (b) needs 6, (c) 8");
@@ -363,21 +754,38 @@ fn few_points_skip_the_big_laws() {
     assert!(law.design.exponents.is_none() && law.design.formula.contains("not identifiable"));
 }
 
-
 #[test]
 fn latency_cap_needs_a_latency_model() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows: Vec<_> = synthetic_rows().into_iter().map(|mut r| {
-        r.remove("latency_ms");
-        r
-    }).collect();
+    let rows: Vec<_> = synthetic_rows()
+        .into_iter()
+        .map(|mut r| {
+            r.remove("latency_ms");
+            r
+        })
+        .collect();
     write_table(tmp.path(), &rows);
-    let law = fit_sweep(&Options { bootstrap: 5, ..opts(tmp.path()) }).unwrap();
+    let law = fit_sweep(&Options {
+        bootstrap: 5,
+        ..opts(tmp.path())
+    })
+    .unwrap();
     assert!(law.latency_model.is_none());
     law.save(&tmp.path().join("law.json")).unwrap();
-    let (code, _, err) = ditkd(&["best", "--budget", "100k", "--results", tmp.path().to_str().unwrap(), "--max-latency-ms", "50"]);
+    let (code, _, err) = ditkd(&[
+        "best",
+        "--budget",
+        "100k",
+        "--results",
+        tmp.path().to_str().unwrap(),
+        "--max-latency-ms",
+        "50",
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains("law.json") && err.contains("no latency model"), "{err}");
+    assert!(
+        err.contains("law.json") && err.contains("no latency model"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -385,12 +793,27 @@ fn base_config_comes_from_a_run_config() {
     let tmp = tempfile::tempdir().unwrap();
     let rows = synthetic_rows();
     write_table(tmp.path(), &rows);
-    let run = tmp.path().join("runs").join(rows[0]["run_id"].as_str().unwrap());
+    let run = tmp
+        .path()
+        .join("runs")
+        .join(rows[0]["run_id"].as_str().unwrap());
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("config.yaml"), "mode: kd\nstudent:\n  input_size: 28\n  patch_size: 7\n  in_channels: 1\n  hidden_size: 48\n  depth: 1\n  num_heads: 2\n  mlp_ratio: 4.0\n  num_classes: 10\n  class_dropout_prob: 0.1\nsteps: 3\n").unwrap();
-    let law = fit_sweep(&Options { bootstrap: 5, ..opts(tmp.path()) }).unwrap();
-    assert!(law.base_source.ends_with("config.yaml"), "{}", law.base_source);
+    let law = fit_sweep(&Options {
+        bootstrap: 5,
+        ..opts(tmp.path())
+    })
+    .unwrap();
+    assert!(
+        law.base_source.ends_with("config.yaml"),
+        "{}",
+        law.base_source
+    );
     assert_eq!(law.base_config().unwrap().patch_size, 7);
     // The table's params were counted with patch 4: the mismatch is flagged.
-    assert!(law.notes.iter().any(|n| n.contains("params differ")), "{:?}", law.notes);
+    assert!(
+        law.notes.iter().any(|n| n.contains("params differ")),
+        "{:?}",
+        law.notes
+    );
 }

@@ -34,7 +34,11 @@ fn summary(fid: f64) -> Summary {
         eval_wall_s: 1.0,
         curve_eval_wall_s: 0.0,
         train_flops: 1e9,
-        metrics: Some(EvalResult { fid_proxy: fid, class_accuracy: 0.5, ..Default::default() }),
+        metrics: Some(EvalResult {
+            fid_proxy: fid,
+            class_accuracy: 0.5,
+            ..Default::default()
+        }),
         teacher_hash: Some("teacher-a".into()),
         featnet_hash: "featnet-a".into(),
         code_version: "src-a".into(),
@@ -45,11 +49,19 @@ fn put(dir: &Path, id: &str, s: &Summary) {
     let d = dir.join("runs").join(id);
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("summary.json"), serde_json::to_string(s).unwrap()).unwrap();
-    std::fs::write(d.join("plan.json"), r#"{"index": 0, "budget": 30000, "sweep": "m"}"#).unwrap();
+    std::fs::write(
+        d.join("plan.json"),
+        r#"{"index": 0, "budget": 30000, "sweep": "m"}"#,
+    )
+    .unwrap();
 }
 
 fn merge(out: &Path, inputs: &[&Path], extra: &[&str]) -> (i32, String) {
-    let mut args = vec!["merge".to_string(), "--out".into(), out.display().to_string()];
+    let mut args = vec![
+        "merge".to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
     args.extend(inputs.iter().map(|p| p.display().to_string()));
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -61,7 +73,11 @@ fn merge(out: &Path, inputs: &[&Path], extra: &[&str]) -> (i32, String) {
 #[test]
 fn merge_refuses_lost_and_mixed_results() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, out) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("out"));
+    let (a, b, out) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("out"),
+    );
     put(&a, "000-d2-w32-h2-kd-s0", &summary(40.0));
     put(&b, "001-d2-w32-h2-kd-s1", &summary(41.0));
 
@@ -80,7 +96,10 @@ fn merge_refuses_lost_and_mixed_results() {
     let fresh = tmp.path().join("fresh");
     let (rc, err) = merge(&fresh, &[&a, &c], &[]);
     assert_eq!(rc, 1);
-    assert!(err.contains("000-d2-w32-h2-kd-s0") && err.contains("different results"), "{err}");
+    assert!(
+        err.contains("000-d2-w32-h2-kd-s0") && err.contains("different results"),
+        "{err}"
+    );
     assert!(!fresh.exists(), "nothing written on refusal");
     // ... also against a run already in the output.
     let (rc, err) = merge(&out, &[&c], &[]);
@@ -96,7 +115,11 @@ fn merge_refuses_lost_and_mixed_results() {
     assert!(!fresh.exists());
 
     // Another feature net, teacher or code version: refused unless --allow-mixed.
-    for (field, change) in [("featnet_hash", 0), ("teacher_hash", 1), ("code_version", 2)] {
+    for (field, change) in [
+        ("featnet_hash", 0),
+        ("teacher_hash", 1),
+        ("code_version", 2),
+    ] {
         let e = tmp.path().join(format!("e{change}"));
         let mut s = summary(42.0);
         match change {
@@ -108,7 +131,10 @@ fn merge_refuses_lost_and_mixed_results() {
         let target = tmp.path().join(format!("mixed{change}"));
         let (rc, err) = merge(&target, &[&a, &e], &[]);
         assert_eq!(rc, 1, "{field}");
-        assert!(err.contains(field) && err.contains("--allow-mixed"), "{err}");
+        assert!(
+            err.contains(field) && err.contains("--allow-mixed"),
+            "{err}"
+        );
         assert!(!target.exists());
         let (rc, err) = merge(&target, &[&a, &e], &["--allow-mixed"]);
         assert_eq!(rc, 0, "{err}");
@@ -130,9 +156,21 @@ fn failed_rows_carry_nulls() {
     let (rc, err) = merge(&out, &[&a], &[]);
     assert_eq!(rc, 0, "{err}");
     use polars::prelude::*;
-    let df = ParquetReader::new(std::fs::File::open(out.join("runs.parquet")).unwrap()).finish().unwrap();
+    let df = ParquetReader::new(std::fs::File::open(out.join("runs.parquet")).unwrap())
+        .finish()
+        .unwrap();
     let status: Vec<Option<&str>> = df.column("status").unwrap().str().unwrap().iter().collect();
-    let fid: Vec<Option<f64>> = df.column("fid_proxy").unwrap().f64().unwrap().iter().collect();
+    let fid: Vec<Option<f64>> = df
+        .column("fid_proxy")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .collect();
     assert_eq!(status, vec![Some("ok"), Some("failed")]);
-    assert_eq!(fid, vec![Some(40.0), None], "the failed run's FID-proxy is null");
+    assert_eq!(
+        fid,
+        vec![Some(40.0), None],
+        "the failed run's FID-proxy is null"
+    );
 }

@@ -9,28 +9,58 @@ use std::path::Path;
 
 use common::ditkd;
 use dit::DitConfig;
-use harness::results::{mean_std, CvPoint, LawCurve, LawOverlay, Sweep};
 use harness::plot::style::{grouped, num, si};
+use harness::results::{mean_std, CvPoint, LawCurve, LawOverlay, Sweep};
 use serde_json::json;
 
 /// Budget -> the shapes (depth, width, heads) planned for it (params within ~±20 %).
 fn plan() -> Vec<(i64, Vec<(usize, usize, usize)>)> {
     vec![
         (55_000, vec![(2, 32, 2), (2, 32, 4), (1, 48, 2), (1, 48, 4)]),
-        (100_000, vec![(1, 64, 2), (1, 64, 4), (2, 48, 2), (2, 48, 4), (4, 32, 2), (4, 32, 4)]),
-        (180_000, vec![(2, 64, 2), (2, 64, 4), (3, 48, 2), (3, 48, 4), (4, 48, 2), (4, 48, 4)]),
+        (
+            100_000,
+            vec![
+                (1, 64, 2),
+                (1, 64, 4),
+                (2, 48, 2),
+                (2, 48, 4),
+                (4, 32, 2),
+                (4, 32, 4),
+            ],
+        ),
+        (
+            180_000,
+            vec![
+                (2, 64, 2),
+                (2, 64, 4),
+                (3, 48, 2),
+                (3, 48, 4),
+                (4, 48, 2),
+                (4, 48, 4),
+            ],
+        ),
     ]
 }
 
 fn params(d: usize, w: usize, h: usize) -> usize {
-    DitConfig { depth: d, hidden_size: w, num_heads: h, patch_size: 4, ..Default::default() }.num_params()
+    DitConfig {
+        depth: d,
+        hidden_size: w,
+        num_heads: h,
+        patch_size: 4,
+        ..Default::default()
+    }
+    .num_params()
 }
 
 /// A law-(c)-like metric with diminishing returns in depth and width, a head-dim optimum, seed
 /// noise, and scratch worse than KD.
 fn fid(d: usize, w: usize, h: usize, mode: &str, seed: i64) -> f64 {
     let hd = (w / h) as f64;
-    let base = 0.2 + 4.0 * (d as f64).powf(-0.6) + 40.0 * (w as f64).powf(-0.8) + 0.05 * (hd / 16.0).ln().powi(2);
+    let base = 0.2
+        + 4.0 * (d as f64).powf(-0.6)
+        + 40.0 * (w as f64).powf(-0.8)
+        + 0.05 * (hd / 16.0).ln().powi(2);
     let v = base * (1.0 + 0.03 * (seed as f64 - 0.5)) * if mode == "scratch" { 1.25 } else { 1.0 };
     (v * 1e6).round() / 1e6
 }
@@ -47,13 +77,31 @@ fn rows() -> Vec<Row> {
             let modes: &[&str] = if h == 2 { &["kd", "scratch"] } else { &["kd"] };
             for m in modes {
                 for s in 0..2 {
-                    out.push((format!("{i:04}-d{d}-w{w}-h{h}-{m}-s{s}"), b, d, w, h, m.to_string(), s, true));
+                    out.push((
+                        format!("{i:04}-d{d}-w{w}-h{h}-{m}-s{s}"),
+                        b,
+                        d,
+                        w,
+                        h,
+                        m.to_string(),
+                        s,
+                        true,
+                    ));
                     i += 1;
                 }
             }
         }
     }
-    out.push((format!("{i:04}-d4-w32-h2-kd-s2"), 100_000, 4, 32, 2, "kd".into(), 2, false));
+    out.push((
+        format!("{i:04}-d4-w32-h2-kd-s2"),
+        100_000,
+        4,
+        32,
+        2,
+        "kd".into(),
+        2,
+        false,
+    ));
     out
 }
 
@@ -79,9 +127,19 @@ fn synthetic(dir: &Path) {
             .collect();
         std::fs::write(run.join("metrics.jsonl"), log).unwrap();
         // The run's learning curve: its metric approaching the final value as it trains.
-        let student = DitConfig { depth: d, hidden_size: w, num_heads: h, patch_size: 4, ..Default::default() };
+        let student = DitConfig {
+            depth: d,
+            hidden_size: w,
+            num_heads: h,
+            patch_size: 4,
+            ..Default::default()
+        };
         let cfg = distill::run::DistillConfig::new(None, m.parse().unwrap(), student, 10);
-        std::fs::write(run.join("config.yaml"), serde_yaml_ng::to_string(&cfg).unwrap()).unwrap();
+        std::fs::write(
+            run.join("config.yaml"),
+            serde_yaml_ng::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
         if ok {
             let curve: String = [2, 5, 10]
                 .iter()
@@ -95,7 +153,10 @@ fn synthetic(dir: &Path) {
 
 /// The x-axis label each plot must carry (its SVG holds the text).
 const LABELS: [(&str, &str); 11] = [
-    ("learning_steps", "training step (optimiser updates, log scale)"),
+    (
+        "learning_steps",
+        "training step (optimiser updates, log scale)",
+    ),
     ("learning_flops", "training FLOPs"),
     ("fid_vs_params", "parameters (count, log scale)"),
     ("fid_vs_depth", "depth (DiT blocks)"),
@@ -113,13 +174,21 @@ fn check_plot(plots: &Path, stem: &str, label: &str) {
     let img = image::open(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
     assert_eq!((img.width(), img.height()), (1200, 800), "{stem}");
     let svg = std::fs::read_to_string(plots.join(format!("{stem}.svg"))).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains(label), "{stem}.svg lacks `{label}`");
-    assert!(svg.contains("synthetic"), "{stem}.svg: the title names the sweep");
+    assert!(
+        svg.starts_with("<svg") && svg.contains(label),
+        "{stem}.svg lacks `{label}`"
+    );
+    assert!(
+        svg.contains("synthetic"),
+        "{stem}.svg: the title names the sweep"
+    );
 }
 
 /// With DITKD_KEEP_PLOTS=DIR set, copy the PNGs of a test into DIR/<name>/ to look at them.
 fn keep(plots: &Path, name: &str) {
-    let Some(dir) = std::env::var_os("DITKD_KEEP_PLOTS") else { return };
+    let Some(dir) = std::env::var_os("DITKD_KEEP_PLOTS") else {
+        return;
+    };
     let out = Path::new(&dir).join(name);
     std::fs::create_dir_all(&out).unwrap();
     for e in std::fs::read_dir(plots).unwrap().flatten() {
@@ -131,7 +200,20 @@ fn keep(plots: &Path, name: &str) {
 
 /// The y tick labels of a plot's SVG: the text elements right-aligned left of the plot area.
 fn y_tick_labels(svg: &str) -> Vec<String> {
-    svg.split("<text").skip(1).filter(|t| t.contains("text-anchor=\"end\"")).filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_string())).collect()
+    svg.split("<text")
+        .skip(1)
+        .filter(|t| t.contains("text-anchor=\"end\""))
+        .filter_map(|t| {
+            Some(
+                t.split_once('>')?
+                    .1
+                    .split_once("</text>")?
+                    .0
+                    .trim()
+                    .to_string(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -146,23 +228,39 @@ fn plot_and_report_without_a_law() {
     let plots = dir.join("plots");
     for (stem, label) in LABELS.iter().filter(|(s, _)| *s != "parity") {
         check_plot(&plots, stem, label);
-        assert!(out.contains(&format!("{stem}.png")) && out.contains(&format!("{stem}.svg")), "{out}");
+        assert!(
+            out.contains(&format!("{stem}.png")) && out.contains(&format!("{stem}.svg")),
+            "{out}"
+        );
     }
     assert!(!plots.join("parity.png").exists());
     keep(&plots, "without_law");
-    assert!(err.contains("skipped parity") && err.contains("law.json"), "{err}");
+    assert!(
+        err.contains("skipped parity") && err.contains("law.json"),
+        "{err}"
+    );
     // Nothing half-written is left behind.
-    let stray: Vec<_> = std::fs::read_dir(&plots).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("tmp")).collect();
+    let stray: Vec<_> = std::fs::read_dir(&plots)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
     assert!(stray.is_empty(), "{stray:?}");
 
     std::fs::remove_dir_all(&plots).unwrap();
     let (rc, _, err) = ditkd(&["report", d]);
     assert_eq!(rc, 0, "{err}");
-    assert!(plots.join("fid_vs_params.png").exists(), "report draws missing plots");
+    assert!(
+        plots.join("fid_vs_params.png").exists(),
+        "report draws missing plots"
+    );
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("# Sweep `synthetic`"), "{md}");
     let n = rows().len();
-    assert!(md.contains(&format!("{n} runs: {} ok, 1 failed", n - 1)), "{md}");
+    assert!(
+        md.contains(&format!("{n} runs: {} ok, 1 failed", n - 1)),
+        "{md}"
+    );
     assert!(md.contains("diverged: loss is NaN at step 7"), "{md}");
     assert!(md.contains("No `law.json` yet"), "{md}");
 
@@ -170,14 +268,21 @@ fn plot_and_report_without_a_law() {
     let mut by_shape: BTreeMap<(i64, usize, usize, usize), Vec<f64>> = BTreeMap::new();
     for (_, b, dd, w, h, m, s, ok) in rows() {
         if ok && m == "kd" {
-            by_shape.entry((b, dd, w, h)).or_default().push(fid(dd, w, h, &m, s));
+            by_shape
+                .entry((b, dd, w, h))
+                .or_default()
+                .push(fid(dd, w, h, &m, s));
         }
     }
     for (b, _) in plan() {
         let ((_, dd, w, h), vals) = by_shape
             .iter()
             .filter(|(k, _)| k.0 == b)
-            .min_by(|x, y| mean_std(x.1.iter().copied()).0.total_cmp(&mean_std(y.1.iter().copied()).0))
+            .min_by(|x, y| {
+                mean_std(x.1.iter().copied())
+                    .0
+                    .total_cmp(&mean_std(y.1.iter().copied()).0)
+            })
             .unwrap();
         let (mean, std) = mean_std(vals.iter().copied());
         let row = format!(
@@ -191,11 +296,20 @@ fn plot_and_report_without_a_law() {
         assert!(md.contains(&row), "missing `{row}` in\n{md}");
     }
     // KD vs scratch on the matched (two-head) shapes, KD better by construction.
-    assert!(md.contains("## KD vs scratch") && md.contains("matched"), "{md}");
-    let kd_rows = md.lines().filter(|l| l.contains(" matched |") && l.trim_end().ends_with("| kd |")).count();
+    assert!(
+        md.contains("## KD vs scratch") && md.contains("matched"),
+        "{md}"
+    );
+    let kd_rows = md
+        .lines()
+        .filter(|l| l.contains(" matched |") && l.trim_end().ends_with("| kd |"))
+        .count();
     assert_eq!(kd_rows, plan().len(), "{md}");
     for (stem, _) in LABELS.iter().filter(|(s, _)| *s != "parity") {
-        assert!(md.contains(&format!("](plots/{stem}.png)")), "{stem} not linked");
+        assert!(
+            md.contains(&format!("](plots/{stem}.png)")),
+            "{stem} not linked"
+        );
     }
 }
 
@@ -205,13 +319,33 @@ fn law_overlays_are_drawn_from_plain_data() {
     synthetic(tmp.path());
     let mut sweep = Sweep::load(tmp.path()).unwrap();
     assert!(sweep.law.is_none() && sweep.mode == "kd" && sweep.metric == "fid_proxy");
-    let curve = |d: i64| LawCurve { depth: Some(d), points: (0..20).map(|i| (4e4 * 1.1f64.powi(i), 1.0 + 3.0 / (d as f64 + i as f64))).collect() };
+    let curve = |d: i64| LawCurve {
+        depth: Some(d),
+        points: (0..20)
+            .map(|i| (4e4 * 1.1f64.powi(i), 1.0 + 3.0 / (d as f64 + i as f64)))
+            .collect(),
+    };
     let cv = sweep
         .runs
         .iter()
-        .filter_map(|r| Some(CvPoint { budget: r.budget, measured: r.value()?, predicted: r.value()? * 1.05 }))
+        .filter_map(|r| {
+            Some(CvPoint {
+                budget: r.budget,
+                measured: r.value()?,
+                predicted: r.value()? * 1.05,
+            })
+        })
         .collect();
-    sweep.law = Some(LawOverlay { name: "b".into(), formula: "E + A*d^(-alpha) + B*w^(-beta)".into(), cv_rmse: Some(0.05), cv_kind: harness::law::CvKind::Lobo, heads: None, head_dim: Some(16.0), curves: vec![curve(1), curve(2), curve(4)], cv });
+    sweep.law = Some(LawOverlay {
+        name: "b".into(),
+        formula: "E + A*d^(-alpha) + B*w^(-beta)".into(),
+        cv_rmse: Some(0.05),
+        cv_kind: harness::law::CvKind::Lobo,
+        heads: None,
+        head_dim: Some(16.0),
+        curves: vec![curve(1), curve(2), curve(4)],
+        cv,
+    });
     let plots = tmp.path().join("plots");
     let (files, skipped) = harness::plot::write_all(&sweep, &plots).unwrap();
     assert_eq!(files.len(), 2 * LABELS.len(), "{files:?}");
@@ -232,7 +366,8 @@ fn plot_and_report_with_a_fitted_law() {
     let d = dir.to_str().unwrap();
     let (rc, _, err) = ditkd(&["fit", d, "--bootstrap", "20"]);
     assert_eq!(rc, 0, "{err}");
-    let law: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("law.json")).unwrap()).unwrap();
+    let law: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("law.json")).unwrap()).unwrap();
     let chosen = law["chosen"].as_str().unwrap();
 
     let (rc, out, err) = ditkd(&["plot", d]);
@@ -243,10 +378,20 @@ fn plot_and_report_with_a_fitted_law() {
         assert!(out.contains(&format!("{stem}.png")), "{out}");
     }
     let svg = std::fs::read_to_string(dir.join("plots/fid_vs_params.svg")).unwrap();
-    assert!(svg.contains(&format!("law {chosen}")), "the law is in the legend");
+    assert!(
+        svg.contains(&format!("law {chosen}")),
+        "the law is in the legend"
+    );
     keep(&dir.join("plots"), "fitted_law");
     // Every log-metric axis labels at least three values.
-    for stem in ["fid_vs_params", "fid_vs_depth", "kd_vs_scratch", "pareto_params", "parity", "training_curves"] {
+    for stem in [
+        "fid_vs_params",
+        "fid_vs_depth",
+        "kd_vs_scratch",
+        "pareto_params",
+        "parity",
+        "training_curves",
+    ] {
         let svg = std::fs::read_to_string(dir.join(format!("plots/{stem}.svg"))).unwrap();
         let labels = y_tick_labels(&svg);
         assert!(labels.len() >= 3, "{stem}: y ticks {labels:?}");
@@ -257,27 +402,65 @@ fn plot_and_report_with_a_fitted_law() {
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains(&format!("Chosen law **({chosen})**")), "{md}");
     for l in law["laws"].as_array().unwrap() {
-        let row = format!("| ({}) | `{}` | {} |", l["name"].as_str().unwrap(), l["formula"].as_str().unwrap(), l["k"]);
+        let row = format!(
+            "| ({}) | `{}` | {} |",
+            l["name"].as_str().unwrap(),
+            l["formula"].as_str().unwrap(),
+            l["k"]
+        );
         assert!(md.contains(&row), "missing `{row}` in\n{md}");
     }
-    for (name, v) in law["laws"].as_array().unwrap().iter().find(|l| l["name"] == chosen).unwrap()["coef"].as_object().unwrap() {
-        assert!(md.contains(&format!("| {name} | {} |", num(v.as_f64().unwrap()))), "coefficient {name} in\n{md}");
+    for (name, v) in law["laws"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == chosen)
+        .unwrap()["coef"]
+        .as_object()
+        .unwrap()
+    {
+        assert!(
+            md.contains(&format!("| {name} | {} |", num(v.as_f64().unwrap()))),
+            "coefficient {name} in\n{md}"
+        );
     }
-    assert!(md.contains(law["design"]["formula"].as_str().unwrap()), "{md}");
+    assert!(
+        md.contains(law["design"]["formula"].as_str().unwrap()),
+        "{md}"
+    );
     assert!(md.contains("](plots/parity.png)"), "{md}");
-    assert!(!md.contains("Held-out budget check"), "no held-out fit yet:\n{md}");
+    assert!(
+        !md.contains("Held-out budget check"),
+        "no held-out fit yet:\n{md}"
+    );
 
     // A held-out fit lands beside the law (never over it) and the report shows its check.
     let before = std::fs::read(dir.join("law.json")).unwrap();
     let (rc, out, err) = ditkd(&["fit", d, "--hold-out", "180k", "--bootstrap", "5"]);
     assert_eq!(rc, 0, "{err}");
     assert!(out.contains("law-holdout-180k.json"), "{out}");
-    assert_eq!(std::fs::read(dir.join("law.json")).unwrap(), before, "law.json untouched");
-    let held: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("law-holdout-180k.json")).unwrap()).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("law.json")).unwrap(),
+        before,
+        "law.json untouched"
+    );
+    let held: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("law-holdout-180k.json")).unwrap())
+            .unwrap();
     assert_eq!(held["held_out_budget"], 180_000);
     let (rc, _, err) = ditkd(&["report", d]);
     assert_eq!(rc, 0, "{err}");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(md.contains("## Held-out budget check") && md.contains("fitted on budgets 55k, 100k only (without budget 180k)"), "{md}");
-    assert!(md.contains(&format!("RMSE {} on ln", num(held["holdout"]["rmse_log"].as_f64().unwrap()))), "{md}");
+    assert!(
+        md.contains("## Held-out budget check")
+            && md.contains("fitted on budgets 55k, 100k only (without budget 180k)"),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!(
+            "RMSE {} on ln",
+            num(held["holdout"]["rmse_log"].as_f64().unwrap())
+        )),
+        "{md}"
+    );
 }

@@ -9,9 +9,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn job_state(id: &str) -> String {
-    let out = Command::new("scontrol").args(["-o", "show", "job", id]).output().unwrap();
+    let out = Command::new("scontrol")
+        .args(["-o", "show", "job", id])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().find_map(|w| w.strip_prefix("JobState=")).unwrap_or("UNKNOWN").to_string()
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("JobState="))
+        .unwrap_or("UNKNOWN")
+        .to_string()
 }
 
 /// Ignored by default, so `cargo test` lists it as ignored where no Slurm runs (a visible skip,
@@ -20,9 +26,17 @@ fn job_state(id: &str) -> String {
 #[test]
 #[ignore = "needs a running Slurm: bash .ci/slurm-up.sh, then cargo test --release -p harness --test slurm -- --ignored"]
 fn job_array_plus_merge_equals_the_local_sweep() {
-    let have_slurm = Command::new("sbatch").arg("--version").output().is_ok_and(|o| o.status.success())
-        && Command::new("sinfo").output().is_ok_and(|o| o.status.success());
-    assert!(have_slurm, "no Slurm answers (sbatch --version, sinfo): start one with .ci/slurm-up.sh");
+    let have_slurm = Command::new("sbatch")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Command::new("sinfo")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    assert!(
+        have_slurm,
+        "no Slurm answers (sbatch --version, sinfo): start one with .ci/slurm-up.sh"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     fixtures(root);
@@ -37,28 +51,73 @@ fn job_array_plus_merge_equals_the_local_sweep() {
     let cluster = root.join("cluster");
     let script = root.join("submit.sh");
     let (rc, _, err) = ditkd(&[
-        "slurm", spec, "--shards", "3", "--out", cluster.to_str().unwrap(), "-o", script.to_str().unwrap(),
-        "--binary", env!("CARGO_BIN_EXE_ditkd"), "--time", "00:20:00",
+        "slurm",
+        spec,
+        "--shards",
+        "3",
+        "--out",
+        cluster.to_str().unwrap(),
+        "-o",
+        script.to_str().unwrap(),
+        "--binary",
+        env!("CARGO_BIN_EXE_ditkd"),
+        "--time",
+        "00:20:00",
     ]);
     assert_eq!(rc, 0, "{err}");
     let text = std::fs::read_to_string(&script).unwrap();
-    assert!(text.contains("--array=1-3") && text.contains("--dependency=afterok:") && text.contains("--kill-on-invalid-dep=yes"));
+    assert!(
+        text.contains("--array=1-3")
+            && text.contains("--dependency=afterok:")
+            && text.contains("--kill-on-invalid-dep=yes")
+    );
 
     let out = Command::new("bash").arg(&script).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ids = String::from_utf8_lossy(&out.stdout).to_string();
-    let merge_id = ids.split_whitespace().nth(3).expect("array ID merge ID").to_string();
+    let merge_id = ids
+        .split_whitespace()
+        .nth(3)
+        .expect("array ID merge ID")
+        .to_string();
 
     let t0 = Instant::now();
     let state = loop {
         let s = job_state(&merge_id);
-        if ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"].contains(&s.as_str()) {
+        if [
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "NODE_FAIL",
+        ]
+        .contains(&s.as_str())
+        {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(900), "merge job {merge_id} still {s} after 15 min");
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "merge job {merge_id} still {s} after 15 min"
+        );
         std::thread::sleep(Duration::from_secs(2));
     };
-    let logs = std::fs::read_dir(cluster.join("slurm-logs")).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(state, "COMPLETED", "merge job ended {state} ({logs} log files in {})", cluster.join("slurm-logs").display());
-    assert_eq!(table_rows(&cluster), table_rows(&local), "the Slurm sweep's merged table equals the local one");
+    let logs = std::fs::read_dir(cluster.join("slurm-logs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        state,
+        "COMPLETED",
+        "merge job ended {state} ({logs} log files in {})",
+        cluster.join("slurm-logs").display()
+    );
+    assert_eq!(
+        table_rows(&cluster),
+        table_rows(&local),
+        "the Slurm sweep's merged table equals the local one"
+    );
 }

@@ -15,7 +15,10 @@ fn tiny_sweep_runs_shards_merge_and_resumes() {
 
     let (rc, out, err) = ditkd(&["sweep", spec, "--dry-run"]);
     assert_eq!(rc, 0, "{err}");
-    let planned = out.lines().filter(|l| l.contains(" kd ") || l.contains(" scratch ")).count();
+    let planned = out
+        .lines()
+        .filter(|l| l.contains(" kd ") || l.contains(" scratch "))
+        .count();
     assert!(planned >= 4, "{out}");
 
     let full = root.join("full");
@@ -34,7 +37,13 @@ fn tiny_sweep_runs_shards_merge_and_resumes() {
         let (rc, _, err) = ditkd(&["sweep", spec, "--shard", s, "--out", d.to_str().unwrap()]);
         assert_eq!(rc, 0, "{err}");
     }
-    let (rc, _, err) = ditkd(&["merge", "--out", m.to_str().unwrap(), a.to_str().unwrap(), b.to_str().unwrap()]);
+    let (rc, _, err) = ditkd(&[
+        "merge",
+        "--out",
+        m.to_str().unwrap(),
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
     assert_eq!(rc, 0, "{err}");
     assert_eq!(table_rows(&m), rows, "merged shards equal the local sweep");
 
@@ -42,7 +51,10 @@ fn tiny_sweep_runs_shards_merge_and_resumes() {
     let before = std::fs::read_to_string(full.join("runs.csv")).unwrap();
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", full.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
-    assert_eq!(std::fs::read_to_string(full.join("runs.csv")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(full.join("runs.csv")).unwrap(),
+        before
+    );
 }
 
 /// Two shards writing into one results directory at the same time lose or duplicate no row.
@@ -61,13 +73,21 @@ fn concurrent_shards_lose_nothing() {
 
     let shared = root.join("shared");
     let spawn = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ditkd")).args(args).stderr(std::process::Stdio::null()).spawn().unwrap()
+        std::process::Command::new(env!("CARGO_BIN_EXE_ditkd"))
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
     };
     let out = shared.to_str().unwrap();
     let mut a = spawn(&["sweep", spec, "--shard", "1/2", "--out", out]);
     let mut b = spawn(&["sweep", spec, "--shard", "2/2", "--out", out]);
     assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
-    assert_eq!(table_rows(&shared), rows, "concurrent shards in one directory");
+    assert_eq!(
+        table_rows(&shared),
+        rows,
+        "concurrent shards in one directory"
+    );
 }
 
 /// A sweep killed with SIGKILL in the middle of a run's training (after a checkpoint, before the
@@ -79,7 +99,9 @@ fn sigkill_during_training_then_resume_equals_uninterrupted() {
     fixtures(root);
     const STEPS: u64 = 400; // checkpoints every 100 steps: a kill lands between two of them
     let spec = root.join("long.yaml");
-    let text = spec_text(root).replace("steps: 3,", &format!("steps: {STEPS},")).replace("depth: [1, 2]", "depth: [1]");
+    let text = spec_text(root)
+        .replace("steps: 3,", &format!("steps: {STEPS},"))
+        .replace("depth: [1, 2]", "depth: [1]");
     std::fs::write(&spec, text).unwrap();
     let spec = spec.to_str().unwrap();
     let reference = root.join("reference");
@@ -94,19 +116,29 @@ fn sigkill_during_training_then_resume_equals_uninterrupted() {
         .unwrap();
     // Kill once some run holds a mid-training checkpoint and no summary.
     let mid_training = |dir: &std::path::Path| -> Option<u64> {
-        std::fs::read_dir(dir.join("runs")).ok()?.flatten().find_map(|e| {
-            let state = std::fs::read_to_string(e.path().join("checkpoint/state.json")).ok()?;
-            let step = serde_json::from_str::<serde_json::Value>(&state).ok()?["step"].as_u64()?;
-            (step < STEPS && !e.path().join("summary.json").exists()).then_some(step)
-        })
+        std::fs::read_dir(dir.join("runs"))
+            .ok()?
+            .flatten()
+            .find_map(|e| {
+                let state = std::fs::read_to_string(e.path().join("checkpoint/state.json")).ok()?;
+                let step =
+                    serde_json::from_str::<serde_json::Value>(&state).ok()?["step"].as_u64()?;
+                (step < STEPS && !e.path().join("summary.json").exists()).then_some(step)
+            })
     };
     let t0 = std::time::Instant::now();
     let at = loop {
         if let Some(step) = mid_training(&killed) {
             break step;
         }
-        assert!(t0.elapsed().as_secs() < 600, "no mid-training checkpoint appeared");
-        assert!(p.try_wait().unwrap().is_none(), "the sweep finished before a mid-training checkpoint was seen");
+        assert!(
+            t0.elapsed().as_secs() < 600,
+            "no mid-training checkpoint appeared"
+        );
+        assert!(
+            p.try_wait().unwrap().is_none(),
+            "the sweep finished before a mid-training checkpoint was seen"
+        );
         std::thread::sleep(std::time::Duration::from_millis(2));
     };
     p.kill().unwrap(); // SIGKILL
@@ -114,7 +146,11 @@ fn sigkill_during_training_then_resume_equals_uninterrupted() {
     assert!(at > 0 && at < STEPS);
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", killed.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
-    assert_eq!(table_rows(&killed), table_rows(&reference), "killed at step {at} and resumed equals uninterrupted");
+    assert_eq!(
+        table_rows(&killed),
+        table_rows(&reference),
+        "killed at step {at} and resumed equals uninterrupted"
+    );
 }
 
 /// A sweep whose runs all fail exits non-zero with each run's reason, and their metrics are null.
@@ -131,35 +167,72 @@ fn failed_runs_exit_non_zero_and_other_sweeps_directories_are_refused() {
     assert!(text.contains("lr: 1.0e9"));
     std::fs::write(&spec, &text).unwrap();
     let out = root.join("failing");
-    let (rc, _, err) = ditkd(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (rc, _, err) = ditkd(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(rc, 1, "{err}");
     assert!(err.contains("runs failed"), "{err}");
     // Each failed run is listed with its reason.
-    let listed = err.lines().filter(|l| l.starts_with("diverged d") && l.contains("loss is")).count();
+    let listed = err
+        .lines()
+        .filter(|l| l.starts_with("diverged d") && l.contains("loss is"))
+        .count();
     let planned = std::fs::read_dir(out.join("runs")).unwrap().count();
     assert_eq!(listed, planned, "{err}");
     let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     if let Some(i) = header.iter().position(|h| *h == "fid_proxy") {
-        assert!(csv.lines().skip(1).all(|l| l.split(',').nth(i).unwrap_or("").is_empty()), "failed rows carry no metric: {csv}");
+        assert!(
+            csv.lines()
+                .skip(1)
+                .all(|l| l.split(',').nth(i).unwrap_or("").is_empty()),
+            "failed rows carry no metric: {csv}"
+        );
     }
-    assert!(csv.lines().skip(1).all(|l| l.contains(",diverged,")), "{csv}");
+    assert!(
+        csv.lines().skip(1).all(|l| l.contains(",diverged,")),
+        "{csv}"
+    );
 
     // The same directory for a sweep of another name: refused, its spec untouched.
     let before = std::fs::read_to_string(out.join("spec.yaml")).unwrap();
     let other = root.join("other.yaml");
     std::fs::write(&other, text.replace("name: tiny", "name: other")).unwrap();
-    let (rc, _, err) = ditkd(&["sweep", other.to_str().unwrap(), "--dry-run", "--out", out.to_str().unwrap()]);
+    let (rc, _, err) = ditkd(&[
+        "sweep",
+        other.to_str().unwrap(),
+        "--dry-run",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(rc, 1);
     assert!(err.contains("holds sweep `tiny`"), "{err}");
     // The same sweep with other settings: refused unless --allow-changed-spec.
     let changed = root.join("changed.yaml");
     std::fs::write(&changed, text.replace("seeds: [0]", "seeds: [0, 1]")).unwrap();
-    let (rc, _, err) = ditkd(&["sweep", changed.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (rc, _, err) = ditkd(&[
+        "sweep",
+        changed.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(rc, 1);
     assert!(err.contains("--allow-changed-spec"), "{err}");
-    assert_eq!(std::fs::read_to_string(out.join("spec.yaml")).unwrap(), before);
-    let (rc, _, err) = ditkd(&["sweep", changed.to_str().unwrap(), "--dry-run", "--allow-changed-spec", "--out", out.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("spec.yaml")).unwrap(),
+        before
+    );
+    let (rc, _, err) = ditkd(&[
+        "sweep",
+        changed.to_str().unwrap(),
+        "--dry-run",
+        "--allow-changed-spec",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(rc, 0, "{err}");
 }
 
@@ -171,13 +244,19 @@ fn malformed_specs_fail_with_their_own_errors() {
         (base.replace("name: s", "name: s\ncolour: red"), "colour"),
         (base.replace("steps: 5", "steps: five"), "steps"),
         (base.replace("[{params: 100k}]", "[{params: lots}]"), "lots"),
-        (base.replace("[{params: 100k}]", "[{params: 100k, tol: 2}]"), "tol"),
+        (
+            base.replace("[{params: 100k}]", "[{params: 100k, tol: 2}]"),
+            "tol",
+        ),
         (base.replace("[{params: 100k}]", "[]"), "budgets"),
         (base.replace("modes: [kd]", "modes: [magic]"), "magic"),
         (base.replace("modes: [kd]", "modes: []"), "modes"),
         (base.replace("seeds: [0]", "seeds: []"), "seeds"),
         (base.replace("depth: [2]", "depth: [0]"), "depth"),
-        (base.replace("width: [64]", "width: {from: 64, to: 32, step: 8}"), "width"),
+        (
+            base.replace("width: [64]", "width: {from: 64, to: 32, step: 8}"),
+            "width",
+        ),
         (base.replace("heads: [2]", "heeds: [2]"), "heeds"),
         ("name: [unclosed\n".to_string(), "line"),
     ];
@@ -186,6 +265,9 @@ fn malformed_specs_fail_with_their_own_errors() {
         std::fs::write(&p, text).unwrap();
         let (rc, _, err) = ditkd(&["sweep", p.to_str().unwrap(), "--dry-run"]);
         assert_eq!(rc, 1, "case {i} should fail");
-        assert!(err.contains(&format!("bad{i}.yaml")) && err.contains(needle), "case {i}: {err}");
+        assert!(
+            err.contains(&format!("bad{i}.yaml")) && err.contains(needle),
+            "case {i}: {err}"
+        );
     }
 }

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use dit::{DiT, DitConfig};
 use distill::optim::{AdamW, OptimConfig};
+use dit::{DiT, DitConfig};
 
 /// A benchmark configuration of the training step.
 pub struct BenchCase {
@@ -17,7 +17,11 @@ pub struct BenchCase {
 /// Benchmark configs A and B: the teacher shape, and a CIFAR-sized patch-2 model.
 pub fn cases() -> Vec<BenchCase> {
     vec![
-        BenchCase { name: "A", model: DitConfig::default(), batch: 128 },
+        BenchCase {
+            name: "A",
+            model: DitConfig::default(),
+            batch: 128,
+        },
         BenchCase {
             name: "B",
             model: DitConfig {
@@ -50,8 +54,14 @@ pub fn time_step(case: &BenchCase, warmup: usize, iters: usize) -> Result<StepTi
     let model = DiT::new(m, 0, DType::F32, &dev)?;
     // Random weights so no path is trivially zero (adaLN-Zero init would skip work in no kernel, but be safe).
     let mut rng = dit::rng::seeded(1);
-    let mut vars: Vec<(String, candle_core::Var)> =
-        model.varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut vars: Vec<(String, candle_core::Var)> = model
+        .varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, v) in &vars {
         v.set(&(dit::rng::randn(&mut rng, v.dims(), &dev)? * 0.02)?)?;
@@ -59,13 +69,22 @@ pub fn time_step(case: &BenchCase, warmup: usize, iters: usize) -> Result<StepTi
     let mut opt = AdamW::new(vars, OptimConfig::default())?;
     let (mut f, mut b, mut o, mut s) = (vec![], vec![], vec![], vec![]);
     for i in 0..warmup + iters {
-        let x = dit::rng::randn(&mut rng, &[case.batch, m.in_channels, m.input_size, m.input_size], &dev)?;
+        let x = dit::rng::randn(
+            &mut rng,
+            &[case.batch, m.in_channels, m.input_size, m.input_size],
+            &dev,
+        )?;
         let eps = dit::rng::randn(&mut rng, x.dims(), &dev)?;
-        let t: Vec<f32> = dit::rng::uniform_ints(&mut rng, case.batch, 1000).iter().map(|&v| v as f32).collect();
+        let t: Vec<f32> = dit::rng::uniform_ints(&mut rng, case.batch, 1000)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         let y = dit::rng::uniform_ints(&mut rng, case.batch, m.num_classes);
         let t0 = Instant::now();
         let mut tape = dit::Tape::new();
-        let loss = (model.eps(&model.forward_recorded(&x, &t, &y, &mut tape)?.0)? - eps)?.sqr()?.mean_all()?;
+        let loss = (model.eps(&model.forward_recorded(&x, &t, &y, &mut tape)?.0)? - eps)?
+            .sqr()?
+            .mean_all()?;
         let _ = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = model.backward(&loss, tape)?;
@@ -81,7 +100,12 @@ pub fn time_step(case: &BenchCase, warmup: usize, iters: usize) -> Result<StepTi
         }
     }
     let _ = Tensor::zeros(1, DType::F32, &dev)?;
-    Ok(StepTiming { forward_ms: median(f), backward_ms: median(b), optim_ms: median(o), step_ms: median(s) })
+    Ok(StepTiming {
+        forward_ms: median(f),
+        backward_ms: median(b),
+        optim_ms: median(o),
+        step_ms: median(s),
+    })
 }
 
 /// Achieved f32 GEMM rate (GFLOP/s) of a 1024^3 candle matmul: the peak a training step is judged against.
@@ -112,9 +136,18 @@ pub fn peak_rss_mb() -> f64 {
 /// Images per second of 25-step DDIM sampling with guidance at batch 64, for a 4x64 student.
 pub fn sampling_throughput() -> Result<f64> {
     let dev = crate::device::get();
-    let cfg = DitConfig { hidden_size: 64, depth: 4, num_heads: 4, ..Default::default() };
+    let cfg = DitConfig {
+        hidden_size: 64,
+        depth: 4,
+        num_heads: 4,
+        ..Default::default()
+    };
     let model = DiT::new(&cfg, 0, DType::F32, &dev)?;
-    let sc = dit::SamplerConfig { steps: 25, cfg_scale: 2.0, ..Default::default() };
+    let sc = dit::SamplerConfig {
+        steps: 25,
+        cfg_scale: 2.0,
+        ..Default::default()
+    };
     let (_, ips) = distill::eval::measure_speed(&model, distill::kd::Mode::Kd, &sc)?;
     Ok(ips)
 }
@@ -146,7 +179,10 @@ pub fn run(only: Option<String>, warmup: usize, iters: usize) -> Result<()> {
         );
     }
     if only.is_none() {
-        println!("sampling: {:.1} images/s (4x64 student, DDIM 25 steps, cfg 2, batch 64)", sampling_throughput()?);
+        println!(
+            "sampling: {:.1} images/s (4x64 student, DDIM 25 steps, cfg 2, batch 64)",
+            sampling_throughput()?
+        );
     }
     Ok(())
 }

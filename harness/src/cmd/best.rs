@@ -7,10 +7,19 @@ use anyhow::{anyhow, Result};
 use crate::law::query::{best, Answer, Pick};
 use crate::law::{law_path, LawFile};
 
-pub fn run(budget: &str, results: &Path, max_latency_ms: Option<f64>, json: bool, force: bool) -> Result<()> {
+pub fn run(
+    budget: &str,
+    results: &Path,
+    max_latency_ms: Option<f64>,
+    json: bool,
+    force: bool,
+) -> Result<()> {
     let b = crate::spec::parse_count(budget).map_err(|e| anyhow!("--budget: {e}"))? as u64;
     if let Some(l) = max_latency_ms {
-        anyhow::ensure!(l.is_finite() && l > 0.0, "--max-latency-ms: must be a finite number of milliseconds > 0 (got {l})");
+        anyhow::ensure!(
+            l.is_finite() && l > 0.0,
+            "--max-latency-ms: must be a finite number of milliseconds > 0 (got {l})"
+        );
     }
     let law = LawFile::load(results)?;
     let unidentified = law.unidentified();
@@ -31,19 +40,34 @@ pub fn run(budget: &str, results: &Path, max_latency_ms: Option<f64>, json: bool
 }
 
 fn row(p: &Pick) -> String {
-    let iv = p.interval.map_or("-".into(), |[lo, hi]| format!("[{lo:.4}, {hi:.4}]"));
+    let iv = p
+        .interval
+        .map_or("-".into(), |[lo, hi]| format!("[{lo:.4}, {hi:.4}]"));
     let lat = p.latency_ms.map_or("-".into(), |l| format!("{l:.1}"));
-    format!("{:>6}{:>7}{:>7}{:>10}{:>11}{:>11.4}  {:<22}{:>10}", p.depth, p.width, p.heads, p.head_dim, p.params, p.predicted, iv, lat)
+    format!(
+        "{:>6}{:>7}{:>7}{:>10}{:>11}{:>11.4}  {:<22}{:>10}",
+        p.depth, p.width, p.heads, p.head_dim, p.params, p.predicted, iv, lat
+    )
 }
 
 fn text(a: &Answer) -> String {
-    let mut s = format!("best shape for {} params ({} mode, law ({}): {}):\n", a.budget, a.mode, a.law, a.formula);
-    s += &format!("{:>6}{:>7}{:>7}{:>10}{:>11}{:>11}  {:<22}{:>10}\n", "depth", "width", "heads", "head_dim", "params", a.metric, "90% interval", "ms/image");
+    let mut s = format!(
+        "best shape for {} params ({} mode, law ({}): {}):\n",
+        a.budget, a.mode, a.law, a.formula
+    );
+    s += &format!(
+        "{:>6}{:>7}{:>7}{:>10}{:>11}{:>11}  {:<22}{:>10}\n",
+        "depth", "width", "heads", "head_dim", "params", a.metric, "90% interval", "ms/image"
+    );
     s += &format!("{}   <- predicted optimum\n", row(&a.best));
     for p in &a.alternatives {
         s += &format!("{}\n", row(p));
     }
-    s += &format!("how sure: the law's {} CV error is about ±{:.1} % per run\n", a.cv_kind.describe(), a.typical_error_pct);
+    s += &format!(
+        "how sure: the law's {} CV error is about ±{:.1} % per run\n",
+        a.cv_kind.describe(),
+        a.typical_error_pct
+    );
     match &a.best_measured {
         Some(m) => {
             s += &format!(

@@ -22,13 +22,17 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let cfg = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            serde_yaml_ng::from_str::<DistillConfig>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            let text =
+                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            serde_yaml_ng::from_str::<DistillConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
         }
         None => {
             let mode = a.mode;
             let teacher_cfg = match &a.teacher {
-                Some(t) => distill::checkpoint::read_dit_config(&distill::checkpoint::locate_model(t)?.0)?,
+                Some(t) => {
+                    distill::checkpoint::read_dit_config(&distill::checkpoint::locate_model(t)?.0)?
+                }
                 None => dit::DitConfig::default(),
             };
             // The student inherits the teacher's input, classes and patch unless the shape string says otherwise.

@@ -19,20 +19,36 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    anyhow::ensure!(a.bootstrap <= 100_000, "--bootstrap: at most 100,000 resamples (got {})", a.bootstrap);
+    anyhow::ensure!(
+        a.bootstrap <= 100_000,
+        "--bootstrap: at most 100,000 resamples (got {})",
+        a.bootstrap
+    );
     let hold_out = match &a.hold_out {
-        Some(s) => Some(crate::spec::parse_count(s).map_err(|e| anyhow::anyhow!("--hold-out: {e}"))? as u64),
+        Some(s) => Some(
+            crate::spec::parse_count(s).map_err(|e| anyhow::anyhow!("--hold-out: {e}"))? as u64,
+        ),
         None => None,
     };
-    let law = fit_sweep(&Options { dir: a.dir.clone(), metric: a.metric, mode: a.mode.to_string(), bootstrap: a.bootstrap, hold_out, seed: a.seed })?;
+    let law = fit_sweep(&Options {
+        dir: a.dir.clone(),
+        metric: a.metric,
+        mode: a.mode.to_string(),
+        bootstrap: a.bootstrap,
+        hold_out,
+        seed: a.seed,
+    })?;
     // A held-out fit never replaces the sweep's law: by default it lands beside it, where
     // `ditkd report` picks it up as the held-out check.
     // Named from the parsed budget, so `400k`, `400000` and `0.4M` all write law-holdout-400k.json.
     let out = a.out.unwrap_or_else(|| match hold_out {
-        Some(b) => a.dir.join(format!("law-holdout-{}.json", crate::fmt::si(b as f64))),
+        Some(b) => a
+            .dir
+            .join(format!("law-holdout-{}.json", crate::fmt::si(b as f64))),
         None => a.dir.join("law.json"),
     });
-    law.save(&out).with_context(|| format!("writing {}", out.display()))?;
+    law.save(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
     print!("{}", summary(&law));
     println!("wrote {}", out.display());
     Ok(())
@@ -43,7 +59,10 @@ fn opt(v: Option<f64>) -> String {
 }
 
 fn shape(s: &ScoredShape) -> String {
-    format!("d={} w={} h={} (head_dim {}, {} params)", s.depth, s.width, s.heads, s.head_dim, s.params)
+    format!(
+        "d={} w={} h={} (head_dim {}, {} params)",
+        s.depth, s.width, s.heads, s.head_dim, s.params
+    )
 }
 
 /// The human summary: the laws, the chosen one's coefficients, the design formula, the checks.
@@ -53,11 +72,26 @@ pub fn summary(l: &LawFile) -> String {
         s.push_str(&t);
         s.push('\n');
     };
-    line(format!("{} ({} mode): {} runs, budgets {:?}, params {}..{}, table {}", l.metric, l.mode, l.n_runs, l.budgets, l.params_range[0], l.params_range[1], l.table));
-    line(format!("{:<6}{:>3}{:>12}{:>10}{:>11}{:>11}  formula", "law", "k", "RSS", "AIC", "LOBO CV", "k-fold CV"));
+    line(format!(
+        "{} ({} mode): {} runs, budgets {:?}, params {}..{}, table {}",
+        l.metric, l.mode, l.n_runs, l.budgets, l.params_range[0], l.params_range[1], l.table
+    ));
+    line(format!(
+        "{:<6}{:>3}{:>12}{:>10}{:>11}{:>11}  formula",
+        "law", "k", "RSS", "AIC", "LOBO CV", "k-fold CV"
+    ));
     for f in &l.laws {
         let mark = if f.name == l.chosen { " *" } else { "  " };
-        line(format!("{:<6}{:>3}{:>12.5}{:>10.2}{:>11}{:>11.4}  {}", format!("{}{mark}", f.name), f.k, f.rss, f.aic, opt(f.cv_lobo_rmse), f.cv_kfold_rmse, f.formula));
+        line(format!(
+            "{:<6}{:>3}{:>12.5}{:>10.2}{:>11}{:>11.4}  {}",
+            format!("{}{mark}", f.name),
+            f.k,
+            f.rss,
+            f.aic,
+            opt(f.cv_lobo_rmse),
+            f.cv_kfold_rmse,
+            f.formula
+        ));
     }
     for sk in &l.skipped {
         line(format!("{:<6} skipped: {}", sk.name, sk.reason));
@@ -73,35 +107,75 @@ pub fn summary(l: &LawFile) -> String {
         100.0 * c.typical_error()
     ));
     // In the formula's order (the map is alphabetical).
-    let names: Vec<String> = c.form().coef_names().iter().map(|n| n.to_string()).collect();
+    let names: Vec<String> = c
+        .form()
+        .coef_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     for k in &names {
         let v = c.coef.get(k).copied().unwrap_or(f64::NAN);
-        let iv = c.intervals.get(k).map_or(String::new(), |[lo, hi]| format!("   90% [{lo:.4e}, {hi:.4e}]"));
+        let iv = c.intervals.get(k).map_or(String::new(), |[lo, hi]| {
+            format!("   90% [{lo:.4e}, {hi:.4e}]")
+        });
         line(format!("  {k:<6} = {v:.4e}{iv}"));
     }
     line(format!("design: {}", l.design.formula));
-    line(format!("  {:>10}{:>7}{:>7}{:>7}{:>10}{:>10}{:>11}", "budget", "depth", "width", "heads", "head_dim", "params", "predicted"));
+    line(format!(
+        "  {:>10}{:>7}{:>7}{:>7}{:>10}{:>10}{:>11}",
+        "budget", "depth", "width", "heads", "head_dim", "params", "predicted"
+    ));
     for i in 0..l.design.budgets.len() {
         let d = &l.design;
-        line(format!("  {:>10}{:>7}{:>7}{:>7}{:>10}{:>10}{:>11.4}", d.budgets[i], d.depth[i], d.width[i], d.heads[i], d.head_dim[i], d.params[i], d.predicted[i]));
+        line(format!(
+            "  {:>10}{:>7}{:>7}{:>7}{:>10}{:>10}{:>11.4}",
+            d.budgets[i],
+            d.depth[i],
+            d.width[i],
+            d.heads[i],
+            d.head_dim[i],
+            d.params[i],
+            d.predicted[i]
+        ));
     }
     match &l.latency_model {
-        Some(m) => line(format!("latency: {} with c = [{:.3}, {:.4}, {:.3}], R² {:.3} ({} runs)", m.formula, m.coef[0], m.coef[1], m.coef[2], m.r2, m.n)),
+        Some(m) => line(format!(
+            "latency: {} with c = [{:.3}, {:.4}, {:.3}], R² {:.3} ({} runs)",
+            m.formula, m.coef[0], m.coef[1], m.coef[2], m.r2, m.n
+        )),
         None => line("latency: no model (fewer than 4 ok runs with a measured latency)".into()),
     }
     if let Some(h) = &l.holdout {
-        line(format!("hold-out budget {}: {} runs, RMSE(ln) {:.4}, mean abs error {:.1} %", h.budget, h.n_runs, h.rmse_log, h.mape));
+        line(format!(
+            "hold-out budget {}: {} runs, RMSE(ln) {:.4}, mean abs error {:.1} %",
+            h.budget, h.n_runs, h.rmse_log, h.mape
+        ));
         let r = &h.recommended;
         line(format!(
             "  law's optimum in [0.9B, 1.1B]: {} predicted {}, measured {}{}",
             shape(r),
             opt(r.predicted),
             opt(r.measured),
-            h.recommended_within_5pct.map_or(" (not run)".into(), |w| format!(" ({} 5 % of the best)", if w { "within" } else { "not within" }))
+            h.recommended_within_5pct
+                .map_or(" (not run)".into(), |w| format!(
+                    " ({} 5 % of the best)",
+                    if w { "within" } else { "not within" }
+                ))
         ));
-        line(format!("  best predicted among the measured: {} measured {}", shape(&h.best_predicted_measured), opt(h.best_predicted_measured.measured)));
-        line(format!("  best measured: {} measured {}", shape(&h.best_measured), opt(h.best_measured.measured)));
-        line(format!("  within 5 % of the best measured: {}", if h.within_5pct { "yes" } else { "no" }));
+        line(format!(
+            "  best predicted among the measured: {} measured {}",
+            shape(&h.best_predicted_measured),
+            opt(h.best_predicted_measured.measured)
+        ));
+        line(format!(
+            "  best measured: {} measured {}",
+            shape(&h.best_measured),
+            opt(h.best_measured.measured)
+        ));
+        line(format!(
+            "  within 5 % of the best measured: {}",
+            if h.within_5pct { "yes" } else { "no" }
+        ));
     }
     for n in &l.notes {
         line(format!("note: {n}"));

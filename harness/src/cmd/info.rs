@@ -9,14 +9,25 @@ use dit::DitConfig;
 pub fn parse_shape(spec: &str, base: &DitConfig) -> Result<DitConfig> {
     let mut c = base.clone();
     for kv in spec.split(',').filter(|s| !s.is_empty()) {
-        let (k, v) = kv.split_once('=').with_context(|| format!("`{kv}`: expected key=value"))?;
-        let parse = |v: &str| v.trim().parse::<usize>().with_context(|| format!("`{k}`: `{v}` is not a positive integer"));
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("`{kv}`: expected key=value"))?;
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .with_context(|| format!("`{k}`: `{v}` is not a positive integer"))
+        };
         match k.trim() {
             "depth" | "d" => c.depth = parse(v)?,
             "width" | "w" | "hidden_size" => c.hidden_size = parse(v)?,
             "heads" | "h" | "num_heads" => c.num_heads = parse(v)?,
             "patch" | "p" | "patch_size" => c.patch_size = parse(v)?,
-            "mlp_ratio" => c.mlp_ratio = v.trim().parse().with_context(|| format!("mlp_ratio: `{v}` is not a number"))?,
+            "mlp_ratio" => {
+                c.mlp_ratio = v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("mlp_ratio: `{v}` is not a number"))?
+            }
             other => bail!("unknown shape key `{other}` (depth, width, heads, patch, mlp_ratio)"),
         }
     }
@@ -56,11 +67,27 @@ pub fn resolve_model(spec: &str) -> Result<DitConfig> {
 pub fn run(spec: &str) -> Result<()> {
     let c = resolve_model(spec)?;
     println!("shape        {}", c.shape_label());
-    println!("input        {}x{}x{}  patch {}  classes {}", c.in_channels, c.input_size, c.input_size, c.patch_size, c.num_classes);
-    println!("params       {} trainable ({} with the fixed pos_embed)", crate::fmt::grouped(c.num_params() as i64), crate::fmt::grouped(c.num_params_with_pos_embed() as i64));
-    println!("GFLOPs       {:.4} per forward per image (2 x {:.4} G multiply-accumulates)", c.forward_gflops(), c.forward_macs() as f64 / 1e9);
+    println!(
+        "input        {}x{}x{}  patch {}  classes {}",
+        c.in_channels, c.input_size, c.input_size, c.patch_size, c.num_classes
+    );
+    println!(
+        "params       {} trainable ({} with the fixed pos_embed)",
+        crate::fmt::grouped(c.num_params() as i64),
+        crate::fmt::grouped(c.num_params_with_pos_embed() as i64)
+    );
+    println!(
+        "GFLOPs       {:.4} per forward per image (2 x {:.4} G multiply-accumulates)",
+        c.forward_gflops(),
+        c.forward_macs() as f64 / 1e9
+    );
     println!("tokens       {}", c.num_tokens());
-    println!("head dim     {} ({} heads x {})", c.head_dim(), c.num_heads, c.head_dim());
+    println!(
+        "head dim     {} ({} heads x {})",
+        c.head_dim(),
+        c.num_heads,
+        c.head_dim()
+    );
     println!("mlp hidden   {}", c.mlp_hidden());
     Ok(())
 }

@@ -8,10 +8,10 @@ use std::time::SystemTime;
 
 use anyhow::Result;
 
-use crate::law::LawFile;
-use crate::results::{read_law, Sweep};
 use crate::fmt::{grouped, num, si};
+use crate::law::LawFile;
 use crate::plot::{self, STEMS};
+use crate::results::{read_law, Sweep};
 
 pub fn run(dir: &Path) -> Result<()> {
     let sweep = Sweep::load(dir)?;
@@ -24,18 +24,35 @@ pub fn run(dir: &Path) -> Result<()> {
             Err(e) => notes.push(format!("The plots could not be drawn: {e:#}.")),
         }
     }
-    let present: Vec<&str> = STEMS.iter().copied().filter(|s| plots.join(format!("{s}.png")).exists()).collect();
+    let present: Vec<&str> = STEMS
+        .iter()
+        .copied()
+        .filter(|s| plots.join(format!("{s}.png")).exists())
+        .collect();
     let held = held_out_laws(dir, &mut notes);
     let not_learned = match (&law, crate::law::data::Table::load(dir)) {
         (None, Ok(t)) => {
-            let untrained = sweep.reference.as_ref().and_then(|r| r.untrained.as_ref()).map(|m| m.fid_proxy);
+            let untrained = sweep
+                .reference
+                .as_ref()
+                .and_then(|r| r.untrained.as_ref())
+                .map(|m| m.fid_proxy);
             let pts = t.points(&sweep.metric, &sweep.mode).unwrap_or_default();
             let (base, _, _) = crate::law::data::base_config(dir, &t, &pts);
-            crate::law::guard::check_learned(&t, &sweep.mode, base.num_classes, untrained).err().map(|e| e.to_string())
+            crate::law::guard::check_learned(&t, &sweep.mode, base.num_classes, untrained)
+                .err()
+                .map(|e| e.to_string())
         }
         _ => None,
     };
-    let md = markdown_with(&sweep, law.as_ref(), &held, &present, &notes, not_learned.as_deref());
+    let md = markdown_with(
+        &sweep,
+        law.as_ref(),
+        &held,
+        &present,
+        &notes,
+        not_learned.as_deref(),
+    );
     let out = dir.join("report.md");
     dit::io::write_atomic(&out, md.as_bytes())?;
     println!("{}", out.display());
@@ -45,17 +62,26 @@ pub fn run(dir: &Path) -> Result<()> {
 /// Held-out fits saved beside the law (`ditkd fit DIR --hold-out B` writes DIR/law-holdout-B.json),
 /// in file-name order. One that cannot be read is named in a note, not fatal.
 fn held_out_laws(dir: &Path, notes: &mut Vec<String>) -> Vec<LawFile> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut paths: Vec<_> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("law-holdout") && n.ends_with(".json")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("law-holdout") && n.ends_with(".json"))
+        })
         .collect();
     paths.sort();
     let mut out = Vec::new();
     for p in paths {
         match LawFile::load(&p) {
             Ok(l) if l.holdout.is_some() => out.push(l),
-            Ok(_) => notes.push(format!("{}: a law without a held-out budget, skipped.", p.display())),
+            Ok(_) => notes.push(format!(
+                "{}: a law without a held-out budget, skipped.",
+                p.display()
+            )),
             Err(e) => notes.push(format!("{e:#}.")),
         }
     }
@@ -66,13 +92,26 @@ fn held_out_laws(dir: &Path, notes: &mut Vec<String>) -> Vec<LawFile> {
 fn plots_stale(dir: &Path) -> bool {
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let inputs = [dir.join("runs.parquet"), dir.join("law.json")];
-    let newest_input = inputs.iter().filter_map(|p| mtime(p)).max().unwrap_or(SystemTime::UNIX_EPOCH);
-    ["fid_vs_params", "fid_vs_depth", "fid_vs_width", "fid_vs_heads", "kd_vs_scratch", "pareto_params"].iter().any(|s| {
-        match mtime(&dir.join("plots").join(format!("{s}.png"))) {
+    let newest_input = inputs
+        .iter()
+        .filter_map(|p| mtime(p))
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    [
+        "fid_vs_params",
+        "fid_vs_depth",
+        "fid_vs_width",
+        "fid_vs_heads",
+        "kd_vs_scratch",
+        "pareto_params",
+    ]
+    .iter()
+    .any(
+        |s| match mtime(&dir.join("plots").join(format!("{s}.png"))) {
             Some(t) => t < newest_input,
             None => true,
-        }
-    })
+        },
+    )
 }
 
 fn pm(mean: f64, std: f64) -> String {
@@ -80,7 +119,8 @@ fn pm(mean: f64, std: f64) -> String {
 }
 
 fn interval(iv: Option<&[f64; 2]>) -> String {
-    iv.map(|[a, b]| format!("[{}, {}]", num(*a), num(*b))).unwrap_or_else(|| "–".into())
+    iv.map(|[a, b]| format!("[{}, {}]", num(*a), num(*b)))
+        .unwrap_or_else(|| "–".into())
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -89,12 +129,25 @@ fn opt(v: Option<f64>) -> String {
 
 /// The report's text (pure: the caller writes it).
 /// `held` are laws fitted with a budget held out (each carries its `holdout` check).
-pub fn markdown(sweep: &Sweep, law: Option<&LawFile>, held: &[LawFile], plots: &[&str], notes: &[String]) -> String {
+pub fn markdown(
+    sweep: &Sweep,
+    law: Option<&LawFile>,
+    held: &[LawFile],
+    plots: &[&str],
+    notes: &[String],
+) -> String {
     markdown_with(sweep, law, held, plots, notes, None)
 }
 
 /// `markdown`, with the guard's verdict when the students have not learned.
-pub fn markdown_with(sweep: &Sweep, law: Option<&LawFile>, held: &[LawFile], plots: &[&str], notes: &[String], not_learned: Option<&str>) -> String {
+pub fn markdown_with(
+    sweep: &Sweep,
+    law: Option<&LawFile>,
+    held: &[LawFile],
+    plots: &[&str],
+    notes: &[String],
+    not_learned: Option<&str>,
+) -> String {
     let mut md = String::new();
     let metric = sweep.metric_label();
     let w = &mut md;
@@ -145,22 +198,39 @@ pub fn markdown_with(sweep: &Sweep, law: Option<&LawFile>, held: &[LawFile], plo
 fn runs_section(w: &mut String, sweep: &Sweep) {
     let ok = sweep.runs.iter().filter(|r| r.ok()).count();
     let failed: Vec<_> = sweep.runs.iter().filter(|r| !r.ok()).collect();
-    let _ = writeln!(w, "## Runs\n\n{} runs: {ok} ok, {} failed.\n", sweep.runs.len(), failed.len());
+    let _ = writeln!(
+        w,
+        "## Runs\n\n{} runs: {ok} ok, {} failed.\n",
+        sweep.runs.len(),
+        failed.len()
+    );
     let _ = writeln!(w, "| mode | ok | failed | budgets |\n|---|---:|---:|---|");
-    let modes: std::collections::BTreeSet<&str> = sweep.runs.iter().map(|r| r.mode.as_str()).collect();
+    let modes: std::collections::BTreeSet<&str> =
+        sweep.runs.iter().map(|r| r.mode.as_str()).collect();
     for m in modes {
         let rs: Vec<_> = sweep.runs.iter().filter(|r| r.mode == m).collect();
         let budgets: std::collections::BTreeSet<i64> = rs.iter().map(|r| r.budget).collect();
         let budgets: Vec<String> = budgets.into_iter().map(|b| si(b as f64)).collect();
         let n_ok = rs.iter().filter(|r| r.ok()).count();
         let m = if m.is_empty() { "(not recorded)" } else { m };
-        let _ = writeln!(w, "| {m} | {n_ok} | {} | {} |", rs.len() - n_ok, budgets.join(", "));
+        let _ = writeln!(
+            w,
+            "| {m} | {n_ok} | {} | {} |",
+            rs.len() - n_ok,
+            budgets.join(", ")
+        );
     }
     let _ = writeln!(w);
     if !failed.is_empty() {
         let _ = writeln!(w, "Failed runs:\n");
         for r in failed.iter().take(20) {
-            let _ = writeln!(w, "- `{}` ({}): {}", r.run_id, r.status, r.reason.as_deref().unwrap_or("no reason recorded"));
+            let _ = writeln!(
+                w,
+                "- `{}` ({}): {}",
+                r.run_id,
+                r.status,
+                r.reason.as_deref().unwrap_or("no reason recorded")
+            );
         }
         if failed.len() > 20 {
             let _ = writeln!(w, "- … and {} more", failed.len() - 20);
@@ -172,10 +242,16 @@ fn runs_section(w: &mut String, sweep: &Sweep) {
 /// The teacher (ceiling) and real data (floor) under the students' protocol, and the noise of
 /// the evaluation itself.
 fn reference_section(w: &mut String, sweep: &Sweep) {
-    let _ = writeln!(w, "## Reference: the teacher, real data and the evaluation noise
-");
+    let _ = writeln!(
+        w,
+        "## Reference: the teacher, real data and the evaluation noise
+"
+    );
     let Some(r) = &sweep.reference else {
-        let _ = writeln!(w, "No `reference.json` (it is measured when the sweep runs).\n");
+        let _ = writeln!(
+            w,
+            "No `reference.json` (it is measured when the sweep runs).\n"
+        );
         return;
     };
     let f = &r.floor;
@@ -229,7 +305,11 @@ fn best_section(w: &mut String, sweep: &Sweep, metric: &str) {
     let _ = writeln!(w, "## Best shape per budget (`{}` runs)\n", sweep.mode);
     let best = sweep.best_per_budget();
     if best.is_empty() {
-        let _ = writeln!(w, "No finished `{}` run has a {metric} value.\n", sweep.mode);
+        let _ = writeln!(
+            w,
+            "No finished `{}` run has a {metric} value.\n",
+            sweep.mode
+        );
         return;
     }
     let pts = sweep.points();
@@ -251,7 +331,10 @@ fn best_section(w: &mut String, sweep: &Sweep, metric: &str) {
             opt(p.latency_ms)
         );
     }
-    let _ = writeln!(w, "\nMean and sample standard deviation over seeds; latency is batch 1, all sampler steps.\n");
+    let _ = writeln!(
+        w,
+        "\nMean and sample standard deviation over seeds; latency is batch 1, all sampler steps.\n"
+    );
 }
 
 fn law_section(w: &mut String, l: &LawFile) {
@@ -289,12 +372,27 @@ fn law_section(w: &mut String, l: &LawFile) {
             unidentified.join("; ")
         );
     }
-    let _ = writeln!(w, "| coefficient | estimate | 90 % bootstrap interval |\n|---|---:|---|");
+    let _ = writeln!(
+        w,
+        "| coefficient | estimate | 90 % bootstrap interval |\n|---|---:|---|"
+    );
     for (name, v) in &c.coef {
-        let _ = writeln!(w, "| {name} | {} | {} |", num(*v), interval(c.intervals.get(name)));
+        let _ = writeln!(
+            w,
+            "| {name} | {} | {} |",
+            num(*v),
+            interval(c.intervals.get(name))
+        );
     }
-    let _ = writeln!(w, "\nAll candidate laws (RSS and RMSEs on ln {}; lower AIC and CV error are better):\n", l.metric);
-    let _ = writeln!(w, "| law | formula | k | n | RSS | AIC | CV LOBO RMSE | CV k-fold RMSE | chosen |");
+    let _ = writeln!(
+        w,
+        "\nAll candidate laws (RSS and RMSEs on ln {}; lower AIC and CV error are better):\n",
+        l.metric
+    );
+    let _ = writeln!(
+        w,
+        "| law | formula | k | n | RSS | AIC | CV LOBO RMSE | CV k-fold RMSE | chosen |"
+    );
     let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---|");
     for f in &l.laws {
         let _ = writeln!(
@@ -328,12 +426,28 @@ fn design_section(w: &mut String, l: &LawFile, metric: &str) {
     let _ = writeln!(w, "## Design formula\n\n`{}`\n", d.formula);
     match &d.exponents {
         Some(e) => {
-            let _ = writeln!(w, "The optimal shape grows with the budget N as x* ≈ c·N^s:\n");
-            let _ = writeln!(w, "| variable | s | c | 90 % interval of s |\n|---|---:|---:|---|");
-            for (name, x) in [("depth", &e.depth), ("width", &e.width), ("head dim", &e.head_dim)] {
+            let _ = writeln!(
+                w,
+                "The optimal shape grows with the budget N as x* ≈ c·N^s:\n"
+            );
+            let _ = writeln!(
+                w,
+                "| variable | s | c | 90 % interval of s |\n|---|---:|---:|---|"
+            );
+            for (name, x) in [
+                ("depth", &e.depth),
+                ("width", &e.width),
+                ("head dim", &e.head_dim),
+            ] {
                 match x {
                     Some(x) => {
-                        let _ = writeln!(w, "| {name} | {} | {} | {} |", num(x.s), num(x.c), interval(x.interval.as_ref()));
+                        let _ = writeln!(
+                            w,
+                            "| {name} | {} | {} | {} |",
+                            num(x.s),
+                            num(x.c),
+                            interval(x.interval.as_ref())
+                        );
                     }
                     None => {
                         let _ = writeln!(w, "| {name} | – | – | not determined by this law |");
@@ -348,7 +462,11 @@ fn design_section(w: &mut String, l: &LawFile, metric: &str) {
     let _ = writeln!(w, "\nThe law's optimum per budget:\n");
     let _ = writeln!(w, "| budget | depth | width | heads | head dim | params | predicted {metric} |\n|---|---:|---:|---:|---:|---:|---:|");
     for i in 0..d.budgets.len() {
-        let g = |v: &Vec<usize>| v.get(i).map(|x| x.to_string()).unwrap_or_else(|| "–".into());
+        let g = |v: &Vec<usize>| {
+            v.get(i)
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "–".into())
+        };
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} | {} | {} | {} |",
@@ -357,21 +475,35 @@ fn design_section(w: &mut String, l: &LawFile, metric: &str) {
             g(&d.width),
             g(&d.heads),
             g(&d.head_dim),
-            d.params.get(i).map(|x| grouped(*x as i64)).unwrap_or_else(|| "–".into()),
+            d.params
+                .get(i)
+                .map(|x| grouped(*x as i64))
+                .unwrap_or_else(|| "–".into()),
             opt(d.predicted.get(i).copied())
         );
     }
     if let Some(m) = &l.latency_model {
         let coef: Vec<String> = m.coef.iter().map(|c| num(*c)).collect();
-        let _ = writeln!(w, "\nLatency model: `{}`, coefficients [{}], R² = {} over {} runs.", m.formula, coef.join(", "), num(m.r2), m.n);
+        let _ = writeln!(
+            w,
+            "\nLatency model: `{}`, coefficients [{}], R² = {} over {} runs.",
+            m.formula,
+            coef.join(", "),
+            num(m.r2),
+            m.n
+        );
     }
     let _ = writeln!(w);
 }
 
 fn modes_section(w: &mut String, sweep: &Sweep, metric: &str) {
     let cmp = sweep.compare_modes();
-    let modes: Vec<String> =
-        cmp.iter().flat_map(|c| c.stats.iter().map(|s| s.mode.clone())).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let modes: Vec<String> = cmp
+        .iter()
+        .flat_map(|c| c.stats.iter().map(|s| s.mode.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let _ = writeln!(w, "## KD vs scratch\n");
     if modes.len() < 2 {
         let _ = writeln!(w, "Only `{}` runs: nothing to compare.\n", modes.join(""));
@@ -383,9 +515,18 @@ fn modes_section(w: &mut String, sweep: &Sweep, metric: &str) {
         let _ = write!(w, " {m} (n) |");
     }
     let _ = writeln!(w, "{} better |", if both { " kd − scratch |" } else { "" });
-    let _ = writeln!(w, "|---|---|{}{}---|", "---:|".repeat(modes.len()), if both { "---:|" } else { "" });
+    let _ = writeln!(
+        w,
+        "|---|---|{}{}---|",
+        "---:|".repeat(modes.len()),
+        if both { "---:|" } else { "" }
+    );
     for c in &cmp {
-        let shapes = if c.matched_shapes > 0 { format!("{} matched", c.matched_shapes) } else { "all (none shared)".into() };
+        let shapes = if c.matched_shapes > 0 {
+            format!("{} matched", c.matched_shapes)
+        } else {
+            "all (none shared)".into()
+        };
         let _ = write!(w, "| {} | {shapes} |", si(c.budget as f64));
         for m in &modes {
             match c.stats.iter().find(|s| &s.mode == m) {
@@ -404,7 +545,11 @@ fn modes_section(w: &mut String, sweep: &Sweep, metric: &str) {
                 _ => w.push_str(" – |"),
             }
         }
-        let best = c.stats.iter().filter(|s| s.mean.is_finite()).min_by(|a, b| a.mean.total_cmp(&b.mean));
+        let best = c
+            .stats
+            .iter()
+            .filter(|s| s.mean.is_finite())
+            .min_by(|a, b| a.mean.total_cmp(&b.mean));
         let _ = writeln!(w, " {} |", best.map(|s| s.mode.as_str()).unwrap_or("–"));
     }
     let _ = writeln!(w);
@@ -426,7 +571,11 @@ fn holdout_section(w: &mut String, l: &LawFile, h: &crate::law::Holdout, metric:
             s["heads"],
             s["params"],
             f(&s["predicted"]),
-            if s["measured"].is_null() { "not run".into() } else { f(&s["measured"]) }
+            if s["measured"].is_null() {
+                "not run".into()
+            } else {
+                f(&s["measured"])
+            }
         )
     };
     let yn = |v: &serde_json::Value| match v.as_bool() {
@@ -446,8 +595,20 @@ fn holdout_section(w: &mut String, l: &LawFile, h: &crate::law::Holdout, metric:
         f(&h["mape"])
     );
     let _ = writeln!(w, "- law's recommended shape: {}", shape(&h["recommended"]));
-    let _ = writeln!(w, "- recommended shape within 5 % of the best measured: {}", yn(&h["recommended_within_5pct"]));
-    let _ = writeln!(w, "- best-predicted among the measured shapes: {}", shape(&h["best_predicted_measured"]));
+    let _ = writeln!(
+        w,
+        "- recommended shape within 5 % of the best measured: {}",
+        yn(&h["recommended_within_5pct"])
+    );
+    let _ = writeln!(
+        w,
+        "- best-predicted among the measured shapes: {}",
+        shape(&h["best_predicted_measured"])
+    );
     let _ = writeln!(w, "- best measured shape: {}", shape(&h["best_measured"]));
-    let _ = writeln!(w, "- best-predicted within 5 % of the best measured: {}\n", yn(&h["within_5pct"]));
+    let _ = writeln!(
+        w,
+        "- best-predicted within 5 % of the best measured: {}\n",
+        yn(&h["within_5pct"])
+    );
 }

@@ -26,14 +26,23 @@ fn abs(p: &Path) -> PathBuf {
 pub fn check_time(t: &str) -> Result<()> {
     let nums = |s: &str, n: usize| {
         let parts: Vec<&str> = s.split(':').collect();
-        parts.len() <= n && parts.iter().all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()))
+        parts.len() <= n
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()))
     };
     let ok = t == "UNLIMITED"
         || match t.split_once('-') {
-            Some((d, rest)) => !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) && nums(rest, 3),
+            Some((d, rest)) => {
+                !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) && nums(rest, 3)
+            }
             None => nums(t, 3),
         };
-    anyhow::ensure!(ok, "--time `{}`: not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)", crate::spec::clip(t, 40));
+    anyhow::ensure!(
+        ok,
+        "--time `{}`: not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)",
+        crate::spec::clip(t, 40)
+    );
     Ok(())
 }
 
@@ -41,8 +50,15 @@ pub fn check_time(t: &str) -> Result<()> {
 pub fn script(a: &Args) -> Result<String> {
     check_time(&a.time)?;
     if let Some(p) = &a.partition {
-        let ok = !p.is_empty() && p.len() <= 64 && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ','));
-        anyhow::ensure!(ok, "--partition `{}`: not a Slurm partition name (letters, digits, - _ . ,)", crate::spec::clip(p, 40));
+        let ok = !p.is_empty()
+            && p.len() <= 64
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ','));
+        anyhow::ensure!(
+            ok,
+            "--partition `{}`: not a Slurm partition name (letters, digits, - _ . ,)",
+            crate::spec::clip(p, 40)
+        );
     }
     if a.shards == Some(0) {
         anyhow::bail!("--shards: must be at least 1");
@@ -60,9 +76,18 @@ pub fn script(a: &Args) -> Result<String> {
         None => std::env::current_exe()?,
     };
     let cpus = spec.parallel.jobs * spec.parallel.threads_per_job;
-    let partition = a.partition.as_ref().map(|p| format!("#SBATCH --partition={p}\n")).unwrap_or_default();
+    let partition = a
+        .partition
+        .as_ref()
+        .map(|p| format!("#SBATCH --partition={p}\n"))
+        .unwrap_or_default();
     let root = std::fs::canonicalize(distill::paths::repo_root())?;
-    let (bin, spec_file, dir, root) = (bin.display().to_string(), spec_path.display().to_string(), dir.display().to_string(), root.display().to_string());
+    let (bin, spec_file, dir, root) = (
+        bin.display().to_string(),
+        spec_path.display().to_string(),
+        dir.display().to_string(),
+        root.display().to_string(),
+    );
     Ok(format!(
         r#"#!/usr/bin/env bash
 # Slurm submission for sweep `{name}`: {runs} runs in {shards} array tasks, then a merge job.

@@ -9,7 +9,13 @@ use distill::kd::Mode;
 
 use crate::runner::sweep_dir;
 
-pub fn run(spec_path: &Path, out: Option<&Path>, jobs: Option<usize>, threads_per_job: Option<usize>, bootstrap: usize) -> Result<()> {
+pub fn run(
+    spec_path: &Path,
+    out: Option<&Path>,
+    jobs: Option<usize>,
+    threads_per_job: Option<usize>,
+    bootstrap: usize,
+) -> Result<()> {
     // Everything the sweep needs is validated before it starts (and again by the sweep itself).
     let spec = crate::runner::load(spec_path, jobs, threads_per_job)?.spec;
     let dir = sweep_dir(&spec, out);
@@ -24,7 +30,11 @@ pub fn run(spec_path: &Path, out: Option<&Path>, jobs: Option<usize>, threads_pe
         allow_changed_spec: false,
     })?;
     // The law is fitted on the distilled runs when there are any (the question the sweep answers).
-    let mode = if spec.distill.modes.contains(&Mode::Kd) { Mode::Kd } else { spec.distill.modes[0] };
+    let mode = if spec.distill.modes.contains(&Mode::Kd) {
+        Mode::Kd
+    } else {
+        spec.distill.modes[0]
+    };
     println!("== 2/4 fit ({mode} runs)");
     let fitted = crate::cmd::fit::run(crate::cmd::fit::Args {
         dir: dir.clone(),
@@ -42,7 +52,8 @@ pub fn run(spec_path: &Path, out: Option<&Path>, jobs: Option<usize>, threads_pe
             eprintln!("{e:#}");
             let stale = dir.join("law.json");
             if stale.exists() {
-                std::fs::remove_file(&stale).with_context(|| format!("removing the stale {}", stale.display()))?;
+                std::fs::remove_file(&stale)
+                    .with_context(|| format!("removing the stale {}", stale.display()))?;
             }
         }
         Err(e) => return Err(e.context(format!("fitting the law on {}", dir.display()))),

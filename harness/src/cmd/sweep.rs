@@ -22,7 +22,11 @@ pub struct Args<'a> {
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    let Loaded { spec, base, mut runs } = crate::runner::load(a.spec, a.jobs, a.threads_per_job)?;
+    let Loaded {
+        spec,
+        base,
+        mut runs,
+    } = crate::runner::load(a.spec, a.jobs, a.threads_per_job)?;
     let total = runs.len();
     if let Some(s) = a.shard {
         let (k, n) = parse_shard(s)?;
@@ -36,10 +40,16 @@ pub fn run(a: &Args) -> Result<()> {
     }
     // candle's GEMM reads its thread count from RAYON_NUM_THREADS: set it (once, before any
     // thread starts) to the threads of one job, the pool each run executes in.
-    std::env::set_var("RAYON_NUM_THREADS", spec.parallel.threads_per_job.to_string());
+    std::env::set_var(
+        "RAYON_NUM_THREADS",
+        spec.parallel.threads_per_job.to_string(),
+    );
     let t = std::time::Instant::now();
     let results = execute(&spec, &runs, &dir, true)?;
-    let failed: Vec<&Summary> = results.iter().filter(|s| s.status != RunStatus::Ok).collect();
+    let failed: Vec<&Summary> = results
+        .iter()
+        .filter(|s| s.status != RunStatus::Ok)
+        .collect();
     println!(
         "{} runs done ({} not ok) in {:.1} min; table: {}",
         results.len(),
@@ -50,22 +60,57 @@ pub fn run(a: &Args) -> Result<()> {
     if a.shard.is_none() && results.iter().any(|s| s.status == RunStatus::Ok) {
         // Every run is done: time each model again with nothing else running.
         let n = crate::speed::measure(&dir, &crate::speed::Options::default(), true)?;
-        println!("latency: {n} models timed in a quiet pass -> {}", dir.join("latency.parquet").display());
+        println!(
+            "latency: {n} models timed in a quiet pass -> {}",
+            dir.join("latency.parquet").display()
+        );
     }
     for s in &failed {
-        eprintln!("{} d{}-w{}-h{}-p{} {} seed {}: {}", s.status, s.depth, s.width, s.heads, s.patch, s.mode, s.seed, s.reason.as_deref().unwrap_or("no reason recorded"));
+        eprintln!(
+            "{} d{}-w{}-h{}-p{} {} seed {}: {}",
+            s.status,
+            s.depth,
+            s.width,
+            s.heads,
+            s.patch,
+            s.mode,
+            s.seed,
+            s.reason.as_deref().unwrap_or("no reason recorded")
+        );
     }
     // Diverged runs are results (a shape that trains unstably); any other failure, or nothing
     // ok at all, is an error, so a Slurm `afterok` merge does not run on a broken shard.
-    let broken = failed.iter().filter(|s| s.status == RunStatus::Failed).count();
+    let broken = failed
+        .iter()
+        .filter(|s| s.status == RunStatus::Failed)
+        .count();
     if broken > 0 || (!results.is_empty() && failed.len() == results.len()) {
         anyhow::bail!("{} of {} runs failed (reasons above); finished runs are kept, rerun the same command to retry the failed ones", failed.len(), results.len());
     }
     Ok(())
 }
 
-fn print_plan(spec: &SweepSpec, base: &dit::DitConfig, runs: &[crate::runner::RunPlan], total: usize, dir: &Path) {
-    println!("{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8} {:>7} {:>4} {:>9}", "id", "budget", "depth", "width", "heads", "head_dim", "params", "GFLOPs", "mode", "seed", "est. s");
+fn print_plan(
+    spec: &SweepSpec,
+    base: &dit::DitConfig,
+    runs: &[crate::runner::RunPlan],
+    total: usize,
+    dir: &Path,
+) {
+    println!(
+        "{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8} {:>7} {:>4} {:>9}",
+        "id",
+        "budget",
+        "depth",
+        "width",
+        "heads",
+        "head_dim",
+        "params",
+        "GFLOPs",
+        "mode",
+        "seed",
+        "est. s"
+    );
     let mut secs = 0.0;
     let mut teacher_paid = std::collections::HashSet::new();
     for r in runs {
@@ -152,7 +197,13 @@ pub fn reference_lines(r: &distill::reference::Reference) -> String {
 }
 
 /// Columns that measure the machine, not the run: they may differ between two copies of one run.
-const TIMING: [&str; 5] = ["train_wall_s", "eval_wall_s", "teacher_fraction", "latency_ms", "images_per_s"];
+const TIMING: [&str; 5] = [
+    "train_wall_s",
+    "eval_wall_s",
+    "teacher_fraction",
+    "latency_ms",
+    "images_per_s",
+];
 
 /// A finished run found in a merge input.
 struct Found {
@@ -165,25 +216,44 @@ struct Found {
 /// Finished runs of one results directory (`<dir>/runs/*/summary.json`); every summary must parse.
 fn finished_runs(dir: &Path) -> Result<(Vec<(String, Found)>, usize)> {
     let runs = dir.join("runs");
-    let entries = std::fs::read_dir(&runs).with_context(|| format!("{}: not a sweep results directory (no runs/)", dir.display()))?;
+    let entries = std::fs::read_dir(&runs).with_context(|| {
+        format!(
+            "{}: not a sweep results directory (no runs/)",
+            dir.display()
+        )
+    })?;
     let (mut found, mut unfinished) = (Vec::new(), 0);
     for e in entries {
-        let src = e.with_context(|| format!("{}: cannot list", runs.display()))?.path();
+        let src = e
+            .with_context(|| format!("{}: cannot list", runs.display()))?
+            .path();
         let p = src.join("summary.json");
         if !p.exists() {
             unfinished += 1;
             continue;
         }
-        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-        let summary: Summary = serde_json::from_str(&text).with_context(|| format!("{}: unreadable run summary", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let summary: Summary = serde_json::from_str(&text)
+            .with_context(|| format!("{}: unreadable run summary", p.display()))?;
         let mut result: serde_json::Value = serde_json::from_str(&text)?;
         if let Some(o) = result.as_object_mut() {
             for k in TIMING {
                 o.remove(k);
             }
         }
-        let id = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        found.push((id, Found { src, result, summary }));
+        let id = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        found.push((
+            id,
+            Found {
+                src,
+                result,
+                summary,
+            },
+        ));
     }
     Ok((found, unfinished))
 }
@@ -193,7 +263,10 @@ fn finished_runs(dir: &Path) -> Result<(Vec<(String, Found)>, usize)> {
 /// parses; one run id never holds two different results; the runs were scored by one feature
 /// net, distilled from one teacher, by one code version, under one spec (unless `allow_mixed`).
 pub fn merge(out: &Path, inputs: &[PathBuf], allow_mixed: bool) -> Result<()> {
-    anyhow::ensure!(!inputs.is_empty(), "merge: name at least one input directory");
+    anyhow::ensure!(
+        !inputs.is_empty(),
+        "merge: name at least one input directory"
+    );
     let out = distill::paths::output(out);
     let mut all: std::collections::BTreeMap<String, Found> = std::collections::BTreeMap::new();
     let mut sources: Vec<PathBuf> = Vec::new();
@@ -234,9 +307,21 @@ pub fn merge(out: &Path, inputs: &[PathBuf], allow_mixed: bool) -> Result<()> {
         v.dedup();
         v
     };
-    let featnets = distinct(all.values().map(|f| f.summary.featnet_hash.clone()).collect());
-    let teachers = distinct(all.values().filter_map(|f| f.summary.teacher_hash.clone()).collect());
-    let versions = distinct(all.values().map(|f| f.summary.code_version.clone()).collect());
+    let featnets = distinct(
+        all.values()
+            .map(|f| f.summary.featnet_hash.clone())
+            .collect(),
+    );
+    let teachers = distinct(
+        all.values()
+            .filter_map(|f| f.summary.teacher_hash.clone())
+            .collect(),
+    );
+    let versions = distinct(
+        all.values()
+            .map(|f| f.summary.code_version.clone())
+            .collect(),
+    );
     let specs = distinct(
         sources
             .iter()
@@ -245,7 +330,12 @@ pub fn merge(out: &Path, inputs: &[PathBuf], allow_mixed: bool) -> Result<()> {
             .filter_map(|s| crate::runner::spec_hash(&s).ok())
             .collect(),
     );
-    for (what, v) in [("feature nets (featnet_hash)", &featnets), ("teachers (teacher_hash)", &teachers), ("code versions (code_version)", &versions), ("sweep specs", &specs)] {
+    for (what, v) in [
+        ("feature nets (featnet_hash)", &featnets),
+        ("teachers (teacher_hash)", &teachers),
+        ("code versions (code_version)", &versions),
+        ("sweep specs", &specs),
+    ] {
         if v.len() > 1 {
             mixed.push(format!("{} {what}: {}", v.len(), v.join(", ")));
         }
@@ -253,27 +343,46 @@ pub fn merge(out: &Path, inputs: &[PathBuf], allow_mixed: bool) -> Result<()> {
     if !mixed.is_empty() && !allow_mixed {
         anyhow::bail!("merge: the inputs mix {}; their metrics are not comparable (pass --allow-mixed to merge anyway)", mixed.join("; "));
     }
-    std::fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
+    std::fs::create_dir_all(out.join("runs"))
+        .with_context(|| format!("creating {}", out.join("runs").display()))?;
     let mut copied = 0;
     for (id, f) in &all {
-        if f.src.parent().and_then(|p| p.parent()).and_then(|p| std::fs::canonicalize(p).ok()) == std::fs::canonicalize(&out).ok() {
+        if f.src
+            .parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            == std::fs::canonicalize(&out).ok()
+        {
             continue; // already in `out`
         }
         let dst = out.join("runs").join(id);
         std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
         // summary.json last: a run directory with a summary is complete.
-        for name in ["plan.json", "config.yaml", "metrics.jsonl", "curve.jsonl", "grid.png", "summary.json"] {
+        for name in [
+            "plan.json",
+            "config.yaml",
+            "metrics.jsonl",
+            "curve.jsonl",
+            "grid.png",
+            "summary.json",
+        ] {
             let from = f.src.join(name);
             if from.exists() {
-                let bytes = std::fs::read(&from).with_context(|| format!("{}: cannot read", from.display()))?;
+                let bytes = std::fs::read(&from)
+                    .with_context(|| format!("{}: cannot read", from.display()))?;
                 dit::io::write_atomic(&dst.join(name), &bytes)?;
             }
         }
         copied += 1;
     }
     if !out.join("spec.yaml").exists() {
-        if let Some(spec) = sources.iter().map(|d| d.join("spec.yaml")).find(|p| p.exists()) {
-            let bytes = std::fs::read(&spec).with_context(|| format!("{}: cannot read", spec.display()))?;
+        if let Some(spec) = sources
+            .iter()
+            .map(|d| d.join("spec.yaml"))
+            .find(|p| p.exists())
+        {
+            let bytes =
+                std::fs::read(&spec).with_context(|| format!("{}: cannot read", spec.display()))?;
             dit::io::write_atomic(&out.join("spec.yaml"), &bytes)?;
         }
     }
@@ -282,8 +391,15 @@ pub fn merge(out: &Path, inputs: &[PathBuf], allow_mixed: bool) -> Result<()> {
         eprintln!("note: {unfinished} unfinished run(s) (no summary.json) were not merged");
     }
     if !mixed.is_empty() {
-        eprintln!("warning: merged across {} (--allow-mixed)", mixed.join("; "));
+        eprintln!(
+            "warning: merged across {} (--allow-mixed)",
+            mixed.join("; ")
+        );
     }
-    println!("merged {copied} new run(s); {} runs in {}", df.height(), out.join("runs.parquet").display());
+    println!(
+        "merged {copied} new run(s); {} runs in {}",
+        df.height(),
+        out.join("runs.parquet").display()
+    );
     Ok(())
 }

@@ -22,7 +22,13 @@ pub fn resamples(n: usize, b: usize, seed: u64) -> Vec<Vec<usize>> {
 }
 
 /// Raw coefficients of `form` refitted on each resample (failed refits are dropped).
-pub fn refit(form: Form, obs: &[Obs], sc: &Scales, warm: &[f64], draws: &[Vec<usize>]) -> Vec<Vec<f64>> {
+pub fn refit(
+    form: Form,
+    obs: &[Obs],
+    sc: &Scales,
+    warm: &[f64],
+    draws: &[Vec<usize>],
+) -> Vec<Vec<f64>> {
     draws
         .par_iter()
         .filter_map(|idx| {

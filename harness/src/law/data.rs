@@ -39,7 +39,11 @@ impl Table {
     pub fn load(dir: &Path) -> Result<Table> {
         let path = dir.join("runs.parquet");
         if !path.is_file() {
-            bail!("{}: no table (run `ditkd sweep` into {} first)", path.display(), dir.display());
+            bail!(
+                "{}: no table (run `ditkd sweep` into {} first)",
+                path.display(),
+                dir.display()
+            );
         }
         let hash = file_hash(&path)?;
         let df = crate::table::read(dir)?;
@@ -48,21 +52,42 @@ impl Table {
 
     /// Any Parquet table (e.g. `latency.parquet`).
     pub fn load_file(path: &Path) -> Result<Table> {
-        let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-        let df = ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: corrupt table: {e}", path.display()))?;
-        Ok(Table { path: path.to_path_buf(), hash: file_hash(path)?, df })
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        let df = ParquetReader::new(f)
+            .finish()
+            .map_err(|e| anyhow::anyhow!("{}: corrupt table: {e}", path.display()))?;
+        Ok(Table {
+            path: path.to_path_buf(),
+            hash: file_hash(path)?,
+            df,
+        })
     }
 
     fn need(&self, name: &str) -> Result<&Column> {
         self.df.column(name).map_err(|_| {
-            let names: Vec<String> = self.df.get_column_names().iter().map(|s| s.to_string()).collect();
-            anyhow::anyhow!("{}: no column `{name}` (columns: {})", self.path.display(), names.join(", "))
+            let names: Vec<String> = self
+                .df
+                .get_column_names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            anyhow::anyhow!(
+                "{}: no column `{name}` (columns: {})",
+                self.path.display(),
+                names.join(", ")
+            )
         })
     }
 
     /// A numeric column as f64 (null -> None); missing column -> error naming the file.
     pub fn f64s(&self, name: &str) -> Result<Vec<Option<f64>>> {
-        let c = self.need(name)?.cast(&DataType::Float64).map_err(|e| anyhow::anyhow!("{}: column `{name}` is not numeric: {e}", self.path.display()))?;
+        let c = self.need(name)?.cast(&DataType::Float64).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: column `{name}` is not numeric: {e}",
+                self.path.display()
+            )
+        })?;
         Ok(c.f64()?.iter().collect())
     }
 
@@ -97,7 +122,14 @@ impl Table {
             let mut present: Vec<String> = modes.iter().flatten().cloned().collect();
             present.sort();
             present.dedup();
-            bail!("{p}: no runs with status `ok` and mode `{mode}` (modes in the table: {})", if present.is_empty() { "none".into() } else { present.join(", ") });
+            bail!(
+                "{p}: no runs with status `ok` and mode `{mode}` (modes in the table: {})",
+                if present.is_empty() {
+                    "none".into()
+                } else {
+                    present.join(", ")
+                }
+            );
         }
         // One law is fitted on one measuring instrument: rows scored by different feature nets, or
         // distilled from different teachers, are not comparable.
@@ -116,14 +148,24 @@ impl Table {
         }
         let mut pts = Vec::new();
         for i in ok {
-            let Some(y) = ys[i].filter(|y| y.is_finite() && *y > 0.0) else { continue };
+            let Some(y) = ys[i].filter(|y| y.is_finite() && *y > 0.0) else {
+                continue;
+            };
             let int = |col: &[Option<f64>], name: &str| -> Result<usize> {
                 match col[i] {
                     Some(v) if v >= 1.0 => Ok(v as usize),
-                    _ => bail!("{p}: run {} has no valid `{name}`", run_ids[i].as_deref().unwrap_or("?")),
+                    _ => bail!(
+                        "{p}: run {} has no valid `{name}`",
+                        run_ids[i].as_deref().unwrap_or("?")
+                    ),
                 }
             };
-            let shape = Shape { depth: int(&depth, "depth")?, width: int(&width, "width")?, heads: int(&heads, "heads")?, params: int(&params, "params")? };
+            let shape = Shape {
+                depth: int(&depth, "depth")?,
+                width: int(&width, "width")?,
+                heads: int(&heads, "heads")?,
+                params: int(&params, "params")?,
+            };
             pts.push(Point {
                 run_id: run_ids[i].clone().unwrap_or_default(),
                 budget: int(&budget, "budget")? as u64,
@@ -139,7 +181,10 @@ impl Table {
     fn common(&self, name: &str, run_ids: &[&str]) -> Option<(f64, bool)> {
         let col = self.f64s_opt(name)?;
         let ids = self.strs("run_id").ok()?;
-        let vals: Vec<f64> = (0..col.len()).filter(|&i| ids[i].as_deref().is_some_and(|id| run_ids.contains(&id))).filter_map(|i| col[i]).collect();
+        let vals: Vec<f64> = (0..col.len())
+            .filter(|&i| ids[i].as_deref().is_some_and(|id| run_ids.contains(&id)))
+            .filter_map(|i| col[i])
+            .collect();
         let first = *vals.first()?;
         Some((first, vals.iter().any(|v| *v != first)))
     }
@@ -159,7 +204,9 @@ pub fn base_config(dir: &Path, table: &Table, pts: &[Point]) -> (DitConfig, Stri
         notes.push("the fitted runs mix patch sizes; the laws ignore the patch (base uses the first run's)".into());
     }
     if mlp.is_some_and(|m| m.1) {
-        notes.push("the fitted runs mix MLP ratios; the laws ignore it (base uses the first run's)".into());
+        notes.push(
+            "the fitted runs mix MLP ratios; the laws ignore it (base uses the first run's)".into(),
+        );
     }
     let from_table = |mut c: DitConfig| {
         if let Some((p, _)) = patch {
@@ -172,27 +219,50 @@ pub fn base_config(dir: &Path, table: &Table, pts: &[Point]) -> (DitConfig, Stri
     };
     for p in pts {
         let run = dir.join("runs").join(&p.run_id);
-        let yaml = std::fs::read_to_string(run.join("config.yaml")).ok().and_then(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&t).ok());
+        let yaml = std::fs::read_to_string(run.join("config.yaml"))
+            .ok()
+            .and_then(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&t).ok());
         if let Some(y) = &yaml {
-            if let Some(c) = y.get("student").and_then(|s| serde_yaml_ng::from_value::<DitConfig>(s.clone()).ok()) {
+            if let Some(c) = y
+                .get("student")
+                .and_then(|s| serde_yaml_ng::from_value::<DitConfig>(s.clone()).ok())
+            {
                 return (c, format!("{}", run.join("config.yaml").display()), notes);
             }
         }
-        for cand in [run.join("dit.json"), run.join("checkpoint").join("dit.json")] {
+        for cand in [
+            run.join("dit.json"),
+            run.join("checkpoint").join("dit.json"),
+        ] {
             if let Ok(c) = distill::checkpoint::read_dit_config(&cand) {
                 return (c, cand.display().to_string(), notes);
             }
         }
-        let teacher = yaml.as_ref().and_then(|y| y.get("teacher")).and_then(|t| t.as_str()).map(PathBuf::from);
+        let teacher = yaml
+            .as_ref()
+            .and_then(|y| y.get("teacher"))
+            .and_then(|t| t.as_str())
+            .map(PathBuf::from);
         if let Some(t) = teacher {
             if let Ok((cfg, _)) = distill::checkpoint::locate_model(&t) {
                 if let Ok(c) = distill::checkpoint::read_dit_config(&cfg) {
-                    return (from_table(c), format!("teacher {} with patch/mlp_ratio from the table", cfg.display()), notes);
+                    return (
+                        from_table(c),
+                        format!(
+                            "teacher {} with patch/mlp_ratio from the table",
+                            cfg.display()
+                        ),
+                        notes,
+                    );
                 }
             }
         }
     }
-    (from_table(DitConfig::default()), "DitConfig defaults (28x28x1, 10 classes) with patch/mlp_ratio from the table".into(), notes)
+    (
+        from_table(DitConfig::default()),
+        "DitConfig defaults (28x28x1, 10 classes) with patch/mlp_ratio from the table".into(),
+        notes,
+    )
 }
 
 /// `base` as JSON without the three shape fields the laws vary.
@@ -210,13 +280,17 @@ pub fn base_json(base: &DitConfig) -> serde_json::Value {
 pub fn by_shape(pts: &[Point]) -> Vec<(Shape, f64, usize)> {
     let mut acc: BTreeMap<(usize, usize, usize), (Shape, f64, usize, usize)> = BTreeMap::new();
     for (i, p) in pts.iter().enumerate() {
-        let e = acc.entry((p.shape.depth, p.shape.width, p.shape.heads)).or_insert((p.shape, 0.0, 0, i));
+        let e = acc
+            .entry((p.shape.depth, p.shape.width, p.shape.heads))
+            .or_insert((p.shape, 0.0, 0, i));
         e.1 += p.y;
         e.2 += 1;
     }
     let mut v: Vec<_> = acc.into_values().collect();
     v.sort_by_key(|e| e.3);
-    v.into_iter().map(|(s, sum, n, _)| (s, sum / n as f64, n)).collect()
+    v.into_iter()
+        .map(|(s, sum, n, _)| (s, sum / n as f64, n))
+        .collect()
 }
 
 /// [min, max] of a per-point quantity.

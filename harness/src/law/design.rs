@@ -49,9 +49,19 @@ pub fn feasible(base: &DitConfig) -> Vec<Shape> {
             let step = 8 * heads / gcd(8, heads);
             let mut w = MIN_WIDTH.div_ceil(step) * step;
             while w <= MAX_WIDTH {
-                let cfg = DitConfig { depth, hidden_size: w, num_heads: heads, ..base.clone() };
+                let cfg = DitConfig {
+                    depth,
+                    hidden_size: w,
+                    num_heads: heads,
+                    ..base.clone()
+                };
                 if w / heads >= MIN_HEAD_DIM && cfg.validate().is_ok() {
-                    out.push(Shape { depth, width: w, heads, params: cfg.num_params() });
+                    out.push(Shape {
+                        depth,
+                        width: w,
+                        heads,
+                        params: cfg.num_params(),
+                    });
                 }
                 w += step;
             }
@@ -92,12 +102,18 @@ impl Domain {
     /// `s` as the answer for `budget` extrapolates: the budget lies outside the params range or
     /// the shape outside the measured depth, width or head_dim range.
     pub fn extrapolated(&self, s: &Shape, budget: f64) -> bool {
-        self.extrapolates_budget(budget) || !within(s.depth, self.depth) || !within(s.width, self.width) || !within(s.head_dim(), self.head_dim)
+        self.extrapolates_budget(budget)
+            || !within(s.depth, self.depth)
+            || !within(s.width, self.width)
+            || !within(s.head_dim(), self.head_dim)
     }
 
     /// "depth 2..=8, head_dim 12..=44", for messages.
     pub fn describe(&self) -> String {
-        format!("depth {}..={}, head_dim {}..={}", self.depth[0], self.depth[1], self.head_dim[0], self.head_dim[1])
+        format!(
+            "depth {}..={}, head_dim {}..={}",
+            self.depth[0], self.depth[1], self.head_dim[0], self.head_dim[1]
+        )
     }
 }
 
@@ -116,7 +132,11 @@ pub struct Reference {
 impl Reference {
     pub fn from_ranges(d: [usize; 2], w: [usize; 2], h: [usize; 2]) -> Self {
         let mid = |r: [usize; 2]| ((r[0].max(1) as f64).ln() + (r[1].max(1) as f64).ln()) / 2.0;
-        Self { ln_d: mid(d), ln_w: mid(w), head_dim: h }
+        Self {
+            ln_d: mid(d),
+            ln_w: mid(w),
+            head_dim: h,
+        }
     }
 
     /// Distance of a shape's depth and width from the reference in log space.
@@ -137,8 +157,18 @@ impl Reference {
 }
 
 /// Shapes passing `keep`, best predicted first (NaN predictions dropped).
-pub fn ranked(law: &LawFit, shapes: &[Shape], keep: impl Fn(&Shape) -> bool, r: &Reference) -> Vec<(Shape, f64)> {
-    let mut v: Vec<(Shape, f64)> = shapes.iter().filter(|s| keep(s)).map(|s| (*s, law.predict(s))).filter(|(_, p)| p.is_finite()).collect();
+pub fn ranked(
+    law: &LawFit,
+    shapes: &[Shape],
+    keep: impl Fn(&Shape) -> bool,
+    r: &Reference,
+) -> Vec<(Shape, f64)> {
+    let mut v: Vec<(Shape, f64)> = shapes
+        .iter()
+        .filter(|s| keep(s))
+        .map(|s| (*s, law.predict(s)))
+        .filter(|(_, p)| p.is_finite())
+        .collect();
     v.sort_by(|a, b| r.cmp((&a.0, a.1), (&b.0, b.1)));
     v
 }
@@ -165,7 +195,15 @@ impl Candidates {
     }
 
     /// Index and prediction of the optimum among the shapes passing `keep` with params in [lo, hi].
-    pub fn optimum(&self, form: Form, raw: &[f64], lo: f64, hi: f64, r: &Reference, keep: impl Fn(&Shape) -> bool) -> Option<(usize, f64)> {
+    pub fn optimum(
+        &self,
+        form: Form,
+        raw: &[f64],
+        lo: f64,
+        hi: f64,
+        r: &Reference,
+        keep: impl Fn(&Shape) -> bool,
+    ) -> Option<(usize, f64)> {
         let a = self.shapes.partition_point(|s| (s.params as f64) < lo);
         let b = self.shapes.partition_point(|s| (s.params as f64) <= hi);
         let mut best: Option<(usize, f64)> = None;
@@ -192,13 +230,23 @@ impl Candidates {
 /// Log-spaced budgets: `GRID_POINTS − 2` from the smallest to the largest fitted parameter count,
 /// plus one step beyond each end (those two rows are extrapolations, and marked so).
 pub fn budget_grid(params_range: [usize; 2]) -> Vec<u64> {
-    let (a, b) = (params_range[0].max(1) as f64, params_range[1].max(params_range[0]).max(1) as f64);
+    let (a, b) = (
+        params_range[0].max(1) as f64,
+        params_range[1].max(params_range[0]).max(1) as f64,
+    );
     // A single fitted size (or nearly): a 10 % range around it, every row an extrapolation.
     let open = b / a < 1.1;
-    let (lo, hi) = if open { let m = (a * b).sqrt().ln(); (m - 1.1f64.ln() / 2.0, m + 1.1f64.ln() / 2.0) } else { (a.ln(), b.ln()) };
+    let (lo, hi) = if open {
+        let m = (a * b).sqrt().ln();
+        (m - 1.1f64.ln() / 2.0, m + 1.1f64.ln() / 2.0)
+    } else {
+        (a.ln(), b.ln())
+    };
     let inner = GRID_POINTS - 2;
     let step = (hi - lo) / (inner - 1) as f64;
-    let mut g: Vec<u64> = (0..GRID_POINTS).map(|i| (lo + step * (i as f64 - 1.0)).exp().round() as u64).collect();
+    let mut g: Vec<u64> = (0..GRID_POINTS)
+        .map(|i| (lo + step * (i as f64 - 1.0)).exp().round() as u64)
+        .collect();
     if !open {
         // The ends exactly at the fitted range: rounding must not push them outside it.
         (g[1], g[inner]) = (a as u64, b as u64);
@@ -227,28 +275,78 @@ pub fn power_fit(budgets: &[f64], xs: &[f64]) -> Option<(f64, f64)> {
 
 /// The optimum at each grid budget among the shapes the domain allows (None where no shape fits
 /// the window).
-fn optima(form: Form, raw: &[f64], c: &Candidates, grid: &[u64], r: &Reference, dom: &Domain) -> Vec<Option<(usize, f64)>> {
-    grid.iter().map(|&b| c.optimum(form, raw, LOWER * b as f64, b as f64, r, |s| dom.allows(s, b as f64))).collect()
+fn optima(
+    form: Form,
+    raw: &[f64],
+    c: &Candidates,
+    grid: &[u64],
+    r: &Reference,
+    dom: &Domain,
+) -> Vec<Option<(usize, f64)>> {
+    grid.iter()
+        .map(|&b| {
+            c.optimum(form, raw, LOWER * b as f64, b as f64, r, |s| {
+                dom.allows(s, b as f64)
+            })
+        })
+        .collect()
 }
 
 /// Exponents (depth, width, head_dim) of one set of optima, fitted on the budgets inside the
 /// fitted params range (on every budget if fewer than two are).
-fn exponents_of(form: Form, c: &Candidates, grid: &[u64], opt: &[Option<(usize, f64)>], dom: &Domain) -> [Option<(f64, f64)>; 3] {
-    let all: Vec<(f64, Shape)> = grid.iter().zip(opt).filter_map(|(b, o)| o.map(|(i, _)| (*b as f64, c.shapes[i]))).collect();
-    let inside: Vec<(f64, Shape)> = all.iter().copied().filter(|(b, _)| !dom.extrapolates_budget(*b)).collect();
+fn exponents_of(
+    form: Form,
+    c: &Candidates,
+    grid: &[u64],
+    opt: &[Option<(usize, f64)>],
+    dom: &Domain,
+) -> [Option<(f64, f64)>; 3] {
+    let all: Vec<(f64, Shape)> = grid
+        .iter()
+        .zip(opt)
+        .filter_map(|(b, o)| o.map(|(i, _)| (*b as f64, c.shapes[i])))
+        .collect();
+    let inside: Vec<(f64, Shape)> = all
+        .iter()
+        .copied()
+        .filter(|(b, _)| !dom.extrapolates_budget(*b))
+        .collect();
     let pairs = if inside.len() >= 2 { inside } else { all };
     let bs: Vec<f64> = pairs.iter().map(|p| p.0).collect();
-    let var = |f: fn(&Shape) -> usize| power_fit(&bs, &pairs.iter().map(|p| f(&p.1) as f64).collect::<Vec<_>>());
+    let var = |f: fn(&Shape) -> usize| {
+        power_fit(
+            &bs,
+            &pairs.iter().map(|p| f(&p.1) as f64).collect::<Vec<_>>(),
+        )
+    };
     [
-        if form.uses_shape() { var(|s| s.depth) } else { None },
-        if form.uses_shape() { var(|s| s.width) } else { None },
-        if form.uses_heads() { var(|s| s.head_dim()) } else { None },
+        if form.uses_shape() {
+            var(|s| s.depth)
+        } else {
+            None
+        },
+        if form.uses_shape() {
+            var(|s| s.width)
+        } else {
+            None
+        },
+        if form.uses_heads() {
+            var(|s| s.head_dim())
+        } else {
+            None
+        },
     ]
 }
 
 /// The design grid, its optima (inside `dom`) and the exponents, with bootstrap intervals from
 /// `draws` (raw coefficient vectors of the same law).
-pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, dom: &Domain, r: &Reference) -> Design {
+pub fn design(
+    law: &LawFit,
+    draws: &[Vec<f64>],
+    c: &Candidates,
+    dom: &Domain,
+    r: &Reference,
+) -> Design {
     let grid = budget_grid(dom.params);
     let mut d = Design {
         budgets: vec![],
@@ -280,7 +378,8 @@ pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, dom: &Domain, r:
             d.extrapolated.push(dom.extrapolated(&s, *b as f64));
             if let Some((j, q)) = c.optimum(form, &raw, LOWER * *b as f64, *b as f64, r, |_| true) {
                 let u = c.shapes[j];
-                let outside = !within(u.depth, dom.depth) || (form.uses_heads() && !within(u.head_dim(), dom.head_dim));
+                let outside = !within(u.depth, dom.depth)
+                    || (form.uses_heads() && !within(u.head_dim(), dom.head_dim));
                 if outside && q < *p {
                     escapes.push(u);
                 }
@@ -288,20 +387,40 @@ pub fn design(law: &LawFit, draws: &[Vec<f64>], c: &Candidates, dom: &Domain, r:
         }
     }
     let point = exponents_of(form, c, &grid, &opt, dom);
-    let boot: Vec<[Option<(f64, f64)>; 3]> = draws.par_iter().map(|raw| exponents_of(form, c, &grid, &optima(form, raw, c, &grid, r, dom), dom)).collect();
+    let boot: Vec<[Option<(f64, f64)>; 3]> = draws
+        .par_iter()
+        .map(|raw| exponents_of(form, c, &grid, &optima(form, raw, c, &grid, r, dom), dom))
+        .collect();
     let exp = |j: usize| {
-        point[j].map(|(s, cc)| Exponent { s, c: cc, interval: interval90(&boot.iter().filter_map(|e| e[j].map(|x| x.0)).collect::<Vec<_>>()) })
+        point[j].map(|(s, cc)| Exponent {
+            s,
+            c: cc,
+            interval: interval90(
+                &boot
+                    .iter()
+                    .filter_map(|e| e[j].map(|x| x.0))
+                    .collect::<Vec<_>>(),
+            ),
+        })
     };
     let fmt = |sym: &str, e: &Option<Exponent>| match e {
         Some(e) => format!(
             "{sym}* ≈ {}·N^{}{}",
             num(e.c),
             num(e.s),
-            e.interval.map(|[lo, hi]| format!(" (s 90%: {}..{})", num(lo), num(hi))).unwrap_or_default()
+            e.interval
+                .map(|[lo, hi]| format!(" (s 90%: {}..{})", num(lo), num(hi)))
+                .unwrap_or_default()
         ),
         None => format!("{sym}* not identifiable"),
     };
-    let beyond: Vec<String> = d.budgets.iter().zip(&d.extrapolated).filter(|(_, x)| **x).map(|(b, _)| b.to_string()).collect();
+    let beyond: Vec<String> = d
+        .budgets
+        .iter()
+        .zip(&d.extrapolated)
+        .filter(|(_, x)| **x)
+        .map(|(b, _)| b.to_string())
+        .collect();
     let scope = format!(
         "searched {} (the measured ranges), width as the budget allows; fitted on budgets {}..={}{}",
         dom.describe(),
@@ -359,8 +478,13 @@ mod tests {
         let shapes = feasible(&DitConfig::default());
         assert!(shapes.len() > 1000);
         for s in &shapes {
-            assert!(s.width % 8 == 0 && s.width % s.heads == 0 && s.head_dim() >= MIN_HEAD_DIM, "{s}");
-            assert!((1..=MAX_DEPTH).contains(&s.depth) && (MIN_WIDTH..=MAX_WIDTH).contains(&s.width));
+            assert!(
+                s.width % 8 == 0 && s.width % s.heads == 0 && s.head_dim() >= MIN_HEAD_DIM,
+                "{s}"
+            );
+            assert!(
+                (1..=MAX_DEPTH).contains(&s.depth) && (MIN_WIDTH..=MAX_WIDTH).contains(&s.width)
+            );
         }
         assert!(shapes.windows(2).all(|w| w[0].params <= w[1].params));
         assert!(shapes.iter().any(|s| s.heads == 3 && s.width == 24));
@@ -370,12 +494,24 @@ mod tests {
     #[test]
     fn ties_between_head_counts_go_to_a_measured_head_dim_then_fewest_heads() {
         let r = Reference::from_ranges([1, 8], [24, 128], [12, 64]);
-        let s = |heads| Shape { depth: 2, width: 96, heads, params: 0 };
+        let s = |heads| Shape {
+            depth: 2,
+            width: 96,
+            heads,
+            params: 0,
+        };
         // Law (b) gives every head count of depth 2, width 96 the same prediction.
-        let mut v: Vec<(Shape, f64)> = [1, 2, 3, 4, 6, 8].into_iter().map(|h| (s(h), 30.0)).collect();
+        let mut v: Vec<(Shape, f64)> = [1, 2, 3, 4, 6, 8]
+            .into_iter()
+            .map(|h| (s(h), 30.0))
+            .collect();
         v.sort_by(|a, b| r.cmp((&a.0, a.1), (&b.0, b.1)));
         let order: Vec<usize> = v.iter().map(|x| x.0.heads).collect();
-        assert_eq!(order, vec![2, 3, 4, 6, 8, 1], "head dim 96 (1 head) was never measured: last");
+        assert_eq!(
+            order,
+            vec![2, 3, 4, 6, 8, 1],
+            "head dim 96 (1 head) was never measured: last"
+        );
         // A better prediction still wins whatever its heads.
         assert_eq!(r.cmp((&s(8), 29.0), (&s(2), 30.0)), Ordering::Less);
     }
@@ -394,24 +530,46 @@ mod tests {
         let g = budget_grid([73_408, 331_424]);
         assert_eq!(g.len(), GRID_POINTS);
         assert_eq!((g[1], g[g.len() - 2]), (73_408, 331_424));
-        assert!(g[0] < 73_408 && g[0] as f64 > 73_408.0 / 1.3 && g[g.len() - 1] > 331_424 && (g[g.len() - 1] as f64) < 331_424.0 * 1.3);
+        assert!(
+            g[0] < 73_408
+                && g[0] as f64 > 73_408.0 / 1.3
+                && g[g.len() - 1] > 331_424
+                && (g[g.len() - 1] as f64) < 331_424.0 * 1.3
+        );
         assert!(g.windows(2).all(|w| w[0] < w[1]));
         // One fitted size: a few budgets around it.
         let g = budget_grid([100_000, 100_000]);
-        assert!(g.len() >= 3 && g[0] < 100_000 && *g.last().unwrap() > 100_000, "{g:?}");
+        assert!(
+            g.len() >= 3 && g[0] < 100_000 && *g.last().unwrap() > 100_000,
+            "{g:?}"
+        );
     }
 
     #[test]
     fn domain_keeps_measured_depth_and_head_dim() {
-        let dom = Domain { params: [70_000, 330_000], depth: [2, 8], width: [24, 88], head_dim: [12, 44] };
+        let dom = Domain {
+            params: [70_000, 330_000],
+            depth: [2, 8],
+            width: [24, 88],
+            head_dim: [12, 44],
+        };
         let base = DitConfig::default();
         let s = |d, w, h| Shape::on_base(d, w, h, &base);
         assert!(dom.allows(&s(2, 40, 2), 80_000.0));
         assert!(!dom.allows(&s(1, 40, 2), 80_000.0), "depth 1 was never run");
-        assert!(!dom.allows(&s(2, 64, 8), 80_000.0), "head_dim 8 was never run");
-        assert!(!dom.allows(&s(2, 96, 4), 300_000.0), "width 96 only for a budget beyond the range");
+        assert!(
+            !dom.allows(&s(2, 64, 8), 80_000.0),
+            "head_dim 8 was never run"
+        );
+        assert!(
+            !dom.allows(&s(2, 96, 4), 300_000.0),
+            "width 96 only for a budget beyond the range"
+        );
         assert!(dom.allows(&s(2, 96, 4), 400_000.0) && dom.extrapolated(&s(2, 96, 4), 400_000.0));
-        assert!(!dom.allows(&s(2, 16, 1), 400_000.0), "a budget above the range widens upwards only");
+        assert!(
+            !dom.allows(&s(2, 16, 1), 400_000.0),
+            "a budget above the range widens upwards only"
+        );
         assert!(!dom.extrapolated(&s(2, 40, 2), 80_000.0));
     }
 }

@@ -26,9 +26,20 @@ pub fn scales(obs: &[Obs]) -> Scales {
     let n = obs.len().max(1) as f64;
     let m = |f: fn(&Feat) -> f64| obs.iter().map(|o| f(&o.x)).sum::<f64>() / n;
     let lo = obs.iter().map(|o| o.x.ln_h).fold(f64::INFINITY, f64::min);
-    let hi = obs.iter().map(|o| o.x.ln_h).fold(f64::NEG_INFINITY, f64::max);
+    let hi = obs
+        .iter()
+        .map(|o| o.x.ln_h)
+        .fold(f64::NEG_INFINITY, f64::max);
     let widen = 4.0f64.ln();
-    Scales { c: Feat { ln_n: m(|x| x.ln_n), ln_d: m(|x| x.ln_d), ln_w: m(|x| x.ln_w), ln_h: m(|x| x.ln_h) }, ln_h0: [lo - widen, hi + widen] }
+    Scales {
+        c: Feat {
+            ln_n: m(|x| x.ln_n),
+            ln_d: m(|x| x.ln_d),
+            ln_w: m(|x| x.ln_w),
+            ln_h: m(|x| x.ln_h),
+        },
+        ln_h0: [lo - widen, hi + widen],
+    }
 }
 
 struct Problem<'a> {
@@ -46,7 +57,9 @@ impl Problem<'_> {
         let mut r = DVector::zeros(self.obs.len());
         let mut jac = jac;
         for (i, o) in self.obs.iter().enumerate() {
-            let f = self.form.eval_theta(self.th.as_slice(), &o.x, &self.sc, &mut g);
+            let f = self
+                .form
+                .eval_theta(self.th.as_slice(), &o.x, &self.sc, &mut g);
             r[i] = o.ln_y - f.ln();
             if let Some(j) = jac.as_deref_mut() {
                 for c in 0..k {
@@ -86,7 +99,9 @@ impl LeastSquaresProblem<f64, Dyn, Dyn> for Problem<'_> {
 /// RSS of θ on `obs` (NaN if the law is undefined somewhere).
 pub fn rss(form: Form, th: &[f64], obs: &[Obs], sc: &Scales) -> f64 {
     let mut g = vec![0.0; form.k()];
-    obs.iter().map(|o| (o.ln_y - form.eval_theta(th, &o.x, sc, &mut g).ln()).powi(2)).sum()
+    obs.iter()
+        .map(|o| (o.ln_y - form.eval_theta(th, &o.x, sc, &mut g).ln()).powi(2))
+        .sum()
 }
 
 /// Predicted ln(metric) for a feature vector.
@@ -100,7 +115,11 @@ pub fn predict_ln(form: Form, th: &[f64], x: &Feat, sc: &Scales) -> f64 {
 /// `thorough = false` keeps two of them (refits that also warm-start from the full fit).
 pub fn grid_starts(form: Form, obs: &[Obs], thorough: bool) -> Vec<Vec<f64>> {
     let n = obs.len().max(1) as f64;
-    let ymin = obs.iter().map(|o| o.ln_y).fold(f64::INFINITY, f64::min).exp();
+    let ymin = obs
+        .iter()
+        .map(|o| o.ln_y)
+        .fold(f64::INFINITY, f64::min)
+        .exp();
     let ygeo = (obs.iter().map(|o| o.ln_y).sum::<f64>() / n).exp();
     let fracs: &[f64] = if thorough { &[0.1, 0.5, 0.9] } else { &[0.5] };
     let exps: &[f64] = if thorough { &[0.3, 1.0] } else { &[0.5] };
@@ -144,11 +163,19 @@ pub fn fit(form: Form, obs: &[Obs], sc: &Scales, starts: &[Vec<f64>]) -> Option<
         if s.len() != form.k() || s.iter().any(|v| !v.is_finite()) {
             continue;
         }
-        let p = Problem { form, obs, sc: *sc, th: DVector::from_column_slice(s) };
+        let p = Problem {
+            form,
+            obs,
+            sc: *sc,
+            th: DVector::from_column_slice(s),
+        };
         let (p, _report) = lm.minimize(p);
         let th: Vec<f64> = p.th.iter().copied().collect();
         let r = rss(form, &th, obs, sc);
-        if r.is_finite() && th.iter().all(|v| v.is_finite()) && best.as_ref().is_none_or(|b| r < b.rss) {
+        if r.is_finite()
+            && th.iter().all(|v| v.is_finite())
+            && best.as_ref().is_none_or(|b| r < b.rss)
+        {
             best = Some(Fitted { theta: th, rss: r });
         }
     }
@@ -156,7 +183,13 @@ pub fn fit(form: Form, obs: &[Obs], sc: &Scales, starts: &[Vec<f64>]) -> Option<
 }
 
 /// Fit with the grid plus optional warm starts (the full fit's θ for refits; law (b)'s θ for (c)).
-pub fn fit_from(form: Form, obs: &[Obs], sc: &Scales, warm: &[Vec<f64>], thorough: bool) -> Option<Fitted> {
+pub fn fit_from(
+    form: Form,
+    obs: &[Obs],
+    sc: &Scales,
+    warm: &[Vec<f64>],
+    thorough: bool,
+) -> Option<Fitted> {
     let mut starts = warm.to_vec();
     starts.extend(grid_starts(form, obs, thorough));
     fit(form, obs, sc, &starts)
@@ -174,7 +207,10 @@ mod tests {
             .iter()
             .map(|&n| {
                 let x = Feat::new(n, 4.0, 64.0, 16.0);
-                Obs { x, ln_y: Form::A.eval_raw(&truth, &x).ln() }
+                Obs {
+                    x,
+                    ln_y: Form::A.eval_raw(&truth, &x).ln(),
+                }
             })
             .collect();
         let sc = scales(&obs);

@@ -46,7 +46,12 @@ pub struct Feat {
 
 impl Feat {
     pub fn new(params: f64, depth: f64, width: f64, head_dim: f64) -> Self {
-        Self { ln_n: params.ln(), ln_d: depth.ln(), ln_w: width.ln(), ln_h: head_dim.ln() }
+        Self {
+            ln_n: params.ln(),
+            ln_d: depth.ln(),
+            ln_w: width.ln(),
+            ln_h: head_dim.ln(),
+        }
     }
 }
 
@@ -60,7 +65,10 @@ pub struct Scales {
 
 impl Scales {
     fn h0_mid_half(&self) -> (f64, f64) {
-        ((self.ln_h0[0] + self.ln_h0[1]) / 2.0, ((self.ln_h0[1] - self.ln_h0[0]) / 2.0).max(1e-9))
+        (
+            (self.ln_h0[0] + self.ln_h0[1]) / 2.0,
+            ((self.ln_h0[1] - self.ln_h0[0]) / 2.0).max(1e-9),
+        )
     }
 
     /// ln h0 from its free parameter, and d(ln h0)/dt.
@@ -169,7 +177,12 @@ impl Form {
         match self {
             Form::A => r.extend([(th[1] + th[2] * sc.c.ln_n).exp(), th[2]]),
             Form::B | Form::C => {
-                r.extend([(th[1] + th[2] * sc.c.ln_d).exp(), th[2], (th[3] + th[4] * sc.c.ln_w).exp(), th[4]]);
+                r.extend([
+                    (th[1] + th[2] * sc.c.ln_d).exp(),
+                    th[2],
+                    (th[3] + th[4] * sc.c.ln_w).exp(),
+                    th[4],
+                ]);
                 if self == Form::C {
                     r.extend([th[5].exp(), sc.ln_h0(th[6]).0.exp()]);
                 }
@@ -184,7 +197,12 @@ impl Form {
         match self {
             Form::A => t.extend([raw[1].ln() - raw[2] * sc.c.ln_n, raw[2]]),
             Form::B | Form::C => {
-                t.extend([raw[1].ln() - raw[2] * sc.c.ln_d, raw[2], raw[3].ln() - raw[4] * sc.c.ln_w, raw[4]]);
+                t.extend([
+                    raw[1].ln() - raw[2] * sc.c.ln_d,
+                    raw[2],
+                    raw[3].ln() - raw[4] * sc.c.ln_w,
+                    raw[4],
+                ]);
                 if self == Form::C {
                     t.extend([raw[5].ln(), sc.t_of(raw[6].ln())]);
                 }
@@ -211,12 +229,19 @@ impl Form {
 
     /// Raw vector -> named map (the JSON form).
     pub fn to_map(self, raw: &[f64]) -> BTreeMap<String, f64> {
-        self.coef_names().iter().zip(raw).map(|(n, v)| (n.to_string(), *v)).collect()
+        self.coef_names()
+            .iter()
+            .zip(raw)
+            .map(|(n, v)| (n.to_string(), *v))
+            .collect()
     }
 
     /// Named map -> raw vector; NaN for a missing name (the prediction is then NaN, not a panic).
     pub fn from_map(self, m: &BTreeMap<String, f64>) -> Vec<f64> {
-        self.coef_names().iter().map(|n| m.get(*n).copied().unwrap_or(f64::NAN)).collect()
+        self.coef_names()
+            .iter()
+            .map(|n| m.get(*n).copied().unwrap_or(f64::NAN))
+            .collect()
     }
 }
 
@@ -225,7 +250,10 @@ mod tests {
     use super::*;
 
     fn sc() -> Scales {
-        Scales { c: Feat::new(3e5, 4.0, 96.0, 24.0), ln_h0: [2.0f64.ln(), 256.0f64.ln()] }
+        Scales {
+            c: Feat::new(3e5, 4.0, 96.0, 24.0),
+            ln_h0: [2.0f64.ln(), 256.0f64.ln()],
+        }
     }
 
     #[test]
@@ -236,7 +264,10 @@ mod tests {
             let mut g = vec![0.0; form.k()];
             let f = form.eval_theta(&th, &x, &sc(), &mut g);
             let raw = form.to_raw(&th, &sc());
-            assert!((form.eval_raw(&raw, &x) - f).abs() < 1e-12 * f.abs().max(1.0), "{form:?}");
+            assert!(
+                (form.eval_raw(&raw, &x) - f).abs() < 1e-12 * f.abs().max(1.0),
+                "{form:?}"
+            );
             let back = form.to_theta(&raw, &sc());
             for (a, b) in th.iter().zip(&back) {
                 assert!((a - b).abs() < 1e-9, "{form:?}: {th:?} vs {back:?}");
@@ -256,8 +287,14 @@ mod tests {
                 p[j] += 1e-6;
                 m[j] -= 1e-6;
                 let mut tmp = vec![0.0; form.k()];
-                let fd = (form.eval_theta(&p, &x, &sc(), &mut tmp) - form.eval_theta(&m, &x, &sc(), &mut tmp)) / 2e-6;
-                assert!((fd - g[j]).abs() < 1e-6 * fd.abs().max(1.0), "{form:?} θ{j}: {fd} vs {}", g[j]);
+                let fd = (form.eval_theta(&p, &x, &sc(), &mut tmp)
+                    - form.eval_theta(&m, &x, &sc(), &mut tmp))
+                    / 2e-6;
+                assert!(
+                    (fd - g[j]).abs() < 1e-6 * fd.abs().max(1.0),
+                    "{form:?} θ{j}: {fd} vs {}",
+                    g[j]
+                );
             }
         }
     }

@@ -18,12 +18,25 @@ pub const MIN_FID_GAIN: f64 = 2.0;
 
 /// Check the `mode` runs of `table` (ok rows): the best class accuracy must reach 2x chance, and
 /// the best FID-proxy must be below half the untrained student's (when it is known).
-pub fn check_learned(table: &Table, mode: &str, num_classes: usize, untrained_fid: Option<f64>) -> Result<(), NotLearned> {
-    let (Ok(status), Ok(modes)) = (table.strs("status"), table.strs("mode")) else { return Ok(()) };
+pub fn check_learned(
+    table: &Table,
+    mode: &str,
+    num_classes: usize,
+    untrained_fid: Option<f64>,
+) -> Result<(), NotLearned> {
+    let (Ok(status), Ok(modes)) = (table.strs("status"), table.strs("mode")) else {
+        return Ok(());
+    };
     let acc = table.f64s_opt("class_accuracy").unwrap_or_default();
     let fid = table.f64s_opt("fid_proxy").unwrap_or_default();
-    let rows: Vec<usize> = (0..status.len()).filter(|&i| status[i].as_deref() == Some("ok") && modes[i].as_deref() == Some(mode)).collect();
-    let best_acc = rows.iter().filter_map(|&i| acc.get(i).copied().flatten()).filter(|v| v.is_finite()).fold(f64::NAN, f64::max);
+    let rows: Vec<usize> = (0..status.len())
+        .filter(|&i| status[i].as_deref() == Some("ok") && modes[i].as_deref() == Some(mode))
+        .collect();
+    let best_acc = rows
+        .iter()
+        .filter_map(|&i| acc.get(i).copied().flatten())
+        .filter(|v| v.is_finite())
+        .fold(f64::NAN, f64::max);
     let chance = 1.0 / num_classes.max(1) as f64;
     if best_acc.is_finite() && best_acc < MIN_ACCURACY_X_CHANCE * chance {
         return Err(NotLearned {
@@ -34,7 +47,11 @@ pub fn check_learned(table: &Table, mode: &str, num_classes: usize, untrained_fi
             ),
         });
     }
-    let best_fid = rows.iter().filter_map(|&i| fid.get(i).copied().flatten()).filter(|v| v.is_finite()).fold(f64::NAN, f64::min);
+    let best_fid = rows
+        .iter()
+        .filter_map(|&i| fid.get(i).copied().flatten())
+        .filter(|v| v.is_finite())
+        .fold(f64::NAN, f64::min);
     if let Some(u) = untrained_fid {
         if best_fid.is_finite() && best_fid > u / MIN_FID_GAIN {
             return Err(NotLearned {
@@ -58,13 +75,19 @@ pub fn unidentified(law: &LawFit, min_measured: f64) -> Vec<String> {
             Some("changes sign")
         } else if lo == 0.0 && hi == 0.0 {
             None
-        } else if lo.abs().min(hi.abs()) == 0.0 || hi.abs().max(lo.abs()) / lo.abs().min(hi.abs()) > 100.0 {
+        } else if lo.abs().min(hi.abs()) == 0.0
+            || hi.abs().max(lo.abs()) / lo.abs().min(hi.abs()) > 100.0
+        {
             Some("spans more than 100x")
         } else {
             None
         };
         if let Some(w) = why {
-            out.push(format!("{name}: 90 % interval [{}, {}] {w}", crate::fmt::num(lo), crate::fmt::num(hi)));
+            out.push(format!(
+                "{name}: 90 % interval [{}, {}] {w}",
+                crate::fmt::num(lo),
+                crate::fmt::num(hi)
+            ));
         }
     }
     out
@@ -92,10 +115,19 @@ mod tests {
 
     #[test]
     fn wide_or_sign_changing_intervals_are_not_identified() {
-        let l = law(&[("A", [17.4, 27.9]), ("B", [0.32, 1.3e96]), ("alpha", [-0.1, 0.2]), ("E", [0.0, 86.0])]);
+        let l = law(&[
+            ("A", [17.4, 27.9]),
+            ("B", [0.32, 1.3e96]),
+            ("alpha", [-0.1, 0.2]),
+            ("E", [0.0, 86.0]),
+        ]);
         let u = unidentified(&l, 100.0);
         assert_eq!(u.len(), 3, "{u:?}");
-        assert!(u.iter().any(|s| s.starts_with("B:")) && u.iter().any(|s| s.starts_with("alpha:") && s.contains("sign")));
+        assert!(
+            u.iter().any(|s| s.starts_with("B:"))
+                && u.iter()
+                    .any(|s| s.starts_with("alpha:") && s.contains("sign"))
+        );
         // A floor pinned at its bound, far below every measurement, is negligible, not unidentified.
         let pinned = law(&[("A", [17.4, 27.9]), ("E", [0.0, 1.3e-7])]);
         assert!(unidentified(&pinned, 20.0).is_empty());

@@ -19,7 +19,9 @@ pub const MIN_ROWS: usize = 4;
 pub fn fit(t: &Table, mode: &str) -> Option<LatencyModel> {
     let modes = t.strs("mode").ok()?;
     // The quiet pass has no status column (it times finished models only).
-    let status = t.strs("status").unwrap_or_else(|_| vec![Some("ok".to_string()); modes.len()]);
+    let status = t
+        .strs("status")
+        .unwrap_or_else(|_| vec![Some("ok".to_string()); modes.len()]);
     let lat = t.f64s_opt("latency_ms")?;
     let depth = t.f64s_opt("depth")?;
     let fpi = t.f64s_opt("forwards_per_image")?;
@@ -50,13 +52,24 @@ pub fn fit(t: &Table, mode: &str) -> Option<LatencyModel> {
     let mean = y.mean();
     let ss_tot: f64 = y.iter().map(|v| (v - mean).powi(2)).sum();
     let ss_res: f64 = y.iter().zip(fit.iter()).map(|(a, b)| (a - b).powi(2)).sum();
-    let r2 = if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else { 1.0 };
+    let r2 = if ss_tot > 0.0 {
+        1.0 - ss_res / ss_tot
+    } else {
+        1.0
+    };
     if mode_fpi.is_empty() {
         mode_fpi = all_fpi; // the mode has no timed runs: the table's typical sampler instead
     }
     mode_fpi.sort_by(f64::total_cmp);
     let forwards_per_image = mode_fpi[mode_fpi.len() / 2];
-    Some(LatencyModel { formula: FORMULA.into(), coef: coef.iter().copied().collect(), r2, n: rows.len(), forwards_per_image, source: String::new() })
+    Some(LatencyModel {
+        formula: FORMULA.into(),
+        coef: coef.iter().copied().collect(),
+        r2,
+        n: rows.len(),
+        forwards_per_image,
+        source: String::new(),
+    })
 }
 
 /// argmin ||X b - y|| subject to b >= 0, for the few columns of the latency model: the best
@@ -67,7 +80,9 @@ fn nonnegative_least_squares(x: &DMatrix<f64>, y: &DVector<f64>) -> Option<DVect
     for mask in 1u32..(1 << p) {
         let cols: Vec<usize> = (0..p).filter(|j| mask & (1 << j) != 0).collect();
         let sub = DMatrix::from_fn(x.nrows(), cols.len(), |i, j| x[(i, cols[j])]);
-        let Ok(c) = sub.clone().svd(true, true).solve(y, 1e-12) else { continue };
+        let Ok(c) = sub.clone().svd(true, true).solve(y, 1e-12) else {
+            continue;
+        };
         if c.iter().any(|v| *v < 0.0 || !v.is_finite()) {
             continue;
         }

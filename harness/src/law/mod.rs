@@ -13,8 +13,8 @@ pub mod data;
 pub mod design;
 pub mod fit;
 pub mod forms;
-pub mod holdout;
 pub mod guard;
+pub mod holdout;
 pub mod latency;
 pub mod pipeline;
 pub mod query;
@@ -44,23 +44,47 @@ impl Shape {
     }
 
     pub fn feat(&self) -> Feat {
-        Feat::new(self.params as f64, self.depth as f64, self.width as f64, self.head_dim() as f64)
+        Feat::new(
+            self.params as f64,
+            self.depth as f64,
+            self.width as f64,
+            self.head_dim() as f64,
+        )
     }
 
     /// The shape on `base` (input, patch, channels, classes, mlp ratio), with its params recounted.
     pub fn on_base(depth: usize, width: usize, heads: usize, base: &DitConfig) -> Self {
-        let cfg = DitConfig { depth, hidden_size: width, num_heads: heads, ..base.clone() };
-        Self { depth, width, heads, params: cfg.num_params() }
+        let cfg = DitConfig {
+            depth,
+            hidden_size: width,
+            num_heads: heads,
+            ..base.clone()
+        };
+        Self {
+            depth,
+            width,
+            heads,
+            params: cfg.num_params(),
+        }
     }
 
     pub fn config(&self, base: &DitConfig) -> DitConfig {
-        DitConfig { depth: self.depth, hidden_size: self.width, num_heads: self.heads, ..base.clone() }
+        DitConfig {
+            depth: self.depth,
+            hidden_size: self.width,
+            num_heads: self.heads,
+            ..base.clone()
+        }
     }
 }
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "depth={},width={},heads={}", self.depth, self.width, self.heads)
+        write!(
+            f,
+            "depth={},width={},heads={}",
+            self.depth, self.width, self.heads
+        )
     }
 }
 
@@ -319,13 +343,26 @@ impl LawFile {
     pub fn load(path_or_dir: impl AsRef<Path>) -> Result<LawFile> {
         let p = law_path(path_or_dir.as_ref());
         if !p.exists() {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            bail!("{}: no fitted law (run `ditkd fit {}` first)", p.display(), dir.display());
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            bail!(
+                "{}: no fitted law (run `ditkd fit {}` first)",
+                p.display(),
+                dir.display()
+            );
         }
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        let law: LawFile = serde_json::from_str(&text).with_context(|| format!("{}: not a law.json", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let law: LawFile = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a law.json", p.display()))?;
         if law.laws.iter().all(|l| l.name != law.chosen) {
-            bail!("{}: chosen law `{}` is not among the fitted laws", p.display(), law.chosen);
+            bail!(
+                "{}: chosen law `{}` is not among the fitted laws",
+                p.display(),
+                law.chosen
+            );
         }
         Ok(law)
     }
@@ -337,18 +374,27 @@ impl LawFile {
 
     /// The chosen law's coefficients its bootstrap does not pin down (see `guard::unidentified`).
     pub fn unidentified(&self) -> Vec<String> {
-        let min = self.cv_predictions.iter().map(|c| c.measured).filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
+        let min = self
+            .cv_predictions
+            .iter()
+            .map(|c| c.measured)
+            .filter(|v| v.is_finite())
+            .fold(f64::INFINITY, f64::min);
         guard::unidentified(self.chosen(), if min.is_finite() { min } else { 0.0 })
     }
 
     /// The chosen law (`load` checked that it exists).
     pub fn chosen(&self) -> &LawFit {
-        self.laws.iter().find(|l| l.name == self.chosen).unwrap_or(&self.laws[0])
+        self.laws
+            .iter()
+            .find(|l| l.name == self.chosen)
+            .unwrap_or(&self.laws[0])
     }
 
     /// The base DitConfig of the sweep's students (depth/width/heads are placeholders).
     pub fn base_config(&self) -> Result<DitConfig> {
-        let cfg: DitConfig = serde_json::from_value(self.base.clone()).context("law.json: `base` is not a DitConfig")?;
+        let cfg: DitConfig = serde_json::from_value(self.base.clone())
+            .context("law.json: `base` is not a DitConfig")?;
         Ok(cfg)
     }
 
@@ -360,7 +406,12 @@ impl LawFile {
     /// 90 % interval of the chosen law's prediction for `s`, from the bootstrap draws.
     pub fn predict_interval(&self, s: &Shape) -> Option<[f64; 2]> {
         let law = self.chosen();
-        let preds: Vec<f64> = self.bootstrap.iter().map(|c| law.predict_with(c, s)).filter(|v| v.is_finite()).collect();
+        let preds: Vec<f64> = self
+            .bootstrap
+            .iter()
+            .map(|c| law.predict_with(c, s))
+            .filter(|v| v.is_finite())
+            .collect();
         bootstrap::interval90(&preds)
     }
 
@@ -381,7 +432,12 @@ impl LawFile {
 
     /// The measured ranges the design and `best` keep to.
     pub fn domain(&self) -> design::Domain {
-        design::Domain { params: self.params_range, depth: self.depth_range, width: self.width_range, head_dim: self.head_dim_range }
+        design::Domain {
+            params: self.params_range,
+            depth: self.depth_range,
+            width: self.width_range,
+            head_dim: self.head_dim_range,
+        }
     }
 
     /// Reference shape for breaking ties the law cannot resolve (the centre of the fitted ranges).

@@ -37,25 +37,40 @@ struct Candidate {
 }
 
 /// Fit one law: the thorough multi-start fit, both CVs, the bootstrap. Err(reason) = skipped.
-fn fit_law(form: Form, obs: &[Obs], budgets: &[u64], o: &Options, warm: &[Vec<f64>]) -> std::result::Result<Candidate, String> {
+fn fit_law(
+    form: Form,
+    obs: &[Obs],
+    budgets: &[u64],
+    o: &Options,
+    warm: &[Vec<f64>],
+) -> std::result::Result<Candidate, String> {
     let (n, k) = (obs.len(), form.k());
     if k + 1 > n {
-        return Err(format!("{k} coefficients need at least {} runs; {n} available", k + 1));
+        return Err(format!(
+            "{k} coefficients need at least {} runs; {n} available",
+            k + 1
+        ));
     }
     let sc = scales(obs);
-    let f = fit_from(form, obs, &sc, warm, true).ok_or("no starting point converged to finite values")?;
+    let f = fit_from(form, obs, &sc, warm, true)
+        .ok_or("no starting point converged to finite values")?;
     let raw = form.to_raw(&f.theta, &sc);
     if raw.iter().any(|v| !v.is_finite()) {
         return Err(format!("coefficients overflow: {raw:?}"));
     }
-    let lobo = lobo_folds(budgets).and_then(|folds| cross_validate(form, obs, &sc, &f.theta, &folds));
-    let kfold = cross_validate(form, obs, &sc, &f.theta, &kfold_folds(n, o.seed)).ok_or("k-fold refits failed")?;
+    let lobo =
+        lobo_folds(budgets).and_then(|folds| cross_validate(form, obs, &sc, &f.theta, &folds));
+    let kfold = cross_validate(form, obs, &sc, &f.theta, &kfold_folds(n, o.seed))
+        .ok_or("k-fold refits failed")?;
     let draws = refit(form, obs, &sc, &f.theta, &resamples(n, o.bootstrap, o.seed));
     let intervals = form
         .coef_names()
         .iter()
         .enumerate()
-        .filter_map(|(j, name)| interval90(&draws.iter().map(|d| d[j]).collect::<Vec<_>>()).map(|iv| (name.to_string(), iv)))
+        .filter_map(|(j, name)| {
+            interval90(&draws.iter().map(|d| d[j]).collect::<Vec<_>>())
+                .map(|iv| (name.to_string(), iv))
+        })
         .collect();
     let rss = f.rss.max(f64::MIN_POSITIVE); // a perfect fit would make the AIC −∞
     let law = LawFit {
@@ -70,7 +85,12 @@ fn fit_law(form: Form, obs: &[Obs], budgets: &[u64], o: &Options, warm: &[Vec<f6
         k,
         n,
     };
-    Ok(Candidate { law, lobo, kfold, draws })
+    Ok(Candidate {
+        law,
+        lobo,
+        kfold,
+        draws,
+    })
 }
 
 /// Run the whole fit. Errors name the table file.
@@ -78,31 +98,52 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let table = Table::load(&o.dir)?;
     let p = table.path.display().to_string();
     let all = table.points(&o.metric, &o.mode)?;
-    let what = format!("status ok, mode `{}`, finite positive `{}`", o.mode, o.metric);
+    let what = format!(
+        "status ok, mode `{}`, finite positive `{}`",
+        o.mode, o.metric
+    );
     let (train, held): (Vec<Point>, Vec<Point>) = match o.hold_out {
         None => (all, Vec::new()),
         Some(b) => {
-            let (held, train): (Vec<Point>, Vec<Point>) = all.into_iter().partition(|q| q.budget == b);
+            let (held, train): (Vec<Point>, Vec<Point>) =
+                all.into_iter().partition(|q| q.budget == b);
             if held.is_empty() {
                 let mut bs: Vec<u64> = train.iter().map(|q| q.budget).collect();
                 bs.sort_unstable();
                 bs.dedup();
-                bail!("{p}: --hold-out {b}: no usable runs ({what}) at that budget (budgets: {bs:?})");
+                bail!(
+                    "{p}: --hold-out {b}: no usable runs ({what}) at that budget (budgets: {bs:?})"
+                );
             }
             (train, held)
         }
     };
     if train.len() < MIN_POINTS {
-        let excl = if o.hold_out.is_some() { ", held-out budget excluded" } else { "" };
-        bail!("{p}: {} usable runs ({what}{excl}); a law needs at least {MIN_POINTS}", train.len());
+        let excl = if o.hold_out.is_some() {
+            ", held-out budget excluded"
+        } else {
+            ""
+        };
+        bail!(
+            "{p}: {} usable runs ({what}{excl}); a law needs at least {MIN_POINTS}",
+            train.len()
+        );
     }
 
     // No law for students that have not left chance: it would describe the evaluation noise.
     let (base0, _, _) = base_config(&o.dir, &table, &train);
-    let untrained = distill::reference::Reference::load(&o.dir).and_then(|r| r.untrained.map(|m| m.fid_proxy));
-    super::guard::check_learned(&table, &o.mode, base0.num_classes, untrained).map_err(|e| anyhow::Error::new(e).context(p.clone()))?;
+    let untrained =
+        distill::reference::Reference::load(&o.dir).and_then(|r| r.untrained.map(|m| m.fid_proxy));
+    super::guard::check_learned(&table, &o.mode, base0.num_classes, untrained)
+        .map_err(|e| anyhow::Error::new(e).context(p.clone()))?;
 
-    let obs: Vec<Obs> = train.iter().map(|q| Obs { x: q.feat(), ln_y: q.y.ln() }).collect();
+    let obs: Vec<Obs> = train
+        .iter()
+        .map(|q| Obs {
+            x: q.feat(),
+            ln_y: q.y.ln(),
+        })
+        .collect();
     let budgets: Vec<u64> = train.iter().map(|q| q.budget).collect();
     let mut distinct = budgets.clone();
     distinct.sort_unstable();
@@ -121,14 +162,27 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         let warm: Vec<Vec<f64>> = match (form, cands.iter().find(|c| c.law.name == Form::B)) {
             (Form::C, Some(b)) => {
                 let th = Form::B.to_theta(&Form::B.from_map(&b.law.coef), &scales(&obs));
-                [-0.7, 0.0, 0.7].iter().map(|lh| th.iter().copied().chain([(0.01 * ygeo).ln(), *lh]).collect()).collect()
+                [-0.7, 0.0, 0.7]
+                    .iter()
+                    .map(|lh| {
+                        th.iter()
+                            .copied()
+                            .chain([(0.01 * ygeo).ln(), *lh])
+                            .collect()
+                    })
+                    .collect()
             }
             _ => Vec::new(),
         };
         match fit_law(form, &obs, &budgets, o, &warm) {
             Ok(c) => {
                 if c.draws.len() < o.bootstrap {
-                    notes.push(format!("law ({}): {} of {} bootstrap refits failed and were dropped", form.name(), o.bootstrap - c.draws.len(), o.bootstrap));
+                    notes.push(format!(
+                        "law ({}): {} of {} bootstrap refits failed and were dropped",
+                        form.name(),
+                        o.bootstrap - c.draws.len(),
+                        o.bootstrap
+                    ));
                 }
                 cands.push(c);
             }
@@ -136,17 +190,43 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         }
     }
     if cands.is_empty() {
-        bail!("{p}: no law could be fitted ({})", skipped.iter().map(|s| format!("{}: {}", s.name, s.reason)).collect::<Vec<_>>().join("; "));
+        bail!(
+            "{p}: no law could be fitted ({})",
+            skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.name, s.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
 
     // The choice: lowest LOBO CV error (k-fold when LOBO is unavailable for every law), the
     // simplest law winning near-ties.
     let use_lobo = cands.iter().any(|c| c.lobo.is_some());
-    let score = |c: &Candidate| if use_lobo { c.lobo.as_ref().map_or(f64::INFINITY, |l| l.rmse) } else { c.kfold.rmse };
-    let best = choose(&cands.iter().map(|c| (score(c), c.law.k)).collect::<Vec<_>>());
+    let score = |c: &Candidate| {
+        if use_lobo {
+            c.lobo.as_ref().map_or(f64::INFINITY, |l| l.rmse)
+        } else {
+            c.kfold.rmse
+        }
+    };
+    let best = choose(
+        &cands
+            .iter()
+            .map(|c| (score(c), c.law.k))
+            .collect::<Vec<_>>(),
+    );
     let chosen = &cands[best];
-    let chosen_cv = if use_lobo { chosen.lobo.as_ref().unwrap_or(&chosen.kfold) } else { &chosen.kfold };
-    let cv_kind = if use_lobo && chosen.lobo.is_some() { CvKind::Lobo } else { CvKind::Kfold };
+    let chosen_cv = if use_lobo {
+        chosen.lobo.as_ref().unwrap_or(&chosen.kfold)
+    } else {
+        &chosen.kfold
+    };
+    let cv_kind = if use_lobo && chosen.lobo.is_some() {
+        CvKind::Lobo
+    } else {
+        CvKind::Kfold
+    };
     let cv_predictions = train
         .iter()
         .zip(&chosen_cv.pred_ln)
@@ -166,7 +246,10 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
 
     let (base, base_source, base_notes) = base_config(&o.dir, &table, &train);
     notes.extend(base_notes);
-    let mismatched = train.iter().filter(|q| q.shape.config(&base).num_params() != q.shape.params).count();
+    let mismatched = train
+        .iter()
+        .filter(|q| q.shape.config(&base).num_params() != q.shape.params)
+        .count();
     if mismatched > 0 {
         notes.push(format!("{mismatched} runs' params differ from dit::counts on the base config ({base_source}): the design search may be off"));
     }
@@ -176,13 +259,21 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let head_dim_range = range(&train, |q| q.shape.head_dim());
     // The design keeps to the measured depth and head_dim ranges (`Domain`): a law fitted on
     // depths 2..8 cannot vouch for depth 1, whatever its exponent says.
-    let domain = Domain { params: params_range, depth: depth_range, width: width_range, head_dim: head_dim_range };
+    let domain = Domain {
+        params: params_range,
+        depth: depth_range,
+        width: width_range,
+        head_dim: head_dim_range,
+    };
     let reference = Reference::from_ranges(depth_range, width_range, head_dim_range);
     let candidates = Candidates::new(feasible(&base));
     let design = design(&chosen.law, &chosen.draws, &candidates, &domain, &reference);
-    let holdout = o.hold_out.map(|b| holdout::evaluate(&chosen.law, &held, &candidates.shapes, b, &reference));
+    let holdout = o
+        .hold_out
+        .map(|b| holdout::evaluate(&chosen.law, &held, &candidates.shapes, b, &reference));
     let form = chosen.law.form();
-    let bootstrap: Vec<BTreeMap<String, f64>> = chosen.draws.iter().map(|d| form.to_map(d)).collect();
+    let bootstrap: Vec<BTreeMap<String, f64>> =
+        chosen.draws.iter().map(|d| form.to_map(d)).collect();
 
     Ok(LawFile {
         metric: o.metric.clone(),
@@ -204,8 +295,15 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         cv_predictions,
         design,
         latency_model: match Table::load_file(&o.dir.join("latency.parquet")) {
-            Ok(quiet) => latency::fit(&quiet, &o.mode).map(|m| LatencyModel { source: "quiet pass (latency.parquet)".into(), ..m }),
-            Err(_) => latency::fit(&table, &o.mode).map(|m| LatencyModel { source: "in-training timings (runs.parquet; run `ditkd latency` for quiet ones)".into(), ..m }),
+            Ok(quiet) => latency::fit(&quiet, &o.mode).map(|m| LatencyModel {
+                source: "quiet pass (latency.parquet)".into(),
+                ..m
+            }),
+            Err(_) => latency::fit(&table, &o.mode).map(|m| LatencyModel {
+                source: "in-training timings (runs.parquet; run `ditkd latency` for quiet ones)"
+                    .into(),
+                ..m
+            }),
         },
         holdout,
         bootstrap,
@@ -224,7 +322,12 @@ fn choose(scored: &[(f64, usize)]) -> usize {
     let lowest = scored.iter().map(|s| s.0).fold(f64::INFINITY, f64::min);
     (0..scored.len())
         .filter(|&i| scored[i].0 <= lowest * (1.0 + CV_TIE))
-        .min_by(|&a, &b| scored[a].1.cmp(&scored[b].1).then(scored[a].0.total_cmp(&scored[b].0)))
+        .min_by(|&a, &b| {
+            scored[a]
+                .1
+                .cmp(&scored[b].1)
+                .then(scored[a].0.total_cmp(&scored[b].0))
+        })
         .unwrap_or(0)
 }
 

@@ -76,12 +76,27 @@ pub struct Answer {
 }
 
 fn pick(law: &LawFile, s: &Shape, predicted: f64, latency: Option<f64>) -> Pick {
-    Pick { depth: s.depth, width: s.width, heads: s.heads, head_dim: s.head_dim(), params: s.params, predicted, interval: law.predict_interval(s), latency_ms: latency }
+    Pick {
+        depth: s.depth,
+        width: s.width,
+        heads: s.heads,
+        head_dim: s.head_dim(),
+        params: s.params,
+        predicted,
+        interval: law.predict_interval(s),
+        latency_ms: latency,
+    }
 }
 
 /// Answer the budget query. `results` holds runs.parquet (for the measured runs; its absence is
 /// a warning, not an error); `law_path` only names the law in errors.
-pub fn best(law: &LawFile, law_path: &Path, results: &Path, budget: u64, max_latency_ms: Option<f64>) -> Result<Answer> {
+pub fn best(
+    law: &LawFile,
+    law_path: &Path,
+    results: &Path,
+    budget: u64,
+    max_latency_ms: Option<f64>,
+) -> Result<Answer> {
     let chosen = law.chosen();
     let base = law.base_config()?;
     let latency = match (max_latency_ms, &law.latency_model) {
@@ -90,11 +105,19 @@ pub fn best(law: &LawFile, law_path: &Path, results: &Path, budget: u64, max_lat
     };
     let lat = |s: &Shape| latency.as_ref().map(|m| m.predict(&s.config(&base)));
     let shapes = law.feasible_shapes()?;
-    let keep = |s: &Shape| s.params as u64 <= budget && max_latency_ms.is_none_or(|max| lat(s).is_some_and(|l| l <= max));
+    let keep = |s: &Shape| {
+        s.params as u64 <= budget
+            && max_latency_ms.is_none_or(|max| lat(s).is_some_and(|l| l <= max))
+    };
     let dom = law.domain();
     let reference = law.reference();
     let everywhere = ranked(chosen, &shapes, keep, &reference);
-    let inside = ranked(chosen, &shapes, |s| keep(s) && dom.allows(s, budget as f64), &reference);
+    let inside = ranked(
+        chosen,
+        &shapes,
+        |s| keep(s) && dom.allows(s, budget as f64),
+        &reference,
+    );
     let mut warnings = Vec::new();
     // No measured-range shape fits at all (a budget below the smallest one): the unrestricted
     // optimum is all there is, and says so.
@@ -106,8 +129,12 @@ pub fn best(law: &LawFile, law_path: &Path, results: &Path, budget: u64, max_lat
     let Some((top, top_pred)) = ranked.first().copied() else {
         let smallest = shapes.first().map_or(0, |s| s.params);
         match max_latency_ms {
-            Some(max) => bail!("no feasible shape with params <= {budget} and predicted latency <= {max} ms"),
-            None => bail!("no feasible shape with params <= {budget} (the smallest has {smallest})"),
+            Some(max) => {
+                bail!("no feasible shape with params <= {budget} and predicted latency <= {max} ms")
+            }
+            None => {
+                bail!("no feasible shape with params <= {budget} (the smallest has {smallest})")
+            }
         }
     };
     let form = chosen.form();
@@ -162,24 +189,38 @@ pub fn best(law: &LawFile, law_path: &Path, results: &Path, budget: u64, max_lat
         }
         Ok(t) => {
             if t.hash != law.table_hash {
-                warnings.push(format!("{} changed since the law was fitted (run `ditkd fit {}` again)", t.path.display(), results.display()));
+                warnings.push(format!(
+                    "{} changed since the law was fitted (run `ditkd fit {}` again)",
+                    t.path.display(),
+                    results.display()
+                ));
             }
             let pts = t.points(&law.metric, &law.mode).unwrap_or_else(|e| {
                 warnings.push(format!("no measured runs to compare: {e:#}"));
                 Vec::new()
             });
-            let near: Vec<_> = pts.into_iter().filter(|q| (q.shape.params as f64 - budget as f64).abs() <= NEAR * budget as f64).collect();
-            by_shape(&near).into_iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|(s, mean, seeds)| Measured {
-                run_ids: near.iter().filter(|q| q.shape == s).map(|q| q.run_id.clone()).collect(),
-                depth: s.depth,
-                width: s.width,
-                heads: s.heads,
-                head_dim: s.head_dim(),
-                params: s.params,
-                measured: mean,
-                seeds,
-                predicted: chosen.predict(&s),
-            })
+            let near: Vec<_> = pts
+                .into_iter()
+                .filter(|q| (q.shape.params as f64 - budget as f64).abs() <= NEAR * budget as f64)
+                .collect();
+            by_shape(&near)
+                .into_iter()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(s, mean, seeds)| Measured {
+                    run_ids: near
+                        .iter()
+                        .filter(|q| q.shape == s)
+                        .map(|q| q.run_id.clone())
+                        .collect(),
+                    depth: s.depth,
+                    width: s.width,
+                    heads: s.heads,
+                    head_dim: s.head_dim(),
+                    params: s.params,
+                    measured: mean,
+                    seeds,
+                    predicted: chosen.predict(&s),
+                })
         }
     };
     Ok(Answer {

@@ -7,9 +7,9 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::results::Sweep;
-use super::style::{self, LogAxis, color, legend_position, lin_bounds, FAMILY};
+use super::style::{self, color, legend_position, lin_bounds, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::results::Sweep;
 
 struct Curves<'a> {
     sweep: &'a Sweep,
@@ -22,18 +22,38 @@ pub fn training_curves(sweep: &Sweep, dir: &Path) -> Result<Option<Vec<PathBuf>>
         return Ok(None);
     }
     let budgets: BTreeSet<i64> = sweep.curves.iter().map(|c| c.budget).collect();
-    Ok(Some(render(dir, "training_curves", &Curves { sweep, budgets: budgets.into_iter().collect() })?))
+    Ok(Some(render(
+        dir,
+        "training_curves",
+        &Curves {
+            sweep,
+            budgets: budgets.into_iter().collect(),
+        },
+    )?))
 }
 
 impl Figure for Curves<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let curves = &self.sweep.curves;
-        let note = format!("{} runs, every mode: the mean loss of each logging window (metrics.jsonl).", curves.len());
+        let note = format!(
+            "{} runs, every mode: the mean loss of each logging window (metrics.jsonl).",
+            curves.len()
+        );
         let area = footnote(root, &note)?;
-        let (_, x1) = lin_bounds(curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)), 0.0);
-        let ya = LogAxis::fit(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)), 0.04, 0.04);
+        let (_, x1) = lin_bounds(
+            curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)),
+            0.0,
+        );
+        let ya = LogAxis::fit(
+            curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)),
+            0.04,
+            0.04,
+        );
         let mut chart = ChartBuilder::on(&area)
-            .caption(format!("{}: training loss", self.sweep.name), (FAMILY, style::TITLE))
+            .caption(
+                format!("{}: training loss", self.sweep.name),
+                (FAMILY, style::TITLE),
+            )
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
@@ -60,11 +80,20 @@ impl Figure for Curves<'_> {
                 }
             }
             chart
-                .draw_series(LineSeries::new(std::iter::empty::<(f64, f64)>(), c.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    std::iter::empty::<(f64, f64)>(),
+                    c.stroke_width(2),
+                ))?
                 .label(format!("budget {}", style::si(b as f64)))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
+                });
         }
-        let labels: Vec<String> = self.budgets.iter().map(|b| format!("budget {}", style::si(*b as f64))).collect();
+        let labels: Vec<String> = self
+            .budgets
+            .iter()
+            .map(|b| format!("budget {}", style::si(*b as f64)))
+            .collect();
         let lines: Vec<Vec<(f64, f64)>> = curves.iter().map(|c| c.points.clone()).collect();
         let spot = legend_position(&chart, &labels, &[], &lines, &[]);
         style::draw_legend(&mut chart, spot)?;

@@ -30,7 +30,9 @@ impl Along {
     fn label(self) -> &'static str {
         match self {
             Along::Steps => "training step (optimiser updates, log scale)",
-            Along::Flops => "training FLOPs (student fwd+bwd, plus teacher forwards for KD; log scale)",
+            Along::Flops => {
+                "training FLOPs (student fwd+bwd, plus teacher forwards for KD; log scale)"
+            }
         }
     }
 }
@@ -53,7 +55,11 @@ fn panels(sweep: &Sweep, along: Along) -> Vec<(i64, Vec<Line>)> {
     for p in sweep.learning.iter().filter(|p| p.mode == sweep.mode) {
         let key = (p.budget, p.depth, p.width, p.heads);
         let step = p.step as u64;
-        by.entry(key).or_default().entry(step).or_default().push(p.value);
+        by.entry(key)
+            .or_default()
+            .entry(step)
+            .or_default()
+            .push(p.value);
         xs.insert((p.budget, p.depth, p.width, p.heads, step), along.x(p));
     }
     let budgets: BTreeSet<i64> = by.keys().map(|k| k.0).collect();
@@ -65,7 +71,12 @@ fn panels(sweep: &Sweep, along: Along) -> Vec<(i64, Vec<Line>)> {
                 .filter(|(k, _)| k.0 == b)
                 .map(|(&(b, d, w, h), steps)| Line {
                     label: format!("d{d} w{w} h{h}"),
-                    points: steps.iter().map(|(&s, v)| (xs[&(b, d, w, h, s)], v.iter().sum::<f64>() / v.len() as f64)).collect(),
+                    points: steps
+                        .iter()
+                        .map(|(&s, v)| {
+                            (xs[&(b, d, w, h, s)], v.iter().sum::<f64>() / v.len() as f64)
+                        })
+                        .collect(),
                 })
                 .collect();
             (b, lines)
@@ -85,10 +96,22 @@ pub fn learning_flops(sweep: &Sweep, dir: &Path) -> Result<Option<Vec<PathBuf>>>
 
 fn draw(sweep: &Sweep, dir: &Path, along: Along, stem: &str) -> Result<Option<Vec<PathBuf>>> {
     let panels = panels(sweep, along);
-    if panels.is_empty() || panels.iter().all(|(_, l)| l.iter().all(|l| l.points.len() < 2)) {
+    if panels.is_empty()
+        || panels
+            .iter()
+            .all(|(_, l)| l.iter().all(|l| l.points.len() < 2))
+    {
         return Ok(None);
     }
-    Ok(Some(render(dir, stem, &Learning { sweep, along, panels })?))
+    Ok(Some(render(
+        dir,
+        stem,
+        &Learning {
+            sweep,
+            along,
+            panels,
+        },
+    )?))
 }
 
 impl Figure for Learning<'_> {
@@ -98,10 +121,17 @@ impl Figure for Learning<'_> {
         let (teacher, floor) = s.reference_values();
         let mut note = format!("Lines: each shape's {metric} of its EMA weights during training ({} runs, mean over seeds), one panel per budget.", s.mode);
         if let Some(t) = teacher {
-            note += &format!("\nDashed: the teacher ({}) under the same protocol.", style::num(t));
+            note += &format!(
+                "\nDashed: the teacher ({}) under the same protocol.",
+                style::num(t)
+            );
         }
         if let Some((m, sd)) = floor {
-            note += &format!(" Grey band: real training images ({} ± {}), the floor at this sample count.", style::num(m), style::num(sd));
+            note += &format!(
+                " Grey band: real training images ({} ± {}), the floor at this sample count.",
+                style::num(m),
+                style::num(sd)
+            );
         }
         let area = footnote(root, &note)?;
         let (head, area) = area.split_vertically(48);
@@ -109,16 +139,38 @@ impl Figure for Learning<'_> {
             Along::Steps => "training steps",
             Along::Flops => "training FLOPs",
         };
-        head.draw_text(&format!("{}: {metric} as the students learn, against {along}", s.name), &(FAMILY, style::TITLE).into_font().color(&BLACK), (24, 10))?;
+        head.draw_text(
+            &format!(
+                "{}: {metric} as the students learn, against {along}",
+                s.name
+            ),
+            &(FAMILY, style::TITLE).into_font().color(&BLACK),
+            (24, 10),
+        )?;
         let cells = area.split_evenly((1, self.panels.len()));
-        let all = self.panels.iter().flat_map(|(_, ls)| ls.iter().flat_map(|l| l.points.iter().copied()));
-        let ys: Vec<f64> = all.clone().map(|p| p.1).chain(teacher).chain(floor.map(|f| (f.0 - f.1).max(f.0 * 0.5))).collect();
+        let all = self
+            .panels
+            .iter()
+            .flat_map(|(_, ls)| ls.iter().flat_map(|l| l.points.iter().copied()));
+        let ys: Vec<f64> = all
+            .clone()
+            .map(|p| p.1)
+            .chain(teacher)
+            .chain(floor.map(|f| (f.0 - f.1).max(f.0 * 0.5)))
+            .collect();
         for (cell, (budget, lines)) in cells.iter().zip(&self.panels) {
-            let xa = LogAxis::fit(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)), 0.04, 0.04);
+            let xa = LogAxis::fit(
+                lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)),
+                0.04,
+                0.04,
+            );
             let ya = LogAxis::fit(ys.iter().copied(), 0.06, 0.06);
             let (x0, x1) = (xa.lo, xa.hi);
             let mut chart = ChartBuilder::on(cell)
-                .caption(format!("budget {}", style::si(*budget as f64)), (FAMILY, style::LABEL))
+                .caption(
+                    format!("budget {}", style::si(*budget as f64)),
+                    (FAMILY, style::LABEL),
+                )
                 .margin(14)
                 .x_label_area_size(50)
                 .y_label_area_size(70)
@@ -134,12 +186,18 @@ impl Figure for Learning<'_> {
                 .draw()?;
             if let Some((m, sd)) = floor {
                 let band = RGBColor(190, 190, 190).mix(0.5).filled();
-                chart.draw_series([Rectangle::new([(x0, (m - sd).max(m * 0.5)), (x1, m + sd)], band)])?;
+                chart.draw_series([Rectangle::new(
+                    [(x0, (m - sd).max(m * 0.5)), (x1, m + sd)],
+                    band,
+                )])?;
             }
             if let Some(t) = teacher {
                 let dashes = (0..40).map(|i| {
                     let f = |k: f64| x0 * (x1 / x0).powf(k / 40.0);
-                    PathElement::new(vec![(f(i as f64), t), (f(i as f64 + 0.5), t)], BLACK.stroke_width(2))
+                    PathElement::new(
+                        vec![(f(i as f64), t), (f(i as f64 + 0.5), t)],
+                        BLACK.stroke_width(2),
+                    )
                 });
                 chart.draw_series(dashes)?;
             }
@@ -148,7 +206,9 @@ impl Figure for Learning<'_> {
                 chart
                     .draw_series(LineSeries::new(l.points.iter().copied(), c.stroke_width(2)))?
                     .label(l.label.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
+                    });
                 chart.draw_series(l.points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
             }
             chart

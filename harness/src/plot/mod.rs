@@ -46,14 +46,16 @@ pub fn render(dir: &Path, stem: &str, fig: &impl Figure) -> Result<Vec<PathBuf>>
         let _ = std::fs::remove_file(&tmp);
         return Err(e.context(format!("drawing {}", png.display())));
     }
-    std::fs::rename(&tmp, &png).with_context(|| format!("renaming {} to {}", tmp.display(), png.display()))?;
+    std::fs::rename(&tmp, &png)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), png.display()))?;
 
     let svg = dir.join(format!("{stem}.svg"));
     let mut text = String::new();
     {
         let root = SVGBackend::with_string(&mut text, style::SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        fig.draw(&root).map_err(|e| anyhow!("drawing {}: {e}", svg.display()))?;
+        fig.draw(&root)
+            .map_err(|e| anyhow!("drawing {}: {e}", svg.display()))?;
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
     dit::io::write_atomic(&svg, text.as_bytes())?;
@@ -68,7 +70,10 @@ type Optional = fn(&Sweep, &Path) -> Result<Option<Vec<PathBuf>>>;
 /// Every plot of `sweep` into `dir`: the files written, and a line per plot skipped and why.
 pub fn write_all(sweep: &Sweep, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
     if sweep.runs.iter().all(|r| r.value().is_none()) {
-        bail!("no finished run has a {} value: nothing to plot", sweep.metric);
+        bail!(
+            "no finished run has a {} value: nothing to plot",
+            sweep.metric
+        );
     }
     let always: [(&str, Always); 6] = [
         ("fid_vs_params", scaling::fid_vs_params),
@@ -79,11 +84,31 @@ pub fn write_all(sweep: &Sweep, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>
         ("pareto_params", pareto::pareto_params),
     ];
     let optional: [(&str, Optional, &str); 5] = [
-        ("learning_steps", learning::learning_steps, "no curves.parquet (set eval.curve_points or eval.at_steps)"),
-        ("learning_flops", learning::learning_flops, "no curves.parquet (set eval.curve_points or eval.at_steps)"),
-        ("pareto_latency", pareto::pareto_latency, "no run measured latency_ms"),
-        ("parity", parity::parity, "no law.json with cv_predictions (run `ditkd fit` first)"),
-        ("training_curves", curves::training_curves, "no run has a metrics.jsonl"),
+        (
+            "learning_steps",
+            learning::learning_steps,
+            "no curves.parquet (set eval.curve_points or eval.at_steps)",
+        ),
+        (
+            "learning_flops",
+            learning::learning_flops,
+            "no curves.parquet (set eval.curve_points or eval.at_steps)",
+        ),
+        (
+            "pareto_latency",
+            pareto::pareto_latency,
+            "no run measured latency_ms",
+        ),
+        (
+            "parity",
+            parity::parity,
+            "no law.json with cv_predictions (run `ditkd fit` first)",
+        ),
+        (
+            "training_curves",
+            curves::training_curves,
+            "no run has a metrics.jsonl",
+        ),
     ];
     let mut files = Vec::new();
     let mut skipped = Vec::new();
@@ -97,7 +122,8 @@ pub fn write_all(sweep: &Sweep, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>
         }
     }
     if sweep.law.is_none() {
-        skipped.push("law curves on fid_vs_params: no law.json (run `ditkd fit` first)".to_string());
+        skipped
+            .push("law curves on fid_vs_params: no law.json (run `ditkd fit` first)".to_string());
     }
     Ok((files, skipped))
 }
@@ -127,7 +153,9 @@ pub fn footnote<DB: DrawingBackend>(
     let lines: Vec<&str> = note.lines().collect();
     let line_h = style::NOTE as i32 + 6;
     let (top, bottom) = root.split_vertically(h - 14 - line_h * lines.len() as i32);
-    let font = (style::FAMILY, style::NOTE).into_font().color(&RGBColor(70, 70, 70));
+    let font = (style::FAMILY, style::NOTE)
+        .into_font()
+        .color(&RGBColor(70, 70, 70));
     for (i, l) in lines.iter().enumerate() {
         bottom.draw_text(l, &font, (24, 6 + line_h * i as i32))?;
     }

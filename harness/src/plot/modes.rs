@@ -8,9 +8,9 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::results::{ModeComparison, Sweep};
-use super::style::{self, LogAxis, color, legend_position, Ticks, FAMILY};
+use super::style::{self, color, legend_position, LogAxis, Ticks, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::results::{ModeComparison, Sweep};
 
 struct KdVsScratch<'a> {
     sweep: &'a Sweep,
@@ -20,8 +20,19 @@ struct KdVsScratch<'a> {
 
 pub fn kd_vs_scratch(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
     let cmp = sweep.compare_modes();
-    let modes: BTreeSet<String> = cmp.iter().flat_map(|c| c.stats.iter().map(|s| s.mode.clone())).collect();
-    render(dir, "kd_vs_scratch", &KdVsScratch { sweep, cmp, modes: modes.into_iter().collect() })
+    let modes: BTreeSet<String> = cmp
+        .iter()
+        .flat_map(|c| c.stats.iter().map(|s| s.mode.clone()))
+        .collect();
+    render(
+        dir,
+        "kd_vs_scratch",
+        &KdVsScratch {
+            sweep,
+            cmp,
+            modes: modes.into_iter().collect(),
+        },
+    )
 }
 
 impl Figure for KdVsScratch<'_> {
@@ -34,20 +45,46 @@ impl Figure for KdVsScratch<'_> {
         );
         let area = footnote(root, &note)?;
         let n = self.cmp.len().max(1) as f64;
-        let ya = LogAxis::fit(self.cmp.iter().flat_map(|c| c.stats.iter().flat_map(|s| [s.mean, s.mean - s.std, s.mean + s.std])), 0.06, 0.06);
+        let ya = LogAxis::fit(
+            self.cmp.iter().flat_map(|c| {
+                c.stats
+                    .iter()
+                    .flat_map(|s| [s.mean, s.mean - s.std, s.mean + s.std])
+            }),
+            0.06,
+            0.06,
+        );
         let y0 = ya.lo;
         let keys: Vec<f64> = (0..self.cmp.len()).map(|i| i as f64).collect();
-        let labels: Vec<String> = self.cmp.iter().map(|c| style::si(c.budget as f64)).collect();
+        let labels: Vec<String> = self
+            .cmp
+            .iter()
+            .map(|c| style::si(c.budget as f64))
+            .collect();
         let fmt = |v: &f64| {
             let i = v.round();
-            if (v - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            if (v - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         };
         let mut chart = ChartBuilder::on(&area)
-            .caption(format!("{}: {metric} by distillation mode", self.sweep.name), (FAMILY, style::TITLE))
+            .caption(
+                format!("{}: {metric} by distillation mode", self.sweep.name),
+                (FAMILY, style::TITLE),
+            )
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(Ticks { lo: -0.5, hi: n - 0.5, keys }, ya)?;
+            .build_cartesian_2d(
+                Ticks {
+                    lo: -0.5,
+                    hi: n - 0.5,
+                    keys,
+                },
+                ya,
+            )?;
         chart
             .configure_mesh()
             .x_desc("parameter budget (count)")
@@ -68,13 +105,26 @@ impl Figure for KdVsScratch<'_> {
                 .cmp
                 .iter()
                 .enumerate()
-                .filter_map(|(i, cmp)| cmp.stats.iter().find(|s| &s.mode == mode).map(|s| (i as f64 + dx, s.mean, s.std)))
+                .filter_map(|(i, cmp)| {
+                    cmp.stats
+                        .iter()
+                        .find(|s| &s.mode == mode)
+                        .map(|s| (i as f64 + dx, s.mean, s.std))
+                })
                 .collect();
             marks.extend(pts.iter().map(|&(x, mu, _)| (x, mu)));
-            bars.extend(pts.iter().map(|&(x, mu, sd)| vec![(x, (mu - sd).max(y0)), (x, mu + sd)]));
-            chart.draw_series(pts.iter().map(|&(x, mu, sd)| ErrorBar::new_vertical(x, (mu - sd).max(y0), mu, mu + sd, c.stroke_width(2), 12)))?;
+            bars.extend(
+                pts.iter()
+                    .map(|&(x, mu, sd)| vec![(x, (mu - sd).max(y0)), (x, mu + sd)]),
+            );
+            chart.draw_series(pts.iter().map(|&(x, mu, sd)| {
+                ErrorBar::new_vertical(x, (mu - sd).max(y0), mu, mu + sd, c.stroke_width(2), 12)
+            }))?;
             chart
-                .draw_series(pts.iter().map(|&(x, mu, _)| Circle::new((x, mu), 7, c.filled())))?
+                .draw_series(
+                    pts.iter()
+                        .map(|&(x, mu, _)| Circle::new((x, mu), 7, c.filled())),
+                )?
                 .label(mode.clone())
                 .legend(move |(x, y)| Circle::new((x + 10, y), 7, c.filled()));
         }

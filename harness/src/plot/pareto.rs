@@ -8,14 +8,21 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::results::{Point, Run, Sweep};
-use super::style::{self, LogAxis, color, legend_position, FAMILY};
+use super::style::{self, color, legend_position, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::results::{Point, Run, Sweep};
 
 /// Indices of the points no other point beats on both coordinates (both minimised), by ascending x.
 pub fn front(points: &[(f64, f64)]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..points.len()).filter(|&i| points[i].0.is_finite() && points[i].1.is_finite()).collect();
-    idx.sort_by(|&a, &b| points[a].0.total_cmp(&points[b].0).then(points[a].1.total_cmp(&points[b].1)));
+    let mut idx: Vec<usize> = (0..points.len())
+        .filter(|&i| points[i].0.is_finite() && points[i].1.is_finite())
+        .collect();
+    idx.sort_by(|&a, &b| {
+        points[a]
+            .0
+            .total_cmp(&points[b].0)
+            .then(points[a].1.total_cmp(&points[b].1))
+    });
     let mut best = f64::INFINITY;
     idx.into_iter()
         .filter(|&i| {
@@ -39,22 +46,50 @@ struct Pareto {
     x_fmt: fn(&f64) -> String,
 }
 
-fn build(sweep: &Sweep, cost: &str, run_x: fn(&Run) -> Option<f64>, point_x: fn(&Point) -> Option<f64>) -> Option<Pareto> {
-    let modes: Vec<String> = sweep.runs.iter().map(|r| r.mode.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+fn build(
+    sweep: &Sweep,
+    cost: &str,
+    run_x: fn(&Run) -> Option<f64>,
+    point_x: fn(&Point) -> Option<f64>,
+) -> Option<Pareto> {
+    let modes: Vec<String> = sweep
+        .runs
+        .iter()
+        .map(|r| r.mode.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mode_ix = |m: &str| modes.iter().position(|x| x == m).unwrap_or(0);
     let runs: Vec<(f64, f64, usize)> = sweep
         .runs
         .iter()
-        .filter_map(|r| Some((run_x(r).filter(|x| x.is_finite() && *x > 0.0)?, r.value()?, mode_ix(&r.mode))))
+        .filter_map(|r| {
+            Some((
+                run_x(r).filter(|x| x.is_finite() && *x > 0.0)?,
+                r.value()?,
+                mode_ix(&r.mode),
+            ))
+        })
         .collect();
     if runs.is_empty() {
         return None;
     }
-    let pts: Vec<Point> = sweep.points_all().into_iter().filter(|p| point_x(p).is_some_and(|x| x > 0.0)).collect();
+    let pts: Vec<Point> = sweep
+        .points_all()
+        .into_iter()
+        .filter(|p| point_x(p).is_some_and(|x| x > 0.0))
+        .collect();
     let xy: Vec<(f64, f64)> = pts.iter().map(|p| (point_x(p).unwrap(), p.mean)).collect();
     let front = front(&xy)
         .into_iter()
-        .map(|i| (xy[i].0, xy[i].1, mode_ix(&pts[i].mode), format!("{} {}", pts[i].shape(), pts[i].mode)))
+        .map(|i| {
+            (
+                xy[i].0,
+                xy[i].1,
+                mode_ix(&pts[i].mode),
+                format!("{} {}", pts[i].shape(), pts[i].mode),
+            )
+        })
         .collect();
     let metric = sweep.metric_label();
     Some(Pareto {
@@ -70,7 +105,9 @@ fn build(sweep: &Sweep, cost: &str, run_x: fn(&Run) -> Option<f64>, point_x: fn(
 }
 
 pub fn pareto_latency(sweep: &Sweep, dir: &Path) -> Result<Option<Vec<PathBuf>>> {
-    let Some(mut fig) = build(sweep, "latency", |r| r.latency_ms, |p| p.latency_ms) else { return Ok(None) };
+    let Some(mut fig) = build(sweep, "latency", |r| r.latency_ms, |p| p.latency_ms) else {
+        return Ok(None);
+    };
     fig.x_desc = "latency (ms per image, batch 1, all sampler steps; log scale)".into();
     Ok(Some(render(dir, "pareto_latency", &fig)?))
 }
@@ -88,7 +125,14 @@ impl Figure for Pareto {
         let area = footnote(root, &self.note)?;
         // Room on the right and at the top for the front's labels (drawn above and right of each point).
         let xa = LogAxis::fit(self.runs.iter().map(|r| r.0), 0.04, 0.14);
-        let ya = LogAxis::fit(self.runs.iter().map(|r| r.1).chain(self.front.iter().map(|f| f.1)), 0.06, 0.1);
+        let ya = LogAxis::fit(
+            self.runs
+                .iter()
+                .map(|r| r.1)
+                .chain(self.front.iter().map(|f| f.1)),
+            0.06,
+            0.1,
+        );
         let x1 = xa.hi;
         let mut chart = ChartBuilder::on(&area)
             .caption(&self.caption, (FAMILY, style::TITLE))
@@ -108,7 +152,12 @@ impl Figure for Pareto {
         for (k, mode) in self.modes.iter().enumerate() {
             let c = color(k);
             chart
-                .draw_series(self.runs.iter().filter(|r| r.2 == k).map(|r| Circle::new((r.0, r.1), 4, c.mix(0.3).filled())))?
+                .draw_series(
+                    self.runs
+                        .iter()
+                        .filter(|r| r.2 == k)
+                        .map(|r| Circle::new((r.0, r.1), 4, c.mix(0.3).filled())),
+                )?
                 .label(format!("{mode} run"))
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.mix(0.5).filled()));
         }
@@ -122,7 +171,10 @@ impl Figure for Pareto {
             }
         }
         chart
-            .draw_series(LineSeries::new(steps.iter().copied(), BLACK.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                steps.iter().copied(),
+                BLACK.stroke_width(2),
+            ))?
             .label("Pareto front (seed means)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
         let font = (FAMILY, style::NOTE).into_font().color(&BLACK);
@@ -130,11 +182,19 @@ impl Figure for Pareto {
         let lines = vec![steps];
         let mut boxes = Vec::new();
         for (x, y, k, label) in &self.front {
-            chart.draw_series([Circle::new((*x, *y), 7, color(*k).filled()), Circle::new((*x, *y), 7, BLACK.stroke_width(2))])?;
-            chart.draw_series([EmptyElement::at((*x, *y)) + Text::new(label.clone(), (8, -22), font.clone())])?;
+            chart.draw_series([
+                Circle::new((*x, *y), 7, color(*k).filled()),
+                Circle::new((*x, *y), 7, BLACK.stroke_width(2)),
+            ])?;
+            chart.draw_series([
+                EmptyElement::at((*x, *y)) + Text::new(label.clone(), (8, -22), font.clone())
+            ])?;
             marks.push((*x, *y));
             // The label's box, which the legend must not cover either.
-            let (w, h) = chart.plotting_area().estimate_text_size(label, &font).unwrap_or((100, 14));
+            let (w, h) = chart
+                .plotting_area()
+                .estimate_text_size(label, &font)
+                .unwrap_or((100, 14));
             let (px, py) = chart.backend_coord(&(*x, *y));
             boxes.push(((px + 8, py - 22), (px + 8 + w as i32, py - 22 + h as i32)));
         }

@@ -9,9 +9,9 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::results::{LawOverlay, Sweep};
-use super::style::{self, LogAxis, color, legend_position, FAMILY};
+use super::style::{self, color, legend_position, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::results::{LawOverlay, Sweep};
 
 struct Parity<'a> {
     sweep: &'a Sweep,
@@ -29,16 +29,37 @@ pub fn parity(sweep: &Sweep, dir: &Path) -> Result<Option<Vec<PathBuf>>> {
 impl Figure for Parity<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let metric = self.sweep.metric_label();
-        let rmse = self.law.cv_rmse.map(|r| format!("; RMSE {}", style::num(r))).unwrap_or_default();
-        let held = if self.law.cv_kind == crate::law::CvKind::Kfold { "its fold (k-fold CV)" } else { "its budget (leave-one-budget-out CV)" };
-        let note = format!("Each run predicted by law {} fitted without {held}{rmse} on ln {metric}.", self.law.name);
+        let rmse = self
+            .law
+            .cv_rmse
+            .map(|r| format!("; RMSE {}", style::num(r)))
+            .unwrap_or_default();
+        let held = if self.law.cv_kind == crate::law::CvKind::Kfold {
+            "its fold (k-fold CV)"
+        } else {
+            "its budget (leave-one-budget-out CV)"
+        };
+        let note = format!(
+            "Each run predicted by law {} fitted without {held}{rmse} on ln {metric}.",
+            self.law.name
+        );
         let area = footnote(root, &note)?;
         let cv = &self.law.cv;
         // One range for both axes, so y = x is the diagonal.
-        let axis = LogAxis::fit(cv.iter().flat_map(|p| [p.measured, p.predicted]), 0.06, 0.06);
+        let axis = LogAxis::fit(
+            cv.iter().flat_map(|p| [p.measured, p.predicted]),
+            0.06,
+            0.06,
+        );
         let (lo, hi) = (axis.lo, axis.hi);
         let mut chart = ChartBuilder::on(&area)
-            .caption(format!("{}: law {} cross-validated {metric}", self.sweep.name, self.law.name), (FAMILY, style::TITLE))
+            .caption(
+                format!(
+                    "{}: law {} cross-validated {metric}",
+                    self.sweep.name, self.law.name
+                ),
+                (FAMILY, style::TITLE),
+            )
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
@@ -53,20 +74,39 @@ impl Figure for Parity<'_> {
             .y_label_formatter(&|v| style::num(*v))
             .draw()?;
         chart
-            .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.6).stroke_width(1)))?
+            .draw_series(LineSeries::new(
+                [(lo, lo), (hi, hi)],
+                BLACK.mix(0.6).stroke_width(1),
+            ))?
             .label("y = x")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
         let budgets: BTreeSet<i64> = cv.iter().map(|p| p.budget).collect();
         let mut labels = vec!["y = x".to_string()];
-        labels.extend(budgets.iter().map(|b| format!("budget {}", style::si(*b as f64))));
+        labels.extend(
+            budgets
+                .iter()
+                .map(|b| format!("budget {}", style::si(*b as f64))),
+        );
         for (i, b) in budgets.into_iter().enumerate() {
             let c = color(i);
             chart
-                .draw_series(cv.iter().filter(|p| p.budget == b).map(|p| Circle::new((p.measured, p.predicted), 6, c.filled())))?
+                .draw_series(
+                    cv.iter()
+                        .filter(|p| p.budget == b)
+                        .map(|p| Circle::new((p.measured, p.predicted), 6, c.filled())),
+                )?
                 .label(format!("budget {}", style::si(b as f64)))
                 .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
         }
-        let spot = legend_position(&chart, &labels, &cv.iter().map(|p| (p.measured, p.predicted)).collect::<Vec<_>>(), &[vec![(lo, lo), (hi, hi)]], &[]);
+        let spot = legend_position(
+            &chart,
+            &labels,
+            &cv.iter()
+                .map(|p| (p.measured, p.predicted))
+                .collect::<Vec<_>>(),
+            &[vec![(lo, lo), (hi, hi)]],
+            &[],
+        );
         style::draw_legend(&mut chart, spot)?;
         Ok(())
     }

@@ -8,9 +8,9 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::results::{Point, Sweep};
-use super::style::{self, LogAxis, color, legend_position, FAMILY};
+use super::style::{self, color, legend_position, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::results::{Point, Sweep};
 
 struct FidVsParams<'a> {
     sweep: &'a Sweep,
@@ -24,7 +24,15 @@ pub fn fid_vs_params(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
     if let Some(law) = &sweep.law {
         depths.extend(law.curves.iter().filter_map(|c| c.depth));
     }
-    render(dir, "fid_vs_params", &FidVsParams { sweep, points, depths: depths.into_iter().collect() })
+    render(
+        dir,
+        "fid_vs_params",
+        &FidVsParams {
+            sweep,
+            points,
+            depths: depths.into_iter().collect(),
+        },
+    )
 }
 
 impl Figure for FidVsParams<'_> {
@@ -44,7 +52,14 @@ impl Figure for FidVsParams<'_> {
         };
         let area = footnote(root, &note)?;
         let curves = s.law.as_ref().map(|l| l.curves.as_slice()).unwrap_or(&[]);
-        let xa = LogAxis::fit(self.points.iter().map(|p| p.params).chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.0))), 0.04, 0.04);
+        let xa = LogAxis::fit(
+            self.points
+                .iter()
+                .map(|p| p.params)
+                .chain(curves.iter().flat_map(|c| c.points.iter().map(|q| q.0))),
+            0.04,
+            0.04,
+        );
         // The whole error bars (mean ± std) are inside the range: nothing is clipped at the frame.
         let (teacher, floor) = s.reference_values();
         let ya = LogAxis::fit(
@@ -60,7 +75,10 @@ impl Figure for FidVsParams<'_> {
         let (x0, x1) = (xa.lo, xa.hi);
         let y0 = ya.lo;
         let mut chart = ChartBuilder::on(&area)
-            .caption(format!("{}: {metric} vs parameters", s.name), (FAMILY, style::TITLE))
+            .caption(
+                format!("{}: {metric} vs parameters", s.name),
+                (FAMILY, style::TITLE),
+            )
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
@@ -78,14 +96,27 @@ impl Figure for FidVsParams<'_> {
         // The references every student is measured against: real data (floor) and the teacher.
         if let Some((m, sd)) = floor {
             chart
-                .draw_series([Rectangle::new([(x0, (m - sd).max(m * 0.5)), (x1, m + sd)], RGBColor(190, 190, 190).mix(0.5).filled())])?
+                .draw_series([Rectangle::new(
+                    [(x0, (m - sd).max(m * 0.5)), (x1, m + sd)],
+                    RGBColor(190, 190, 190).mix(0.5).filled(),
+                )])?
                 .label(format!("real data {} ± {}", style::num(m), style::num(sd)))
-                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], RGBColor(190, 190, 190).filled()));
+                .legend(|(x, y)| {
+                    Rectangle::new(
+                        [(x, y - 5), (x + 20, y + 5)],
+                        RGBColor(190, 190, 190).filled(),
+                    )
+                });
         }
         if let Some(t) = teacher {
             let f = |k: f64| x0 * (x1 / x0).powf(k / 60.0);
             chart
-                .draw_series((0..60).map(|i| PathElement::new(vec![(f(i as f64), t), (f(i as f64 + 0.5), t)], BLACK.stroke_width(2))))?
+                .draw_series((0..60).map(|i| {
+                    PathElement::new(
+                        vec![(f(i as f64), t), (f(i as f64 + 0.5), t)],
+                        BLACK.stroke_width(2),
+                    )
+                }))?
                 .label(format!("teacher {}", style::num(t)))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], BLACK.stroke_width(2)));
         }
@@ -93,25 +124,50 @@ impl Figure for FidVsParams<'_> {
             let c = color(i);
             let pts: Vec<&Point> = self.points.iter().filter(|p| p.depth == d).collect();
             chart.draw_series(pts.iter().map(|p| {
-                ErrorBar::new_vertical(p.params, (p.mean - p.std).max(y0), p.mean, p.mean + p.std, c.stroke_width(2), 10)
+                ErrorBar::new_vertical(
+                    p.params,
+                    (p.mean - p.std).max(y0),
+                    p.mean,
+                    p.mean + p.std,
+                    c.stroke_width(2),
+                    10,
+                )
             }))?;
             chart
-                .draw_series(pts.iter().map(|p| Circle::new((p.params, p.mean), 6, c.filled())))?
+                .draw_series(
+                    pts.iter()
+                        .map(|p| Circle::new((p.params, p.mean), 6, c.filled())),
+                )?
                 .label(format!("depth {d}"))
                 .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
             for curve in curves.iter().filter(|cv| cv.depth == Some(d)) {
-                chart.draw_series(LineSeries::new(curve.points.iter().copied(), c.stroke_width(2)))?;
+                chart.draw_series(LineSeries::new(
+                    curve.points.iter().copied(),
+                    c.stroke_width(2),
+                ))?;
             }
         }
         if let Some(l) = &s.law {
             for curve in curves.iter().filter(|cv| cv.depth.is_none()) {
-                chart.draw_series(LineSeries::new(curve.points.iter().copied(), BLACK.stroke_width(2)))?;
+                chart.draw_series(LineSeries::new(
+                    curve.points.iter().copied(),
+                    BLACK.stroke_width(2),
+                ))?;
             }
-            let line = if curves.iter().any(|c| c.depth.is_some()) { "law {} (line colour = depth)" } else { "law {}" };
+            let line = if curves.iter().any(|c| c.depth.is_some()) {
+                "law {} (line colour = depth)"
+            } else {
+                "law {}"
+            };
             chart
-                .draw_series(LineSeries::new(std::iter::empty::<(f64, f64)>(), BLACK.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    std::iter::empty::<(f64, f64)>(),
+                    BLACK.stroke_width(2),
+                ))?
                 .label(line.replace("{}", &l.name))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2))
+                });
         }
         let mut labels: Vec<String> = self.depths.iter().map(|d| format!("depth {d}")).collect();
         if let Some((m, sd)) = floor {
@@ -127,7 +183,12 @@ impl Figure for FidVsParams<'_> {
         let lines: Vec<Vec<(f64, f64)>> = curves
             .iter()
             .map(|c| c.points.clone())
-            .chain(self.points.iter().map(|p| vec![(p.params, (p.mean - p.std).max(y0)), (p.params, p.mean + p.std)]))
+            .chain(self.points.iter().map(|p| {
+                vec![
+                    (p.params, (p.mean - p.std).max(y0)),
+                    (p.params, p.mean + p.std),
+                ]
+            }))
             .collect();
         let spot = legend_position(&chart, &labels, &marks, &lines, &[]);
         style::draw_legend(&mut chart, spot)?;

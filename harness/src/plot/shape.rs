@@ -9,9 +9,9 @@ use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::results::{Point, Sweep};
-use super::style::{self, LogAxis, color, legend_position, lin_bounds, Ticks, FAMILY};
+use super::style::{self, color, legend_position, lin_bounds, LogAxis, Ticks, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::results::{Point, Sweep};
 
 /// One budget: the best point per x value (the line) and every point (faint).
 struct Series {
@@ -52,7 +52,10 @@ fn per_budget(sweep: &Sweep, x_of: fn(&Point) -> i64) -> (Vec<Series>, Vec<f64>)
             Series {
                 label: format!("budget {}", style::si(budget as f64)),
                 color: color(i),
-                best: best.iter().map(|(x, p)| (*x as f64, p.mean, p.std)).collect(),
+                best: best
+                    .iter()
+                    .map(|(x, p)| (*x as f64, p.mean, p.std))
+                    .collect(),
                 all: pts.iter().map(|p| (x_of(p) as f64, p.mean)).collect(),
             }
         })
@@ -60,7 +63,14 @@ fn per_budget(sweep: &Sweep, x_of: fn(&Point) -> i64) -> (Vec<Series>, Vec<f64>)
     (series, keys.into_iter().map(|k| k as f64).collect())
 }
 
-fn write(sweep: &Sweep, dir: &Path, stem: &str, var: &str, unit: &str, x_of: fn(&Point) -> i64) -> Result<Vec<PathBuf>> {
+fn write(
+    sweep: &Sweep,
+    dir: &Path,
+    stem: &str,
+    var: &str,
+    unit: &str,
+    x_of: fn(&Point) -> i64,
+) -> Result<Vec<PathBuf>> {
     let (series, x_keys) = per_budget(sweep, x_of);
     let metric = sweep.metric_label();
     let fig = PerBudget {
@@ -78,15 +88,31 @@ fn write(sweep: &Sweep, dir: &Path, stem: &str, var: &str, unit: &str, x_of: fn(
 }
 
 pub fn fid_vs_depth(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
-    write(sweep, dir, "fid_vs_depth", "depth", "DiT blocks", |p| p.depth)
+    write(sweep, dir, "fid_vs_depth", "depth", "DiT blocks", |p| {
+        p.depth
+    })
 }
 
 pub fn fid_vs_width(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
-    write(sweep, dir, "fid_vs_width", "width", "hidden channels", |p| p.width)
+    write(
+        sweep,
+        dir,
+        "fid_vs_width",
+        "width",
+        "hidden channels",
+        |p| p.width,
+    )
 }
 
 pub fn fid_vs_heads(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
-    write(sweep, dir, "fid_vs_heads", "heads", "attention heads", |p| p.heads)
+    write(
+        sweep,
+        dir,
+        "fid_vs_heads",
+        "heads",
+        "attention heads",
+        |p| p.heads,
+    )
 }
 
 impl Figure for PerBudget {
@@ -94,10 +120,19 @@ impl Figure for PerBudget {
         let area = footnote(root, &self.note)?;
         let xs = self.x_keys.iter().copied();
         // Half the smallest gap (or 0.5) on each side keeps the outermost points off the frame.
-        let gap = self.x_keys.windows(2).map(|w| w[1] - w[0]).fold(f64::INFINITY, f64::min);
+        let gap = self
+            .x_keys
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .fold(f64::INFINITY, f64::min);
         let (x0, x1) = lin_bounds(xs, if gap.is_finite() { gap / 2.0 } else { 0.5 });
         let ya = LogAxis::fit(
-            self.series.iter().flat_map(|s| s.best.iter().flat_map(|b| [b.1, b.1 - b.2, b.1 + b.2]).chain(s.all.iter().map(|a| a.1))),
+            self.series.iter().flat_map(|s| {
+                s.best
+                    .iter()
+                    .flat_map(|b| [b.1, b.1 - b.2, b.1 + b.2])
+                    .chain(s.all.iter().map(|a| a.1))
+            }),
             0.06,
             0.06,
         );
@@ -107,7 +142,14 @@ impl Figure for PerBudget {
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(Ticks { lo: x0, hi: x1, keys: thin(&self.x_keys, 12) }, ya)?;
+            .build_cartesian_2d(
+                Ticks {
+                    lo: x0,
+                    hi: x1,
+                    keys: thin(&self.x_keys, 12),
+                },
+                ya,
+            )?;
         chart
             .configure_mesh()
             .x_desc(&self.x_desc)
@@ -119,20 +161,48 @@ impl Figure for PerBudget {
             .draw()?;
         for s in &self.series {
             let c = s.color;
-            chart.draw_series(s.all.iter().map(|&(x, y)| Circle::new((x, y), 4, c.mix(0.35).filled())))?;
-            chart.draw_series(s.best.iter().map(|&(x, m, sd)| ErrorBar::new_vertical(x, (m - sd).max(y0), m, m + sd, c.stroke_width(2), 10)))?;
-            chart.draw_series(LineSeries::new(s.best.iter().map(|b| (b.0, b.1)), c.stroke_width(2)))?;
+            chart.draw_series(
+                s.all
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, c.mix(0.35).filled())),
+            )?;
+            chart.draw_series(s.best.iter().map(|&(x, m, sd)| {
+                ErrorBar::new_vertical(x, (m - sd).max(y0), m, m + sd, c.stroke_width(2), 10)
+            }))?;
+            chart.draw_series(LineSeries::new(
+                s.best.iter().map(|b| (b.0, b.1)),
+                c.stroke_width(2),
+            ))?;
             chart
-                .draw_series(s.best.iter().map(|&(x, m, _)| Circle::new((x, m), 6, c.filled())))?
+                .draw_series(
+                    s.best
+                        .iter()
+                        .map(|&(x, m, _)| Circle::new((x, m), 6, c.filled())),
+                )?
                 .label(&s.label)
                 .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
         }
         let labels: Vec<String> = self.series.iter().map(|s| s.label.clone()).collect();
-        let marks: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.all.iter().copied().chain(s.best.iter().map(|b| (b.0, b.1)))).collect();
+        let marks: Vec<(f64, f64)> = self
+            .series
+            .iter()
+            .flat_map(|s| {
+                s.all
+                    .iter()
+                    .copied()
+                    .chain(s.best.iter().map(|b| (b.0, b.1)))
+            })
+            .collect();
         let lines: Vec<Vec<(f64, f64)>> = self
             .series
             .iter()
-            .flat_map(|s| std::iter::once(s.best.iter().map(|b| (b.0, b.1)).collect()).chain(s.best.iter().map(|&(x, m, sd)| vec![(x, (m - sd).max(y0)), (x, m + sd)])))
+            .flat_map(|s| {
+                std::iter::once(s.best.iter().map(|b| (b.0, b.1)).collect()).chain(
+                    s.best
+                        .iter()
+                        .map(|&(x, m, sd)| vec![(x, (m - sd).max(y0)), (x, m + sd)]),
+                )
+            })
             .collect();
         let spot = legend_position(&chart, &labels, &marks, &lines, &[]);
         style::draw_legend(&mut chart, spot)?;

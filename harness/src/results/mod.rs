@@ -39,7 +39,8 @@ impl Run {
     }
     /// The metric of a usable run: ok, finite and positive (the plots are log scale).
     pub fn value(&self) -> Option<f64> {
-        self.metric.filter(|v| self.ok() && v.is_finite() && *v > 0.0)
+        self.metric
+            .filter(|v| self.ok() && v.is_finite() && *v > 0.0)
     }
 }
 
@@ -110,15 +111,35 @@ pub struct LearnPoint {
 /// `dir/curves.parquet` (empty when the sweep has none).
 fn learning_of(dir: &Path, metric: &str) -> Result<Vec<LearnPoint>> {
     let p = dir.join("curves.parquet");
-    let Ok(f) = std::fs::File::open(&p) else { return Ok(Vec::new()) };
-    let df = ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{}: corrupt table: {e}", p.display()))?;
+    let Ok(f) = std::fs::File::open(&p) else {
+        return Ok(Vec::new());
+    };
+    let df = ParquetReader::new(f)
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{}: corrupt table: {e}", p.display()))?;
     let (ids, modes) = (strings(&df, "run_id")?, strings(&df, "mode")?);
-    let cols = ["budget", "depth", "width", "heads", "seed", "step", "train_flops", metric].map(|c| floats(&df, c));
+    let cols = [
+        "budget",
+        "depth",
+        "width",
+        "heads",
+        "seed",
+        "step",
+        "train_flops",
+        metric,
+    ]
+    .map(|c| floats(&df, c));
     let [budget, depth, width, heads, seed, step, flops, value] = cols;
-    let (budget, depth, width, heads, seed, step, flops, value) = (budget?, depth?, width?, heads?, seed?, step?, flops?, value?);
+    let (budget, depth, width, heads, seed, step, flops, value) = (
+        budget?, depth?, width?, heads?, seed?, step?, flops?, value?,
+    );
     let mut out = Vec::new();
     for i in 0..df.height() {
-        let (Some(b), Some(d), Some(w), Some(h), Some(st), Some(fl), Some(v)) = (budget[i], depth[i], width[i], heads[i], step[i], flops[i], value[i]) else { continue };
+        let (Some(b), Some(d), Some(w), Some(h), Some(st), Some(fl), Some(v)) = (
+            budget[i], depth[i], width[i], heads[i], step[i], flops[i], value[i],
+        ) else {
+            continue;
+        };
         if !(v.is_finite() && v > 0.0) {
             continue;
         }
@@ -161,15 +182,32 @@ impl Sweep {
     pub fn load(dir: &Path) -> Result<Sweep> {
         let df = crate::table::read(dir)?;
         let law = read_law(dir)?;
-        let metric = law.as_ref().map(|l| l.metric.clone()).unwrap_or_else(|| "fid_proxy".into());
-        let runs = runs_of(&df, &metric).with_context(|| format!("{}: reading the table", dir.display()))?;
-        let mode = law.as_ref().map(|l| l.mode.clone()).unwrap_or_else(|| default_mode(&runs));
+        let metric = law
+            .as_ref()
+            .map(|l| l.metric.clone())
+            .unwrap_or_else(|| "fid_proxy".into());
+        let runs = runs_of(&df, &metric)
+            .with_context(|| format!("{}: reading the table", dir.display()))?;
+        let mode = law
+            .as_ref()
+            .map(|l| l.mode.clone())
+            .unwrap_or_else(|| default_mode(&runs));
         let curves = curves_of(dir, &runs)?;
         let learning = learning_of(dir, &metric)?;
         let reference = distill::reference::Reference::load(dir);
-        let mut sweep = Sweep { name: sweep_name(dir), metric, mode, runs, curves, law: None, reference, learning };
+        let mut sweep = Sweep {
+            name: sweep_name(dir),
+            metric,
+            mode,
+            runs,
+            curves,
+            law: None,
+            reference,
+            learning,
+        };
         if let Some(l) = law {
-            let overlay = overlay::overlay(&l, &sweep.points()).with_context(|| format!("{}: law.json", dir.display()))?;
+            let overlay = overlay::overlay(&l, &sweep.points())
+                .with_context(|| format!("{}: law.json", dir.display()))?;
             sweep.law = Some(overlay);
         }
         Ok(sweep)
@@ -186,7 +224,9 @@ impl Sweep {
 
     /// The teacher's and the real data's value of the sweep's metric (teacher, floor mean, floor std).
     pub fn reference_values(&self) -> (Option<f64>, Option<(f64, f64)>) {
-        let Some(r) = &self.reference else { return (None, None) };
+        let Some(r) = &self.reference else {
+            return (None, None);
+        };
         let pick = |m: &distill::eval::EvalResult| match self.metric.as_str() {
             "fid_proxy" => Some(m.fid_proxy),
             "kid" => Some(m.kid),
@@ -205,13 +245,20 @@ impl Sweep {
     pub fn points_all(&self) -> Vec<Point> {
         let mut groups: BTreeMap<(i64, i64, i64, i64, String), Vec<&Run>> = BTreeMap::new();
         for r in self.runs.iter().filter(|r| r.value().is_some()) {
-            groups.entry((r.budget, r.depth, r.width, r.heads, r.mode.clone())).or_default().push(r);
+            groups
+                .entry((r.budget, r.depth, r.width, r.heads, r.mode.clone()))
+                .or_default()
+                .push(r);
         }
         groups
             .into_iter()
             .map(|((budget, depth, width, heads, mode), rs)| {
                 let (mean, std) = mean_std(rs.iter().filter_map(|r| r.value()));
-                let lat: Vec<f64> = rs.iter().filter_map(|r| r.latency_ms).filter(|v| v.is_finite()).collect();
+                let lat: Vec<f64> = rs
+                    .iter()
+                    .filter_map(|r| r.latency_ms)
+                    .filter(|v| v.is_finite())
+                    .collect();
                 Point {
                     budget,
                     mode,
@@ -223,7 +270,8 @@ impl Sweep {
                     mean,
                     std,
                     n: rs.len(),
-                    latency_ms: (!lat.is_empty()).then(|| lat.iter().sum::<f64>() / lat.len() as f64),
+                    latency_ms: (!lat.is_empty())
+                        .then(|| lat.iter().sum::<f64>() / lat.len() as f64),
                 }
             })
             .collect()
@@ -231,12 +279,21 @@ impl Sweep {
 
     /// `points_all` of the sweep's main mode.
     pub fn points(&self) -> Vec<Point> {
-        self.points_all().into_iter().filter(|p| p.mode == self.mode).collect()
+        self.points_all()
+            .into_iter()
+            .filter(|p| p.mode == self.mode)
+            .collect()
     }
 
     /// Budgets with usable runs, ascending.
     pub fn budgets(&self) -> Vec<i64> {
-        self.runs.iter().filter(|r| r.value().is_some()).map(|r| r.budget).collect::<BTreeSet<_>>().into_iter().collect()
+        self.runs
+            .iter()
+            .filter(|r| r.value().is_some())
+            .map(|r| r.budget)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
     /// The best (lowest mean) shape of the main mode per budget.
@@ -258,10 +315,17 @@ impl Sweep {
     pub fn compare_modes(&self) -> Vec<ModeComparison> {
         let mut out = Vec::new();
         for b in self.budgets() {
-            let runs: Vec<&Run> = self.runs.iter().filter(|r| r.budget == b && r.value().is_some()).collect();
+            let runs: Vec<&Run> = self
+                .runs
+                .iter()
+                .filter(|r| r.budget == b && r.value().is_some())
+                .collect();
             let modes: BTreeSet<&str> = runs.iter().map(|r| r.mode.as_str()).collect();
             let shapes_of = |m: &str| -> BTreeSet<(i64, i64, i64)> {
-                runs.iter().filter(|r| r.mode == m).map(|r| (r.depth, r.width, r.heads)).collect()
+                runs.iter()
+                    .filter(|r| r.mode == m)
+                    .map(|r| (r.depth, r.width, r.heads))
+                    .collect()
             };
             let mut shared: Option<BTreeSet<(i64, i64, i64)>> = None;
             for m in &modes {
@@ -278,14 +342,26 @@ impl Sweep {
                 .map(|m| {
                     let vals = runs
                         .iter()
-                        .filter(|r| r.mode == *m && (!matched || shared.contains(&(r.depth, r.width, r.heads))))
+                        .filter(|r| {
+                            r.mode == *m
+                                && (!matched || shared.contains(&(r.depth, r.width, r.heads)))
+                        })
                         .filter_map(|r| r.value());
                     let vals: Vec<f64> = vals.collect();
                     let (mean, std) = mean_std(vals.iter().copied());
-                    ModeStat { mode: m.to_string(), mean, std, n: vals.len() }
+                    ModeStat {
+                        mode: m.to_string(),
+                        mean,
+                        std,
+                        n: vals.len(),
+                    }
                 })
                 .collect();
-            out.push(ModeComparison { budget: b, matched_shapes: if matched { shared.len() } else { 0 }, stats });
+            out.push(ModeComparison {
+                budget: b,
+                matched_shapes: if matched { shared.len() } else { 0 },
+                stats,
+            });
         }
         out
     }
@@ -322,13 +398,19 @@ pub fn sweep_name(dir: &Path) -> String {
         .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
         .unwrap_or_else(|| {
             let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-            abs.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into())
+            abs.file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "sweep".into())
         })
 }
 
 /// kd when it ran, else the first mode with a usable run (failed runs may not record their mode).
 fn default_mode(runs: &[Run]) -> String {
-    let modes: BTreeSet<&str> = runs.iter().filter(|r| r.value().is_some()).map(|r| r.mode.as_str()).collect();
+    let modes: BTreeSet<&str> = runs
+        .iter()
+        .filter(|r| r.value().is_some())
+        .map(|r| r.mode.as_str())
+        .collect();
     if modes.contains("kd") || modes.is_empty() {
         "kd".into()
     } else {
@@ -346,18 +428,43 @@ fn floats(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
 fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
     match df.column(name) {
         Err(_) => Ok(vec![None; df.height()]),
-        Ok(c) => Ok(c.cast(&DataType::String)?.str()?.iter().map(|s| s.map(str::to_string)).collect()),
+        Ok(c) => Ok(c
+            .cast(&DataType::String)?
+            .str()?
+            .iter()
+            .map(|s| s.map(str::to_string))
+            .collect()),
     }
 }
 
 /// The table's rows as `Run`s; integer columns that are missing read as 0 (a failed run that never
 /// recorded its shape still counts as failed).
 pub fn runs_of(df: &DataFrame, metric: &str) -> Result<Vec<Run>> {
-    let int = |name: &str| -> Result<Vec<i64>> { Ok(floats(df, name)?.into_iter().map(|v| v.unwrap_or(0.0) as i64).collect()) };
-    let (budget, seed, depth, width, heads, head_dim) =
-        (int("budget")?, int("seed")?, int("depth")?, int("width")?, int("heads")?, int("head_dim")?);
-    let (params, value, latency) = (floats(df, "params")?, floats(df, metric)?, floats(df, "latency_ms")?);
-    let (id, mode, status, reason) = (strings(df, "run_id")?, strings(df, "mode")?, strings(df, "status")?, strings(df, "reason")?);
+    let int = |name: &str| -> Result<Vec<i64>> {
+        Ok(floats(df, name)?
+            .into_iter()
+            .map(|v| v.unwrap_or(0.0) as i64)
+            .collect())
+    };
+    let (budget, seed, depth, width, heads, head_dim) = (
+        int("budget")?,
+        int("seed")?,
+        int("depth")?,
+        int("width")?,
+        int("heads")?,
+        int("head_dim")?,
+    );
+    let (params, value, latency) = (
+        floats(df, "params")?,
+        floats(df, metric)?,
+        floats(df, "latency_ms")?,
+    );
+    let (id, mode, status, reason) = (
+        strings(df, "run_id")?,
+        strings(df, "mode")?,
+        strings(df, "status")?,
+        strings(df, "reason")?,
+    );
     Ok((0..df.height())
         .map(|i| Run {
             run_id: id[i].clone().unwrap_or_default(),
@@ -367,7 +474,11 @@ pub fn runs_of(df: &DataFrame, metric: &str) -> Result<Vec<Run>> {
             depth: depth[i],
             width: width[i],
             heads: heads[i],
-            head_dim: if head_dim[i] > 0 || heads[i] == 0 { head_dim[i] } else { width[i] / heads[i] },
+            head_dim: if head_dim[i] > 0 || heads[i] == 0 {
+                head_dim[i]
+            } else {
+                width[i] / heads[i]
+            },
             params: params[i].unwrap_or(f64::NAN),
             metric: value[i],
             latency_ms: latency[i],
@@ -381,7 +492,11 @@ pub fn runs_of(df: &DataFrame, metric: &str) -> Result<Vec<Run>> {
 fn curves_of(dir: &Path, runs: &[Run]) -> Result<Vec<Curve>> {
     let mut out = Vec::new();
     for r in runs {
-        let Ok(text) = std::fs::read_to_string(dir.join("runs").join(&r.run_id).join("metrics.jsonl")) else { continue };
+        let Ok(text) =
+            std::fs::read_to_string(dir.join("runs").join(&r.run_id).join("metrics.jsonl"))
+        else {
+            continue;
+        };
         let mut points: Vec<(f64, f64)> = text
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -393,7 +508,11 @@ fn curves_of(dir: &Path, runs: &[Run]) -> Result<Vec<Curve>> {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         points.dedup_by(|later, kept| later.0 == kept.0);
         if !points.is_empty() {
-            out.push(Curve { run_id: r.run_id.clone(), budget: r.budget, points });
+            out.push(Curve {
+                run_id: r.run_id.clone(),
+                budget: r.budget,
+                points,
+            });
         }
     }
     Ok(out)

@@ -76,18 +76,32 @@ pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
         }
         for d in depths {
             // Width runs continuously (every integer the geometric grid hits) across the fitted range.
-            let widths: BTreeSet<usize> = geom(law.width_range[0] as f64, law.width_range[1] as f64).map(|w| w.round() as usize).collect();
+            let widths: BTreeSet<usize> =
+                geom(law.width_range[0] as f64, law.width_range[1] as f64)
+                    .map(|w| w.round() as usize)
+                    .collect();
             let pts: Vec<(f64, f64)> = widths
                 .into_iter()
                 .filter(|&w| w > 0)
                 .map(|w| {
-                    let n = DitConfig { depth: d as usize, hidden_size: w, ..base.clone() }.num_params() as f64;
-                    (n, form.eval_raw(&raw, &Feat::new(n, d as f64, w as f64, hd_of(w))))
+                    let n = DitConfig {
+                        depth: d as usize,
+                        hidden_size: w,
+                        ..base.clone()
+                    }
+                    .num_params() as f64;
+                    (
+                        n,
+                        form.eval_raw(&raw, &Feat::new(n, d as f64, w as f64, hd_of(w))),
+                    )
                 })
                 .filter(|&(n, y)| in_range(n) && y.is_finite() && y > 0.0)
                 .collect();
             if pts.len() > 1 {
-                curves.push(LawCurve { depth: Some(d), points: pts });
+                curves.push(LawCurve {
+                    depth: Some(d),
+                    points: pts,
+                });
             }
         }
     } else {
@@ -95,7 +109,10 @@ pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
             .map(|n| (n, form.eval_raw(&raw, &Feat::new(n, 1.0, 1.0, 1.0))))
             .filter(|&(_, y)| y.is_finite() && y > 0.0)
             .collect();
-        curves.push(LawCurve { depth: None, points: pts });
+        curves.push(LawCurve {
+            depth: None,
+            points: pts,
+        });
     }
     Ok(LawOverlay {
         name: chosen.name.to_string(),
@@ -109,7 +126,11 @@ pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
             .cv_predictions
             .iter()
             .filter(|c| c.measured > 0.0 && c.predicted > 0.0)
-            .map(|c| CvPoint { budget: c.budget as i64, measured: c.measured, predicted: c.predicted })
+            .map(|c| CvPoint {
+                budget: c.budget as i64,
+                measured: c.measured,
+                predicted: c.predicted,
+            })
             .collect(),
     })
 }
@@ -126,5 +147,8 @@ fn mode(vals: impl Iterator<Item = i64>) -> Option<i64> {
     for v in vals {
         *count.entry(v).or_default() += 1;
     }
-    count.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(v, _)| v)
+    count
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(v, _)| v)
 }

@@ -5,13 +5,20 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use dit::{DiT, DitConfig};
 use distill::data::{DataConfig, Split};
 use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
+use dit::{DiT, DitConfig};
 
 pub fn ditkd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ditkd")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// A tiny teacher and feature net under `root`.
@@ -23,7 +30,13 @@ pub fn fixtures(root: &Path) {
     net.save(&root.join("featnet")).unwrap();
     let tcfg = TrainConfig {
         name: "t".into(),
-        model: DitConfig { hidden_size: 32, depth: 2, num_heads: 2, patch_size: 7, ..Default::default() },
+        model: DitConfig {
+            hidden_size: 32,
+            depth: 2,
+            num_heads: 2,
+            patch_size: 7,
+            ..Default::default()
+        },
         data: DataConfig::default(),
         optim: Default::default(),
         steps: 6,
@@ -36,7 +49,15 @@ pub fn fixtures(root: &Path) {
         sampler: Default::default(),
     };
     let mut t = DiT::new(&tcfg.model, 0, DType::F32, &dev).unwrap();
-    train(&tcfg, &mut t, &data, &mut EpsilonObjective::new(), &RunPaths::new(root.join("teacher")), &TrainOptions::default()).unwrap();
+    train(
+        &tcfg,
+        &mut t,
+        &data,
+        &mut EpsilonObjective::new(),
+        &RunPaths::new(root.join("teacher")),
+        &TrainOptions::default(),
+    )
+    .unwrap();
 }
 
 pub fn spec_text(root: &Path) -> String {
@@ -67,18 +88,33 @@ pub fn table_rows(dir: &Path) -> Vec<String> {
     // Metrics and identity columns, not timings or the commit the binary was built from.
     let text = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
     let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().trim_start_matches('\u{feff}').split(',').collect();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap()
+        .trim_start_matches('\u{feff}')
+        .split(',')
+        .collect();
     let keep: Vec<usize> = header
         .iter()
         .enumerate()
-        .filter(|(_, h)| !h.contains("wall") && !h.contains("fraction") && !h.contains("latency") && !h.contains("images_per_s") && **h != "code_version")
+        .filter(|(_, h)| {
+            !h.contains("wall")
+                && !h.contains("fraction")
+                && !h.contains("latency")
+                && !h.contains("images_per_s")
+                && **h != "code_version"
+        })
         .map(|(i, _)| i)
         .collect();
-    let mut rows: Vec<String> = lines.map(|l| {
-        let f: Vec<&str> = l.split(',').collect();
-        keep.iter().map(|&i| f.get(i).copied().unwrap_or("")).collect::<Vec<_>>().join(",")
-    }).collect();
+    let mut rows: Vec<String> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            keep.iter()
+                .map(|&i| f.get(i).copied().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
     rows.sort();
     rows
 }
-
