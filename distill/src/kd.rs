@@ -206,7 +206,7 @@ impl TeacherCache {
             // Only contiguous runs of steps from a chunk start are stored (a resumed run may begin mid-chunk).
             self.chunk_index = c;
             self.chunk.clear();
-            if step % CACHE_CHUNK != 0 {
+            if !step.is_multiple_of(CACHE_CHUNK) {
                 return Ok(());
             }
         }

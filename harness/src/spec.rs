@@ -642,7 +642,7 @@ pub fn enumerate(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<Planned>> {
         a.heads.values("heads")?,
     );
     for &p in &patches {
-        if base.input_size % p != 0 {
+        if !base.input_size.is_multiple_of(p) {
             return Err(field_error(
                 "axes.patch",
                 format!(

@@ -1,18 +1,7 @@
 //! The `ditkd` binary as a user runs it: answers, and clear non-zero exits on bad input.
 
-use std::process::Command;
-
-fn ditkd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+mod common;
+use common::ditkd;
 
 #[test]
 fn info_prints_size_and_cost() {

@@ -580,7 +580,7 @@ fn design_rows_stay_within_the_measured_ranges() {
             "row {i}: head_dim {}",
             d.head_dim[i]
         );
-        let beyond = b < 73_408.0 || b > 331_424.0;
+        let beyond = !(73_408.0..=331_424.0).contains(&b);
         assert_eq!(
             d.extrapolated[i],
             beyond || !(24..=88).contains(&d.width[i]),

@@ -13,8 +13,11 @@ use harness::plot::style::{grouped, num, si};
 use harness::results::{mean_std, CvPoint, LawCurve, LawOverlay, Sweep};
 use serde_json::json;
 
+/// (depth, width, heads).
+type Shape = (usize, usize, usize);
+
 /// Budget -> the shapes (depth, width, heads) planned for it (params within ~±20 %).
-fn plan() -> Vec<(i64, Vec<(usize, usize, usize)>)> {
+fn plan() -> Vec<(i64, Vec<Shape>)> {
     vec![
         (55_000, vec![(2, 32, 2), (2, 32, 4), (1, 48, 2), (1, 48, 4)]),
         (

@@ -439,7 +439,7 @@ pub fn design(
             };
             f += &format!(" [{scope}]");
             let mut bounds = Vec::new();
-            if d.width.iter().any(|&v| v == MAX_WIDTH) {
+            if d.width.contains(&MAX_WIDTH) {
                 bounds.push(format!("width={MAX_WIDTH}"));
             }
             if !bounds.is_empty() {
