@@ -404,3 +404,44 @@ pub fn score(
         gflops_per_image: 0.0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model with a NaN weight samples clamped garbage (an all-black grid): it is refused, not scored.
+    #[test]
+    fn nan_weights_are_refused() {
+        let cfg = dit::DitConfig {
+            depth: 1,
+            hidden_size: 16,
+            num_heads: 2,
+            patch_size: 7,
+            ..Default::default()
+        };
+        let model = DiT::new(&cfg, 0, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        check_finite_weights(&model).unwrap();
+        let data = model.varmap.data().lock().unwrap();
+        let (name, var) = data
+            .iter()
+            .next()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap();
+        drop(data);
+        let nan = (var.as_tensor().ones_like().unwrap() * f64::NAN).unwrap();
+        var.set(&nan).unwrap();
+        let e = check_finite_weights(&model).unwrap_err().to_string();
+        assert!(e.contains(&name) && e.contains("non-finite"), "{e}");
+    }
+
+    #[test]
+    fn curve_steps_are_log_spaced_and_end_at_the_last_step() {
+        let e = EvalConfig {
+            curve_points: 4,
+            at_steps: vec![300, 9999],
+            ..Default::default()
+        };
+        assert_eq!(e.curve_steps(2000), vec![250, 300, 500, 1000, 2000]);
+        assert_eq!(EvalConfig::default().curve_steps(10), vec![10]);
+    }
+}

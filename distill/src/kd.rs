@@ -183,6 +183,11 @@ impl TeacherCache {
         }
     }
 
+    /// Whether any whole chunk of the first `steps` steps is not stored yet.
+    pub fn incomplete(&self, steps: usize) -> bool {
+        (0..steps / CACHE_CHUNK).any(|c| !self.path(c).is_file())
+    }
+
     fn path(&self, chunk: usize) -> PathBuf {
         self.dir
             .join(format!("steps-{:06}.safetensors", chunk * CACHE_CHUNK))

@@ -219,27 +219,22 @@ pub fn estimate_secs(r: &RunPlan, teacher: &DitConfig, pays_teacher: bool) -> f6
     train + teach + eval
 }
 
-/// Execute `runs` with `jobs` concurrent workers of `threads` candle threads each.
-pub fn execute(
-    spec: &SweepSpec,
-    runs: &[RunPlan],
-    dir: &Path,
-    progress: bool,
-) -> Result<Vec<Summary>> {
-    std::fs::create_dir_all(dir.join("runs"))?;
+/// What every run of a sweep reads, loaded once: the data, the feature net and the test set's
+/// features, and the sweep's `reference.json` (the real-data floor and the teacher under the
+/// students' protocol), measured before any student.
+pub fn prepare(spec: &SweepSpec, dir: &Path) -> Result<Shared> {
+    std::fs::create_dir_all(dir.join("runs"))
+        .with_context(|| format!("creating {}", dir.join("runs").display()))?;
     dit::io::write_atomic(
         &dir.join("spec.yaml"),
         serde_yaml_ng::to_string(spec)?.as_bytes(),
     )?;
-    // Each worker runs in its own rayon pool of `threads_per_job` threads; candle's GEMM splits its
-    // work by RAYON_NUM_THREADS, which the command sets to the same number before it calls this.
     let shared = Shared::load(
         &spec.data,
         &spec.featnet,
         Some(&spec.cache_dir),
         &crate::device::get(),
     )?;
-    // The floor (real data) and the teacher under the students' protocol, before any student.
     let quiet = distill::eval::EvalConfig {
         speed: false,
         ..spec.eval.clone()
@@ -252,6 +247,84 @@ pub fn execute(
         &spec.cache_dir,
     )
     .context("measuring the real-data floor and the teacher")?;
+    Ok(shared)
+}
+
+/// The teacher's outputs of every output-KD stream (seed, batch) that two or more runs share,
+/// computed once with all `threads` before the runs start, so concurrent students do not each
+/// compute the same targets on one core. It trains a throwaway minimal student with the real
+/// objective (the same code path, hence exactly the stream the students read), then removes it.
+pub fn prefill_teacher_targets(
+    runs: &[RunPlan],
+    dir: &Path,
+    shared: &Shared,
+    threads: usize,
+    progress: bool,
+) -> Result<()> {
+    let mut streams: std::collections::BTreeMap<(u64, usize), Vec<&RunPlan>> =
+        std::collections::BTreeMap::new();
+    for r in runs
+        .iter()
+        .filter(|r| r.cfg.mode == distill::kd::Mode::Kd && r.cfg.kd.feat == 0.0)
+    {
+        streams
+            .entry((r.cfg.seed, r.cfg.batch_size))
+            .or_default()
+            .push(r);
+    }
+    for ((seed, batch), rs) in streams.into_iter().filter(|(_, rs)| rs.len() >= 2) {
+        let steps = rs.iter().map(|r| r.cfg.steps).max().unwrap_or(0);
+        let first = &rs[0].cfg;
+        let Some(teacher) = &first.teacher else {
+            continue;
+        };
+        let hash = distill::checkpoint::file_hash(&distill::checkpoint::locate_model(teacher)?.1)?
+            [..16]
+            .to_string();
+        let cache = distill::kd::TeacherCache::new(
+            &distill::paths::output(&first.cache_dir),
+            &hash,
+            seed,
+            batch,
+            first.student.class_dropout_prob,
+        );
+        if !cache.incomplete(steps) {
+            continue;
+        }
+        let mut cfg = first.clone();
+        cfg.student = DitConfig {
+            depth: 1,
+            hidden_size: 16,
+            num_heads: 2,
+            ..first.student.clone()
+        };
+        cfg.steps = steps;
+        cfg.eval = distill::eval::EvalConfig {
+            samples: distill::eval::MIN_SAMPLES,
+            speed: false,
+            at_steps: Vec::new(),
+            curve_points: 0,
+            ..first.eval.clone()
+        };
+        let pass = dir.join(".teacher-pass").join(format!("s{seed}-b{batch}"));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        pool.install(|| run_distill(&cfg, &pass, shared, progress))
+            .with_context(|| format!("teacher targets of seed {seed}, batch {batch}"))?;
+        std::fs::remove_dir_all(dir.join(".teacher-pass")).ok();
+    }
+    Ok(())
+}
+
+/// Execute `runs` with `jobs` concurrent workers of `threads` candle threads each.
+pub fn execute(
+    spec: &SweepSpec,
+    runs: &[RunPlan],
+    dir: &Path,
+    shared: &Shared,
+    progress: bool,
+) -> Result<Vec<Summary>> {
     let queue = Mutex::new(runs.iter().cloned().collect::<VecDeque<_>>());
     let results = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);

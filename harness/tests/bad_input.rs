@@ -96,6 +96,16 @@ fn every_bad_input_is_a_clear_error_and_never_a_panic() {
                 why.push(format!("{} was created", fill(a)));
             }
         }
+        if std::env::var_os("DITKD_PRINT_CASES").is_some() {
+            // The table of the closing note: case, exit code, the error's first line.
+            let first = err
+                .lines()
+                .next()
+                .unwrap_or("")
+                .replace(&tmp.path().display().to_string(), "$TMP")
+                .replace(&root.display().to_string(), "$ROOT");
+            println!("| {} | {rc} | {} |", case.name, first.replace('|', "/"));
+        }
         if !why.is_empty() {
             failures.push(format!(
                 "{}: {}\n    args: {args:?}\n    stderr: {}",

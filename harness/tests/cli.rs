@@ -50,3 +50,23 @@ fn bad_input_is_a_clear_error() {
     assert_eq!(rc, 1);
     assert!(err.contains("nope"), "{err}");
 }
+
+/// The shipped specs pass the same validation a run does (`--dry-run`); the quick study's full run
+/// is not a test (it takes minutes), its plan is.
+#[test]
+fn shipped_specs_validate() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for spec in ["quick", "ci", "fashion-mnist", "heads", "kd-vs-scratch"] {
+        let p = format!("{root}/sweeps/{spec}.yaml");
+        let out = tempfile::tempdir().unwrap();
+        let (rc, stdout, err) = ditkd(&[
+            "sweep",
+            &p,
+            "--dry-run",
+            "--out",
+            out.path().to_str().unwrap(),
+        ]);
+        assert_eq!(rc, 0, "{spec}: {err}");
+        assert!(stdout.contains("runs ("), "{spec}: {stdout}");
+    }
+}

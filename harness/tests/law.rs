@@ -817,3 +817,52 @@ fn base_config_comes_from_a_run_config() {
         law.notes
     );
 }
+
+/// One law is fitted on one instrument: rows scored by two feature nets (or distilled from two
+/// teachers) are refused, naming the column.
+#[test]
+fn fit_refuses_mixed_feature_nets_and_teachers() {
+    for col in ["featnet_hash", "teacher_hash"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rows = synthetic_rows();
+        for (i, r) in rows.iter_mut().enumerate() {
+            r.insert(col.into(), json!(if i % 2 == 0 { "aaaa" } else { "bbbb" }));
+        }
+        write_table(tmp.path(), &rows);
+        let e = fit_sweep(&opts(tmp.path())).unwrap_err().to_string();
+        assert!(
+            e.contains(col) && e.contains("aaaa") && e.contains("bbbb"),
+            "{e}"
+        );
+    }
+}
+
+/// Students at chance get no law: the guard names the reason and the remedy.
+#[test]
+fn fit_refuses_students_that_have_not_learned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rows = synthetic_rows();
+    for r in rows.iter_mut() {
+        r.insert("class_accuracy".into(), json!(0.11));
+    }
+    write_table(tmp.path(), &rows);
+    let e = fit_sweep(&opts(tmp.path())).unwrap_err();
+    assert!(
+        e.downcast_ref::<harness::law::guard::NotLearned>()
+            .is_some(),
+        "{e:#}"
+    );
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("students have not learned")
+            && msg.contains("11.0 %")
+            && msg.contains("distill.steps"),
+        "{msg}"
+    );
+    // Clear learners pass the guard.
+    for r in rows.iter_mut() {
+        r.insert("class_accuracy".into(), json!(0.45));
+    }
+    write_table(tmp.path(), &rows);
+    fit_sweep(&opts(tmp.path())).unwrap();
+}

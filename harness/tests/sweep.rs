@@ -47,6 +47,14 @@ fn tiny_sweep_runs_shards_merge_and_resumes() {
     assert_eq!(rc, 0, "{err}");
     assert_eq!(table_rows(&m), rows, "merged shards equal the local sweep");
 
+    // 3 steps leave every student at chance: the guard refuses a law, naming the remedy.
+    let (rc, _, err) = ditkd(&["fit", full.to_str().unwrap(), "--bootstrap", "5"]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains("students have not learned") && err.contains("distill.steps"),
+        "{err}"
+    );
+
     // Rerunning skips finished runs (their summaries, training times included, stay as they were).
     let before = std::fs::read_to_string(full.join("runs.csv")).unwrap();
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", full.to_str().unwrap()]);

@@ -97,15 +97,27 @@ pub fn summary(l: &LawFile) -> String {
         line(format!("{:<6} skipped: {}", sk.name, sk.reason));
     }
     let c = l.chosen();
-    line(format!(
-        "chosen: ({}) {}  — lowest {} CV error, RMSE {:.4} on ln {} ≈ ±{:.1} %",
-        c.name,
-        c.formula,
-        l.cv_kind.describe(),
-        c.cv_rmse(),
-        l.metric,
-        100.0 * c.typical_error()
-    ));
+    let unidentified = l.unidentified();
+    if unidentified.is_empty() {
+        line(format!(
+            "chosen: ({}) {}  — lowest {} CV error, RMSE {:.4} on ln {} ≈ ±{:.1} %",
+            c.name,
+            c.formula,
+            l.cv_kind.describe(),
+            c.cv_rmse(),
+            l.metric,
+            100.0 * c.typical_error()
+        ));
+    } else {
+        // No error statement for a law the data do not pin down.
+        line(format!(
+            "chosen: ({}) {}  — lowest {} CV error, but NOT IDENTIFIED: {}",
+            c.name,
+            c.formula,
+            l.cv_kind.describe(),
+            unidentified.join("; ")
+        ));
+    }
     // In the formula's order (the map is alphabetical).
     let names: Vec<String> = c
         .form()

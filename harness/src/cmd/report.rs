@@ -325,7 +325,11 @@ fn best_section(w: &mut String, sweep: &Sweep, metric: &str) {
             p.width,
             p.heads,
             p.head_dim,
-            pm(p.mean, p.std),
+            if p.n >= 2 {
+                pm(p.mean, p.std)
+            } else {
+                format!("{} (1 seed: no spread)", num(p.mean))
+            },
             p.n,
             grouped(p.params as i64),
             opt(p.latency_ms)
@@ -333,8 +337,17 @@ fn best_section(w: &mut String, sweep: &Sweep, metric: &str) {
     }
     let _ = writeln!(
         w,
-        "\nMean and sample standard deviation over seeds; latency is batch 1, all sampler steps.\n"
+        "\nMean and sample standard deviation over seeds; latency is batch 1, all sampler steps."
     );
+    if let Some(t) = sweep.reference.as_ref().and_then(|r| r.teacher.as_ref()) {
+        let n = &t.eval_noise_fid_proxy;
+        let _ = writeln!(
+            w,
+            "A single evaluation carries about ±{:.1} % of evaluation noise (the reference section): shapes within that of the best are a tie until measured with more seeds.",
+            100.0 * n.std / n.mean
+        );
+    }
+    let _ = writeln!(w);
 }
 
 fn law_section(w: &mut String, l: &LawFile) {
@@ -422,6 +435,10 @@ fn law_section(w: &mut String, l: &LawFile) {
 }
 
 fn design_section(w: &mut String, l: &LawFile, metric: &str) {
+    if !l.unidentified().is_empty() {
+        let _ = writeln!(w, "## Design formula\n\nNot shown: the law is not identified (above), so its optimum per budget would be noise.\n");
+        return;
+    }
     let d = &l.design;
     let _ = writeln!(w, "## Design formula\n\n`{}`\n", d.formula);
     match &d.exponents {

@@ -38,14 +38,19 @@ pub fn run(a: &Args) -> Result<()> {
         print_plan(&spec, &base, &runs, total, &dir);
         return Ok(());
     }
-    // candle's GEMM reads its thread count from RAYON_NUM_THREADS: set it (once, before any
-    // thread starts) to the threads of one job, the pool each run executes in.
+    // candle's GEMM reads its thread count from RAYON_NUM_THREADS. The shared preparation and the
+    // teacher's targets use every thread; then each run gets the threads of one job (set before
+    // the worker threads start).
+    let t = std::time::Instant::now();
+    let all = spec.parallel.jobs * spec.parallel.threads_per_job;
+    std::env::set_var("RAYON_NUM_THREADS", all.to_string());
+    let shared = crate::runner::prepare(&spec, &dir)?;
+    crate::runner::prefill_teacher_targets(&runs, &dir, &shared, all, true)?;
     std::env::set_var(
         "RAYON_NUM_THREADS",
         spec.parallel.threads_per_job.to_string(),
     );
-    let t = std::time::Instant::now();
-    let results = execute(&spec, &runs, &dir, true)?;
+    let results = execute(&spec, &runs, &dir, &shared, true)?;
     let failed: Vec<&Summary> = results
         .iter()
         .filter(|s| s.status != RunStatus::Ok)
