@@ -435,12 +435,11 @@ fn law_section(w: &mut String, l: &LawFile) {
 }
 
 fn design_section(w: &mut String, l: &LawFile, metric: &str) {
-    if !l.unidentified().is_empty() {
-        let _ = writeln!(w, "## Design formula\n\nNot shown: the law is not identified (above), so its optimum per budget would be noise.\n");
-        return;
-    }
     let d = &l.design;
     let _ = writeln!(w, "## Design formula\n\n`{}`\n", d.formula);
+    if !l.unidentified().is_empty() {
+        let _ = writeln!(w, "> **Not identified**: the law's coefficients are not pinned down by the data (above), so the optimum below is shown for completeness only; do not use it.\n");
+    }
     match &d.exponents {
         Some(e) => {
             let _ = writeln!(

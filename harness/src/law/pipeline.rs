@@ -98,6 +98,13 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let table = Table::load(&o.dir)?;
     let p = table.path.display().to_string();
     let all = table.points(&o.metric, &o.mode)?;
+    // No law for students that have not left chance: it would describe the evaluation noise.
+    let (base0, _, _) = base_config(&o.dir, &table, &all);
+    let untrained =
+        distill::reference::Reference::load(&o.dir).and_then(|r| r.untrained.map(|m| m.fid_proxy));
+    super::guard::check_learned(&table, &o.mode, base0.num_classes, untrained)
+        .map_err(|e| anyhow::Error::new(e).context(p.clone()))?;
+
     let what = format!(
         "status ok, mode `{}`, finite positive `{}`",
         o.mode, o.metric
@@ -129,13 +136,6 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
             train.len()
         );
     }
-
-    // No law for students that have not left chance: it would describe the evaluation noise.
-    let (base0, _, _) = base_config(&o.dir, &table, &train);
-    let untrained =
-        distill::reference::Reference::load(&o.dir).and_then(|r| r.untrained.map(|m| m.fid_proxy));
-    super::guard::check_learned(&table, &o.mode, base0.num_classes, untrained)
-        .map_err(|e| anyhow::Error::new(e).context(p.clone()))?;
 
     let obs: Vec<Obs> = train
         .iter()
