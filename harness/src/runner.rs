@@ -349,7 +349,7 @@ pub fn execute(
                     }
                     // A bug that panics inside one run must not take the other runs down with it:
                     // it is recorded as that run's error, and the sweep goes on.
-                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| run_distill(&r.cfg, &run_dir, &shared, progress))))
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| run_distill(&r.cfg, &run_dir, shared, progress))))
                         .unwrap_or_else(|p| {
                             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
                             Err(anyhow::anyhow!("internal error (a panic, please report it): {msg}"))
