@@ -29,6 +29,9 @@ struct PerBudget {
     /// Ticks at the values the sweep ran (depths and head counts are few and discrete).
     x_keys: Vec<f64>,
     series: Vec<Series>,
+    /// The teacher's value and the real-data floor (mean, std) under the students' protocol.
+    teacher: Option<f64>,
+    floor: Option<(f64, f64)>,
 }
 
 fn per_budget(sweep: &Sweep, x_of: fn(&Point) -> i64) -> (Vec<Series>, Vec<f64>) {
@@ -73,16 +76,20 @@ fn write(
 ) -> Result<Vec<PathBuf>> {
     let (series, x_keys) = per_budget(sweep, x_of);
     let metric = sweep.metric_label();
+    let (teacher, floor) = sweep.reference_values();
     let fig = PerBudget {
         caption: format!("{}: {metric} vs {var} at fixed budget", sweep.name),
         x_desc: format!("{var} ({unit})"),
         y_desc: format!("{metric} (lower is better, log scale)"),
         note: format!(
-            "{} runs. Line: the budget's best shape at each {var} value (mean over seeds, bars ± 1 std); faint points: the budget's other shapes.",
-            sweep.mode
+            "{} runs. Line: the budget's best shape at each {var} value (mean over seeds, bars ± 1 std); faint points: the budget's other shapes.{}",
+            sweep.mode,
+            if teacher.is_some() { " Dashed: the teacher; grey band: real data (the floor)." } else { "" }
         ),
         x_keys,
         series,
+        teacher,
+        floor,
     };
     render(dir, stem, &fig)
 }
@@ -127,12 +134,16 @@ impl Figure for PerBudget {
             .fold(f64::INFINITY, f64::min);
         let (x0, x1) = lin_bounds(xs, if gap.is_finite() { gap / 2.0 } else { 0.5 });
         let ya = LogAxis::fit(
-            self.series.iter().flat_map(|s| {
-                s.best
-                    .iter()
-                    .flat_map(|b| [b.1, b.1 - b.2, b.1 + b.2])
-                    .chain(s.all.iter().map(|a| a.1))
-            }),
+            self.series
+                .iter()
+                .flat_map(|s| {
+                    s.best
+                        .iter()
+                        .flat_map(|b| [b.1, b.1 - b.2, b.1 + b.2])
+                        .chain(s.all.iter().map(|a| a.1))
+                })
+                .chain(self.teacher)
+                .chain(self.floor.map(|(m, sd)| (m - sd).max(m * 0.5))),
             0.06,
             0.06,
         );
@@ -159,6 +170,22 @@ impl Figure for PerBudget {
             .x_label_formatter(&|v| format!("{v:.0}"))
             .y_label_formatter(&|v| style::num(*v))
             .draw()?;
+        // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).
+        if let Some((m, sd)) = self.floor {
+            chart.draw_series([Rectangle::new(
+                [(x0, (m - sd).max(m * 0.5)), (x1, m + sd)],
+                RGBColor(190, 190, 190).mix(0.5).filled(),
+            )])?;
+        }
+        if let Some(t) = self.teacher {
+            let f = |k: f64| x0 + (x1 - x0) * k / 60.0;
+            chart.draw_series((0..60).map(|i| {
+                PathElement::new(
+                    vec![(f(i as f64), t), (f(i as f64 + 0.5), t)],
+                    BLACK.stroke_width(2),
+                )
+            }))?;
+        }
         for s in &self.series {
             let c = s.color;
             chart.draw_series(
