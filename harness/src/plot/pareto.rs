@@ -44,6 +44,9 @@ struct Pareto {
     /// (x, y, mode index, label) of the front's shapes, by ascending x.
     front: Vec<(f64, f64, usize, String)>,
     x_fmt: fn(&f64) -> String,
+    /// The teacher's value and the real-data floor (mean, std) under the students' protocol.
+    teacher: Option<f64>,
+    floor: Option<(f64, f64)>,
 }
 
 fn build(
@@ -101,6 +104,8 @@ fn build(
         runs,
         front,
         x_fmt: |v| style::num(*v),
+        teacher: sweep.reference_values().0,
+        floor: sweep.reference_values().1,
     })
 }
 
@@ -129,11 +134,13 @@ impl Figure for Pareto {
             self.runs
                 .iter()
                 .map(|r| r.1)
-                .chain(self.front.iter().map(|f| f.1)),
+                .chain(self.front.iter().map(|f| f.1))
+                .chain(self.teacher)
+                .chain(self.floor.map(|(m, sd)| (m - sd).max(m * 0.5))),
             0.06,
             0.1,
         );
-        let x1 = xa.hi;
+        let (x0, x1) = (xa.lo, xa.hi);
         let mut chart = ChartBuilder::on(&area)
             .caption(&self.caption, (FAMILY, style::TITLE))
             .margin(20)
@@ -149,6 +156,22 @@ impl Figure for Pareto {
             .x_label_formatter(&self.x_fmt)
             .y_label_formatter(&|v| style::num(*v))
             .draw()?;
+        // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).
+        if let Some((m, sd)) = self.floor {
+            chart.draw_series([Rectangle::new(
+                [(x0, (m - sd).max(m * 0.5)), (x1, m + sd)],
+                RGBColor(190, 190, 190).mix(0.5).filled(),
+            )])?;
+        }
+        if let Some(t) = self.teacher {
+            let f = |k: f64| x0 * (x1 / x0).powf(k / 60.0);
+            chart.draw_series((0..60).map(|i| {
+                PathElement::new(
+                    vec![(f(i as f64), t), (f(i as f64 + 0.5), t)],
+                    BLACK.stroke_width(2),
+                )
+            }))?;
+        }
         for (k, mode) in self.modes.iter().enumerate() {
             let c = color(k);
             chart
