@@ -45,12 +45,17 @@ impl Figure for KdVsScratch<'_> {
         );
         let area = footnote(root, &note)?;
         let n = self.cmp.len().max(1) as f64;
+        let (teacher, floor) = self.sweep.reference_values();
         let ya = LogAxis::fit(
-            self.cmp.iter().flat_map(|c| {
-                c.stats
-                    .iter()
-                    .flat_map(|s| [s.mean, s.mean - s.std, s.mean + s.std])
-            }),
+            self.cmp
+                .iter()
+                .flat_map(|c| {
+                    c.stats
+                        .iter()
+                        .flat_map(|s| [s.mean, s.mean - s.std, s.mean + s.std])
+                })
+                .chain(teacher)
+                .chain(floor.map(|(m, sd)| (m - sd).max(m * 0.5))),
             0.06,
             0.06,
         );
@@ -95,6 +100,22 @@ impl Figure for KdVsScratch<'_> {
             .y_label_formatter(&|v| style::num(*v))
             .disable_x_mesh()
             .draw()?;
+        // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).
+        if let Some((m, sd)) = floor {
+            chart.draw_series([Rectangle::new(
+                [(-0.5, (m - sd).max(m * 0.5)), (n - 0.5, m + sd)],
+                RGBColor(190, 190, 190).mix(0.5).filled(),
+            )])?;
+        }
+        if let Some(t) = teacher {
+            let f = |k: f64| -0.5 + n * k / 60.0;
+            chart.draw_series((0..60).map(|i| {
+                PathElement::new(
+                    vec![(f(i as f64), t), (f(i as f64 + 0.5), t)],
+                    BLACK.stroke_width(2),
+                )
+            }))?;
+        }
         // Modes sit side by side inside a budget's slot, at a fixed order across budgets.
         let m = self.modes.len().max(1) as f64;
         let (mut marks, mut bars) = (Vec::new(), Vec::new());
