@@ -184,23 +184,7 @@ impl Figure for Learning<'_> {
                 .x_label_formatter(&|v| style::si(*v))
                 .y_label_formatter(&|v| style::num(*v))
                 .draw()?;
-            if let Some((m, sd)) = floor {
-                let band = RGBColor(190, 190, 190).mix(0.5).filled();
-                chart.draw_series([Rectangle::new(
-                    [(x0, (m - sd).max(m * 0.5)), (x1, m + sd)],
-                    band,
-                )])?;
-            }
-            if let Some(t) = teacher {
-                let dashes = (0..40).map(|i| {
-                    let f = |k: f64| x0 * (x1 / x0).powf(k / 40.0);
-                    PathElement::new(
-                        vec![(f(i as f64), t), (f(i as f64 + 0.5), t)],
-                        BLACK.stroke_width(2),
-                    )
-                });
-                chart.draw_series(dashes)?;
-            }
+            style::draw_references(&mut chart, |k| x0 * (x1 / x0).powf(k), teacher, floor)?;
             for (i, l) in lines.iter().enumerate() {
                 let c = color(i);
                 chart

@@ -101,21 +101,7 @@ impl Figure for KdVsScratch<'_> {
             .disable_x_mesh()
             .draw()?;
         // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).
-        if let Some((m, sd)) = floor {
-            chart.draw_series([Rectangle::new(
-                [(-0.5, (m - sd).max(m * 0.5)), (n - 0.5, m + sd)],
-                RGBColor(190, 190, 190).mix(0.5).filled(),
-            )])?;
-        }
-        if let Some(t) = teacher {
-            let f = |k: f64| -0.5 + n * k / 60.0;
-            chart.draw_series((0..60).map(|i| {
-                PathElement::new(
-                    vec![(f(i as f64), t), (f(i as f64 + 0.5), t)],
-                    BLACK.stroke_width(2),
-                )
-            }))?;
-        }
+        style::draw_references(&mut chart, |k| -0.5 + n * k, teacher, floor)?;
         // Modes sit side by side inside a budget's slot, at a fixed order across budgets.
         let m = self.modes.len().max(1) as f64;
         let (mut marks, mut bars) = (Vec::new(), Vec::new());

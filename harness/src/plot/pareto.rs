@@ -157,21 +157,12 @@ impl Figure for Pareto {
             .y_label_formatter(&|v| style::num(*v))
             .draw()?;
         // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).
-        if let Some((m, sd)) = self.floor {
-            chart.draw_series([Rectangle::new(
-                [(x0, (m - sd).max(m * 0.5)), (x1, m + sd)],
-                RGBColor(190, 190, 190).mix(0.5).filled(),
-            )])?;
-        }
-        if let Some(t) = self.teacher {
-            let f = |k: f64| x0 * (x1 / x0).powf(k / 60.0);
-            chart.draw_series((0..60).map(|i| {
-                PathElement::new(
-                    vec![(f(i as f64), t), (f(i as f64 + 0.5), t)],
-                    BLACK.stroke_width(2),
-                )
-            }))?;
-        }
+        style::draw_references(
+            &mut chart,
+            |k| x0 * (x1 / x0).powf(k),
+            self.teacher,
+            self.floor,
+        )?;
         for (k, mode) in self.modes.iter().enumerate() {
             let c = color(k);
             chart

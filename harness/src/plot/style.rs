@@ -468,6 +468,40 @@ where
         .unwrap_or(UpperRight)
 }
 
+/// The references every student is measured against, drawn under the data: real data as a grey
+/// band (the floor at the sample count, mean ± std) and the teacher as a dashed line. `x_at(k)`
+/// maps k in [0, 1] across the x axis (linear or log, as the chart's axis is).
+pub fn draw_references<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    x_at: impl Fn(f64) -> f64,
+    teacher: Option<f64>,
+    floor: Option<(f64, f64)>,
+) -> Result<(), plotters::drawing::DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    use plotters::prelude::{Color, PathElement, Rectangle, BLACK};
+    if let Some((m, sd)) = floor {
+        chart.draw_series([Rectangle::new(
+            [(x_at(0.0), (m - sd).max(m * 0.5)), (x_at(1.0), m + sd)],
+            RGBColor(190, 190, 190).mix(0.5).filled(),
+        )])?;
+    }
+    if let Some(t) = teacher {
+        const DASHES: usize = 60;
+        chart.draw_series((0..DASHES).map(|i| {
+            let k = |j: f64| x_at(j / DASHES as f64);
+            PathElement::new(
+                vec![(k(i as f64), t), (k(i as f64 + 0.5), t)],
+                BLACK.stroke_width(2),
+            )
+        }))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
