@@ -165,7 +165,10 @@ pub fn verify_checksum(file: &Path) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(&sums) else {
         return Ok(());
     };
-    let name = file.file_name().unwrap().to_string_lossy();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let Some(expected) = text.lines().find_map(|l| {
         let (h, f) = l.split_once(char::is_whitespace)?;
         (f.trim().trim_start_matches('*') == name).then(|| h.to_string())

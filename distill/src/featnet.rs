@@ -189,15 +189,7 @@ impl FeatNet {
         seed: u64,
         progress: bool,
     ) -> Result<()> {
-        let mut vars: Vec<(String, Var)> = self
-            .varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let vars: Vec<(String, Var)> = dit::vars::sorted(&self.varmap);
         let cfg = OptimConfig {
             lr: 1e-3,
             warmup_steps: 100,
@@ -208,7 +200,7 @@ impl FeatNet {
         let mut opt = AdamW::new(vars, cfg.clone())?;
         let batch = 128;
         let steps = epochs * train.len() / batch;
-        let mut order = crate::train::DataOrder::new(seed, train.len());
+        let mut order = crate::order::DataOrder::new(seed, train.len());
         let pb = crate::progress::bar(steps as u64, "featnet", progress);
         for step in 0..steps {
             let idx = order.batch(step, batch);
@@ -235,11 +227,7 @@ impl FeatNet {
 
     /// Save `featnet.safetensors` + `featnet.json` into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let map = self
-            .varmap
-            .data()
-            .lock()
-            .unwrap()
+        let map = dit::vars::lock(&self.varmap)
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect();
@@ -263,7 +251,7 @@ impl FeatNet {
         let w = dir.join("featnet.safetensors");
         let t = candle_core::safetensors::load(&w, device)
             .with_context(|| format!("{}: corrupt or missing weights", w.display()))?;
-        for (name, var) in net.varmap.data().lock().unwrap().iter() {
+        for (name, var) in dit::vars::lock(&net.varmap).iter() {
             let v = t
                 .get(name)
                 .with_context(|| format!("{}: tensor `{name}` missing", w.display()))?;

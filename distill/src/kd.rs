@@ -9,10 +9,10 @@ use dit::rng::HostRng;
 use dit::{DiT, NoiseSchedule, SamplerConfig, Tape};
 use serde::{Deserialize, Serialize};
 
-use crate::train::{noise_batch, Batch, Objective};
+use crate::objective::{noise_batch, Batch, Objective};
 
 /// Which way a student learns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Multi-step KD: match the teacher's epsilon (and optionally its block features) on the same x_t.
@@ -249,7 +249,11 @@ impl KdObjective {
                         fan_out: wt,
                     },
                 )?;
-                projectors.push(p.varmap.data().lock().unwrap()[&name].clone());
+                let var = dit::vars::lock(&p.varmap)
+                    .get(&name)
+                    .cloned()
+                    .with_context(|| format!("projector `{name}` was not created"))?;
+                projectors.push(var);
             }
         }
         Ok(Self {
@@ -409,7 +413,10 @@ impl SampleBank {
     /// Path of the cached bank for `teacher_hash` and `cfg` under `cache_dir`.
     pub fn path(cache_dir: &Path, teacher_hash: &str, cfg: &BankConfig) -> PathBuf {
         use sha2::{Digest, Sha256};
-        let key = format!("{teacher_hash}|{}", serde_json::to_string(cfg).unwrap());
+        let key = format!(
+            "{teacher_hash}|{}",
+            serde_json::to_string(cfg).unwrap_or_default()
+        );
         let h = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
         cache_dir.join(format!(
             "bank-{}-{h}.safetensors",
@@ -562,11 +569,13 @@ pub fn init_from_teacher(student: &DiT, teacher: &DiT) -> Result<()> {
     }
     let map = block_map(s.depth, t.depth);
     let tt = teacher.named_tensors();
-    let data = student.varmap.data().lock().unwrap();
+    let data = dit::vars::lock(&student.varmap);
     for (name, var) in data.iter() {
         let src = match name.strip_prefix("blocks.") {
             Some(rest) => {
-                let (i, tail) = rest.split_once('.').unwrap();
+                let (i, tail) = rest
+                    .split_once('.')
+                    .with_context(|| format!("`{name}`: not a block weight name"))?;
                 format!("blocks.{}.{tail}", map[i.parse::<usize>()?])
             }
             None => name.clone(),

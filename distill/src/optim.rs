@@ -117,6 +117,12 @@ impl OptimConfig {
         Ok(())
     }
 
+    /// Whether the rate depends on the run's end step (a cosine decay does; a constant rate after
+    /// warm-up, `min_lr_ratio = 1`, does not).
+    pub fn schedule_ends(&self) -> bool {
+        self.min_lr_ratio != 1.0
+    }
+
     /// Learning rate at 0-based `step` of `total`: linear warm-up, then cosine to `min_lr_ratio * lr`.
     pub fn lr_at(&self, step: usize, total: usize) -> f64 {
         if step < self.warmup_steps {

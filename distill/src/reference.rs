@@ -136,7 +136,7 @@ fn floor(eval: &EvalConfig, shared: &Shared) -> Result<Floor> {
     let n = eval.samples.min(shared.train.len());
     let mut rows = Vec::new();
     for d in 0..FLOOR_DRAWS {
-        let mut order = crate::train::DataOrder::new(
+        let mut order = crate::order::DataOrder::new(
             eval.seed ^ 0xF100_u64.wrapping_add(d as u64),
             shared.train.len(),
         );

@@ -14,8 +14,9 @@ use crate::data::{DataConfig, Split};
 use crate::eval::{evaluate, EvalConfig, EvalResult};
 use crate::featnet::FeatNet;
 use crate::kd::{BankConfig, KdObjective, KdWeights, Mode, OnestepObjective, SampleBank};
+use crate::objective::{EpsilonObjective, Objective};
 use crate::optim::OptimConfig;
-use crate::train::{train, EpsilonObjective, Objective, RunPaths, TrainConfig, TrainOptions};
+use crate::train::{train, RunPaths, TrainConfig, TrainOptions};
 
 /// How a student starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +174,9 @@ impl DistillConfig {
     /// Stable hash of the resolved config: a run directory holding this hash is this run.
     pub fn hash(&self) -> String {
         use sha2::{Digest, Sha256};
-        hex::encode(&Sha256::digest(serde_json::to_string(self).unwrap().as_bytes())[..8])
+        hex::encode(
+            &Sha256::digest(serde_json::to_string(self).unwrap_or_default().as_bytes())[..8],
+        )
     }
 
     /// `d4-w96-h4-p4-kd-s0`.
@@ -551,7 +554,10 @@ pub fn run_distill(
                 &RunPaths::new(dir),
                 &opts,
             )?;
-            if point < cfg.steps && !curve.has(point) {
+            // A point before the checkpoint this sitting started from (a run extended to more
+            // steps, whose new curve points fall inside what it had trained) has no weights left
+            // to evaluate: it is skipped, never filled with later weights.
+            if point < cfg.steps && point >= resumed_at && !curve.has(point) {
                 let t = Instant::now();
                 let ema = DiT::load(s, &dir.join("ema.safetensors"), DType::F32, &device)?;
                 let (m, _) = evaluate(

@@ -1,5 +1,6 @@
 //! The training loop: seeded batches, an objective's loss, backward, clipped AdamW with warm-up +
-//! cosine LR, EMA, `metrics.jsonl`, atomic checkpoints and exact resume.
+//! cosine LR, EMA, `metrics.jsonl`, atomic checkpoints and exact resume. `train` reads top to
+//! bottom; the state it checkpoints, the batches and the log are small types below it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, CheckpointMeta, RngState};
 use crate::data::{DataConfig, Dataset};
 use crate::ema::Ema;
+use crate::objective::{Batch, Objective};
 use crate::optim::{AdamW, OptimConfig};
+use crate::order::DataOrder;
 
 /// Everything that defines a diffusion training run (the teacher's YAML, or a student's resolved config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,11 +128,29 @@ impl TrainConfig {
         Ok(cfg)
     }
 
-    /// Stable hash of the resolved config (keys runs and guards resumes).
+    /// Stable hash of the resolved config (keys runs).
     pub fn hash(&self) -> String {
         use sha2::{Digest, Sha256};
-        let s = serde_json::to_string(self).expect("config serialises");
+        let s = serde_json::to_string(self).unwrap_or_default();
         hex::encode(&Sha256::digest(s.as_bytes())[..8])
+    }
+
+    /// The hash a checkpoint must carry to be resumed by this config: everything that shapes the
+    /// trajectory of the weights. When the learning rate does not depend on the end step (a
+    /// constant rate after warm-up), the step count and how often the run checkpoints and logs do
+    /// not either, so a finished run can be extended to more steps without retraining (the racing
+    /// sweep does), bit-identical to a run that was given the larger count from the start.
+    pub fn resume_key(&self) -> String {
+        if self.optim.schedule_ends() {
+            return self.hash();
+        }
+        Self {
+            steps: 0,
+            checkpoint_every: 0,
+            log_every: 0,
+            ..self.clone()
+        }
+        .hash()
     }
 }
 
@@ -140,150 +161,6 @@ impl TrainConfig {
 pub struct Diverged {
     pub step: usize,
     pub loss: f64,
-}
-
-/// The deterministic order of training examples: epoch `e` is a permutation drawn from
-/// `seed` and `e`, so batch `s` is a function of the step alone (exact resume needs no state).
-pub struct DataOrder {
-    seed: u64,
-    n: usize,
-    epoch: usize,
-    perm: Vec<usize>,
-}
-
-impl DataOrder {
-    pub fn new(seed: u64, n: usize) -> Self {
-        let mut o = Self {
-            seed,
-            n,
-            epoch: usize::MAX,
-            perm: Vec::new(),
-        };
-        o.load_epoch(0);
-        o
-    }
-
-    fn load_epoch(&mut self, e: usize) {
-        use rand::seq::SliceRandom;
-        let mut rng = dit::rng::seeded(
-            self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (e as u64).wrapping_add(0xD1B5),
-        );
-        self.perm = (0..self.n).collect();
-        self.perm.shuffle(&mut rng);
-        self.epoch = e;
-    }
-
-    /// Indices of batch `step` of size `b`.
-    pub fn batch(&mut self, step: usize, b: usize) -> Vec<usize> {
-        (0..b)
-            .map(|j| {
-                let k = step * b + j;
-                let e = k / self.n;
-                if e != self.epoch {
-                    self.load_epoch(e);
-                }
-                self.perm[k % self.n]
-            })
-            .collect()
-    }
-}
-
-/// One batch as the objective sees it.
-pub struct Batch {
-    /// `[B, C, H, W]` clean images in [-1, 1].
-    pub x0: Tensor,
-    /// Labels after label dropout (null class = num_classes).
-    pub y: Vec<u32>,
-    /// 0-based optimiser step this batch is for.
-    pub step: usize,
-}
-
-/// What a training run minimises. The teacher's objective is the DDPM epsilon loss; distillation
-/// objectives add teacher terms.
-pub trait Objective {
-    /// The scalar loss for `batch`, drawing any randomness from `rng`; may return named parts
-    /// for the log. The model runs through `model.forward_recorded(.., tape)`, so that
-    /// `model.backward(&loss, tape)` takes the blocks' hand-written backward.
-    fn loss(
-        &mut self,
-        model: &DiT,
-        tape: &mut Tape,
-        batch: &Batch,
-        rng: &mut HostRng,
-    ) -> Result<(Tensor, Vec<(String, f64)>)>;
-    /// Variables the optimiser updates besides the model's (e.g. feature projectors).
-    fn extra_vars(&self) -> Vec<(String, Var)> {
-        Vec::new()
-    }
-    /// Seconds spent in a live teacher so far (0 without one).
-    fn teacher_secs(&self) -> f64 {
-        0.0
-    }
-}
-
-/// The simple DDPM loss: MSE between the true and the predicted noise at a uniform timestep.
-pub struct EpsilonObjective {
-    pub schedule: dit::NoiseSchedule,
-}
-
-impl EpsilonObjective {
-    pub fn new() -> Self {
-        Self {
-            schedule: dit::NoiseSchedule::dit_default(),
-        }
-    }
-}
-
-impl Default for EpsilonObjective {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Draw `(t, eps, x_t)` for a batch from the host RNG.
-pub fn noise_batch(
-    schedule: &dit::NoiseSchedule,
-    x0: &Tensor,
-    rng: &mut HostRng,
-) -> Result<(Vec<usize>, Tensor, Tensor)> {
-    let n = x0.dim(0)?;
-    let t: Vec<usize> = dit::rng::uniform_ints(rng, n, schedule.num_steps())
-        .iter()
-        .map(|&v| v as usize)
-        .collect();
-    let eps = dit::rng::randn(rng, x0.dims(), x0.device())?.to_dtype(x0.dtype())?;
-    let xt = schedule.q_sample(x0, &eps, &t)?;
-    Ok((t, eps, xt))
-}
-
-impl Objective for EpsilonObjective {
-    fn loss(
-        &mut self,
-        model: &DiT,
-        tape: &mut Tape,
-        batch: &Batch,
-        rng: &mut HostRng,
-    ) -> Result<(Tensor, Vec<(String, f64)>)> {
-        let (t, eps, xt) = noise_batch(&self.schedule, &batch.x0, rng)?;
-        let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        let pred = model.eps(&model.forward_recorded(&xt, &tf, &batch.y, tape)?.0)?;
-        let loss = (pred - eps)?.sqr()?.mean_all()?;
-        Ok((loss, Vec::new()))
-    }
-}
-
-/// Paths of a run directory.
-pub struct RunPaths {
-    pub dir: PathBuf,
-}
-
-impl RunPaths {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
-    }
-    pub fn metrics(&self) -> PathBuf {
-        self.dir.join("metrics.jsonl")
-    }
 }
 
 /// What a finished (or stopped) training call reports.
@@ -308,23 +185,9 @@ pub struct TrainOptions {
     pub label: String,
 }
 
-/// Keep only metrics lines of steps `<= step` (a resumed run rewrites what came after its checkpoint).
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    dit::io::write_atomic(path, kept.as_bytes())
-}
+// ---------------------------------------------------------------------------------------------
+//                                        The loop
+// ---------------------------------------------------------------------------------------------
 
 /// Train `model` on `data` with `objective`, resuming from `run`'s checkpoint when there is one.
 /// The EMA weights are written to `run/ema.safetensors` at every checkpoint.
@@ -338,163 +201,148 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
-    let device = model.device().clone();
-    let mut vars: Vec<(String, Var)> = model
-        .varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let model_vars = vars.clone();
-    // The optimiser sorts all variables by name, so the objective's own variables (feature
-    // projectors) are found by name, not by position.
-    let extra = objective.extra_vars();
-    vars.extend(extra.iter().cloned());
-    let mut opt = AdamW::new(vars, cfg.optim.clone())?;
-    let mut ema = Ema::new(&model_vars, cfg.ema_decay, cfg.ema_warmup)?;
-    let mut rng = dit::rng::seeded(cfg.seed ^ 0x005E_ED0F_D1FF);
-    let config_hash = cfg.hash();
-    let mut wall_before = 0.0;
-    let mut resumed_from = None;
+    let mut state = State::new(cfg, model, objective)?;
+    let resumed_from = state.resume(model, run)?;
+    let (start, end) = (
+        state.opt.step,
+        opts.stop_at.unwrap_or(cfg.steps).min(cfg.steps),
+    );
+    let mut batches = Batches::new(cfg, model, data);
+    let mut log = RunLog::open(run, state.wall_before)?;
+    let pb = progress_bar(cfg, opts, start, end);
 
-    // ---- resume -------------------------------------------------------------------------------
-    if let Some(dir) = checkpoint::find(&run.dir) {
-        let meta = checkpoint::read_meta(&dir)?;
-        if meta.config_hash != config_hash {
-            bail!(
-                "{}: checkpoint was written by another config (hash {} != {}); move it away to start over",
-                dir.display(),
-                meta.config_hash,
-                config_hash
-            );
-        }
-        checkpoint::restore(&dir, model, &mut ema, &mut opt)?;
-        restore_extra_vars(&dir, &extra)?;
-        rng = meta.rng.restore()?;
-        wall_before = meta.wall_time_s;
-        resumed_from = Some(meta.step);
-        truncate_metrics(&run.metrics(), meta.step)?;
-    }
-    let start = opt.step;
-    let end = opts.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
-    let mut order = DataOrder::new(cfg.seed, data.len());
-    let null = model.cfg.null_class() as u32;
-    let p_drop = model.cfg.class_dropout_prob;
-
-    let pb = (opts.progress && end > start).then(|| {
-        let pb = crate::progress::bar(cfg.steps as u64, &opts.label, true);
-        pb.set_position(start as u64);
-        pb.reset_eta();
-        pb
-    });
-
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.metrics())?;
-    let t0 = Instant::now();
-    let mut window = (0.0f64, 0usize, Instant::now());
-    let mut last_loss = f64::NAN;
     for step in start..end {
-        // ---- batch: images, labels with dropout -------------------------------------------------
-        let idx = order.batch(step, cfg.batch_size);
-        let (x, mut y) = data.gather(&idx);
-        for label in y.iter_mut() {
-            if p_drop > 0.0 && rand::Rng::random::<f64>(&mut rng) < p_drop {
-                *label = null;
-            }
-        }
-        let x0 = Tensor::from_vec(
-            x,
-            (idx.len(), data.channels, data.height, data.width),
-            &device,
-        )?
-        .to_dtype(model.dtype())?;
-        let batch = Batch { x0, y, step };
-
-        // ---- loss, backward, update ---------------------------------------------------------------
-        let mut tape = Tape::new(); // the blocks take the hand-written backward (dit::backward)
-        let (loss, parts) = objective.loss(model, &mut tape, &batch, &mut rng)?;
+        let batch = batches.get(step, &mut state.rng)?;
+        // The blocks take the hand-written backward (dit::backward) through the tape.
+        let mut tape = Tape::new();
+        let (loss, parts) = objective.loss(model, &mut tape, &batch, &mut state.rng)?;
         let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
             return Err(Diverged { step, loss: loss_v }.into());
         }
         let grads = model.backward(&loss, tape)?;
         let lr = cfg.optim.lr_at(step, cfg.steps);
-        let gnorm = opt.step(&grads, lr)?;
-        ema.update(&model_vars, step)?;
+        let grad_norm = state.opt.step(&grads, lr)?;
+        state.ema.update(&state.model_vars, step)?;
 
-        // ---- log, checkpoint ----------------------------------------------------------------------
-        window.0 += loss_v;
-        window.1 += 1;
         let done = step + 1;
+        log.add(loss_v);
         if done % cfg.log_every == 0 || done == end {
-            let secs = window.2.elapsed().as_secs_f64();
-            let mut rec = serde_json::json!({
-                "step": done,
-                "loss": window.0 / window.1 as f64,
-                "lr": lr,
-                "grad_norm": gnorm,
-                "it_per_s": window.1 as f64 / secs.max(1e-9),
-                "wall_time_s": wall_before + t0.elapsed().as_secs_f64(),
-            });
-            for (k, v) in &parts {
-                rec[k] = serde_json::json!(v);
-            }
-            last_loss = window.0 / window.1 as f64;
-            writeln!(log, "{rec}")?;
-            log.flush()?;
+            let mean = log.write(done, lr, grad_norm, &parts)?;
             if let Some(pb) = &pb {
-                pb.set_message(format!("loss {:.4}", window.0 / window.1 as f64));
+                pb.set_message(format!("loss {mean:.4}"));
             }
-            window = (0.0, 0, Instant::now());
         }
         if let Some(pb) = &pb {
             pb.set_position(done as u64);
         }
         if done % cfg.checkpoint_every == 0 || done == end {
-            let meta = CheckpointMeta {
-                step: done,
-                rng: RngState::capture(&rng),
-                wall_time_s: wall_before + t0.elapsed().as_secs_f64(),
-                config_hash: config_hash.clone(),
-            };
-            // The run's outputs first, then the checkpoint that declares them done: a kill between
-            // the two leaves an older checkpoint and a rerun rewrites the outputs.
-            dit::io::save_safetensors_atomic(&ema.tensors(), &run.dir.join("ema.safetensors"))?;
-            dit::io::write_json_atomic(&run.dir.join("dit.json"), &model.cfg)?;
-            checkpoint::save(&run.dir, model, &ema, &opt, &meta, &extra_tensors(&extra))?;
+            state.save(model, run, done, log.wall_time_s())?;
         }
     }
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
     if !run.dir.join("ema.safetensors").exists() {
-        // A run killed at the end by an older version: the restored EMA is the final one.
-        dit::io::save_safetensors_atomic(&ema.tensors(), &run.dir.join("ema.safetensors"))?;
-        dit::io::write_json_atomic(&run.dir.join("dit.json"), &model.cfg)?;
-    }
-    if last_loss.is_nan() {
-        // Nothing left to train (resumed at the end): the last logged window, as an uninterrupted run reports.
-        last_loss = std::fs::read_to_string(run.metrics())
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .last()
-                    .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            })
-            .and_then(|v| v["loss"].as_f64())
-            .unwrap_or(f64::NAN);
+        // Resumed at the end with the run's outputs missing (deleted, or a copy of the checkpoint
+        // alone): the restored EMA is the final one.
+        state.save_outputs(model, run)?;
     }
     Ok(TrainOutcome {
-        steps_done: opt.step,
-        final_loss: last_loss,
-        wall_time_s: wall_before + t0.elapsed().as_secs_f64(),
+        steps_done: state.opt.step,
+        final_loss: log.last_loss()?,
+        wall_time_s: log.wall_time_s(),
         resumed_from,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+//                      Training state: optimiser, EMA, RNG, checkpoints
+// ---------------------------------------------------------------------------------------------
+
+/// Everything a checkpoint holds besides the model's weights.
+struct State {
+    /// The model's variables, sorted by name (the EMA follows these).
+    model_vars: Vec<(String, Var)>,
+    /// The objective's own trained variables (feature projectors), saved beside the model's.
+    extra: Vec<(String, Var)>,
+    opt: AdamW,
+    ema: Ema,
+    rng: HostRng,
+    config_hash: String,
+    /// Wall time spent before this sitting (from the checkpoint resumed).
+    wall_before: f64,
+}
+
+impl State {
+    fn new(cfg: &TrainConfig, model: &DiT, objective: &dyn Objective) -> Result<Self> {
+        let model_vars = dit::vars::sorted(&model.varmap);
+        // The optimiser sorts all variables by name, so the objective's own variables (feature
+        // projectors) are found by name, not by position.
+        let extra = objective.extra_vars();
+        let mut vars = model_vars.clone();
+        vars.extend(extra.iter().cloned());
+        Ok(Self {
+            opt: AdamW::new(vars, cfg.optim.clone())?,
+            ema: Ema::new(&model_vars, cfg.ema_decay, cfg.ema_warmup)?,
+            rng: dit::rng::seeded(cfg.seed ^ 0x005E_ED0F_D1FF),
+            config_hash: cfg.resume_key(),
+            wall_before: 0.0,
+            model_vars,
+            extra,
+        })
+    }
+
+    /// Restore the latest checkpoint of `run`, if any; returns the step it was taken at.
+    fn resume(&mut self, model: &mut DiT, run: &RunPaths) -> Result<Option<usize>> {
+        let Some(dir) = checkpoint::find(&run.dir) else {
+            return Ok(None);
+        };
+        let meta = checkpoint::read_meta(&dir)?;
+        if meta.config_hash != self.config_hash {
+            bail!(
+                "{}: checkpoint was written by another config (hash {} != {}); move it away to start over",
+                dir.display(),
+                meta.config_hash,
+                self.config_hash
+            );
+        }
+        checkpoint::restore(&dir, model, &mut self.ema, &mut self.opt)?;
+        restore_extra_vars(&dir, &self.extra)?;
+        self.rng = meta.rng.restore()?;
+        self.wall_before = meta.wall_time_s;
+        // A resumed run rewrites the log lines that came after its checkpoint.
+        truncate_metrics(&run.metrics(), meta.step)?;
+        Ok(Some(meta.step))
+    }
+
+    /// The run's outputs first, then the checkpoint that declares them done: a kill between the
+    /// two leaves an older checkpoint and a rerun rewrites the outputs.
+    fn save(&self, model: &DiT, run: &RunPaths, step: usize, wall_time_s: f64) -> Result<()> {
+        let meta = CheckpointMeta {
+            step,
+            rng: RngState::capture(&self.rng),
+            wall_time_s,
+            config_hash: self.config_hash.clone(),
+        };
+        self.save_outputs(model, run)?;
+        checkpoint::save(
+            &run.dir,
+            model,
+            &self.ema,
+            &self.opt,
+            &meta,
+            &extra_tensors(&self.extra),
+        )
+    }
+}
+
+impl State {
+    /// What a run directory holds besides its checkpoint: the EMA weights and the model config.
+    fn save_outputs(&self, model: &DiT, run: &RunPaths) -> Result<()> {
+        dit::io::save_safetensors_atomic(&self.ema.tensors(), &run.dir.join("ema.safetensors"))?;
+        dit::io::write_json_atomic(&run.dir.join("dit.json"), &model.cfg)
+    }
 }
 
 /// Extra (non-model) trained variables, e.g. feature projectors: saved inside the checkpoint.
@@ -529,35 +377,180 @@ fn restore_extra_vars(dir: &Path, extra: &[(String, Var)]) -> Result<()> {
     Ok(())
 }
 
-/// Draw `n` samples (labels cycling 0..num_classes) from `model` with a seeded RNG and save a grid.
-pub fn sample_grid(
-    model: &DiT,
-    sampler: &SamplerConfig,
-    n: usize,
-    seed: u64,
-    path: &Path,
-) -> Result<Tensor> {
-    let mut rng = dit::rng::seeded(seed);
-    let c = &model.cfg;
-    let labels: Vec<u32> = (0..n).map(|i| (i % c.num_classes) as u32).collect();
-    let noise = dit::rng::randn(
-        &mut rng,
-        &[n, c.in_channels, c.input_size, c.input_size],
-        model.device(),
-    )?;
-    let x = dit::sampler::sample(
-        model,
-        &dit::NoiseSchedule::dit_default(),
-        &noise,
-        &labels,
-        sampler,
-        &mut rng,
-    )?;
-    let cols = if n.is_multiple_of(c.num_classes) && n >= c.num_classes {
-        c.num_classes
-    } else {
-        (n as f64).sqrt().ceil() as usize
+// ---------------------------------------------------------------------------------------------
+//                                 Batches with label dropout
+// ---------------------------------------------------------------------------------------------
+
+/// Batch `step` of the data order, labels dropped to the null class with the model's probability
+/// (classifier-free guidance), drawn from the run's RNG.
+struct Batches<'a> {
+    data: &'a Dataset,
+    order: DataOrder,
+    batch_size: usize,
+    null: u32,
+    p_drop: f64,
+    device: Device,
+    dtype: candle_core::DType,
+}
+
+impl<'a> Batches<'a> {
+    fn new(cfg: &TrainConfig, model: &DiT, data: &'a Dataset) -> Self {
+        Self {
+            data,
+            order: DataOrder::new(cfg.seed, data.len()),
+            batch_size: cfg.batch_size,
+            null: model.cfg.null_class() as u32,
+            p_drop: model.cfg.class_dropout_prob,
+            device: model.device().clone(),
+            dtype: model.dtype(),
+        }
+    }
+
+    fn get(&mut self, step: usize, rng: &mut HostRng) -> Result<Batch> {
+        let idx = self.order.batch(step, self.batch_size);
+        let (x, mut y) = self.data.gather(&idx);
+        for label in y.iter_mut() {
+            if self.p_drop > 0.0 && rand::Rng::random::<f64>(rng) < self.p_drop {
+                *label = self.null;
+            }
+        }
+        let d = self.data;
+        let x0 = Tensor::from_vec(x, (idx.len(), d.channels, d.height, d.width), &self.device)?
+            .to_dtype(self.dtype)?;
+        Ok(Batch { x0, y, step })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+//                                  metrics.jsonl and progress
+// ---------------------------------------------------------------------------------------------
+
+/// Paths of a run directory.
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+}
+
+/// The run's `metrics.jsonl`: one line per logged window of steps (mean loss, LR, gradient norm,
+/// speed, wall time, and the objective's named loss parts).
+struct RunLog {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Sum and count of the losses of the current window, and when it started.
+    window: (f64, usize, Instant),
+    last_loss: Option<f64>,
+    wall_before: f64,
+    t0: Instant,
+}
+
+impl RunLog {
+    fn open(run: &RunPaths, wall_before: f64) -> Result<Self> {
+        let path = run.metrics();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        Ok(Self {
+            file,
+            path,
+            window: (0.0, 0, Instant::now()),
+            last_loss: None,
+            wall_before,
+            t0: Instant::now(),
+        })
+    }
+
+    fn add(&mut self, loss: f64) {
+        self.window.0 += loss;
+        self.window.1 += 1;
+    }
+
+    /// Training wall time of the run so far, earlier sittings included.
+    fn wall_time_s(&self) -> f64 {
+        self.wall_before + self.t0.elapsed().as_secs_f64()
+    }
+
+    /// Write the window ending at `step` and start the next; returns its mean loss.
+    fn write(
+        &mut self,
+        step: usize,
+        lr: f64,
+        grad_norm: f64,
+        parts: &[(String, f64)],
+    ) -> Result<f64> {
+        let (sum, n, since) = self.window;
+        let mean = sum / n as f64;
+        let mut rec = serde_json::json!({
+            "step": step,
+            "loss": mean,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "it_per_s": n as f64 / since.elapsed().as_secs_f64().max(1e-9),
+            "wall_time_s": self.wall_time_s(),
+        });
+        for (k, v) in parts {
+            rec[k] = serde_json::json!(v);
+        }
+        writeln!(self.file, "{rec}")?;
+        self.file.flush()?;
+        self.last_loss = Some(mean);
+        self.window = (0.0, 0, Instant::now());
+        Ok(mean)
+    }
+
+    /// Mean loss of the last logged window: this sitting's, or (resumed at the end, nothing left to
+    /// train) the last line on disk, as an uninterrupted run reports.
+    fn last_loss(&self) -> Result<f64> {
+        if let Some(l) = self.last_loss {
+            return Ok(l);
+        }
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        Ok(text
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v["loss"].as_f64())
+            .unwrap_or(f64::NAN))
+    }
+}
+
+/// Keep only metrics lines of steps `<= step` (a resumed run rewrites what came after its checkpoint).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
     };
-    crate::grid::save_grid(&x, cols, 2, path)?;
-    Ok(x)
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    dit::io::write_atomic(path, kept.as_bytes())
+}
+
+fn progress_bar(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    start: usize,
+    end: usize,
+) -> Option<indicatif::ProgressBar> {
+    (opts.progress && end > start).then(|| {
+        let pb = crate::progress::bar(cfg.steps as u64, &opts.label, true);
+        pb.set_position(start as u64);
+        pb.reset_eta();
+        pb
+    })
 }

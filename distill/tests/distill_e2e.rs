@@ -1,13 +1,13 @@
 //! End to end on tiny models: a teacher, a feature net, and students in every mode, each leaving a
 //! run directory with a summary a sweep can read; finished runs are skipped; a student can teach.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use distill::data::{DataConfig, Split};
 use distill::featnet::FeatNet;
 use distill::kd::Mode;
 use distill::run::{run_distill, DistillConfig, RunStatus, Shared};
-use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
-use dit::{DiT, DitConfig, SamplerConfig};
+use distill::testkit;
+use dit::{DitConfig, SamplerConfig};
 
 #[test]
 fn students_in_every_mode_leave_complete_run_directories() {
@@ -17,43 +17,10 @@ fn students_in_every_mode_leave_complete_run_directories() {
     let data = DataConfig::default();
     let train_set = data.load(Split::Train).unwrap().take(1024);
 
-    // A tiny feature net (a real one is trained by `ditkd featnet`).
-    let mut net = FeatNet::new(1, 28, 10, 0, &dev).unwrap();
-    net.train(&train_set, 1, 0, false).unwrap();
-    net.save(&root.join("featnet")).unwrap();
-
-    // A tiny teacher.
-    let tcfg = TrainConfig {
-        name: "t".into(),
-        model: DitConfig {
-            hidden_size: 32,
-            depth: 2,
-            num_heads: 2,
-            patch_size: 7,
-            ..Default::default()
-        },
-        data: data.clone(),
-        optim: Default::default(),
-        steps: 10,
-        batch_size: 16,
-        seed: 0,
-        ema_decay: 0.9,
-        ema_warmup: true,
-        checkpoint_every: 10,
-        log_every: 5,
-        sampler: Default::default(),
-    };
+    // A tiny feature net and teacher (real ones are trained by `ditkd featnet` / `ditkd teacher`).
+    testkit::train_featnet(&train_set, &root.join("featnet")).unwrap();
     let teacher_dir = root.join("teacher");
-    let mut t = DiT::new(&tcfg.model, 0, DType::F32, &dev).unwrap();
-    train(
-        &tcfg,
-        &mut t,
-        &train_set,
-        &mut EpsilonObjective::new(),
-        &RunPaths::new(&teacher_dir),
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    testkit::train_teacher(&testkit::tiny_teacher_config(10), &train_set, &teacher_dir).unwrap();
 
     let shared = Shared::load(&data, &root.join("featnet"), None, &dev).unwrap();
     assert_eq!(shared.test_feats.len(), 10_000 * distill::featnet::FEAT_DIM);

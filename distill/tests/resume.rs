@@ -4,34 +4,25 @@
 
 use candle_core::{DType, Device, Tensor};
 use distill::data::{DataConfig, Split};
+use distill::objective::EpsilonObjective;
 use distill::optim::OptimConfig;
-use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
+use distill::train::{train, RunPaths, TrainConfig, TrainOptions};
 use dit::{DiT, DitConfig};
 
+/// The tiny teacher with a warm-up, a seed of its own, and checkpoints and logs mid-run.
 fn tiny_config() -> TrainConfig {
     TrainConfig {
         name: "resume-test".into(),
-        model: DitConfig {
-            hidden_size: 32,
-            depth: 2,
-            num_heads: 2,
-            patch_size: 7,
-            ..Default::default()
-        },
-        data: DataConfig::default(),
         optim: OptimConfig {
             lr: 1e-3,
             warmup_steps: 2,
             ..Default::default()
         },
-        steps: 8,
-        batch_size: 16,
         seed: 5,
         ema_decay: 0.99,
-        ema_warmup: true,
         checkpoint_every: 3,
         log_every: 2,
-        sampler: Default::default(),
+        ..distill::testkit::tiny_teacher_config(8)
     }
 }
 
@@ -295,4 +286,60 @@ fn rerun_after_the_final_checkpoint_restores_the_ema_weights() {
     assert_eq!(out.steps_done, 8);
     assert!(ema.exists(), "the rerun wrote no ema.safetensors");
     assert_same(&ema, &kept);
+}
+
+/// A racing sweep extends finished runs: with a constant rate after warm-up, a run trained to 4
+/// steps and then given 8 equals a run given 8 from the start, bit for bit. A cosine schedule
+/// depends on the end step, so its checkpoint is refused by a config with more steps.
+#[test]
+fn a_constant_rate_run_extends_to_more_steps_exactly_and_a_cosine_one_is_refused() {
+    let data = DataConfig::default().load(Split::Train).unwrap().take(512);
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    let constant = TrainConfig {
+        optim: OptimConfig {
+            min_lr_ratio: 1.0,
+            ..tiny_config().optim
+        },
+        ..tiny_config()
+    };
+    let go = |cfg: &TrainConfig, dir: &std::path::Path| {
+        let mut m = DiT::new(&cfg.model, cfg.seed, DType::F32, &dev).unwrap();
+        train(
+            cfg,
+            &mut m,
+            &data,
+            &mut EpsilonObjective::new(),
+            &RunPaths::new(dir),
+            &TrainOptions::default(),
+        )
+    };
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("extended"));
+    go(&constant, &a).unwrap();
+    let short = TrainConfig {
+        steps: 4,
+        checkpoint_every: 4,
+        ..constant.clone()
+    };
+    assert_eq!(go(&short, &b).unwrap().steps_done, 4);
+    let rest = go(&constant, &b).unwrap();
+    assert_eq!(rest.resumed_from, Some(4));
+    assert_eq!(rest.steps_done, 8);
+    for f in ["model.safetensors", "ema.safetensors", "optim.safetensors"] {
+        assert_same(&a.join("checkpoint").join(f), &b.join("checkpoint").join(f));
+    }
+
+    let cosine = tiny_config();
+    assert_ne!(cosine.optim.min_lr_ratio, 1.0);
+    let c = tmp.path().join("cosine");
+    go(
+        &TrainConfig {
+            steps: 4,
+            ..cosine.clone()
+        },
+        &c,
+    )
+    .unwrap();
+    let e = go(&cosine, &c).unwrap_err().to_string();
+    assert!(e.contains("another config"), "{e}");
 }

@@ -13,6 +13,7 @@ pub mod params;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod vars;
 
 pub use backward::Tape;
 pub use config::{ConfigError, DitConfig};

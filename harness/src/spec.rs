@@ -412,6 +412,10 @@ pub struct SweepSpec {
     /// Shared caches (teacher samples, sample banks).
     #[serde(default = "d_cache")]
     pub cache_dir: PathBuf,
+    /// How the sweep spends its steps: `{kind: grid}` (every run to `distill.steps`, the default)
+    /// or `{kind: halving, min_steps: ..}` (a race per budget; `race/`).
+    #[serde(default)]
+    pub schedule: crate::race::schedule::Schedule,
 }
 
 fn d_featnet() -> PathBuf {
@@ -454,6 +458,16 @@ impl SweepSpec {
     /// plan as well, before anything starts).
     pub fn validate(&self) -> Result<()> {
         distill::paths::check_dir_name(&self.name).map_err(|e| field_error("name", e))?;
+        if let Some(h) = self.schedule.halving() {
+            h.validate(self.distill.steps, self.seeds.len())
+                .map_err(|(f, m)| field_error(format!("schedule.{f}"), m))?;
+            if self.distill.lr_schedule != LrSchedule::Constant {
+                return Err(field_error(
+                    "distill.lr_schedule",
+                    "a race extends runs from their checkpoints, so the rate must not depend on the end step: use `constant`",
+                ));
+            }
+        }
         if self.budgets.is_empty() {
             return Err(field_error("budgets", "at least one budget is needed"));
         }

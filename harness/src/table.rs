@@ -57,7 +57,10 @@ pub fn collect_rows(dir: &Path) -> Result<Vec<serde_json::Map<String, Value>>> {
                 p.display()
             )
         };
-        let name = run.file_name().unwrap().to_string_lossy().into_owned();
+        let name = run
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         row.insert("run_id".into(), Value::String(name));
         if let Ok(Value::Object(plan)) = std::fs::read_to_string(run.join("plan.json"))
             .map(|t| serde_json::from_str(&t).unwrap_or(Value::Null))

@@ -121,3 +121,97 @@ fn job_array_plus_merge_equals_the_local_sweep() {
         "the Slurm sweep's merged table equals the local one"
     );
 }
+
+/// A racing sweep on Slurm: every stage a job array, every decision a dependent job that submits
+/// the next; the decisions and the table equal the same race run locally.
+#[test]
+#[ignore = "needs a running Slurm: bash .ci/slurm-up.sh, then cargo test --release -p harness --test slurm -- --ignored"]
+fn a_race_on_slurm_decides_as_the_local_race() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fixtures(root);
+    let spec = root.join("race.yaml");
+    std::fs::write(&spec, common::race_spec(root)).unwrap();
+    let spec = spec.to_str().unwrap();
+    let local = root.join("local");
+    let (rc, _, err) = ditkd(&["sweep", spec, "--out", local.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+
+    let cluster = root.join("cluster");
+    let script = root.join("race.sh");
+    let (rc, _, err) = ditkd(&[
+        "slurm",
+        spec,
+        "--shards",
+        "3",
+        "--out",
+        cluster.to_str().unwrap(),
+        "-o",
+        script.to_str().unwrap(),
+        "--binary",
+        env!("CARGO_BIN_EXE_ditkd"),
+        "--time",
+        "00:20:00",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(
+        text.contains("race decide") && text.contains("--submit"),
+        "{text}"
+    );
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        first.contains("stage 0") && first.contains("array"),
+        "{first}"
+    );
+
+    // The last decision job times the models and says the race is over.
+    let t0 = Instant::now();
+    let logs = cluster.join("slurm-logs");
+    loop {
+        let over = std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("race over")));
+        if over {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(1200) {
+            let listing: Vec<String> = std::fs::read_dir(&logs)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| {
+                    let t = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: String = t.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+                    format!("{}: {tail}", e.file_name().to_string_lossy())
+                })
+                .collect();
+            panic!(
+                "the race did not finish on Slurm in 20 min:\n{}",
+                listing.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let strip = |v: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        v.into_iter()
+            .map(|mut s| {
+                s["code_version"] = serde_json::Value::Null;
+                s
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(common::stages(&cluster)),
+        strip(common::stages(&local))
+    );
+    assert_eq!(table_rows(&cluster), table_rows(&local));
+}

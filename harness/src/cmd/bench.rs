@@ -54,15 +54,7 @@ pub fn time_step(case: &BenchCase, warmup: usize, iters: usize) -> Result<StepTi
     let model = DiT::new(m, 0, DType::F32, &dev)?;
     // Random weights so no path is trivially zero (adaLN-Zero init would skip work in no kernel, but be safe).
     let mut rng = dit::rng::seeded(1);
-    let mut vars: Vec<(String, candle_core::Var)> = model
-        .varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let vars: Vec<(String, candle_core::Var)> = dit::vars::sorted(&model.varmap);
     for (_, v) in &vars {
         v.set(&(dit::rng::randn(&mut rng, v.dims(), &dev)? * 0.02)?)?;
     }

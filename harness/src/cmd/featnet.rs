@@ -17,7 +17,7 @@ pub fn run(out: &Path, epochs: usize, seed: u64) -> Result<()> {
     net.meta.test_accuracy = net.accuracy(&test)?;
     net.meta.dataset = data.name.clone();
     // Floor: 5,000 real training images (seeded pick) against the whole test set.
-    let mut order = distill::train::DataOrder::new(seed ^ 0xF1D, train.len());
+    let mut order = distill::order::DataOrder::new(seed ^ 0xF1D, train.len());
     let (held, _) = train.gather(&order.batch(0, 5000));
     let f_held = net.features_of(&held, 500)?;
     let f_test = net.features_of(&test.images, 500)?;

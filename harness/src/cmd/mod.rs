@@ -8,6 +8,7 @@ pub mod fid;
 pub mod fit;
 pub mod info;
 pub mod plot;
+pub mod race;
 pub mod report;
 pub mod sample;
 pub mod slurm;

@@ -32,7 +32,7 @@ pub fn run(
     let device = crate::device::get();
     let model = distill::checkpoint::load_model(checkpoint, &device)?;
     let t = std::time::Instant::now();
-    distill::train::sample_grid(&model, &sc, n, seed, out)?;
+    distill::grid::sample_grid(&model, &sc, n, seed, out)?;
     println!(
         "wrote {} ({n} samples, {kind:?} {steps} steps, cfg {cfg}, seed {seed}) in {:.1} s",
         out.display(),

@@ -46,10 +46,9 @@ pub fn check_time(t: &str) -> Result<()> {
     Ok(())
 }
 
-/// The script text.
-pub fn script(a: &Args) -> Result<String> {
-    check_time(&a.time)?;
-    if let Some(p) = &a.partition {
+/// A Slurm partition name (letters, digits, - _ . ,).
+pub fn check_partition(p: Option<&str>) -> Result<()> {
+    if let Some(p) = p {
         let ok = !p.is_empty()
             && p.len() <= 64
             && p.chars()
@@ -60,10 +59,20 @@ pub fn script(a: &Args) -> Result<String> {
             crate::spec::clip(p, 40)
         );
     }
+    Ok(())
+}
+
+/// The script text.
+pub fn script(a: &Args) -> Result<String> {
+    check_time(&a.time)?;
+    check_partition(a.partition.as_deref())?;
     if a.shards == Some(0) {
         anyhow::bail!("--shards: must be at least 1");
     }
     let Loaded { spec, runs, .. } = crate::runner::load(&a.spec, None, None)?;
+    if spec.schedule.halving().is_some() {
+        return Ok(race_script(a, &spec));
+    }
     let runs = runs.len();
     if let Some(s) = a.shards.filter(|&s| s > runs) {
         eprintln!("note: --shards {s} is more than the {runs} runs: using {runs} array tasks");
@@ -131,6 +140,42 @@ echo "array $array_id merge $merge_id"
         time = a.time,
         threads = spec.parallel.threads_per_job,
     ))
+}
+
+/// A racing sweep decides between stages, so its submission is one command that submits stage 0
+/// (a job array) and a decision job after it; each decision job submits the next stage the same
+/// way (`ditkd race decide --submit`), until the race and its companion runs are done.
+fn race_script(a: &Args, spec: &crate::spec::SweepSpec) -> String {
+    let dir = abs(&sweep_dir(spec, a.out.as_deref()));
+    let bin = match &a.binary {
+        Some(b) => abs(b),
+        None => std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ditkd")),
+    };
+    let root = std::fs::canonicalize(distill::paths::repo_root())
+        .unwrap_or_else(|_| distill::paths::repo_root());
+    let partition = a
+        .partition
+        .as_ref()
+        .map(|p| format!(" --partition {p}"))
+        .unwrap_or_default();
+    let max_tasks = a.shards.unwrap_or(64);
+    format!(
+        r#"#!/usr/bin/env bash
+# Slurm submission for racing sweep `{name}`: every stage is a job array and every decision a job
+# that depends on it and submits the next stage (race/stage-NNN.json records each decision).
+# Submit with: bash THIS_FILE   (prints the first array and decision job ids)
+set -euo pipefail
+export DITKD_ROOT={root}
+mkdir -p {dir}/slurm-logs
+{bin} race decide {spec} --out {dir} --submit --time {time} --max-tasks {max_tasks}{partition} --binary {bin}
+"#,
+        name = spec.name,
+        root = root.display(),
+        dir = dir.display(),
+        bin = bin.display(),
+        spec = abs(&a.spec).display(),
+        time = a.time,
+    )
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use crate::fmt::grouped;
 use distill::run::{RunStatus, Summary};
 
-use crate::runner::{estimate_secs, execute, parse_shard, shard, sweep_dir, Loaded};
+use crate::runner::{estimate_secs, execute, parse_shard, shard, sweep_dir, Loaded, RunPlan};
 use crate::spec::SweepSpec;
 
 /// What `ditkd sweep` was asked to do.
@@ -29,6 +29,10 @@ pub fn run(a: &Args) -> Result<()> {
     } = crate::runner::load(a.spec, a.jobs, a.threads_per_job)?;
     let total = runs.len();
     if let Some(s) = a.shard {
+        anyhow::ensure!(
+            spec.schedule.halving().is_none(),
+            "--shard: a racing sweep (schedule: halving) decides between stages; run it whole, or through `ditkd slurm`"
+        );
         let (k, n) = parse_shard(s)?;
         runs = shard(runs, k, n, spec.distill.modes.len());
     }
@@ -45,12 +49,27 @@ pub fn run(a: &Args) -> Result<()> {
     let all = spec.parallel.jobs * spec.parallel.threads_per_job;
     std::env::set_var("RAYON_NUM_THREADS", all.to_string());
     let shared = crate::runner::prepare(&spec, &dir)?;
-    crate::runner::prefill_teacher_targets(&runs, &dir, &shared, all, true)?;
+    // A race's later seeds are only trained for its contenders: their targets are computed by
+    // those runs as they go.
+    let first_seeds: Vec<RunPlan> = match spec.schedule.halving() {
+        None => runs.clone(),
+        Some(h) => {
+            let initial = &spec.seeds[..h.initial_seeds];
+            runs.iter()
+                .filter(|r| initial.contains(&r.cfg.seed))
+                .cloned()
+                .collect()
+        }
+    };
+    crate::runner::prefill_teacher_targets(&first_seeds, &dir, &shared, all, true)?;
     std::env::set_var(
         "RAYON_NUM_THREADS",
         spec.parallel.threads_per_job.to_string(),
     );
-    let results = execute(&spec, &runs, &dir, &shared, true)?;
+    let results = match spec.schedule.halving() {
+        None => execute(&spec, &runs, &dir, &shared, true)?,
+        Some(h) => crate::race::run(&spec, h, &runs, &base, &dir, &shared, true)?,
+    };
     let failed: Vec<&Summary> = results
         .iter()
         .filter(|s| s.status != RunStatus::Ok)
@@ -146,6 +165,28 @@ fn print_plan(
         spec.parallel.jobs,
         dir.display()
     );
+    if let Some(h) = spec.schedule.halving() {
+        let rungs = h.rungs(spec.distill.steps);
+        let first = runs
+            .iter()
+            .filter(|r| {
+                r.cfg.mode == spec.distill.modes[0]
+                    && spec.seeds[..h.initial_seeds].contains(&r.cfg.seed)
+            })
+            .count();
+        println!(
+            "race ({} mode): rungs at {} steps; stage 0 trains {first} runs to {} steps, each later rung keeps the best 1/{} (at least {}) and every shape with P(best) >= {}; at {} steps seeds are added (up to {}) until P(best) >= {} or a tie within the evaluation noise. The estimate above is the full grid's.",
+            spec.distill.modes[0],
+            rungs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+            rungs[0],
+            h.eta,
+            h.min_contenders,
+            h.keep_p,
+            spec.distill.steps,
+            spec.seeds.len(),
+            h.target
+        );
+    }
 }
 
 pub fn table(dir: &Path, raw: bool) -> Result<()> {

@@ -5,7 +5,8 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::DType;
 use distill::data::Split;
-use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
+use distill::objective::EpsilonObjective;
+use distill::train::{train, RunPaths, TrainConfig, TrainOptions};
 use dit::DiT;
 
 pub fn run(config: &Path, out: &Path, stop_at: Option<usize>, grid: usize) -> Result<()> {
@@ -58,7 +59,7 @@ pub fn run(config: &Path, out: &Path, stop_at: Option<usize>, grid: usize) -> Re
         &device,
     )?;
     let grid_path = run_dir.join("grid.png");
-    distill::train::sample_grid(&ema, &cfg.sampler, grid, 0, &grid_path)?;
+    distill::grid::sample_grid(&ema, &cfg.sampler, grid, 0, &grid_path)?;
     eprintln!("sample grid: {}", grid_path.display());
     Ok(())
 }

@@ -82,7 +82,10 @@ fn build(
         .into_iter()
         .filter(|p| point_x(p).is_some_and(|x| x > 0.0))
         .collect();
-    let xy: Vec<(f64, f64)> = pts.iter().map(|p| (point_x(p).unwrap(), p.mean)).collect();
+    let xy: Vec<(f64, f64)> = pts
+        .iter()
+        .map(|p| (point_x(p).unwrap_or(0.0), p.mean))
+        .collect();
     let front = front(&xy)
         .into_iter()
         .map(|i| {

@@ -414,7 +414,7 @@ fn default_mode(runs: &[Run]) -> String {
     if modes.contains("kd") || modes.is_empty() {
         "kd".into()
     } else {
-        modes.into_iter().next().unwrap().into()
+        modes.into_iter().next().unwrap_or("kd").into()
     }
 }
 

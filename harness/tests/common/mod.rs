@@ -4,10 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use candle_core::{DType, Device};
 use distill::data::{DataConfig, Split};
-use distill::train::{train, EpsilonObjective, RunPaths, TrainConfig, TrainOptions};
-use dit::{DiT, DitConfig};
+use distill::testkit;
 
 pub fn ditkd(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
@@ -21,41 +19,14 @@ pub fn ditkd(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A tiny teacher and feature net under `root`.
+/// A tiny teacher and feature net under `root` (the shapes of `distill::testkit`).
 pub fn fixtures(root: &Path) {
-    let dev = Device::Cpu;
     let data = DataConfig::default().load(Split::Train).unwrap().take(512);
-    let mut net = distill::featnet::FeatNet::new(1, 28, 10, 0, &dev).unwrap();
-    net.train(&data, 1, 0, false).unwrap();
-    net.save(&root.join("featnet")).unwrap();
-    let tcfg = TrainConfig {
-        name: "t".into(),
-        model: DitConfig {
-            hidden_size: 32,
-            depth: 2,
-            num_heads: 2,
-            patch_size: 7,
-            ..Default::default()
-        },
-        data: DataConfig::default(),
-        optim: Default::default(),
-        steps: 6,
-        batch_size: 16,
-        seed: 0,
-        ema_decay: 0.9,
-        ema_warmup: true,
-        checkpoint_every: 6,
-        log_every: 3,
-        sampler: Default::default(),
-    };
-    let mut t = DiT::new(&tcfg.model, 0, DType::F32, &dev).unwrap();
-    train(
-        &tcfg,
-        &mut t,
+    testkit::train_featnet(&data, &root.join("featnet")).unwrap();
+    testkit::train_teacher(
+        &testkit::tiny_teacher_config(6),
         &data,
-        &mut EpsilonObjective::new(),
-        &RunPaths::new(root.join("teacher")),
-        &TrainOptions::default(),
+        &root.join("teacher"),
     )
     .unwrap();
 }
@@ -117,4 +88,28 @@ pub fn table_rows(dir: &Path) -> Vec<String> {
         .collect();
     rows.sort();
     rows
+}
+
+/// The tiny spec as a race: one budget of 9 shapes, rungs at 2, 4 and 8 steps, up to 3 seeds.
+pub fn race_spec(root: &std::path::Path) -> String {
+    spec_text(root)
+        .replace(
+            "budgets:\n  - {params: 12k, tol: 0.3}\n  - {params: 20k, tol: 0.3}",
+            "budgets:\n  - {params: 20k, tol: 0.9}",
+        )
+        .replace("depth: [1, 2]", "depth: [1, 2, 3]")
+        .replace("width: [16, 24]", "width: [16, 24, 32]")
+        .replace("steps: 3,", "steps: 8,")
+        .replace(
+            "seeds: [0]",
+            "seeds: [0, 1, 2]\nschedule: {kind: halving, min_steps: 2, eta: 2, keep_p: 0.2, prior_seed_noise: 0.01}",
+        )
+}
+
+/// The race's stage records, in order.
+pub fn stages(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    (0..)
+        .map_while(|k| std::fs::read_to_string(dir.join(format!("race/stage-{k:03}.json"))).ok())
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .collect()
 }
