@@ -118,6 +118,24 @@ fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
         );
     }
 
+    // The summary: each budget's answer, rank stability and the compute against the full grid.
+    let sum: Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("race/summary.json")).unwrap())
+            .unwrap();
+    assert!(sum["cpu_hours"].as_f64().unwrap() > 0.0, "{sum}");
+    assert!(sum["grid_cpu_hours"].as_f64().unwrap() > 0.0, "{sum}");
+    assert!(
+        sum["grid_runs"].as_u64().unwrap() > sum["runs"].as_u64().unwrap(),
+        "{sum}"
+    );
+    let b = &sum["budgets"][0];
+    assert!(b["best"].is_string() && b["outcome"].is_string(), "{sum}");
+    let rho = b["spearman_last_two_rungs"].as_f64();
+    assert!(rho.is_none_or(|r| (-1.0..=1.0).contains(&r)), "{sum}");
+    let (rc, out, err) = ditkd(&["race", "status", full.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("stage 0") && out.contains("CPU-h"), "{out}");
+
     // Killed (SIGKILL) once the first decision is on disk, then resumed: the same decisions.
     let killed = root.join("killed");
     let mut p = std::process::Command::new(env!("CARGO_BIN_EXE_ditkd"))

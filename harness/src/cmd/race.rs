@@ -152,6 +152,7 @@ fn decide(spec_path: &Path, out: Option<&Path>, submit: Option<&Submit>) -> Resu
     loop {
         let Some(phase) = race.phase(&base)? else {
             crate::table::rebuild(&dir)?;
+            print!("{}", crate::race::summary::describe(&race.write_summary()?));
             let n = crate::speed::measure(&dir, &crate::speed::Options::default(), false)?;
             println!(
                 "race over; {n} models timed -> {}; table: {}",
@@ -324,5 +325,9 @@ fn status(dir: &Path) -> Result<()> {
         "{}: no race/stage-000.json (not a racing sweep, or no stage decided yet)",
         dir.display()
     );
+    if let Ok(text) = std::fs::read_to_string(dir.join("race").join("summary.json")) {
+        let s: crate::race::summary::RaceSummary = serde_json::from_str(&text)?;
+        print!("{}", crate::race::summary::describe(&s));
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 pub mod decide;
 pub mod schedule;
+pub mod summary;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,8 +57,8 @@ pub struct Race<'a> {
     pub mode: Mode,
     /// Every run the grid would have (shapes x seeds x modes at `distill.steps`), by
     /// (budget, shape label, mode, seed).
-    grid: BTreeMap<(usize, String, Mode, u64), RunPlan>,
-    dir: PathBuf,
+    pub(crate) grid: BTreeMap<(usize, String, Mode, u64), RunPlan>,
+    pub(crate) dir: PathBuf,
 }
 
 fn stage_path(dir: &Path, k: usize) -> PathBuf {
@@ -129,7 +130,7 @@ impl<'a> Race<'a> {
     }
 
     /// The run of (budget, shape, seed) at `steps` of the raced mode (`mode` for companions).
-    fn trial(
+    pub(crate) fn trial(
         &self,
         budget: usize,
         shape: &str,
@@ -303,6 +304,17 @@ impl<'a> Race<'a> {
     }
 }
 
+impl Race<'_> {
+    /// Write `race/summary.json` from what is on disk.
+    pub fn write_summary(&self) -> Result<summary::RaceSummary> {
+        let (records, _) = self.replay()?;
+        let s = self.summary(&records, self.spec.parallel.threads_per_job)?;
+        std::fs::create_dir_all(self.dir.join("race"))?;
+        dit::io::write_json_atomic(&self.dir.join("race").join("summary.json"), &s)?;
+        Ok(s)
+    }
+}
+
 /// What a race needs next.
 pub enum Phase {
     /// Stage `stage`: these runs, then a decision.
@@ -390,6 +402,8 @@ pub fn run(
             }
         }
     }
+    let s = race.write_summary()?;
+    eprint!("{}", summary::describe(&s));
     Ok(summaries)
 }
 
