@@ -64,6 +64,18 @@ fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
         prev.len() < first.len(),
         "some shape was stopped before the last rung"
     );
+    // At the last rung a second seed is trained for the plausible shapes (final_seeds: 2).
+    assert!(
+        st.iter()
+            .any(|s| s["decisions"][0]["action"]["action"] == "add_seed"),
+        "no seed was added"
+    );
+    assert!(full
+        .join("runs")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with("-kd-s1")));
     let last = st.last().unwrap();
     assert_eq!(last["decisions"][0]["steps"], 8);
     assert_eq!(last["decisions"][0]["action"]["action"], "done", "{last}");

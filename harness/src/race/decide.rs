@@ -136,6 +136,8 @@ pub struct At {
     pub last: bool,
     /// The seed a new replicate would use (None: the seed cap is reached).
     pub next_seed: Option<u64>,
+    /// Seeds every racing shape has so far.
+    pub seeds: usize,
     /// The evaluation's noise in ln(metric).
     pub eval_sd: f64,
     /// Seed of the Monte Carlo draws.
@@ -149,6 +151,7 @@ pub fn decide(h: &Halving, at: At, mut shapes: Vec<ShapeScores>) -> BudgetDecisi
         steps,
         last,
         next_seed,
+        seeds,
         eval_sd,
         mc_seed,
     } = at;
@@ -190,6 +193,12 @@ pub fn decide(h: &Halving, at: At, mut shapes: Vec<ShapeScores>) -> BudgetDecisi
             .collect();
         Action::Promote {
             shapes: names(&kept),
+        }
+    } else if let Some(seed) = next_seed.filter(|_| seeds < h.final_seeds) {
+        // Not yet the replicates the final comparison needs.
+        Action::AddSeed {
+            shapes: names(&plausible),
+            seed,
         }
     } else if top >= h.target || plausible.len() <= 1 {
         Action::Done {
@@ -329,6 +338,7 @@ mod tests {
                 steps: 100,
                 last: false,
                 next_seed: Some(1),
+                seeds: 1,
                 eval_sd: 0.04,
                 mc_seed: 0,
             },
@@ -353,6 +363,7 @@ mod tests {
                 steps: 800,
                 last: true,
                 next_seed: Some(2),
+                seeds: 1,
                 eval_sd: 0.04,
                 mc_seed: 0,
             },
@@ -370,6 +381,7 @@ mod tests {
                 steps: 800,
                 last: true,
                 next_seed: Some(1),
+                seeds: 1,
                 eval_sd: 0.04,
                 mc_seed: 0,
             },
@@ -389,6 +401,7 @@ mod tests {
                 steps: 800,
                 last: true,
                 next_seed: None,
+                seeds: 1,
                 eval_sd: 0.04,
                 mc_seed: 0,
             },
@@ -397,6 +410,36 @@ mod tests {
         assert!(
             matches!(d.action, Action::Done { reason: Outcome::SeedCap, ref tie_set, .. } if tie_set.len() == 2)
         );
+        // A clear winner still gets the replicates the spec asks for at the last rung.
+        let three = Halving {
+            final_seeds: 3,
+            ..h()
+        };
+        let clear = vec![shape("a", &[1.0]), shape("b", &[1.6])];
+        let at = At {
+            budget: 1,
+            steps: 800,
+            last: true,
+            next_seed: Some(1),
+            seeds: 1,
+            eval_sd: 0.04,
+            mc_seed: 0,
+        };
+        assert_eq!(
+            decide(&three, at, clear.clone()).action,
+            Action::AddSeed {
+                shapes: vec!["a".into()],
+                seed: 1
+            }
+        );
+        let at3 = At { seeds: 3, ..at };
+        assert!(matches!(
+            decide(&three, at3, clear).action,
+            Action::Done {
+                reason: Outcome::Decided,
+                ..
+            }
+        ));
         // Within the evaluation noise (0.1 <= 0.15): a tie more seeds cannot break.
         let d = decide(
             &h(),
@@ -405,6 +448,7 @@ mod tests {
                 steps: 800,
                 last: true,
                 next_seed: Some(1),
+                seeds: 1,
                 eval_sd: 0.15,
                 mc_seed: 0,
             },

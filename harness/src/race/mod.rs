@@ -234,6 +234,7 @@ impl<'a> Race<'a> {
                 steps,
                 last,
                 next_seed,
+                seeds: b.seeds.len(),
                 eval_sd,
                 mc_seed: (k as u64) << 32 ^ b.budget as u64,
             };

@@ -39,6 +39,10 @@ pub struct Halving {
     /// Seeds every shape starts with: the first this many of the spec's `seeds`.
     #[serde(default = "d_one")]
     pub initial_seeds: usize,
+    /// Seeds the last rung's plausible shapes have at least before the race may end (so the final
+    /// shapes' comparisons, KD vs scratch included, rest on replicates).
+    #[serde(default = "d_one")]
+    pub final_seeds: usize,
     /// Shapes per budget that reach the last rung at least (so the last two rungs' rankings can
     /// be compared).
     #[serde(default = "d_two")]
@@ -80,6 +84,7 @@ impl Default for Halving {
             min_steps: 250,
             eta: d_eta(),
             initial_seeds: d_one(),
+            final_seeds: d_one(),
             min_contenders: d_two(),
             keep_p: d_keep(),
             target: d_target(),
@@ -118,6 +123,15 @@ impl Halving {
                 format!(
                     "must lie in 1..=the {seeds} seeds of `seeds` (got {})",
                     self.initial_seeds
+                ),
+            ));
+        }
+        if !(1..=seeds).contains(&self.final_seeds) {
+            return Err((
+                "final_seeds",
+                format!(
+                    "must lie in 1..=the {seeds} seeds of `seeds` (got {})",
+                    self.final_seeds
                 ),
             ));
         }

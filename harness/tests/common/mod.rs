@@ -102,7 +102,7 @@ pub fn race_spec(root: &std::path::Path) -> String {
         .replace("steps: 3,", "steps: 8,")
         .replace(
             "seeds: [0]",
-            "seeds: [0, 1, 2]\nschedule: {kind: halving, min_steps: 2, eta: 2, keep_p: 0.2, prior_seed_noise: 0.01}",
+            "seeds: [0, 1, 2]\nschedule: {kind: halving, min_steps: 2, eta: 2, keep_p: 0.2, prior_seed_noise: 0.01, final_seeds: 2}",
         )
 }
 
