@@ -148,6 +148,14 @@ fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
     assert_eq!(rc, 0, "{err}");
     assert!(out.contains("stage 0") && out.contains("CPU-h"), "{out}");
 
+    let (rc, _, err) = ditkd(&["report", full.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let report = std::fs::read_to_string(full.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Race") && report.contains("P(best)") && report.contains("CPU-hours"),
+        "{report}"
+    );
+
     // Killed (SIGKILL) once the first decision is on disk, then resumed: the same decisions.
     let killed = root.join("killed");
     let mut p = std::process::Command::new(env!("CARGO_BIN_EXE_ditkd"))

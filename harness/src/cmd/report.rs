@@ -164,6 +164,9 @@ pub fn markdown_with(
     }
     runs_section(w, sweep);
     reference_section(w, sweep);
+    if let Some(r) = &sweep.race {
+        w.push_str(&crate::race::summary::markdown(r));
+    }
     best_section(w, sweep, &metric);
     match law {
         Some(l) => {

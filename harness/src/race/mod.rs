@@ -382,7 +382,11 @@ pub fn run(
                 summaries = crate::runner::execute(spec, &runs, dir, shared, progress)?;
                 let rec = race.decide_stage(stage, &state, eval_sd)?;
                 for d in &rec.decisions {
-                    eprintln!("  budget {}: {}", d.budget, decide::describe(d));
+                    eprintln!(
+                        "  budget {}: {}",
+                        crate::fmt::si(d.budget as f64),
+                        decide::describe(d)
+                    );
                 }
             }
             Phase::Companions { runs } => {

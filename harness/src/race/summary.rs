@@ -16,7 +16,7 @@ use distill::curve::CurveLog;
 use distill::run::Summary;
 use serde::{Deserialize, Serialize};
 
-use super::decide::{Action, Outcome};
+use super::decide::{Action, BudgetDecision, Outcome};
 use super::{Race, StageRecord};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +44,15 @@ pub struct BudgetSummary {
     /// fewer than 2 shapes or a single rung), and how many shapes it is over.
     pub spearman_last_two_rungs: Option<f64>,
     pub spearman_shapes: usize,
+    /// The first decision at the budget's last rung (every shape that reached it) and, when seeds
+    /// were added after it, the decision that ended (or last moved) the race.
+    #[serde(default)]
+    pub last_rung: Option<BudgetDecision>,
+    #[serde(default)]
+    pub last: Option<BudgetDecision>,
+    /// (steps, shapes scored) of each of the budget's stages.
+    #[serde(default)]
+    pub history: Vec<(usize, usize)>,
 }
 
 /// Spearman's rho of two equally long samples (average ranks for ties).
@@ -118,6 +127,14 @@ impl Race<'_> {
                 seeds: b.seeds.len(),
                 spearman_last_two_rungs: rho,
                 spearman_shapes: n,
+                last_rung: last
+                    .and_then(|l| decisions.iter().find(|d| d.steps == l.steps))
+                    .map(|d| (*d).clone()),
+                last: last.map(|d| (*d).clone()),
+                history: decisions
+                    .iter()
+                    .map(|d| (d.steps, d.shapes.len()))
+                    .collect(),
             });
         }
         let (cpu_hours, grid_cpu_hours, runs) = self.cost(threads_per_job);
@@ -139,7 +156,12 @@ impl Race<'_> {
         budget: usize,
         decisions: &[&super::decide::BudgetDecision],
     ) -> Result<(Option<f64>, usize)> {
-        let Some(last) = decisions.last() else {
+        // The last rung's first decision scores all its shapes (later ones, after seeds were
+        // added, only the plausible ones).
+        let Some(last_steps) = decisions.last().map(|d| d.steps) else {
+            return Ok((None, 0));
+        };
+        let Some(last) = decisions.iter().find(|d| d.steps == last_steps) else {
             return Ok((None, 0));
         };
         let Some(i) = self.rungs.iter().position(|&s| s == last.steps) else {
@@ -249,6 +271,101 @@ pub fn describe(s: &RaceSummary) -> String {
         s.grid_cpu_hours
     ));
     out
+}
+
+/// The report's section: per budget the last decision's shapes, the answer and its stability,
+/// then the compute against the full grid.
+pub fn markdown(s: &RaceSummary) -> String {
+    use std::fmt::Write;
+    let mut w = String::new();
+    let _ = writeln!(
+        w,
+        "## Race
+
+A racing sweep (`race/stage-NNN.json`): rungs at {} steps; FID-proxy below is the geometric mean over seeds at the budget's last rung, ± the seed-to-seed sd of ln FID-proxy used for P(best) (step-matched within a budget).\n",
+        s.rungs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    for b in &s.budgets {
+        let _ = writeln!(w, "### Budget {}\n", crate::fmt::si(b.budget as f64));
+        let _ = writeln!(
+            w,
+            "Stages (steps: shapes scored): {}.\n",
+            b.history
+                .iter()
+                .map(|(st, n)| format!("{st}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let tables = match (&b.last_rung, &b.last) {
+            (Some(a), Some(z)) if a != z => {
+                vec![("at the last rung", a), ("after the added seeds", z)]
+            }
+            (_, Some(z)) => vec![("at the last rung", z)],
+            _ => Vec::new(),
+        };
+        for (what, d) in tables {
+            let _ = writeln!(
+                w,
+                "{what}:\n\n| shape | seeds | FID-proxy | P(best) |\n|---|---:|---:|---:|"
+            );
+            for r in &d.shapes {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {:.2} (±{:.1} %) | {:.2} |",
+                    r.scores.shape,
+                    r.scores.ln_values.len(),
+                    r.mean.exp(),
+                    100.0 * (d.noise.seed_sd / (r.scores.ln_values.len() as f64).sqrt()),
+                    r.p_best
+                );
+            }
+            let _ =
+                writeln!(
+                w,
+                "\nSeed noise {:.3} in ln ({} df{}); evaluation noise {:.3} in ln, at {} steps.\n",
+                d.noise.seed_sd,
+                d.noise.df,
+                if d.noise.df == 0 { ", the prior alone" } else { "" },
+                d.noise.eval_sd,
+                d.steps
+            );
+        }
+        let answer = match (&b.best, b.outcome) {
+            (Some(best), Some(Outcome::Decided)) => format!(
+                "**{best}** is best with P(best) {:.2}",
+                b.p_best.unwrap_or(f64::NAN)
+            ),
+            (Some(_), Some(Outcome::TieWithinEvalNoise)) => format!(
+                "**tie set {{{}}}**: every plausible shape lies within the evaluation noise of the best",
+                b.tie_set.join(", ")
+            ),
+            (Some(_), _) => format!(
+                "**tie set {{{}}}**: the seed cap was reached before one shape reached the target",
+                b.tie_set.join(", ")
+            ),
+            _ => "undecided: the race is still running".to_string(),
+        };
+        let rho = b.spearman_last_two_rungs.map_or(
+            "not available (fewer than 2 shapes reached the last rung)".to_string(),
+            |r| format!("{r:.2} over {} shapes", b.spearman_shapes),
+        );
+        let _ = writeln!(
+            w,
+            "{answer} ({} seeds). Rank correlation of the last rung's shapes between the last two rungs: {rho}.\n",
+            b.seeds
+        );
+    }
+    let _ = writeln!(
+        w,
+        "Compute: {:.2} CPU-hours for {} runs; the full grid ({} runs to {} steps) would take {:.2} CPU-hours at the same measured per-step and per-evaluation costs ({:.1}x).\n",
+        s.cpu_hours,
+        s.runs,
+        s.grid_runs,
+        s.rungs.last().copied().unwrap_or(0),
+        s.grid_cpu_hours,
+        s.grid_cpu_hours / s.cpu_hours.max(1e-12)
+    );
+    w
 }
 
 #[cfg(test)]

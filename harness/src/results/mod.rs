@@ -91,6 +91,8 @@ pub struct Sweep {
     pub reference: Option<distill::reference::Reference>,
     /// Learning-curve points of every run (`curves.parquet`).
     pub learning: Vec<LearnPoint>,
+    /// A racing sweep's summary (`race/summary.json`), if it is one.
+    pub race: Option<crate::race::summary::RaceSummary>,
 }
 
 /// One evaluation of one run part-way through training (a row of `curves.parquet`).
@@ -204,6 +206,9 @@ impl Sweep {
             law: None,
             reference,
             learning,
+            race: std::fs::read_to_string(dir.join("race").join("summary.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok()),
         };
         if let Some(l) = law {
             let overlay = overlay::overlay(&l, &sweep.points())
