@@ -209,6 +209,9 @@ pub enum Command {
         /// Seed of the bootstrap resamples and the k-fold split.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Choose this law (a, b, …) instead of the one with the lowest CV error.
+        #[arg(long)]
+        law: Option<String>,
     },
     /// The best DiT shape for a parameter budget, predicted by a fitted law.
     Best {
@@ -385,6 +388,7 @@ pub fn run(cli: Cli) -> Result<()> {
             hold_out,
             out,
             seed,
+            law,
         } => crate::cmd::fit::run(crate::cmd::fit::Args {
             dir,
             metric,
@@ -393,6 +397,7 @@ pub fn run(cli: Cli) -> Result<()> {
             hold_out,
             out,
             seed,
+            law,
         }),
         Command::Best {
             budget,

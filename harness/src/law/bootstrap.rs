@@ -76,7 +76,10 @@ pub fn refit(
                 return None;
             }
             let f = fit_from(form, &sample, sc, &[warm.to_vec()], false, pin)?;
-            let raw = form.to_raw(&f.theta, sc);
+            let mut raw = form.to_raw(&f.theta, sc);
+            if let Some(e) = pin {
+                raw[0] = e;
+            }
             raw.iter().all(|v| v.is_finite()).then_some(raw)
         })
         .collect()

@@ -36,11 +36,7 @@ pub struct CurvePoint {
 /// The learning-curve points of the runs `run_ids` (the fitted ones) with a finite positive
 /// `metric`, a positive step and positive training FLOPs. Empty when the sweep has no
 /// `curves.parquet`; errors name the file.
-pub fn curve_points(
-    dir: &Path,
-    metric: &str,
-    runs: &[Point],
-) -> Result<Vec<CurvePoint>> {
+pub fn curve_points(dir: &Path, metric: &str, runs: &[Point]) -> Result<Vec<CurvePoint>> {
     let path = dir.join("curves.parquet");
     if !path.is_file() {
         return Ok(Vec::new());
@@ -105,10 +101,7 @@ pub fn at_common_step(pts: &[Point]) -> (Option<u64>, Vec<Point>, usize) {
             *count.entry(s).or_default() += 1;
         }
     }
-    let Some((&step, _)) = count
-        .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
-    else {
+    let Some((&step, _)) = count.iter().max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0))) else {
         return (None, pts.to_vec(), 0);
     };
     let kept: Vec<Point> = pts

@@ -274,7 +274,11 @@ impl Form {
     /// θ -> coefficients in the formula's units (see the module doc). A floor at the clamp
     /// (ln E ≤ −300, how a floor fixed at 0 is held) is reported as exactly 0.
     pub fn to_raw(self, th: &[f64], sc: &Scales) -> Vec<f64> {
-        let mut r = vec![if th[0] <= -EXP_CLAMP { 0.0 } else { th[0].exp() }];
+        let mut r = vec![if th[0] <= -EXP_CLAMP {
+            0.0
+        } else {
+            th[0].exp()
+        }];
         let (cn, cd) = (sc.c.ln_n, sc.c.ln_d);
         match self {
             Form::A => r.extend([(th[1] + th[2] * cn).exp(), th[2]]),

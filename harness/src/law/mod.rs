@@ -110,8 +110,12 @@ impl Fixed {
     pub fn describe(self) -> &'static str {
         match self {
             Fixed::MeasuredFloor => "fixed at the measured real-data floor (reference.json)",
-            Fixed::NotIdentified => "dropped (fixed at 0): fitted freely it sat at its bound 0, not identified",
-            Fixed::NoFloor => "fixed at 0: no measured floor (reference.json), and this law does not fit one",
+            Fixed::NotIdentified => {
+                "dropped (fixed at 0): fitted freely it sat at its bound 0, not identified"
+            }
+            Fixed::NoFloor => {
+                "fixed at 0: no measured floor (reference.json), and this law does not fit one"
+            }
         }
     }
 }

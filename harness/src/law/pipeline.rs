@@ -16,7 +16,7 @@ use super::fit::{fit_from, predict_ln, scales, Obs, Pin};
 use super::forms::{Feat, Form};
 use super::noise::{cells, lack_of_fit, pooled};
 use super::{
-    holdout, latency, ComputeModel, CvKind, CvPrediction, FloorRef, Fixed, LatencyModel, LawFile,
+    holdout, latency, ComputeModel, CvKind, CvPrediction, Fixed, FloorRef, LatencyModel, LawFile,
     LawFit, MeasuredShape, Shape, Skipped,
 };
 
@@ -29,6 +29,8 @@ pub struct Options {
     pub bootstrap: usize,
     pub hold_out: Option<u64>,
     pub seed: u64,
+    /// Choose this law instead of the lowest CV error (`ditkd fit --law`).
+    pub law: Option<Form>,
 }
 
 /// Fewer usable runs than this and no law is fitted.
@@ -106,7 +108,11 @@ fn fit_law(
     let mut f = fit_from(form, obs, &sc, warm, true, pin)
         .ok_or("no starting point converged to finite values")?;
     if pin.is_none() {
-        let ymin = obs.iter().map(|c| c.ln_y).fold(f64::INFINITY, f64::min).exp();
+        let ymin = obs
+            .iter()
+            .map(|c| c.ln_y)
+            .fold(f64::INFINITY, f64::min)
+            .exp();
         if form.to_raw(&f.theta, &sc)[0] < FLOOR_AT_BOUND * ymin {
             pin = Some(0.0);
             why = Some(Fixed::NotIdentified);
@@ -115,7 +121,10 @@ fn fit_law(
         }
     }
     let k = k_free(pin);
-    let raw = form.to_raw(&f.theta, &sc);
+    let mut raw = form.to_raw(&f.theta, &sc);
+    if let Some(e) = pin {
+        raw[0] = e; // exactly, not exp(ln e)
+    }
     if raw.iter().any(|v| !v.is_finite()) {
         return Err(format!("coefficients overflow: {raw:?}"));
     }
@@ -346,7 +355,12 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         .iter()
         .filter_map(|c| {
             let g = group_of((c.budget, c.shape.depth, c.shape.width, c.shape.heads))?;
-            Some(((g, c.step), g, c.shape.feat().at_flops(c.train_flops), c.y.ln()))
+            Some((
+                (g, c.step),
+                g,
+                c.shape.feat().at_flops(c.train_flops),
+                c.y.ln(),
+            ))
         })
         .collect();
     let curve_obs = cells(&curve_items);
@@ -473,6 +487,27 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
             .map(|c| (score(c), c.law.k))
             .collect::<Vec<_>>(),
     );
+    let best = match o.law {
+        None => best,
+        Some(f) => match cands.iter().position(|c| c.law.name == f) {
+            Some(i) => {
+                if i != best {
+                    notes.push(format!(
+                        "law ({f}) chosen by --law; the lowest CV error is law ({})'s",
+                        cands[best].law.name
+                    ));
+                }
+                i
+            }
+            None => bail!(
+                "{p}: --law {f}: that law was not fitted ({})",
+                skipped
+                    .iter()
+                    .find(|s| s.name == f)
+                    .map_or("unknown".into(), |s| s.reason.clone())
+            ),
+        },
+    };
     let chosen = &cands[best];
     let chosen_cv = if use_lobo {
         chosen.lobo.as_ref().unwrap_or(&chosen.kfold)

@@ -186,11 +186,7 @@ pub fn best(
     let chosen = law.chosen();
     let mut warnings = Vec::new();
     // Where along training: asked, else the largest step measured.
-    let fit_step = chosen
-        .compute
-        .as_ref()
-        .map(|c| c.step)
-        .or(law.fit_step);
+    let fit_step = chosen.compute.as_ref().map(|c| c.step).or(law.fit_step);
     let max_step = chosen.compute.as_ref().map(|c| c.max_step).or(law.fit_step);
     let at = match (ask, &chosen.compute) {
         (Some(a), Some(_)) => a,
@@ -322,16 +318,26 @@ pub fn best(
     }
     let lof = chosen.lack_of_fit.as_ref();
     let (sigma, tau, noise_source) = match (&law.noise, lof) {
-        (Some(n), Some(l)) => (n.sigma, l.sigma_between, format!("σ pooled over {} shapes' seeds ({} dof); τ from the lack-of-fit test", n.cells, n.dof)),
-        (Some(n), None) => (n.sigma, chosen.cv_rmse(), "σ pooled over seeds; τ = the CV error (no lack-of-fit test)".to_string()),
-        (None, _) => (chosen.cv_rmse(), chosen.cv_rmse(), "single seeds: σ and τ both taken as the CV error".to_string()),
+        (Some(n), Some(l)) => (
+            n.sigma,
+            l.sigma_between,
+            format!(
+                "σ pooled over {} shapes' seeds ({} dof); τ from the lack-of-fit test",
+                n.cells, n.dof
+            ),
+        ),
+        (Some(n), None) => (
+            n.sigma,
+            chosen.cv_rmse(),
+            "σ pooled over seeds; τ = the CV error (no lack-of-fit test)".to_string(),
+        ),
+        (None, _) => (
+            chosen.cv_rmse(),
+            chosen.cv_rmse(),
+            "single seeds: σ and τ both taken as the CV error".to_string(),
+        ),
     };
-    let seeds_of = |s: &Shape| {
-        law.measured
-            .iter()
-            .find(|m| m.is(s))
-            .map_or(0, |m| m.seeds)
-    };
+    let seeds_of = |s: &Shape| law.measured.iter().find(|m| m.is(s)).map_or(0, |m| m.seeds);
     let law_draws: Vec<&std::collections::BTreeMap<String, f64>> = if law.bootstrap.is_empty() {
         vec![&chosen.coef]
     } else {
@@ -415,18 +421,6 @@ pub fn best(
             .collect();
         format!("to separate at 90 %: {}", parts.join("; "))
     });
-    if let Some(best_p) = contenders
-        .iter()
-        .skip(1)
-        .find(|c| c.p_best > contenders[0].p_best)
-    {
-        warnings.push(format!(
-            "{} has a higher P(best) ({:.2}) than the law's optimum {pick_label} ({:.2}): measured seeds pull it ahead",
-            label(best_p.depth, best_p.width, best_p.heads),
-            best_p.p_best,
-            contenders[0].p_best
-        ));
-    }
     let prediction_at = |at: At, comparable: bool| {
         let b = [belief(&top, at, comparable)];
         let d = rank::draws(&b, tau, sigma, reps, law.seed ^ 0x5eed);
@@ -440,10 +434,7 @@ pub fn best(
             },
             predicted: chosen.predict_at(&chosen.coef, &top, at),
             interval: exp_interval(d.iter().map(|x| x[0])),
-            run_interval: exp_interval(
-                d.iter()
-                    .map(|x| x[0] + sigma * rank::std_normal(&mut rng)),
-            ),
+            run_interval: exp_interval(d.iter().map(|x| x[0] + sigma * rank::std_normal(&mut rng))),
         }
     };
     let prediction = Some(prediction_at(at, comparable));

@@ -150,7 +150,10 @@ mod tests {
             let d = draws(&beliefs, f64::INFINITY, sigma, 40_000, 7);
             let p = p_best(&d);
             let want = normal_cdf(gap / (sigma * (2.0 / n as f64).sqrt()));
-            assert!((p[0] - want).abs() < 0.01, "{gap} {sigma} {n}: {p:?} vs {want}");
+            assert!(
+                (p[0] - want).abs() < 0.01,
+                "{gap} {sigma} {n}: {p:?} vs {want}"
+            );
             assert!((p[0] + p[1] - 1.0).abs() < 1e-12);
             let (beats, mean) = versus(&d, 0, 1);
             assert!((beats - (1.0 - want)).abs() < 0.01 && (mean - gap).abs() < 0.01);
