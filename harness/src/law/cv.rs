@@ -32,7 +32,6 @@ pub struct CvResult {
 
 /// Fit on the cells outside each fold of groups and predict the fold's targets. None when a fold
 /// leaves nothing to fit on or a refit fails everywhere.
-#[allow(clippy::too_many_arguments)]
 pub fn cross_validate(
     form: Form,
     obs: &[Obs],

@@ -407,8 +407,10 @@ pub fn best(
                 let l = label(c.depth, c.width, c.heads);
                 match c.more_seeds {
                     Some(m) => format!(
-                        "{m} more seed{} each of {pick_label} and {l} (gap {:+.1} %)",
+                        "{m} more seed{} each of {pick_label} and {l} (now {} and {}; gap {:+.1} %)",
                         if m == 1 { "" } else { "s" },
+                        seeds_of(&top),
+                        c.seeds,
                         c.gap_pct
                     ),
                     None => format!(
