@@ -209,6 +209,9 @@ pub enum Command {
         /// Seed of the bootstrap resamples and the k-fold split.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Choose this law (a, b, …) instead of the one with the lowest CV error.
+        #[arg(long)]
+        law: Option<String>,
     },
     /// The best DiT shape for a parameter budget, predicted by a fitted law.
     Best {
@@ -227,6 +230,14 @@ pub enum Command {
         /// Answer even when the fitted law is not identified (a coefficient the data do not pin down).
         #[arg(long)]
         force: bool,
+        /// Compare the shapes after this many training steps (default: the largest measured).
+        /// Only a law with a compute term can move off the step count it was fitted at.
+        #[arg(long, conflicts_with = "train_flops")]
+        steps: Option<String>,
+        /// Compare the shapes at this many training FLOPs each, e.g. `2e15` (an iso-compute
+        /// comparison; a law with a compute term only).
+        #[arg(long)]
+        train_flops: Option<f64>,
     },
     /// Draw the sweep's plots (PNG and SVG) into <dir>/plots.
     Plot {
@@ -379,6 +390,7 @@ pub fn run(cli: Cli) -> Result<()> {
             hold_out,
             out,
             seed,
+            law,
         } => crate::cmd::fit::run(crate::cmd::fit::Args {
             dir,
             metric,
@@ -387,6 +399,7 @@ pub fn run(cli: Cli) -> Result<()> {
             hold_out,
             out,
             seed,
+            law,
         }),
         Command::Best {
             budget,
@@ -394,7 +407,17 @@ pub fn run(cli: Cli) -> Result<()> {
             max_latency_ms,
             json,
             force,
-        } => crate::cmd::best::run(&budget, &results, max_latency_ms, json, force),
+            steps,
+            train_flops,
+        } => crate::cmd::best::run(crate::cmd::best::Args {
+            budget,
+            results,
+            max_latency_ms,
+            json,
+            force,
+            steps,
+            train_flops,
+        }),
         Command::Plot { dir } => crate::cmd::plot::run(&dir),
         Command::Race(a) => crate::cmd::race::run(a),
         Command::FidWeights(a) => crate::cmd::fid::run_weights(a),

@@ -120,6 +120,7 @@ fn opts(dir: &Path) -> Options {
         bootstrap: 100,
         hold_out: None,
         seed: 0,
+        law: None,
     }
 }
 
@@ -378,6 +379,10 @@ fn hand_law(dir: &Path) -> LawFile {
         cv_kfold_rmse: 0.1,
         k: 7,
         n: 10,
+        fixed: BTreeMap::new(),
+        cells: 10,
+        lack_of_fit: None,
+        compute: None,
     });
     law.laws
         .retain(|l| l.name != Form::C || l.formula == "hand");
@@ -548,6 +553,10 @@ fn design_rows_stay_within_the_measured_ranges() {
         cv_kfold_rmse: 0.04,
         k: 5,
         n: 11,
+        fixed: BTreeMap::new(),
+        cells: 11,
+        lack_of_fit: None,
+        compute: None,
     };
     let dom = design::Domain {
         params: [73_408, 331_424],
@@ -749,7 +758,9 @@ fn few_points_skip_the_big_laws() {
     .unwrap();
     assert!(law.laws.iter().any(|l| l.name == Form::A));
     let skipped: Vec<&str> = law.skipped.iter().map(|s| s.name.name()).collect();
-    assert_eq!(skipped, vec!["b", "c"], "5 points: (b) needs 6, (c) 8");
+    // 5 shapes: (b) needs 6, (c) 8; (e)'s 4 coefficients fit, but its k-fold refits on 4 shapes
+    // cannot; (f) needs learning curves.
+    assert_eq!(skipped, vec!["b", "c", "e", "f"], "{:?}", law.skipped);
     assert_eq!(law.chosen, Form::A);
     assert!(law.design.exponents.is_none() && law.design.formula.contains("not identifiable"));
 }
@@ -865,4 +876,380 @@ fn fit_refuses_students_that_have_not_learned() {
     }
     write_table(tmp.path(), &rows);
     fit_sweep(&opts(tmp.path())).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The noise-aware law: synthetic sweeps drawn from a known log-linear law with known seed noise.
+
+/// ln y = c − a·ln N + b·ln d (law (d) with no floor).
+const LL: [(&str, f64); 3] = [("c", 10.0), ("a", 0.55), ("b", 0.3)];
+/// Seed noise (σ of ln y) of the log-linear sweeps.
+const LL_SIGMA: f64 = 0.05;
+const LL_BUDGETS: [u64; 3] = [100_000, 200_000, 400_000];
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// One shape per depth and budget: the width whose params come closest to the budget (heads 2).
+fn ll_shapes() -> Vec<(u64, Shape)> {
+    let base = DitConfig::default();
+    let mut out = Vec::new();
+    for b in LL_BUDGETS {
+        for depth in [1, 2, 3, 4, 6, 8] {
+            let s = (2..=40)
+                .map(|k| Shape::on_base(depth, 8 * k, 2, &base))
+                .min_by_key(|s| (s.params as i64 - b as i64).abs())
+                .unwrap();
+            if (s.params as f64 - b as f64).abs() <= 0.1 * b as f64 {
+                out.push((b, s));
+            }
+        }
+    }
+    out
+}
+
+fn ll_truth(s: &Shape) -> f64 {
+    let t: BTreeMap<&str, f64> = LL.into_iter().collect();
+    t["c"] - t["a"] * (s.params as f64).ln() + t["b"] * (s.depth as f64).ln()
+}
+
+/// `seeds` runs of every shape of `ll_shapes`, ln y = truth + σ·z.
+fn ll_rows(seeds: u64, rng_seed: u64) -> Vec<Map<String, Value>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
+    let mut rows = Vec::new();
+    for (b, s) in ll_shapes() {
+        for seed in 0..seeds {
+            let y = (ll_truth(&s) + LL_SIGMA * normal(&mut rng)).exp();
+            let mut r = row(rows.len(), b, &s, "kd", seed, Some(y), "ok");
+            r.insert("steps".into(), json!(4000));
+            rows.push(r);
+        }
+    }
+    rows
+}
+
+#[test]
+fn loglinear_law_is_recovered_and_its_lack_of_fit_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_table(tmp.path(), &ll_rows(3, 11));
+    let law = fit_sweep(&Options {
+        bootstrap: 200,
+        ..opts(tmp.path())
+    })
+    .unwrap();
+    assert!(ll_shapes().len() >= 12, "{} shapes", ll_shapes().len());
+    // The pooled seed noise is the noise put in (36+ dof: within ±30 %).
+    let noise = law.noise.as_ref().unwrap();
+    assert!(
+        (noise.sigma / LL_SIGMA - 1.0).abs() < 0.3,
+        "σ {} vs {LL_SIGMA}",
+        noise.sigma
+    );
+    assert_eq!(noise.dof, 2 * ll_shapes().len());
+    assert_eq!(law.fit_step, Some(4000));
+    let d = law.laws.iter().find(|l| l.name == Form::D).unwrap();
+    // No reference.json: law (d) keeps its floor at 0, and says so.
+    assert_eq!(d.coef["E"], 0.0);
+    assert_eq!(d.fixed["E"], harness::law::Fixed::NoFloor);
+    assert!(!d.intervals.contains_key("E") && d.k == 3 && d.cells == ll_shapes().len());
+    for (name, t) in LL {
+        let [lo, hi] = d.intervals[name];
+        assert!(
+            lo <= t && t <= hi,
+            "{name}: true {t} outside the 90 % bootstrap interval [{lo}, {hi}] (fit {})",
+            d.coef[name]
+        );
+        assert!(
+            hi - lo < 0.5 * t.abs().max(0.2),
+            "{name}: [{lo}, {hi}] too wide"
+        );
+    }
+    // The true form is not rejected; a law of N alone misses the depth effect and is.
+    let lof = d.lack_of_fit.as_ref().unwrap();
+    assert!(lof.p > 0.05, "true form rejected: {lof:?}");
+    assert_eq!(
+        (lof.df_lof, lof.df_pe),
+        (ll_shapes().len() - 3, 2 * ll_shapes().len())
+    );
+    let a = law.laws.iter().find(|l| l.name == Form::A).unwrap();
+    let wrong = a.lack_of_fit.as_ref().unwrap();
+    assert!(
+        wrong.rejects && wrong.p < 1e-3,
+        "wrong form accepted: {wrong:?}"
+    );
+    // Chosen: a log-linear law, whose CV error per run is near the seed noise.
+    assert!(
+        law.chosen == Form::D || law.chosen == Form::E,
+        "chose {}",
+        law.chosen
+    );
+    // Out of sample it beats the wrong forms: far better than N alone, no worse than (b). (Its
+    // LOBO error is well above σ here: each budget's shapes sit within ±10 % in N, so a fold
+    // fitted on two budgets extrapolates the N slope from two clusters.)
+    let c = law.chosen();
+    let lobo = |f: Form| {
+        law.laws
+            .iter()
+            .find(|l| l.name == f)
+            .unwrap()
+            .cv_lobo_rmse
+            .unwrap()
+    };
+    assert!(
+        c.cv_rmse() < lobo(Form::A) / 3.0 && c.cv_rmse() <= lobo(Form::B),
+        "{} vs (a) {} (b) {}",
+        c.cv_rmse(),
+        lobo(Form::A),
+        lobo(Form::B)
+    );
+    assert!(c.cv_kfold_rmse < 1.6 * LL_SIGMA, "{}", c.cv_kfold_rmse);
+    assert!(law.unidentified().is_empty(), "{:?}", law.unidentified());
+    // Law (f) needs learning curves, which this sweep has none of.
+    let f = law.skipped.iter().find(|s| s.name == Form::F).unwrap();
+    assert!(f.reason.contains("curves.parquet"), "{}", f.reason);
+    assert_eq!(law.measured.len(), ll_shapes().len());
+    assert!(law.measured.iter().all(|m| m.seeds == 3));
+}
+
+/// `ditkd best` answers with P(best), a tie set and the seeds that would separate it.
+#[test]
+fn best_reports_p_best_and_a_tie_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_table(tmp.path(), &ll_rows(2, 5));
+    let dir = tmp.path().to_str().unwrap();
+    let (code, out, err) = ditkd(&["fit", dir, "--bootstrap", "100"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("lack of fit") && out.contains("seed noise"),
+        "{out}"
+    );
+    let (code, out, err) = ditkd(&["best", "--budget", "300k", "--results", dir, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let a: Value = serde_json::from_str(&out).unwrap();
+    let cont = a["contenders"].as_array().unwrap();
+    assert!(cont.len() >= 5);
+    let p: Vec<f64> = cont.iter().map(|c| c["p_best"].as_f64().unwrap()).collect();
+    let total: f64 = p.iter().sum();
+    assert!((total - 1.0).abs() < 1e-9, "P(best) sums to {total}");
+    assert_eq!(a["best"]["p_best"].as_f64().unwrap(), p[0]);
+    assert_eq!(
+        (cont[0]["depth"].clone(), cont[0]["width"].clone()),
+        (a["best"]["depth"].clone(), a["best"]["width"].clone())
+    );
+    // The tie set is exactly the contenders the pick does not beat at 90 %.
+    let tie: Vec<String> = a["tie"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    for c in &cont[1..] {
+        let label = format!("d{}-w{}-h{}", c["depth"], c["width"], c["heads"]);
+        let beats = c["p_beats_pick"].as_f64().unwrap();
+        assert_eq!(tie.contains(&label), beats >= 0.1, "{label}: {beats}");
+    }
+    // The true law has every extra block cost 0.3·ln(d) at fixed N: depth 1 is the optimum, and
+    // the largest width that fits; its prediction brackets the truth.
+    assert_eq!(a["best"]["depth"], 1);
+    let pred = &a["prediction"];
+    assert_eq!(pred["at"]["steps"], 4000.0);
+    let [lo, hi] = [0, 1].map(|i| pred["interval"][i].as_f64().unwrap());
+    let [rlo, rhi] = [0, 1].map(|i| pred["run_interval"][i].as_f64().unwrap());
+    assert!(rlo < lo && lo < hi && hi < rhi, "{pred}");
+    assert!(a["converged"].is_null(), "law without a compute term");
+    assert!((a["sigma"].as_f64().unwrap() / LL_SIGMA - 1.0).abs() < 0.35);
+    // Text: P(best) and the tie set are printed.
+    let (code, out, _) = ditkd(&["best", "--budget", "300k", "--results", dir]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("P(best)") && out.contains("tie set") && out.contains("(pick)"),
+        "{out}"
+    );
+    // A compute the law cannot speak to is a warning, not a silent answer.
+    let (code, out, _) = ditkd(&[
+        "best",
+        "--budget",
+        "300k",
+        "--results",
+        dir,
+        "--steps",
+        "1000",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let a: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        a["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("no compute term")),
+        "{a}"
+    );
+}
+
+/// The seeds proposed to resolve a tie are the fewest that make the 90 % one-sided bound of the
+/// difference of two means (pooled seed noise) exclude zero at the estimated gap.
+#[test]
+fn seeds_to_separate_follow_the_pooled_noise() {
+    use harness::law::rank::seeds_to_separate;
+    // σ = 0.084 (the committed study), 2 seeds each, a 5 % gap: z₀.₉·σ·√(2/(2+m)) ≤ ln 1.05.
+    let gap = 1.05f64.ln();
+    let m = seeds_to_separate(gap, 0.084, 2, 2).unwrap();
+    let z = harness::law::stats::normal_quantile(0.9);
+    let se = |m: usize| 0.084 * (2.0 / (2 + m) as f64).sqrt();
+    assert!(z * se(m) <= gap && z * se(m - 1) > gap, "m = {m}");
+}
+
+/// Learning curves from a known compute law, a floor in reference.json, and a racing sweep
+/// whose pruned shapes stopped at 2,000 steps.
+fn curve_sweep(dir: &Path) -> (usize, usize) {
+    const E: f64 = 5.0;
+    const B: f64 = 4.0e7;
+    const BETA: f64 = 0.5;
+    let base = DitConfig::default();
+    let per_step = |s: &Shape| 6.4e9 + 192.0 * s.config(&base).forward_flops() as f64;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (mut runs, mut curves) = (Vec::new(), Vec::new());
+    for (b, s) in ll_shapes() {
+        let last = if s.depth == 8 || s.depth == 6 {
+            2000
+        } else {
+            4000
+        };
+        for seed in 0..2u64 {
+            let id = format!(
+                "{:03}-d{}-w{}-h{}-kd-s{seed}",
+                runs.len(),
+                s.depth,
+                s.width,
+                s.heads
+            );
+            let mut y_last = 0.0;
+            for step in [250u64, 500, 1000, 2000, 4000] {
+                if step > last {
+                    break;
+                }
+                let c = step as f64 * per_step(&s);
+                let y =
+                    (E + ll_truth(&s).exp() + B * c.powf(-BETA)) * (0.03 * normal(&mut rng)).exp();
+                y_last = y;
+                curves.push(json!({
+                    "run_id": id, "budget": b, "depth": s.depth, "width": s.width, "heads": s.heads,
+                    "patch": 4, "params": s.params, "mode": "kd", "seed": seed, "step": step,
+                    "images_seen": step * 64, "train_flops": c, "fid_proxy": y,
+                }).as_object().unwrap().clone());
+            }
+            let mut r = row(runs.len(), b, &s, "kd", seed, Some(y_last), "ok");
+            r.insert("run_id".into(), json!(id));
+            r.insert("steps".into(), json!(last));
+            runs.push(r);
+        }
+    }
+    write_table(dir, &runs);
+    let mut df = harness::table::to_frame(&curves).unwrap();
+    ParquetWriter::new(File::create(dir.join("curves.parquet")).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let ms = |m: f64| json!({"mean": m, "std": 0.1, "values": [m - 0.1, m + 0.1]});
+    let reference = json!({
+        "key": "test", "samples": 500,
+        "floor": {"draws": 2, "fid_proxy": ms(E), "kid": ms(0.01), "precision": ms(0.7),
+                  "recall": ms(0.7), "coverage": ms(0.9), "class_accuracy": ms(0.9)},
+        "teacher": null,
+    });
+    std::fs::write(dir.join("reference.json"), reference.to_string()).unwrap();
+    (runs.len(), curves.len())
+}
+
+#[test]
+fn compute_law_fits_learning_curves_with_the_floor_fixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n_runs, n_curve) = curve_sweep(tmp.path());
+    let law = fit_sweep(&Options {
+        bootstrap: 60,
+        ..opts(tmp.path())
+    })
+    .unwrap();
+    // Pruned runs leave the laws without a compute term, and the fit says so.
+    let pruned = 2 * ll_shapes().iter().filter(|(_, s)| s.depth >= 6).count();
+    assert!(pruned > 0);
+    assert_eq!(law.fit_step, Some(4000));
+    assert_eq!(law.n_runs, n_runs - pruned);
+    assert!(
+        law.notes.iter().any(|n| n.contains("another step count")),
+        "{:?}",
+        law.notes
+    );
+    // The floor is fixed at reference.json's in every law.
+    assert_eq!(law.floor.as_ref().unwrap().value, 5.0);
+    for l in &law.laws {
+        assert_eq!(l.coef["E"], 5.0, "law ({})", l.name);
+        assert_eq!(l.fixed["E"], harness::law::Fixed::MeasuredFloor);
+    }
+    let f = law
+        .laws
+        .iter()
+        .find(|l| l.name == Form::F)
+        .expect("law (f) fitted");
+    assert_eq!(f.n, n_curve, "every curve point, pruned runs' included");
+    assert_eq!(f.k, 5);
+    let cm = f.compute.as_ref().unwrap();
+    assert!(
+        (cm.per_step[0] / 6.4e9 - 1.0).abs() < 1e-6 && (cm.per_step[1] / 192.0 - 1.0).abs() < 1e-6,
+        "{:?}",
+        cm.per_step
+    );
+    assert_eq!((cm.step, cm.max_step), (4000, 4000));
+    for (name, t) in [("a", 0.55), ("b", 0.3), ("beta", 0.5)] {
+        let [lo, hi] = f.intervals[name];
+        assert!(
+            lo <= t && t <= hi && (f.coef[name] - t).abs() < 0.15 * t,
+            "{name}: fit {} 90 % [{lo}, {hi}], true {t}",
+            f.coef[name]
+        );
+    }
+    assert!(f.lack_of_fit.as_ref().unwrap().p > 0.01);
+    assert!(f.cv_lobo_rmse.unwrap() < 0.08);
+
+    // Queried as the chosen law (`--law f` when CV preferred another): predictions move with
+    // the compute asked, and converge.
+    let law = fit_sweep(&Options {
+        bootstrap: 60,
+        law: Some(Form::F),
+        ..opts(tmp.path())
+    })
+    .unwrap();
+    assert_eq!(law.chosen, Form::F);
+    assert_eq!(law.bootstrap.len(), 60);
+    assert!(law.bootstrap.iter().all(|d| d.contains_key("beta")));
+    law.save(&tmp.path().join("law.json")).unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let q = |extra: &[&str]| -> Value {
+        let mut args = vec!["best", "--budget", "200k", "--results", dir, "--json"];
+        args.extend(extra);
+        let (code, out, err) = ditkd(&args);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let a = q(&[]);
+    let at_max = a["prediction"]["predicted"].as_f64().unwrap();
+    let conv = &a["converged"];
+    assert_eq!(a["prediction"]["at"]["steps"], 4000.0);
+    let c = conv["predicted"].as_f64().unwrap();
+    assert!(c < at_max && c > 5.0, "converged {c} vs {at_max}");
+    let [lo, hi] = [0, 1].map(|i| conv["interval"][i].as_f64().unwrap());
+    assert!(lo < c && c < hi, "{conv}");
+    let early = q(&["--steps", "1000"]);
+    assert!(early["prediction"]["predicted"].as_f64().unwrap() > at_max);
+    assert!(early["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| !w.as_str().unwrap().contains("no compute term")));
+    let iso = q(&["--train-flops", "1e13"]);
+    assert_eq!(iso["prediction"]["at"]["flops"], 1e13);
+    assert_eq!(iso["prediction"]["train_flops"], 1e13);
 }

@@ -16,6 +16,7 @@ pub struct Args {
     pub hold_out: Option<String>,
     pub out: Option<PathBuf>,
     pub seed: u64,
+    pub law: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -30,6 +31,19 @@ pub fn run(a: Args) -> Result<()> {
         ),
         None => None,
     };
+    let force = match &a.law {
+        Some(name) => Some(crate::law::Form::from_name(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--law: `{name}` is not a law (one of: {})",
+                crate::law::Form::ALL
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?),
+        None => None,
+    };
     let law = fit_sweep(&Options {
         dir: a.dir.clone(),
         metric: a.metric,
@@ -37,6 +51,7 @@ pub fn run(a: Args) -> Result<()> {
         bootstrap: a.bootstrap,
         hold_out,
         seed: a.seed,
+        law: force,
     })?;
     // A held-out fit never replaces the sweep's law: by default it lands beside it, where
     // `ditkd report` picks it up as the held-out check.
@@ -76,21 +91,52 @@ pub fn summary(l: &LawFile) -> String {
         "{} ({} mode): {} runs, budgets {:?}, params {}..{}, table {}",
         l.metric, l.mode, l.n_runs, l.budgets, l.params_range[0], l.params_range[1], l.table
     ));
+    line(format!("rows: {}", l.rows));
+    match &l.noise {
+        Some(n) => line(format!(
+            "seed noise: σ = {:.4} in ln {} ({} dof over {} shapes with 2+ seeds): no law can predict a run better",
+            n.sigma, l.metric, n.dof, n.replicated
+        )),
+        None => line("seed noise: unknown (single seeds)".into()),
+    }
+    if let Some(f) = &l.floor {
+        line(format!(
+            "floor E fixed at {:.4} ± {:.4} from {}",
+            f.value, f.std, f.source
+        ));
+    }
     line(format!(
-        "{:<6}{:>3}{:>12}{:>10}{:>11}{:>11}  formula",
-        "law", "k", "RSS", "AIC", "LOBO CV", "k-fold CV"
+        "{:<6}{:>3}{:>6}{:>12}{:>10}{:>11}{:>11}{:>18}  formula",
+        "law", "k", "cells", "RSS", "AIC", "LOBO CV", "k-fold CV", "lack of fit p"
     ));
     for f in &l.laws {
         let mark = if f.name == l.chosen { " *" } else { "  " };
         line(format!(
-            "{:<6}{:>3}{:>12.5}{:>10.2}{:>11}{:>11.4}  {}",
+            "{:<6}{:>3}{:>6}{:>12.5}{:>10.2}{:>11}{:>11.4}{:>18}  {}{}",
             format!("{}{mark}", f.name),
             f.k,
+            f.cells,
             f.rss,
             f.aic,
             opt(f.cv_lobo_rmse),
             f.cv_kfold_rmse,
-            f.formula
+            f.lack_of_fit.as_ref().map_or("-".into(), |t| format!(
+                "F({},{})={:.2} p={:.1e}",
+                t.df_lof, t.df_pe, t.f, t.p
+            )),
+            f.formula,
+            if f.fixed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " [{}]",
+                    f.fixed
+                        .iter()
+                        .map(|(k, w)| format!("{k} {}", w.describe()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            }
         ));
     }
     for sk in &l.skipped {
@@ -127,10 +173,26 @@ pub fn summary(l: &LawFile) -> String {
         .collect();
     for k in &names {
         let v = c.coef.get(k).copied().unwrap_or(f64::NAN);
-        let iv = c.intervals.get(k).map_or(String::new(), |[lo, hi]| {
-            format!("   90% [{lo:.4e}, {hi:.4e}]")
-        });
+        let iv = match (c.intervals.get(k), c.fixed.get(k)) {
+            (_, Some(w)) => format!("   {}", w.describe()),
+            (Some([lo, hi]), None) => format!("   90% [{lo:.4e}, {hi:.4e}]"),
+            (None, None) => String::new(),
+        };
         line(format!("  {k:<6} = {v:.4e}{iv}"));
+    }
+    if let Some(t) = &c.lack_of_fit {
+        line(format!(
+            "lack of fit: F({}, {}) = {:.3}, p = {:.3e}: {}",
+            t.df_lof,
+            t.df_pe,
+            t.f,
+            t.p,
+            if t.rejects {
+                format!("the law misses the shapes by more than the seed noise (τ ≈ {:.4} in ln beyond it)", t.sigma_between)
+            } else {
+                "the law's misses are within the seed noise".into()
+            }
+        ));
     }
     line(format!("design: {}", l.design.formula));
     line(format!(

@@ -388,16 +388,63 @@ fn law_section(w: &mut String, l: &LawFile) {
             unidentified.join("; ")
         );
     }
+    // How the law compares with the seed noise: the error no law can beat, and whether this
+    // one misses the shapes by more.
+    if !l.rows.is_empty() {
+        let _ = writeln!(w, "Rows fitted: {}.\n", l.rows);
+    }
+    match (&l.noise, &c.lack_of_fit) {
+        (Some(n), Some(t)) => {
+            let _ = writeln!(
+                w,
+                "**Seed noise and lack of fit.** Seeds of one shape scatter by σ = {} in ln {} (pooled within-shape std, {} dof over {} shapes with two or more seeds): no law predicts a single run better. The chosen law's {} CV error is {} ({}× σ). Lack-of-fit test against that noise: **F({}, {}) = {}, p = {}** — {}\n",
+                num(n.sigma),
+                l.metric,
+                n.dof,
+                n.replicated,
+                l.cv_kind.describe(),
+                num(c.cv_rmse()),
+                num(c.cv_rmse() / n.sigma),
+                t.df_lof,
+                t.df_pe,
+                num(t.f),
+                sci(t.p),
+                if t.rejects {
+                    format!("the law misses the shapes by more than the seed noise (the shapes' spread about it beyond the noise is τ ≈ {} in ln); `ditkd best` carries τ into P(best) and its intervals.", num(t.sigma_between))
+                } else {
+                    "the law's misses are within the seed noise.".into()
+                }
+            );
+        }
+        (Some(n), None) => {
+            let _ = writeln!(w, "**Seed noise.** σ = {} in ln {} ({} dof); the chosen law could not be tested for lack of fit (no more shapes than coefficients).\n", num(n.sigma), l.metric, n.dof);
+        }
+        (None, _) => {
+            let _ = writeln!(w, "**Seed noise unknown**: single seeds, so no lack-of-fit test; P(best) in `ditkd best` falls back on the CV error.\n");
+        }
+    }
+    if let Some(f) = &l.floor {
+        let _ = writeln!(
+            w,
+            "The floor E is fixed at the measured real-data floor {} ± {} ({}).\n",
+            num(f.value),
+            num(f.std),
+            f.source
+        );
+    }
     let _ = writeln!(
         w,
-        "| coefficient | estimate | 90 % bootstrap interval |\n|---|---:|---|"
+        "| coefficient | estimate | 90 % bootstrap interval (shapes resampled within budgets) |\n|---|---:|---|"
     );
     for (name, v) in &c.coef {
         let _ = writeln!(
             w,
             "| {name} | {} | {} |",
             num(*v),
-            interval(c.intervals.get(name))
+            match c.fixed.get(name) {
+                Some(why) => why.describe().to_string(),
+                None => interval(c.intervals.get(name)),
+            }
         );
     }
     let _ = writeln!(
@@ -407,13 +454,13 @@ fn law_section(w: &mut String, l: &LawFile) {
     );
     let _ = writeln!(
         w,
-        "| law | formula | k | n | RSS | AIC | CV LOBO RMSE | CV k-fold RMSE | chosen |"
+        "| law | formula | k | n | RSS | AIC | CV LOBO RMSE | CV k-fold RMSE | lack of fit | chosen |"
     );
-    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---|---|");
     for f in &l.laws {
         let _ = writeln!(
             w,
-            "| ({}) | `{}` | {} | {} | {} | {} | {} | {} | {} |",
+            "| ({}) | `{}` | {} | {} | {} | {} | {} | {} | {} | {} |",
             f.name,
             f.formula,
             f.k,
@@ -422,9 +469,17 @@ fn law_section(w: &mut String, l: &LawFile) {
             num(f.aic),
             opt(f.cv_lobo_rmse),
             num(f.cv_kfold_rmse),
+            f.lack_of_fit.as_ref().map_or("–".into(), |t| format!(
+                "F({}, {}) = {}, p = {}",
+                t.df_lof,
+                t.df_pe,
+                num(t.f),
+                sci(t.p)
+            )),
             if f.name == l.chosen { "✓" } else { "" }
         );
     }
+    let _ = writeln!(w, "\nk counts fitted coefficients (a fixed floor is not one); n is runs (learning-curve points for a compute law); CV errors are per run, with whole shapes held out; AIC compares laws fitted on the same points only.");
     for s in &l.skipped {
         let _ = writeln!(w, "\nLaw ({}) was not fitted: {}.", s.name, s.reason);
     }
@@ -630,4 +685,13 @@ fn holdout_section(w: &mut String, l: &LawFile, h: &crate::law::Holdout, metric:
         "- best-predicted within 5 % of the best measured: {}\n",
         yn(&h["within_5pct"])
     );
+}
+
+/// A p-value: fixed-point down to 0.001, scientific below.
+fn sci(p: f64) -> String {
+    if p >= 1e-3 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.1e}")
+    }
 }

@@ -44,6 +44,7 @@ pub fn run(
         hold_out: None,
         out: None,
         seed: 0,
+        law: None,
     });
     match fitted {
         Ok(()) => {}

@@ -16,8 +16,101 @@ pub struct Point {
     pub budget: u64,
     pub shape: Shape,
     pub seed: Option<i64>,
+    /// Training steps of the run (null when the table has no `steps` column).
+    pub steps: Option<u64>,
     /// The metric (not its log).
     pub y: f64,
+}
+
+/// One learning-curve point (a row of `curves.parquet`) of a fitted run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurvePoint {
+    pub run_id: String,
+    pub budget: u64,
+    pub shape: Shape,
+    pub step: u64,
+    pub train_flops: f64,
+    pub y: f64,
+}
+
+/// The learning-curve points of the runs `run_ids` (the fitted ones) with a finite positive
+/// `metric`, a positive step and positive training FLOPs. Empty when the sweep has no
+/// `curves.parquet`; errors name the file.
+pub fn curve_points(dir: &Path, metric: &str, runs: &[Point]) -> Result<Vec<CurvePoint>> {
+    let path = dir.join("curves.parquet");
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let t = Table::load_file(&path)?;
+    let ids = t.strs("run_id")?;
+    let step = t.f64s("step")?;
+    let flops = t.f64s("train_flops")?;
+    let ys = t.f64s(metric)?;
+    let by_id: BTreeMap<&str, &Point> = runs.iter().map(|q| (q.run_id.as_str(), q)).collect();
+    let mut out = Vec::new();
+    for i in 0..t.df.height() {
+        let Some(run) = ids[i].as_deref().and_then(|id| by_id.get(id)) else {
+            continue;
+        };
+        let (Some(st), Some(fl), Some(y)) = (step[i], flops[i], ys[i]) else {
+            continue;
+        };
+        if !(st >= 1.0 && fl > 0.0 && y > 0.0 && y.is_finite() && fl.is_finite()) {
+            continue;
+        }
+        out.push(CurvePoint {
+            run_id: run.run_id.clone(),
+            budget: run.budget,
+            shape: run.shape,
+            step: st as u64,
+            train_flops: fl,
+            y,
+        });
+    }
+    Ok(out)
+}
+
+/// The real-data floor of `metric` (`reference.json`: FID-proxy or KID), if measured.
+pub fn floor(dir: &Path, metric: &str) -> Option<super::FloorRef> {
+    let r = distill::reference::Reference::load(dir)?;
+    let m = match metric {
+        "fid_proxy" => &r.floor.fid_proxy,
+        "kid" => &r.floor.kid,
+        _ => return None,
+    };
+    (m.mean.is_finite() && m.mean > 0.0).then(|| super::FloorRef {
+        value: m.mean,
+        std: if m.std.is_finite() { m.std } else { 0.0 },
+        source: format!(
+            "{} (real-data floor, {} draws of {} samples)",
+            dir.join(distill::reference::FILE).display(),
+            r.floor.draws,
+            r.samples
+        ),
+    })
+}
+
+/// The step count the laws without a compute term are fitted at, the runs at it, and how many
+/// were left out: every run when they agree (or the table has no `steps` column); otherwise
+/// the step count most runs share (the larger among ties) — a racing sweep's pruned shapes
+/// stopped earlier, and a law without a compute term cannot compare them with finished ones.
+pub fn at_common_step(pts: &[Point]) -> (Option<u64>, Vec<Point>, usize) {
+    let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+    for q in pts {
+        if let Some(s) = q.steps {
+            *count.entry(s).or_default() += 1;
+        }
+    }
+    let Some((&step, _)) = count.iter().max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0))) else {
+        return (None, pts.to_vec(), 0);
+    };
+    let kept: Vec<Point> = pts
+        .iter()
+        .filter(|q| q.steps.is_none_or(|s| s == step))
+        .cloned()
+        .collect();
+    let left = pts.len() - kept.len();
+    (Some(step), kept, left)
 }
 
 impl Point {
@@ -115,6 +208,7 @@ impl Table {
         let heads = self.f64s("heads")?;
         let params = self.f64s("params")?;
         let seed = self.f64s_opt("seed");
+        let steps = self.f64s_opt("steps");
         let ok: Vec<usize> = (0..self.df.height())
             .filter(|&i| status[i].as_deref() == Some("ok") && modes[i].as_deref() == Some(mode))
             .collect();
@@ -171,6 +265,11 @@ impl Table {
                 budget: int(&budget, "budget")? as u64,
                 shape,
                 seed: seed.as_ref().and_then(|s| s[i]).map(|v| v as i64),
+                steps: steps
+                    .as_ref()
+                    .and_then(|s| s[i])
+                    .filter(|v| *v >= 1.0)
+                    .map(|v| v as u64),
                 y,
             });
         }

@@ -163,10 +163,20 @@ pub fn ranked(
     keep: impl Fn(&Shape) -> bool,
     r: &Reference,
 ) -> Vec<(Shape, f64)> {
+    ranked_by(shapes, keep, r, |s| law.predict(s))
+}
+
+/// Shapes passing `keep`, ordered by `predict` (then `r`'s tie-breaks; NaN predictions dropped).
+pub fn ranked_by(
+    shapes: &[Shape],
+    keep: impl Fn(&Shape) -> bool,
+    r: &Reference,
+    predict: impl Fn(&Shape) -> f64,
+) -> Vec<(Shape, f64)> {
     let mut v: Vec<(Shape, f64)> = shapes
         .iter()
         .filter(|s| keep(s))
-        .map(|s| (*s, law.predict(s)))
+        .map(|s| (*s, predict(s)))
         .filter(|(_, p)| p.is_finite())
         .collect();
     v.sort_by(|a, b| r.cmp((&a.0, a.1), (&b.0, b.1)));
@@ -177,7 +187,7 @@ pub fn ranked(
 pub fn law_key(form: Form, s: &Shape) -> (usize, usize, usize) {
     match form {
         Form::A => (s.params, 0, 0),
-        Form::B => (s.depth, s.width, 0),
+        Form::B | Form::D | Form::E | Form::F => (s.depth, s.width, 0),
         Form::C => (s.depth, s.width, s.heads),
     }
 }
@@ -191,6 +201,12 @@ pub struct Candidates {
 impl Candidates {
     pub fn new(shapes: Vec<Shape>) -> Self {
         let feats = shapes.iter().map(Shape::feat).collect();
+        Self { shapes, feats }
+    }
+
+    /// The shapes with `law`'s features (a compute law's at its fitted step).
+    pub fn for_law(shapes: Vec<Shape>, law: &LawFit) -> Self {
+        let feats = shapes.iter().map(|s| law.feat(s)).collect();
         Self { shapes, feats }
     }
 
@@ -428,14 +444,15 @@ pub fn design(
         dom.params[1],
         if beyond.is_empty() { String::new() } else { format!("; rows marked extrapolated: budgets {}", beyond.join(", ")) }
     );
+    let no_heads = |f: Form| format!(", head_dim* not determined (law ({f}) has no head term)");
     d.formula = match form {
         Form::A => format!("law (a) depends on parameters only: depth, width and head_dim are not identifiable (the optimum is the largest model within the budget) [{scope}]"),
-        _ => {
+        Form::B | Form::C | Form::D | Form::E | Form::F => {
             let ex = Exponents { depth: exp(0), width: exp(1), head_dim: exp(2) };
             let mut f = format!("{}, {}", fmt("d", &ex.depth), fmt("w", &ex.width));
             f += &match form {
                 Form::C => format!(", {}", fmt("head_dim", &ex.head_dim)),
-                _ => ", head_dim* not determined (law (b) has no head term)".into(),
+                Form::A | Form::B | Form::D | Form::E | Form::F => no_heads(form),
             };
             f += &format!(" [{scope}]");
             let mut bounds = Vec::new();

@@ -1,16 +1,53 @@
-//! Non-linear least squares on ln(metric) with the `levenberg-marquardt` crate, from several
-//! starting points (the laws are non-convex in their exponents; the best local optimum wins).
+//! Weighted non-linear least squares on ln(metric) with the `levenberg-marquardt` crate, from
+//! several starting points (the laws are non-convex in their exponents; the best local optimum
+//! wins).
+//!
+//! An observation is a cell — one shape (at one training step, for the compute law) — holding
+//! the mean of ln(metric) over its seeds, weighted by the seed count: with a common seed noise
+//! σ², the cell mean has variance σ²/n, so weight n is the inverse-variance weight, and the
+//! coefficients equal those of a fit to the single runs. The floor `E` may be held fixed
+//! (`Pin`): the measured real-data floor, or 0 where the data cannot identify it.
 
 use levenberg_marquardt::{LeastSquaresProblem, LevenbergMarquardt};
 use nalgebra::{DMatrix, DVector, Dyn, Owned};
 
 use super::forms::{Feat, Form, Scales};
 
-/// One fitted observation: the shape's log-features and ln(metric).
+/// One fitted observation (a cell): the shape's log-features, the mean of ln(metric) over its
+/// `w` seeds, their within-cell sum of squares `ss` (0 for one seed) and the cell's group (its
+/// shape's index: CV folds and bootstrap draws take or leave whole groups).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Obs {
     pub x: Feat,
     pub ln_y: f64,
+    pub w: f64,
+    pub ss: f64,
+    pub group: usize,
+}
+
+impl Obs {
+    /// A single run, its own group.
+    pub fn single(x: Feat, ln_y: f64, group: usize) -> Self {
+        Self {
+            x,
+            ln_y,
+            w: 1.0,
+            ss: 0.0,
+            group,
+        }
+    }
+}
+
+/// The floor held fixed during the fit: `Some(E)` (E ≥ 0; 0 drops the floor) or free.
+pub type Pin = Option<f64>;
+
+/// θ₀ (ln E) of a pinned floor (0 maps to the clamp, which `Form::to_raw` reports as 0).
+pub fn pinned_theta0(e: f64) -> f64 {
+    if e > 0.0 {
+        e.ln()
+    } else {
+        -300.0
+    }
 }
 
 /// A converged fit: free parameters θ (see `forms`) and the RSS on ln(metric).
@@ -25,6 +62,16 @@ pub struct Fitted {
 pub fn scales(obs: &[Obs]) -> Scales {
     let n = obs.len().max(1) as f64;
     let m = |f: fn(&Feat) -> f64| obs.iter().map(|o| f(&o.x)).sum::<f64>() / n;
+    let finite_c: Vec<f64> = obs
+        .iter()
+        .map(|o| o.x.ln_c)
+        .filter(|v| v.is_finite())
+        .collect();
+    let ln_c = if finite_c.is_empty() {
+        0.0
+    } else {
+        finite_c.iter().sum::<f64>() / finite_c.len() as f64
+    };
     let lo = obs.iter().map(|o| o.x.ln_h).fold(f64::INFINITY, f64::min);
     let hi = obs
         .iter()
@@ -37,6 +84,7 @@ pub fn scales(obs: &[Obs]) -> Scales {
             ln_d: m(|x| x.ln_d),
             ln_w: m(|x| x.ln_w),
             ln_h: m(|x| x.ln_h),
+            ln_c,
         },
         ln_h0: [lo - widen, hi + widen],
     }
@@ -46,24 +94,26 @@ struct Problem<'a> {
     form: Form,
     obs: &'a [Obs],
     sc: Scales,
-    th: DVector<f64>,
+    /// The full θ (a pinned floor included).
+    th: Vec<f64>,
+    /// Indices of θ the optimiser moves (all but 0 when the floor is pinned).
+    free: Vec<usize>,
 }
 
 impl Problem<'_> {
-    /// Residuals ln y − ln f and the Jacobian −(∂f/∂θ)/f.
+    /// Weighted residuals √w·(ln y − ln f) and their Jacobian −√w·(∂f/∂θ)/f (free columns).
     fn eval(&self, jac: Option<&mut DMatrix<f64>>) -> DVector<f64> {
         let k = self.form.k();
         let mut g = vec![0.0; k];
         let mut r = DVector::zeros(self.obs.len());
         let mut jac = jac;
         for (i, o) in self.obs.iter().enumerate() {
-            let f = self
-                .form
-                .eval_theta(self.th.as_slice(), &o.x, &self.sc, &mut g);
-            r[i] = o.ln_y - f.ln();
+            let f = self.form.eval_theta(&self.th, &o.x, &self.sc, &mut g);
+            let sw = o.w.sqrt();
+            r[i] = sw * (o.ln_y - f.ln());
             if let Some(j) = jac.as_deref_mut() {
-                for c in 0..k {
-                    j[(i, c)] = -g[c] / f;
+                for (c, &p) in self.free.iter().enumerate() {
+                    j[(i, c)] = -sw * g[p] / f;
                 }
             }
         }
@@ -77,11 +127,13 @@ impl LeastSquaresProblem<f64, Dyn, Dyn> for Problem<'_> {
     type ParameterStorage = Owned<f64, Dyn>;
 
     fn set_params(&mut self, x: &DVector<f64>) {
-        self.th.copy_from(x);
+        for (c, &p) in self.free.iter().enumerate() {
+            self.th[p] = x[c];
+        }
     }
 
     fn params(&self) -> DVector<f64> {
-        self.th.clone()
+        DVector::from_iterator(self.free.len(), self.free.iter().map(|&p| self.th[p]))
     }
 
     fn residuals(&self) -> Option<DVector<f64>> {
@@ -90,17 +142,18 @@ impl LeastSquaresProblem<f64, Dyn, Dyn> for Problem<'_> {
     }
 
     fn jacobian(&self) -> Option<DMatrix<f64>> {
-        let mut j = DMatrix::zeros(self.obs.len(), self.form.k());
+        let mut j = DMatrix::zeros(self.obs.len(), self.free.len());
         self.eval(Some(&mut j));
         j.iter().all(|v| v.is_finite()).then_some(j)
     }
 }
 
-/// RSS of θ on `obs` (NaN if the law is undefined somewhere).
+/// Weighted RSS of θ on the cells, Σ w·(ln ȳ − ln f)² (NaN if the law is undefined somewhere):
+/// the lack-of-fit part. The RSS over single runs adds the within-cell Σ ss.
 pub fn rss(form: Form, th: &[f64], obs: &[Obs], sc: &Scales) -> f64 {
     let mut g = vec![0.0; form.k()];
     obs.iter()
-        .map(|o| (o.ln_y - form.eval_theta(th, &o.x, sc, &mut g).ln()).powi(2))
+        .map(|o| o.w * (o.ln_y - form.eval_theta(th, &o.x, sc, &mut g).ln()).powi(2))
         .sum()
 }
 
@@ -114,13 +167,13 @@ pub fn predict_ln(form: Form, th: &[f64], x: &Feat, sc: &Scales) -> f64 {
 /// the rest of the (geometric) mean split over the terms, and a slow and a fast exponent.
 /// `thorough = false` keeps two of them (refits that also warm-start from the full fit).
 pub fn grid_starts(form: Form, obs: &[Obs], thorough: bool) -> Vec<Vec<f64>> {
-    let n = obs.len().max(1) as f64;
+    let n = obs.iter().map(|o| o.w).sum::<f64>().max(1e-12);
     let ymin = obs
         .iter()
         .map(|o| o.ln_y)
         .fold(f64::INFINITY, f64::min)
         .exp();
-    let ygeo = (obs.iter().map(|o| o.ln_y).sum::<f64>() / n).exp();
+    let ygeo = (obs.iter().map(|o| o.w * o.ln_y).sum::<f64>() / n).exp();
     let fracs: &[f64] = if thorough { &[0.1, 0.5, 0.9] } else { &[0.5] };
     let exps: &[f64] = if thorough { &[0.3, 1.0] } else { &[0.5] };
     let heads: &[f64] = if thorough { &[-0.7, 0.0, 0.7] } else { &[0.0] };
@@ -150,27 +203,55 @@ pub fn grid_starts(form: Form, obs: &[Obs], thorough: bool) -> Vec<Vec<f64>> {
                     }
                 }
             }
+            Form::D | Form::E | Form::F => {
+                for &a in exps {
+                    let v = match form {
+                        Form::D => vec![e0.ln(), rest.ln(), a, 0.0],
+                        Form::E => vec![e0.ln(), rest.ln(), a, 0.0, 0.0],
+                        // Half the excess to the compute term, at a slow or a fast rate.
+                        Form::A | Form::B | Form::C | Form::F => vec![
+                            e0.ln(),
+                            (rest / 2.0).ln(),
+                            a,
+                            0.0,
+                            (rest / 2.0).ln(),
+                            a.ln(),
+                        ],
+                    };
+                    out.push(v);
+                }
+            }
         }
     }
     out
 }
 
-/// Fit `form` to `obs` from every start; the lowest finite RSS wins (None if all fail).
-pub fn fit(form: Form, obs: &[Obs], sc: &Scales, starts: &[Vec<f64>]) -> Option<Fitted> {
+/// Fit `form` to `obs` from every start (θ₀ replaced by the pinned floor, if any); the lowest
+/// finite RSS wins (None if all fail).
+pub fn fit(form: Form, obs: &[Obs], sc: &Scales, starts: &[Vec<f64>], pin: Pin) -> Option<Fitted> {
     let lm = LevenbergMarquardt::new().with_patience(200);
+    let free: Vec<usize> = (usize::from(pin.is_some())..form.k()).collect();
     let mut best: Option<Fitted> = None;
     for s in starts {
-        if s.len() != form.k() || s.iter().any(|v| !v.is_finite()) {
+        if s.len() != form.k() {
+            continue;
+        }
+        let mut th = s.clone();
+        if let Some(e) = pin {
+            th[0] = pinned_theta0(e);
+        }
+        if th.iter().any(|v| !v.is_finite()) {
             continue;
         }
         let p = Problem {
             form,
             obs,
             sc: *sc,
-            th: DVector::from_column_slice(s),
+            th,
+            free: free.clone(),
         };
         let (p, _report) = lm.minimize(p);
-        let th: Vec<f64> = p.th.iter().copied().collect();
+        let th = p.th;
         let r = rss(form, &th, obs, sc);
         if r.is_finite()
             && th.iter().all(|v| v.is_finite())
@@ -189,10 +270,11 @@ pub fn fit_from(
     sc: &Scales,
     warm: &[Vec<f64>],
     thorough: bool,
+    pin: Pin,
 ) -> Option<Fitted> {
     let mut starts = warm.to_vec();
     starts.extend(grid_starts(form, obs, thorough));
-    fit(form, obs, sc, &starts)
+    fit(form, obs, sc, &starts, pin)
 }
 
 #[cfg(test)]
@@ -207,14 +289,11 @@ mod tests {
             .iter()
             .map(|&n| {
                 let x = Feat::new(n, 4.0, 64.0, 16.0);
-                Obs {
-                    x,
-                    ln_y: Form::A.eval_raw(&truth, &x).ln(),
-                }
+                Obs::single(x, Form::A.eval_raw(&truth, &x).ln(), 0)
             })
             .collect();
         let sc = scales(&obs);
-        let f = fit_from(Form::A, &obs, &sc, &[], true).unwrap();
+        let f = fit_from(Form::A, &obs, &sc, &[], true, None).unwrap();
         let raw = Form::A.to_raw(&f.theta, &sc);
         assert!(f.rss < 1e-12, "{}", f.rss);
         for (a, b) in raw.iter().zip(truth) {

@@ -64,11 +64,15 @@ pub fn check_learned(
 
 /// The coefficients of `law` its bootstrap does not pin down: a 90 % interval that changes sign
 /// or spans more than 100x. An additive floor `E` whose whole interval lies below 1 % of the
-/// smallest measured value is reported as negligible instead (it sits at its bound, 0).
+/// smallest measured value is reported as negligible instead (it sits at its bound, 0). The
+/// additive coefficients of the log-linear laws are exempt (see `Form::linear`).
 pub fn unidentified(law: &LawFit, min_measured: f64) -> Vec<String> {
     let mut out = Vec::new();
     for (name, &[lo, hi]) in &law.intervals {
         if name == "E" && hi.abs() < 0.01 * min_measured {
+            continue;
+        }
+        if law.form().linear(name) {
             continue;
         }
         let why = if lo < 0.0 && hi > 0.0 {
@@ -110,6 +114,10 @@ mod tests {
             cv_kfold_rmse: 0.0,
             k: 5,
             n: 10,
+            fixed: BTreeMap::new(),
+            cells: 10,
+            lack_of_fit: None,
+            compute: None,
         }
     }
 

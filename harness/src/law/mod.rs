@@ -3,9 +3,12 @@
 //!
 //! This file holds the public types — `LawFile` is exactly the JSON schema of `law.json` — and
 //! prediction. The fitting lives beside it, one idea per file: `forms` (the candidate laws and
-//! their parameterisations), `data` (table -> points), `fit` (Levenberg–Marquardt), `cv`
-//! (leave-one-budget-out and k-fold), `bootstrap`, `design` (feasible shapes, optima, the design
-//! formula), `latency` (the latency model), `holdout`, `pipeline` (all of it, in order) and `query` (`ditkd best`).
+//! their parameterisations), `data` (table -> points), `fit` (weighted Levenberg–Marquardt),
+//! `noise` (cells, the pooled seed noise, the lack-of-fit test), `cv` (leave-one-budget-out and
+//! k-fold, over shapes), `bootstrap` (over shapes), `stats` (normal and F distributions),
+//! `design` (feasible shapes, optima, the design formula), `latency` (the latency model),
+//! `holdout`, `pipeline` (all of it, in order), `rank` (P(best), ties, the seeds that separate
+//! them) and `query` (`ditkd best`).
 
 pub mod bootstrap;
 pub mod cv;
@@ -16,8 +19,11 @@ pub mod forms;
 pub mod guard;
 pub mod holdout;
 pub mod latency;
+pub mod noise;
 pub mod pipeline;
 pub mod query;
+pub mod rank;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -88,28 +94,133 @@ impl std::fmt::Display for Shape {
     }
 }
 
+/// Why a coefficient was held fixed instead of fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fixed {
+    /// The floor E at the measured real-data floor (`reference.json`).
+    MeasuredFloor,
+    /// The floor E dropped (0): fitted freely it sat at its bound, so the data cannot identify it.
+    NotIdentified,
+    /// The floor E at 0: no measured floor, and this law never fits it (see `Form::floor_free`).
+    NoFloor,
+}
+
+impl Fixed {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Fixed::MeasuredFloor => "fixed at the measured real-data floor (reference.json)",
+            Fixed::NotIdentified => {
+                "dropped (fixed at 0): fitted freely it sat at its bound 0, not identified"
+            }
+            Fixed::NoFloor => {
+                "fixed at 0: no measured floor (reference.json), and this law does not fit one"
+            }
+        }
+    }
+}
+
+/// The pooled seed-to-seed noise of ln(metric): within-shape standard deviation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Noise {
+    /// Pooled within-shape standard deviation of ln(metric).
+    pub sigma: f64,
+    /// Its degrees of freedom, Σ (seeds − 1).
+    pub dof: usize,
+    /// Shapes (cells) pooled, and how many of them had two or more seeds.
+    pub cells: usize,
+    pub replicated: usize,
+}
+
+/// The lack-of-fit F test of a law against the pooled seed noise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LackOfFit {
+    /// (SS_lof / df_lof) / (SS_pe / df_pe).
+    pub f: f64,
+    /// Cells − fitted coefficients.
+    pub df_lof: usize,
+    /// Runs − cells (pure error).
+    pub df_pe: usize,
+    /// P(F > f) under the law: small means the law misses by more than the seed noise.
+    pub p: f64,
+    pub ss_lof: f64,
+    pub ss_pe: f64,
+    /// The shapes' spread about the law beyond the seed noise (ANOVA moment estimate, ≥ 0), in
+    /// ln(metric): what an unmeasured shape may sit off the law by.
+    pub sigma_between: f64,
+    /// p < 0.05.
+    pub rejects: bool,
+}
+
+/// Training FLOPs of a shape: steps · (c0 + c1 · forward FLOPs of the student), fitted exactly on
+/// the learning-curve rows (the student's forward and backward plus, for KD, the teacher's
+/// forward; see `DistillConfig::train_flops`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComputeModel {
+    pub per_step: [f64; 2],
+    /// The step count the law's shape-only predictions (`LawFit::predict`) are made at.
+    pub step: u64,
+    /// The largest step measured.
+    pub max_step: u64,
+    /// The students' base config (to count a shape's forward FLOPs).
+    pub base: DitConfig,
+}
+
+impl ComputeModel {
+    /// Training FLOPs of `s` after `steps` steps.
+    pub fn flops(&self, s: &Shape, steps: f64) -> f64 {
+        let fwd = s.config(&self.base).forward_flops() as f64;
+        steps * (self.per_step[0] + self.per_step[1] * fwd)
+    }
+}
+
+/// Where a prediction is made along training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum At {
+    /// After this many training steps (each shape pays its own FLOPs per step).
+    Steps(f64),
+    /// At this many training FLOPs for every shape (an iso-compute comparison).
+    Flops(f64),
+    /// Trained to convergence (the compute term gone).
+    Converged,
+}
+
 /// One fitted candidate law.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LawFit {
-    /// Which law ("a", "b" or "c" in law.json).
+    /// Which law ("a" … "f" in law.json).
     pub name: Form,
     pub formula: String,
-    /// Coefficients in the formula's units (N in parameters, d in blocks, w and h0 in channels).
+    /// Coefficients in the formula's units (N in parameters, d in blocks, w and h0 in channels,
+    /// C in training FLOPs), the fixed ones included.
     pub coef: BTreeMap<String, f64>,
-    /// 90 % bootstrap percentile intervals; empty with `--bootstrap 0`.
+    /// 90 % bootstrap percentile intervals of the fitted coefficients; empty with `--bootstrap 0`.
     pub intervals: BTreeMap<String, [f64; 2]>,
-    /// Residual sum of squares on ln(metric).
+    /// Coefficients held fixed, and why.
+    #[serde(default)]
+    pub fixed: BTreeMap<String, Fixed>,
+    /// Residual sum of squares on ln(metric), over the single runs (curve points for law (f)).
     pub rss: f64,
-    /// n·ln(RSS/n) + 2k.
+    /// n·ln(RSS/n) + 2k (comparable between laws fitted on the same points only).
     pub aic: f64,
-    /// Leave-one-budget-out RMSE on ln(metric); null with fewer than two budgets.
+    /// Leave-one-budget-out RMSE on ln(metric) per run; null with fewer than two budgets.
     pub cv_lobo_rmse: Option<f64>,
-    /// k-fold (k = min(5, n), seeded shuffle) RMSE on ln(metric).
+    /// k-fold (k = min(5, shapes), seeded shuffle of shapes) RMSE on ln(metric) per run.
     pub cv_kfold_rmse: f64,
-    /// Coefficients.
+    /// Coefficients fitted (fixed ones not counted).
     pub k: usize,
-    /// Points fitted.
+    /// Points fitted: runs, or learning-curve points for law (f).
     pub n: usize,
+    /// Cells fitted: shapes, or (shape, step) pairs for law (f).
+    #[serde(default)]
+    pub cells: usize,
+    /// The lack-of-fit F test against the pooled seed noise; null without replicated cells.
+    #[serde(default)]
+    pub lack_of_fit: Option<LackOfFit>,
+    /// The compute model of a law with a compute term.
+    #[serde(default)]
+    pub compute: Option<ComputeModel>,
 }
 
 impl LawFit {
@@ -117,7 +228,7 @@ impl LawFit {
         self.name
     }
 
-    /// The predicted metric (not its log) for a shape.
+    /// The predicted metric (not its log) for a shape (a compute law: at the fitted step).
     pub fn predict(&self, s: &Shape) -> f64 {
         self.predict_with(&self.coef, s)
     }
@@ -125,7 +236,31 @@ impl LawFit {
     /// The prediction with other coefficients of the same law (a bootstrap draw).
     pub fn predict_with(&self, coef: &BTreeMap<String, f64>, s: &Shape) -> f64 {
         let f = self.form();
-        f.eval_raw(&f.from_map(coef), &s.feat())
+        f.eval_raw(&f.from_map(coef), &self.feat(s))
+    }
+
+    /// A shape's features, at the fitted step's compute for a compute law.
+    pub fn feat(&self, s: &Shape) -> Feat {
+        match &self.compute {
+            Some(c) => s.feat().at_flops(c.flops(s, c.step as f64)),
+            None => s.feat(),
+        }
+    }
+
+    /// A shape's features at `at` (a law without a compute term ignores it).
+    pub fn feat_at(&self, s: &Shape, at: At) -> Feat {
+        match (&self.compute, at) {
+            (Some(c), At::Steps(st)) => s.feat().at_flops(c.flops(s, st)),
+            (Some(_), At::Flops(fl)) => s.feat().at_flops(fl),
+            (Some(_), At::Converged) => s.feat().at_flops(f64::INFINITY),
+            (None, _) => s.feat(),
+        }
+    }
+
+    /// The prediction with coefficients `coef` at `at`.
+    pub fn predict_at(&self, coef: &BTreeMap<String, f64>, s: &Shape, at: At) -> f64 {
+        let f = self.form();
+        f.eval_raw(&f.from_map(coef), &self.feat_at(s, at))
     }
 
     /// The CV error the law was chosen on (LOBO, else k-fold), as RMSE on ln(metric).
@@ -282,6 +417,34 @@ pub struct Holdout {
     pub within_5pct: bool,
 }
 
+/// The real-data floor the laws' E is fixed at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FloorRef {
+    pub value: f64,
+    /// Its standard deviation over the reference's draws.
+    pub std: f64,
+    pub source: String,
+}
+
+/// A shape as measured at the fitted step: mean and count of ln(metric) over its seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasuredShape {
+    pub budget: u64,
+    pub depth: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub params: usize,
+    pub seeds: usize,
+    /// Mean over seeds of ln(metric).
+    pub mean_ln: f64,
+}
+
+impl MeasuredShape {
+    pub fn is(&self, s: &Shape) -> bool {
+        (self.depth, self.width, self.heads) == (s.depth, s.width, s.heads)
+    }
+}
+
 /// `law.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LawFile {
@@ -327,6 +490,22 @@ pub struct LawFile {
     /// Caveats found while fitting (mixed patch sizes, failed fits, extrapolation).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The step count of the runs the laws without a compute term were fitted on (null when the
+    /// table has no `steps` column).
+    #[serde(default)]
+    pub fit_step: Option<u64>,
+    /// Which rows each kind of law was fitted on, in words.
+    #[serde(default)]
+    pub rows: String,
+    /// The pooled seed noise of ln(metric) at the fitted step (null with single seeds).
+    #[serde(default)]
+    pub noise: Option<Noise>,
+    /// The real-data floor E is fixed at (null: no reference.json, or no floor for this metric).
+    #[serde(default)]
+    pub floor: Option<FloorRef>,
+    /// Every shape measured at the fitted step (the seeds `ditkd best` combines with the law).
+    #[serde(default)]
+    pub measured: Vec<MeasuredShape>,
 }
 
 /// `<dir>/law.json`, or the path itself when it names a `.json` file.

@@ -6,13 +6,19 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use super::bootstrap::{interval90, refit, resamples};
-use super::cv::{cross_validate, kfold_folds, lobo_folds, CvResult};
-use super::data::{base_config, base_json, range, Point, Table};
+use super::bootstrap::{interval90, refit, stratified};
+use super::cv::{cross_validate, kfold_folds, lobo_folds, CvResult, Target};
+use super::data::{
+    at_common_step, base_config, base_json, curve_points, range, CurvePoint, Point, Table,
+};
 use super::design::{design, feasible, Candidates, Domain, Reference};
-use super::fit::{fit_from, scales, Obs};
-use super::forms::Form;
-use super::{holdout, latency, CvKind, CvPrediction, LatencyModel, LawFile, LawFit, Skipped};
+use super::fit::{fit_from, predict_ln, scales, Obs, Pin};
+use super::forms::{Feat, Form};
+use super::noise::{cells, lack_of_fit, pooled};
+use super::{
+    holdout, latency, ComputeModel, CvKind, CvPrediction, Fixed, FloorRef, LatencyModel, LawFile,
+    LawFit, MeasuredShape, Shape, Skipped,
+};
 
 /// What `ditkd fit` was asked.
 #[derive(Debug, Clone)]
@@ -23,10 +29,16 @@ pub struct Options {
     pub bootstrap: usize,
     pub hold_out: Option<u64>,
     pub seed: u64,
+    /// Choose this law instead of the lowest CV error (`ditkd fit --law`).
+    pub law: Option<Form>,
 }
 
 /// Fewer usable runs than this and no law is fitted.
 pub const MIN_POINTS: usize = 4;
+
+/// A freely fitted floor below this fraction of the smallest measured value sits at its bound:
+/// it is dropped (fixed at 0) and the law refitted without it.
+pub const FLOOR_AT_BOUND: f64 = 1e-3;
 
 /// One law's full fit, its CV results and bootstrap refits.
 struct Candidate {
@@ -36,60 +48,192 @@ struct Candidate {
     draws: Vec<Vec<f64>>,
 }
 
-/// Fit one law: the thorough multi-start fit, both CVs, the bootstrap. Err(reason) = skipped.
+/// Everything the laws are fitted and judged on.
+struct Data<'a> {
+    /// Cells of the laws without a compute term (shapes at the fitted step) and of the compute
+    /// law (shape, step).
+    static_obs: &'a [Obs],
+    curve_obs: &'a [Obs],
+    /// Runs at the fitted step (what CV predicts).
+    targets: &'a [Target],
+    static_targets: &'a [Target],
+    /// Budget per group (shape).
+    group_budgets: &'a [u64],
+    compute: Option<&'a ComputeModel>,
+    floor: Option<&'a FloorRef>,
+    single_points: usize,
+    curve_points: usize,
+}
+
+/// Fit one law: the thorough multi-start fit, both CVs, the bootstrap, the lack-of-fit test.
+/// Err(reason) = skipped.
 fn fit_law(
     form: Form,
-    obs: &[Obs],
-    budgets: &[u64],
+    d: &Data,
     o: &Options,
     warm: &[Vec<f64>],
 ) -> std::result::Result<Candidate, String> {
-    let (n, k) = (obs.len(), form.k());
-    if k + 1 > n {
+    let (obs, targets) = if form.uses_compute() {
+        if d.compute.is_none() {
+            return Err(format!(
+                "no learning curves ({}): the compute term needs curve points at several steps",
+                o.dir.join("curves.parquet").display()
+            ));
+        }
+        let mut steps: Vec<u64> = d.curve_obs.iter().map(|c| c.x.ln_c.to_bits()).collect();
+        steps.sort_unstable();
+        steps.dedup();
+        if steps.len() < 3 {
+            return Err("the learning curves have fewer than 3 distinct compute values".into());
+        }
+        (d.curve_obs, d.targets)
+    } else {
+        (d.static_obs, d.static_targets)
+    };
+    let (mut pin, mut why) = match (d.floor, form.floor_free()) {
+        (Some(f), _) => (Some(f.value), Some(Fixed::MeasuredFloor)),
+        (None, true) => (None, None),
+        (None, false) => (Some(0.0), Some(Fixed::NoFloor)),
+    };
+    let k_free = |pin: Pin| form.k() - usize::from(pin.is_some());
+    let n = obs.len();
+    if k_free(pin) + 1 > n {
         return Err(format!(
-            "{k} coefficients need at least {} runs; {n} available",
-            k + 1
+            "{} coefficients need at least {} shapes; {n} available",
+            k_free(pin),
+            k_free(pin) + 1
         ));
     }
     let sc = scales(obs);
-    let f = fit_from(form, obs, &sc, warm, true)
+    let mut f = fit_from(form, obs, &sc, warm, true, pin)
         .ok_or("no starting point converged to finite values")?;
-    let raw = form.to_raw(&f.theta, &sc);
+    if pin.is_none() {
+        let ymin = obs
+            .iter()
+            .map(|c| c.ln_y)
+            .fold(f64::INFINITY, f64::min)
+            .exp();
+        if form.to_raw(&f.theta, &sc)[0] < FLOOR_AT_BOUND * ymin {
+            pin = Some(0.0);
+            why = Some(Fixed::NotIdentified);
+            f = fit_from(form, obs, &sc, &[f.theta.clone()], true, pin)
+                .ok_or("the refit without the floor did not converge")?;
+        }
+    }
+    let k = k_free(pin);
+    let mut raw = form.to_raw(&f.theta, &sc);
+    if let Some(e) = pin {
+        raw[0] = e; // exactly, not exp(ln e)
+    }
     if raw.iter().any(|v| !v.is_finite()) {
         return Err(format!("coefficients overflow: {raw:?}"));
     }
-    let lobo =
-        lobo_folds(budgets).and_then(|folds| cross_validate(form, obs, &sc, &f.theta, &folds));
-    let kfold = cross_validate(form, obs, &sc, &f.theta, &kfold_folds(n, o.seed))
-        .ok_or("k-fold refits failed")?;
-    let draws = refit(form, obs, &sc, &f.theta, &resamples(n, o.bootstrap, o.seed));
+    let lobo = lobo_folds(d.group_budgets)
+        .and_then(|folds| cross_validate(form, obs, targets, &sc, &f.theta, pin, &folds));
+    let kfold = cross_validate(
+        form,
+        obs,
+        targets,
+        &sc,
+        &f.theta,
+        pin,
+        &kfold_folds(d.group_budgets.len(), o.seed),
+    )
+    .ok_or("k-fold refits failed")?;
+    let draws = refit(
+        form,
+        obs,
+        &sc,
+        &f.theta,
+        pin,
+        &stratified(d.group_budgets, o.bootstrap, o.seed),
+    );
+    let first_free = usize::from(pin.is_some());
     let intervals = form
         .coef_names()
         .iter()
         .enumerate()
+        .skip(first_free)
         .filter_map(|(j, name)| {
             interval90(&draws.iter().map(|d| d[j]).collect::<Vec<_>>())
                 .map(|iv| (name.to_string(), iv))
         })
         .collect();
-    let rss = f.rss.max(f64::MIN_POSITIVE); // a perfect fit would make the AIC −∞
+    let pred: Vec<f64> = obs
+        .iter()
+        .map(|c| predict_ln(form, &f.theta, &c.x, &sc))
+        .collect();
+    let lof = lack_of_fit(obs, &pred, k);
+    // Over single runs (curve points): the cells' weighted misses plus the seeds' scatter.
+    let rss_runs = f.rss + obs.iter().map(|c| c.ss).sum::<f64>();
+    let points = if form.uses_compute() {
+        d.curve_points
+    } else {
+        d.single_points
+    };
+    let rss = rss_runs.max(f64::MIN_POSITIVE); // a perfect fit would make the AIC −∞
     let law = LawFit {
         name: form,
         formula: form.formula().into(),
         coef: form.to_map(&raw),
         intervals,
-        rss: f.rss,
-        aic: n as f64 * (rss / n as f64).ln() + 2.0 * k as f64,
+        fixed: why
+            .map(|w| [("E".to_string(), w)].into_iter().collect())
+            .unwrap_or_default(),
+        rss: rss_runs,
+        aic: points as f64 * (rss / points.max(1) as f64).ln() + 2.0 * k as f64,
         cv_lobo_rmse: lobo.as_ref().map(|c| c.rmse),
         cv_kfold_rmse: kfold.rmse,
         k,
-        n,
+        n: points,
+        cells: n,
+        lack_of_fit: lof,
+        compute: if form.uses_compute() {
+            d.compute.cloned()
+        } else {
+            None
+        },
     };
     Ok(Candidate {
         law,
         lobo,
         kfold,
         draws,
+    })
+}
+
+/// Training FLOPs per step as c0 + c1·(student forward FLOPs), least squares over the curve
+/// points (exact when they follow `DistillConfig::train_flops`). None without curves, or when
+/// every curve comes from one student size (c1 is then not identified).
+fn compute_model(curve: &[CurvePoint], base: &dit::DitConfig, step: u64) -> Option<ComputeModel> {
+    let xy: Vec<(f64, f64)> = curve
+        .iter()
+        .map(|c| {
+            (
+                c.shape.config(base).forward_flops() as f64,
+                c.train_flops / c.step as f64,
+            )
+        })
+        .collect();
+    let n = xy.len() as f64;
+    if xy.len() < 2 {
+        return None;
+    }
+    let (mx, my) = (
+        xy.iter().map(|p| p.0).sum::<f64>() / n,
+        xy.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = xy.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if !(sxx > 0.0) {
+        return None;
+    }
+    let c1 = xy.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+    let c0 = my - c1 * mx;
+    Some(ComputeModel {
+        per_step: [c0, c1],
+        step,
+        max_step: curve.iter().map(|c| c.step).max().unwrap_or(step),
+        base: base.clone(),
     })
 }
 
@@ -136,45 +280,172 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
             train.len()
         );
     }
+    let mut notes = Vec::new();
 
-    let obs: Vec<Obs> = train
+    // The rows: the laws without a compute term at one step count, the compute law on every
+    // learning-curve point of every fitted run.
+    let (fit_step, at_step, left_out) = at_common_step(&train);
+    let held: Vec<Point> = held
+        .into_iter()
+        .filter(|q| fit_step.is_none() || q.steps == fit_step)
+        .collect();
+    if left_out > 0 {
+        notes.push(format!(
+            "{left_out} of {} runs stopped at another step count than {} (a racing sweep's pruned shapes): the laws without a compute term leave them out; the compute law uses their learning curves",
+            train.len(),
+            fit_step.unwrap_or(0)
+        ));
+    }
+    if at_step.len() < MIN_POINTS {
+        bail!(
+            "{p}: {} usable runs at {} steps ({what}); a law needs at least {MIN_POINTS}",
+            at_step.len(),
+            fit_step.unwrap_or(0)
+        );
+    }
+    let (base, base_source, base_notes) = base_config(&o.dir, &table, &train);
+    notes.extend(base_notes);
+    let curve = curve_points(&o.dir, &o.metric, &train)?;
+    let compute = fit_step
+        .or_else(|| curve.iter().map(|c| c.step).max())
+        .and_then(|st| compute_model(&curve, &base, st));
+    let floor = super::data::floor(&o.dir, &o.metric);
+
+    // Groups: one per (budget, shape).
+    let key = |q: &Point| (q.budget, q.shape.depth, q.shape.width, q.shape.heads);
+    let mut groups: Vec<((u64, usize, usize, usize), Shape)> = Vec::new();
+    for q in &train {
+        if !groups.iter().any(|g| g.0 == key(q)) {
+            groups.push((key(q), q.shape));
+        }
+    }
+    let group_of = |k: (u64, usize, usize, usize)| groups.iter().position(|g| g.0 == k);
+    let group_budgets: Vec<u64> = groups.iter().map(|g| g.0 .0).collect();
+    let feat_at_step = |s: &Shape| match (&compute, fit_step) {
+        (Some(c), Some(st)) => s.feat().at_flops(c.flops(s, st as f64)),
+        _ => s.feat(),
+    };
+    let items: Vec<(usize, usize, Feat, f64)> = at_step
         .iter()
-        .map(|q| Obs {
-            x: q.feat(),
-            ln_y: q.y.ln(),
+        .filter_map(|q| {
+            let g = group_of(key(q))?;
+            Some((g, g, feat_at_step(&q.shape), q.y.ln()))
         })
         .collect();
-    let budgets: Vec<u64> = train.iter().map(|q| q.budget).collect();
-    let mut distinct = budgets.clone();
+    let static_obs = cells(&items);
+    let targets: Vec<Target> = items
+        .iter()
+        .map(|(_, g, x, y)| Target {
+            x: *x,
+            ln_y: *y,
+            group: *g,
+        })
+        .collect();
+    let static_targets: Vec<Target> = targets
+        .iter()
+        .map(|t| Target {
+            x: Feat {
+                ln_c: f64::NAN,
+                ..t.x
+            },
+            ..*t
+        })
+        .collect();
+    let curve_items: Vec<((usize, u64), usize, Feat, f64)> = curve
+        .iter()
+        .filter_map(|c| {
+            let g = group_of((c.budget, c.shape.depth, c.shape.width, c.shape.heads))?;
+            Some((
+                (g, c.step),
+                g,
+                c.shape.feat().at_flops(c.train_flops),
+                c.y.ln(),
+            ))
+        })
+        .collect();
+    let curve_obs = cells(&curve_items);
+    let noise = pooled(&static_obs);
+    match &noise {
+        Some(nz) => notes.push(format!(
+            "seed noise: pooled within-shape std of ln {} = {:.4} ({} dof, {} of {} shapes with two or more seeds)",
+            o.metric, nz.sigma, nz.dof, nz.replicated, nz.cells
+        )),
+        None => notes.push("single seeds: no seed noise to pool, so no lack-of-fit test and P(best) leans on the CV error".into()),
+    }
+    let mut distinct = group_budgets.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    let mut notes = Vec::new();
     if distinct.len() < 2 {
         notes.push("a single budget: leave-one-budget-out CV is impossible, the law is chosen by k-fold CV".into());
     }
+    let rows = format!(
+        "laws without a compute term: the {} runs at {}, as {} shape means weighted by their seed counts; {}",
+        at_step.len(),
+        fit_step.map_or("their final step".into(), |s| format!("step {s}")),
+        static_obs.len(),
+        if curve.is_empty() {
+            "no learning curves (curves.parquet), so no compute law".to_string()
+        } else {
+            format!(
+                "compute law: {} learning-curve points of {} runs, as {} (shape, step) means",
+                curve.len(),
+                {
+                    let mut ids: Vec<&str> = curve.iter().map(|c| c.run_id.as_str()).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids.len()
+                },
+                curve_obs.len()
+            )
+        }
+    );
+    let data = Data {
+        static_obs: &static_obs,
+        curve_obs: &curve_obs,
+        targets: &targets,
+        static_targets: &static_targets,
+        group_budgets: &group_budgets,
+        compute: compute.as_ref(),
+        floor: floor.as_ref(),
+        single_points: at_step.len(),
+        curve_points: curve.len(),
+    };
 
-    let ygeo = (obs.iter().map(|q| q.ln_y).sum::<f64>() / obs.len() as f64).exp();
+    let ygeo = (static_obs.iter().map(|q| q.w * q.ln_y).sum::<f64>()
+        / static_obs.iter().map(|q| q.w).sum::<f64>())
+    .exp();
     let mut cands: Vec<Candidate> = Vec::new();
     let mut skipped = Vec::new();
     for &form in Form::ALL {
         // (c) nests (b): also start it from (b)'s optimum plus a small head term, so it can
-        // never fit worse than (b) merely for want of a good start.
-        let warm: Vec<Vec<f64>> = match (form, cands.iter().find(|c| c.law.name == Form::B)) {
-            (Form::C, Some(b)) => {
-                let th = Form::B.to_theta(&Form::B.from_map(&b.law.coef), &scales(&obs));
-                [-0.7, 0.0, 0.7]
+        // never fit worse than (b) merely for want of a good start; (f) likewise from (d).
+        let nested = match form {
+            Form::C => Some(Form::B),
+            Form::F => Some(Form::D),
+            Form::A | Form::B | Form::D | Form::E => None,
+        };
+        let warm: Vec<Vec<f64>> = match nested.and_then(|n| cands.iter().find(|c| c.law.name == n))
+        {
+            Some(b) => {
+                let inner = b.law.form();
+                let obs = if form.uses_compute() {
+                    &curve_obs
+                } else {
+                    &static_obs
+                };
+                let th = inner.to_theta(&inner.from_map(&b.law.coef), &scales(obs));
+                let tails: Vec<[f64; 2]> = match form {
+                    Form::C => [-0.7, 0.0, 0.7].map(|lh| [(0.01 * ygeo).ln(), lh]).to_vec(),
+                    _ => [0.3f64, 1.0].map(|b| [(0.1 * ygeo).ln(), b.ln()]).to_vec(),
+                };
+                tails
                     .iter()
-                    .map(|lh| {
-                        th.iter()
-                            .copied()
-                            .chain([(0.01 * ygeo).ln(), *lh])
-                            .collect()
-                    })
+                    .map(|t| th.iter().copied().chain(*t).collect())
                     .collect()
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
-        match fit_law(form, &obs, &budgets, o, &warm) {
+        match fit_law(form, &data, o, &warm) {
             Ok(c) => {
                 if c.draws.len() < o.bootstrap {
                     notes.push(format!(
@@ -216,6 +487,27 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
             .map(|c| (score(c), c.law.k))
             .collect::<Vec<_>>(),
     );
+    let best = match o.law {
+        None => best,
+        Some(f) => match cands.iter().position(|c| c.law.name == f) {
+            Some(i) => {
+                if i != best {
+                    notes.push(format!(
+                        "law ({f}) chosen by --law; the lowest CV error is law ({})'s",
+                        cands[best].law.name
+                    ));
+                }
+                i
+            }
+            None => bail!(
+                "{p}: --law {f}: that law was not fitted ({})",
+                skipped
+                    .iter()
+                    .find(|s| s.name == f)
+                    .map_or("unknown".into(), |s| s.reason.clone())
+            ),
+        },
+    };
     let chosen = &cands[best];
     let chosen_cv = if use_lobo {
         chosen.lobo.as_ref().unwrap_or(&chosen.kfold)
@@ -227,7 +519,25 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     } else {
         CvKind::Kfold
     };
-    let cv_predictions = train
+    if let (Some(l), Some(nz)) = (&chosen.law.lack_of_fit, &noise) {
+        notes.push(format!(
+            "lack of fit of the chosen law ({}): F({}, {}) = {:.2}, p = {:.2e}{}; its {} CV error {:.4} against the seed noise {:.4}",
+            chosen.law.name,
+            l.df_lof,
+            l.df_pe,
+            l.f,
+            l.p,
+            if l.rejects {
+                format!(": it misses the shapes by more than the seed noise (about {:.3} in ln beyond it)", l.sigma_between)
+            } else {
+                ": within the seed noise".into()
+            },
+            cv_kind.describe(),
+            chosen_cv.rmse,
+            nz.sigma
+        ));
+    }
+    let cv_predictions = at_step
         .iter()
         .zip(&chosen_cv.pred_ln)
         .map(|(q, pl)| CvPrediction {
@@ -244,8 +554,6 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         })
         .collect();
 
-    let (base, base_source, base_notes) = base_config(&o.dir, &table, &train);
-    notes.extend(base_notes);
     let mismatched = train
         .iter()
         .filter(|q| q.shape.config(&base).num_params() != q.shape.params)
@@ -266,7 +574,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         head_dim: head_dim_range,
     };
     let reference = Reference::from_ranges(depth_range, width_range, head_dim_range);
-    let candidates = Candidates::new(feasible(&base));
+    let candidates = Candidates::for_law(feasible(&base), &chosen.law);
     let design = design(&chosen.law, &chosen.draws, &candidates, &domain, &reference);
     let holdout = o
         .hold_out
@@ -274,13 +582,28 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let form = chosen.law.form();
     let bootstrap: Vec<BTreeMap<String, f64>> =
         chosen.draws.iter().map(|d| form.to_map(d)).collect();
+    let measured = static_obs
+        .iter()
+        .map(|c| {
+            let (k, s) = groups[c.group];
+            MeasuredShape {
+                budget: k.0,
+                depth: s.depth,
+                width: s.width,
+                heads: s.heads,
+                params: s.params,
+                seeds: c.w as usize,
+                mean_ln: c.ln_y,
+            }
+        })
+        .collect();
 
     Ok(LawFile {
         metric: o.metric.clone(),
         mode: o.mode.clone(),
         table: p,
         table_hash: table.hash.clone(),
-        n_runs: train.len(),
+        n_runs: at_step.len(),
         budgets: distinct,
         held_out_budget: o.hold_out,
         params_range,
@@ -309,6 +632,11 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         bootstrap,
         seed: o.seed,
         notes,
+        fit_step,
+        rows,
+        noise,
+        floor,
+        measured,
         laws: cands.into_iter().map(|c| c.law).collect(),
     })
 }

@@ -84,16 +84,21 @@ pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
                 .into_iter()
                 .filter(|&w| w > 0)
                 .map(|w| {
-                    let n = DitConfig {
+                    let cfg = DitConfig {
                         depth: d as usize,
                         hidden_size: w,
                         ..base.clone()
+                    };
+                    let n = cfg.num_params() as f64;
+                    let mut x = Feat::new(n, d as f64, w as f64, hd_of(w));
+                    // A compute law is drawn at the step it was fitted at.
+                    if let Some(c) = &chosen.compute {
+                        x = x.at_flops(
+                            c.step as f64
+                                * (c.per_step[0] + c.per_step[1] * cfg.forward_flops() as f64),
+                        );
                     }
-                    .num_params() as f64;
-                    (
-                        n,
-                        form.eval_raw(&raw, &Feat::new(n, d as f64, w as f64, hd_of(w))),
-                    )
+                    (n, form.eval_raw(&raw, &x))
                 })
                 .filter(|&(n, y)| in_range(n) && y.is_finite() && y > 0.0)
                 .collect();
