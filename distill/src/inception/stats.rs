@@ -234,8 +234,10 @@ mod tests {
             let fake: Vec<f32> = (0..rows * d).map(|i| val(i, 3) * 1.3 + 0.1).collect();
             let want = metrics::frechet_distance(&real, &fake, d).unwrap();
             let got = s.frechet_distance_to(&fake).unwrap();
+            // The d x d route takes square roots of the d - n eigenvalues that are 0 in exact
+            // arithmetic and about 1e-15 in f64: up to ~1e-7 relative of its own error.
             assert!(
-                (got - want).abs() <= 1e-9 * want.max(1.0),
+                (got - want).abs() <= 1e-6 * want.max(1.0),
                 "{rows} rows: {got} vs {want}"
             );
         }
