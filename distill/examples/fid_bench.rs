@@ -6,11 +6,16 @@
 //! in CPU ms of this process (all its threads; from /proc/self/stat on Linux), which is less
 //! sensitive to other load on the machine. Inputs are the first IMAGES Fashion-MNIST test images;
 //! the resize is timed separately from the network.
+//!
+//! With `FD_SAMPLES=N` (e.g. 1000, `eval.samples`' default) it also times what an evaluation with
+//! `eval.metrics: [fid_proxy, fid]` pays beyond the forwards: the FID and FID∞ (four Fréchet
+//! distances of 40-100 % of N feature rows against 2048-d real statistics).
 
 use std::time::Instant;
 
 use anyhow::Context;
-use distill::inception::{pipeline, FidInception};
+use distill::inception::stats::Stats;
+use distill::inception::{pipeline, FidInception, FEATURES};
 
 /// CPU time (user + system) of this process in ms, where /proc/self/stat is readable.
 fn cpu_ms() -> Option<f64> {
@@ -74,6 +79,49 @@ fn main() -> anyhow::Result<()> {
         ms[ms.len() / 2],
         ms[0],
         ms[ms.len() - 1]
+    );
+    if let Some(m) = std::env::var("FD_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        time_fd(m)?;
+    }
+    Ok(())
+}
+
+/// The FID and FID∞ of `m` feature rows against real statistics of 2 m rows (seeded values: the
+/// cost does not depend on them).
+fn time_fd(m: usize) -> anyhow::Result<()> {
+    let rows = |n: usize, salt: u64| -> Vec<f32> {
+        let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n * FEATURES)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect()
+    };
+    let real = Stats::from_features(&rows(2 * m, 1))?;
+    let fake = rows(m, 2);
+    let (t, cpu0) = (Instant::now(), cpu_ms());
+    let fid = real.frechet_distance_to(&fake)?;
+    let inf = distill::eval::extrapolate_inf(m, |k| {
+        if k == m {
+            Ok(fid)
+        } else {
+            real.frechet_distance_to(&fake[..k * FEATURES])
+        }
+    })?;
+    let cpu = cpu_ms()
+        .zip(cpu0)
+        .map(|(b, a)| format!(", {:.0} CPU ms", b - a))
+        .unwrap_or_default();
+    println!(
+        "FID + FID∞ of {m} feature rows: {:.0} ms{cpu} (values {fid:.2}, {:?})",
+        t.elapsed().as_secs_f64() * 1e3,
+        inf.map(|v| (v * 100.0).round() / 100.0)
     );
     Ok(())
 }

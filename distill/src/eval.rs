@@ -9,8 +9,52 @@ use dit::{DiT, NoiseSchedule, SamplerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::featnet::{FeatNet, FEAT_DIM};
+use crate::inception::stats::Stats;
+use crate::inception::FidInception;
 use crate::kd::{onestep_generate, Generation, Mode};
 use crate::metrics;
+
+/// A quality metric an evaluation can compute (`eval.metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// The FID-proxy (the feature net's space) with KID, PRDC and class accuracy: always
+    /// computed, since the design law, its guards and the plots use it.
+    FidProxy,
+    /// The field's FID (TF-FID Inception-v3, 2048-d pool features) and FID∞ against the test
+    /// set: hundreds of CPU-ms per image, so opt-in.
+    Fid,
+}
+
+impl Metric {
+    /// The name in specs and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FidProxy => "fid_proxy",
+            Self::Fid => "fid",
+        }
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fid_proxy" => Ok(Self::FidProxy),
+            "fid" => Ok(Self::Fid),
+            other => Err(format!(
+                "unknown metric `{}` (fid_proxy, fid)",
+                other.chars().take(40).collect::<String>()
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How a model is evaluated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +80,23 @@ pub struct EvalConfig {
     /// merged with `at_steps`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub curve_points: usize,
+    /// Quality metrics: `[fid_proxy]` (the default) or `[fid_proxy, fid]`. `fid_proxy` must be
+    /// listed (it is always computed). Left out of the serialised config when it is the default,
+    /// so configs, run hashes and reference keys of sweeps without `fid` are unchanged.
+    #[serde(default = "d_metrics", skip_serializing_if = "is_default_metrics")]
+    pub metrics: Vec<Metric>,
+    /// With `fid`: real images of the FID statistics, the first N of the test set (default: the
+    /// whole test set, as the field reports FID). Fewer make the statistics cheaper and the FID
+    /// biased upwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid_real_images: Option<usize>,
+}
+
+fn d_metrics() -> Vec<Metric> {
+    vec![Metric::FidProxy]
+}
+fn is_default_metrics(v: &[Metric]) -> bool {
+    v == [Metric::FidProxy]
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -65,6 +126,8 @@ impl Default for EvalConfig {
             speed: true,
             at_steps: Vec::new(),
             curve_points: 0,
+            metrics: d_metrics(),
+            fid_real_images: None,
         }
     }
 }
@@ -90,7 +153,34 @@ impl EvalConfig {
         if self.curve_points > 32 {
             anyhow::bail!("curve_points: at most 32 (got {})", self.curve_points);
         }
+        if self.metrics.is_empty() {
+            anyhow::bail!("metrics: at least `fid_proxy` (e.g. [fid_proxy] or [fid_proxy, fid])");
+        }
+        if let Some((i, m)) = self
+            .metrics
+            .iter()
+            .enumerate()
+            .find(|(i, m)| self.metrics[..*i].contains(m))
+        {
+            anyhow::bail!("metrics: `{m}` is listed twice (entry {i})");
+        }
+        if !self.metrics.contains(&Metric::FidProxy) {
+            anyhow::bail!("metrics: must list `fid_proxy` (it is always computed: the design law, its guards and the plots use it), e.g. [fid_proxy, fid]");
+        }
+        if let Some(n) = self.fid_real_images {
+            if !self.wants_fid() {
+                anyhow::bail!("fid_real_images: only meaningful with `fid` in eval.metrics");
+            }
+            if !(2..=MAX_SAMPLES).contains(&n) {
+                anyhow::bail!("fid_real_images: must lie in 2..={MAX_SAMPLES} (got {n})");
+            }
+        }
         Ok(())
+    }
+
+    /// `fid` is among the metrics.
+    pub fn wants_fid(&self) -> bool {
+        self.metrics.contains(&Metric::Fid)
     }
 
     /// The steps a run of `total` steps is evaluated at, ascending, ending with `total`.
@@ -144,6 +234,72 @@ pub struct EvalResult {
     pub forwards_per_image: usize,
     /// GFLOPs per generated image.
     pub gflops_per_image: f64,
+    /// The field's FID (TF-FID Inception-v3) against the test set's statistics; only with `fid`
+    /// in `eval.metrics` (absent, hence null in the tables, otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid: Option<f64>,
+    /// FID∞: the FID at 40-100 % of the generated set, linear in 1/N, extrapolated to N → ∞ (as
+    /// `fid_proxy_inf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid_inf: Option<f64>,
+    /// SHA-256 of the Inception weights `fid` was computed with (values are comparable only
+    /// under the same weights and real images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid_weights_sha256: Option<String>,
+}
+
+/// The FID's side of an evaluation: the Inception network and the real images' statistics.
+#[derive(Debug)]
+pub struct FidScorer {
+    pub net: FidInception,
+    /// Statistics of the real images every evaluation compares with (the test set, or its first
+    /// `eval.fid_real_images`).
+    pub real: Stats,
+    /// The statistics' cache file.
+    pub cache: std::path::PathBuf,
+    /// The `eval.fid_real_images` it was loaded for (None: the whole test set).
+    pub real_images: Option<usize>,
+}
+
+impl FidScorer {
+    /// The cached weights (an error naming the set-up command when absent) and the statistics of
+    /// the first `real_images` images of `test` (all by default), cached in `cache_dir` by the
+    /// weights' and the pixels' SHA-256.
+    pub fn load(
+        test: &crate::data::Dataset,
+        real_images: Option<usize>,
+        cache_dir: &std::path::Path,
+    ) -> Result<Self> {
+        let net = FidInception::load_default()?;
+        let n = real_images.unwrap_or(test.len());
+        let (real, cache, _) = crate::inception::stats::dataset_stats(cache_dir, &net, test, n)?;
+        Ok(Self {
+            net,
+            real,
+            cache,
+            real_images,
+        })
+    }
+
+    /// FID and FID∞ of generated images `x` (`[n, c, h, w]` in [-1, 1], flattened in `flat`).
+    pub fn score(
+        &self,
+        flat: &[f32],
+        dims: (usize, usize, usize, usize),
+    ) -> Result<(f64, Option<f64>)> {
+        let (n, c, h, w) = dims;
+        let feats = self.net.features(flat, n, c, h, w, (-1.0, 1.0))?;
+        let fid = self.real.frechet_distance_to(&feats)?;
+        let dim = crate::inception::FEATURES;
+        let inf = extrapolate_inf(n, |k| {
+            if k == n {
+                Ok(fid)
+            } else {
+                self.real.frechet_distance_to(&feats[..k * dim])
+            }
+        })?;
+        Ok((fid, inf))
+    }
 }
 
 /// Seeded evaluation noise and labels (labels cycle through the classes).
@@ -283,7 +439,18 @@ pub fn real_subset(feats: &[f32], dim: usize, n: usize, seed: u64) -> Vec<f32> {
 /// prefix keeps the classes balanced), least-squares line in 1/N, value at 1/N = 0. None when the
 /// set is too small for four distinct sizes.
 pub fn fid_infinity(real: &[f32], fake: &[f32], dim: usize) -> Result<Option<f64>> {
-    let m = fake.len() / dim;
+    extrapolate_inf(fake.len() / dim, |n| {
+        metrics::frechet_distance(real, &fake[..n * dim], dim)
+    })
+}
+
+/// The Chong & Forsyth extrapolation over the first 40, 60, 80 and 100 % of `m` generated rows:
+/// `distance(n)` of each prefix size `n`, least-squares line in 1/n, value at 1/n = 0. None when
+/// `m` is too small for four distinct sizes.
+pub fn extrapolate_inf(
+    m: usize,
+    mut distance: impl FnMut(usize) -> Result<f64>,
+) -> Result<Option<f64>> {
     let sizes: Vec<usize> = [0.4, 0.6, 0.8, 1.0]
         .iter()
         .map(|f| ((m as f64 * f).round() as usize).max(2))
@@ -293,10 +460,7 @@ pub fn fid_infinity(real: &[f32], fake: &[f32], dim: usize) -> Result<Option<f64
     }
     let mut pts = Vec::new();
     for &n in &sizes {
-        pts.push((
-            1.0 / n as f64,
-            metrics::frechet_distance(real, &fake[..n * dim], dim)?,
-        ));
+        pts.push((1.0 / n as f64, distance(n)?));
     }
     let k = pts.len() as f64;
     let (mx, my) = (
@@ -327,7 +491,8 @@ pub fn check_finite_weights(model: &DiT) -> Result<()> {
 }
 
 /// Evaluate `model` (`mode` decides how it generates) against `test_feats`; with a teacher, also
-/// fidelity on the same noise and labels (`teacher_samples` can be passed in when cached).
+/// fidelity on the same noise and labels (`teacher_samples` can be passed in when cached); with
+/// `fid`, also the field's FID.
 pub fn evaluate(
     model: &DiT,
     mode: Mode,
@@ -335,11 +500,12 @@ pub fn evaluate(
     net: &FeatNet,
     test_feats: &[f32],
     teacher_samples: Option<&Tensor>,
+    fid: Option<&FidScorer>,
 ) -> Result<(EvalResult, Tensor)> {
     check_finite_weights(model)?;
     let (noise, labels) = eval_inputs(model, cfg.samples, cfg.seed)?;
     let x = generate(model, mode, &noise, &labels, &cfg.sampler, cfg.seed)?;
-    let mut m = score(&x, &labels, cfg.seed, net, test_feats, teacher_samples)?;
+    let mut m = score(&x, &labels, cfg.seed, net, test_feats, teacher_samples, fid)?;
     m.forwards_per_image = forwards_per_image(mode, &cfg.sampler);
     m.gflops_per_image = m.forwards_per_image as f64 * model.cfg.forward_gflops();
     if cfg.speed {
@@ -354,7 +520,8 @@ pub fn evaluate(
 /// and PRDC against the fixed real subset of `x`'s size drawn by `seed` (PRDC's k-NN radii depend
 /// on the set sizes: 10,000 real against 500 generated caps coverage near 0.2 even for real
 /// images); class accuracy by the feature net; fidelity to the teacher's samples of the same
-/// noise when given. Speed fields are left empty.
+/// noise when given; with `fid`, the field's FID and FID∞ against its real statistics. Speed
+/// fields are left empty.
 pub fn score(
     x: &Tensor,
     labels: &[u32],
@@ -362,6 +529,7 @@ pub fn score(
     net: &FeatNet,
     test_feats: &[f32],
     teacher_samples: Option<&Tensor>,
+    fid: Option<&FidScorer>,
 ) -> Result<EvalResult> {
     let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
     if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
@@ -372,8 +540,8 @@ pub fn score(
         );
     }
     let feats = net.features_of(&flat, 500)?;
-    let fid = metrics::frechet_distance(test_feats, &feats, FEAT_DIM)?;
-    let fid_inf = fid_infinity(test_feats, &feats, FEAT_DIM)?;
+    let fid_proxy = metrics::frechet_distance(test_feats, &feats, FEAT_DIM)?;
+    let fid_proxy_inf = fid_infinity(test_feats, &feats, FEAT_DIM)?;
     let real = real_subset(test_feats, FEAT_DIM, labels.len(), seed);
     let kid = metrics::kid(&real, &feats, FEAT_DIM, None, 10, seed)?;
     let prdc = metrics::prdc(&real, &feats, FEAT_DIM, metrics::PRDC_K)?;
@@ -386,9 +554,16 @@ pub fn score(
         let tf = net.features_of_tensor(ts)?;
         fidelity_fd = Some(metrics::frechet_distance(&tf, &feats, FEAT_DIM)?);
     }
+    let (fid, fid_inf, fid_weights_sha256) = match fid {
+        Some(f) => {
+            let (v, inf) = f.score(&flat, x.dims4()?)?;
+            (Some(v), inf, Some(f.net.weights_sha256.clone()))
+        }
+        None => (None, None, None),
+    };
     Ok(EvalResult {
-        fid_proxy: fid,
-        fid_proxy_inf: fid_inf,
+        fid_proxy,
+        fid_proxy_inf,
         kid: kid.mean,
         kid_std: kid.std,
         precision: prdc.precision,
@@ -402,6 +577,9 @@ pub fn score(
         images_per_s: None,
         forwards_per_image: 0,
         gflops_per_image: 0.0,
+        fid,
+        fid_inf,
+        fid_weights_sha256,
     })
 }
 
@@ -443,5 +621,59 @@ mod tests {
         };
         assert_eq!(e.curve_steps(2000), vec![250, 300, 500, 1000, 2000]);
         assert_eq!(EvalConfig::default().curve_steps(10), vec![10]);
+    }
+
+    /// `eval.metrics`: typed names, `[fid_proxy]` by default and then absent from the serialised
+    /// config (run hashes of sweeps without `fid` do not change), `fid_proxy` required.
+    #[test]
+    fn metrics_parse_default_and_validate() {
+        let e: EvalConfig = serde_yaml_ng::from_str("samples: 16").unwrap();
+        assert_eq!(e.metrics, vec![Metric::FidProxy]);
+        assert!(!e.wants_fid());
+        assert!(!serde_json::to_string(&e).unwrap().contains("metrics"));
+        let e: EvalConfig = serde_yaml_ng::from_str("metrics: [fid_proxy, fid]").unwrap();
+        assert!(e.wants_fid());
+        e.validate().unwrap();
+        assert!(serde_json::to_string(&e)
+            .unwrap()
+            .contains(r#""metrics":["fid_proxy","fid"]"#));
+        let err = serde_yaml_ng::from_str::<EvalConfig>("metrics: [fid_proxy, fdi]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fdi") && err.contains("fid_proxy"), "{err}");
+        for (metrics, want) in [
+            (vec![], "at least"),
+            (vec![Metric::Fid], "must list `fid_proxy`"),
+            (
+                vec![Metric::FidProxy, Metric::Fid, Metric::Fid],
+                "listed twice",
+            ),
+        ] {
+            let e = EvalConfig {
+                metrics,
+                ..Default::default()
+            };
+            let err = e.validate().unwrap_err().to_string();
+            assert!(err.starts_with("metrics: ") && err.contains(want), "{err}");
+        }
+        let e = EvalConfig {
+            fid_real_images: Some(100),
+            ..Default::default()
+        };
+        assert!(e
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("fid_real_images: "));
+    }
+
+    /// FID∞ of a distance that is exactly a + b / n is a.
+    #[test]
+    fn extrapolation_recovers_the_intercept() {
+        let v = extrapolate_inf(100, |n| Ok(3.0 + 50.0 / n as f64))
+            .unwrap()
+            .unwrap();
+        assert!((v - 3.0).abs() < 1e-9, "{v}");
+        assert_eq!(extrapolate_inf(3, |_| Ok(1.0)).unwrap(), None);
     }
 }

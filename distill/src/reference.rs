@@ -49,6 +49,10 @@ pub struct Floor {
     pub recall: MeanStd,
     pub coverage: MeanStd,
     pub class_accuracy: MeanStd,
+    /// With `fid` on: the field's FID of the first [`FID_FLOOR_DRAWS`] draws (the same training
+    /// images) against the same real statistics as the students.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid: Option<MeanStd>,
 }
 
 /// The teacher under the students' protocol.
@@ -79,12 +83,21 @@ pub struct Reference {
     /// images): the value a student that learned nothing gets.
     #[serde(default)]
     pub untrained: Option<EvalResult>,
+    /// With `fid` on: SHA-256 of the Inception weights and the number of real (test) images
+    /// behind the FID values of this reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid_weights_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid_real_images: Option<usize>,
 }
 
 pub const FILE: &str = "reference.json";
 
 /// Draws of the real-data floor.
 const FLOOR_DRAWS: usize = 5;
+/// Draws of the floor that are also scored by the FID (each costs as many Inception forwards as
+/// one student evaluation).
+pub const FID_FLOOR_DRAWS: usize = 2;
 
 impl Reference {
     pub fn load(dir: &Path) -> Option<Reference> {
@@ -108,7 +121,11 @@ impl Reference {
         };
         let key = {
             use sha2::{Digest, Sha256};
-            let k = serde_json::json!({"eval": eval, "teacher": teacher_hash, "featnet": shared.featnet_hash, "data": shared.data_hash, "v": 1});
+            let mut k = serde_json::json!({"eval": eval, "teacher": teacher_hash, "featnet": shared.featnet_hash, "data": shared.data_hash, "v": 1});
+            // Only with `fid` on, so the keys of references without it do not change.
+            if let Some(f) = shared.fid_for(eval)? {
+                k["fid"] = serde_json::json!({"weights": f.net.weights_sha256, "real": f.real.n});
+            }
             hex::encode(&Sha256::digest(k.to_string().as_bytes())[..8])
         };
         if let Some(r) = Self::load(dir).filter(|r| r.key == key) {
@@ -120,12 +137,15 @@ impl Reference {
             (Some(p), Some(h)) => Some(teacher_row(p, &h, eval, shared, cache_dir)?),
             _ => None,
         };
+        let fid = shared.fid_for(eval)?;
         let r = Reference {
             key,
             samples: eval.samples,
             floor,
             teacher,
             untrained,
+            fid_weights_sha256: fid.map(|f| f.net.weights_sha256.clone()),
+            fid_real_images: fid.map(|f| f.real.n),
         };
         dit::io::write_json_atomic(&dir.join(FILE), &r)?;
         Ok(r)
@@ -134,6 +154,7 @@ impl Reference {
 
 fn floor(eval: &EvalConfig, shared: &Shared) -> Result<Floor> {
     let n = eval.samples.min(shared.train.len());
+    let fid = shared.fid_for(eval)?;
     let mut rows = Vec::new();
     for d in 0..FLOOR_DRAWS {
         let mut order = crate::order::DataOrder::new(
@@ -151,9 +172,11 @@ fn floor(eval: &EvalConfig, shared: &Shared) -> Result<Floor> {
             &shared.featnet,
             &shared.test_feats,
             None,
+            fid.filter(|_| d < FID_FLOOR_DRAWS),
         )?);
     }
     let col = |f: fn(&EvalResult) -> f64| MeanStd::of(rows.iter().map(f).collect());
+    let fids: Vec<f64> = rows.iter().filter_map(|m| m.fid).collect();
     Ok(Floor {
         draws: FLOOR_DRAWS,
         fid_proxy: col(|m| m.fid_proxy),
@@ -162,6 +185,7 @@ fn floor(eval: &EvalConfig, shared: &Shared) -> Result<Floor> {
         recall: col(|m| m.recall),
         coverage: col(|m| m.coverage),
         class_accuracy: col(|m| m.class_accuracy),
+        fid: (!fids.is_empty()).then(|| MeanStd::of(fids)),
     })
 }
 
@@ -192,6 +216,8 @@ fn untrained(
             &shared.featnet,
             &shared.test_feats,
             None,
+            // The guards compare with the untrained student's FID-proxy only.
+            None,
         )?
         .0,
     ))
@@ -206,6 +232,8 @@ fn teacher_row(
 ) -> Result<TeacherRow> {
     let teacher = crate::checkpoint::load_model(path, &shared.device)?;
     crate::eval::check_finite_weights(&teacher)?;
+    // The field's FID at the evaluation seed only (the second seed measures the FID-proxy's noise).
+    let fid = shared.fid_for(eval)?;
     let at = |seed: u64| -> Result<EvalResult> {
         let e = EvalConfig {
             seed,
@@ -220,6 +248,7 @@ fn teacher_row(
             &shared.featnet,
             &shared.test_feats,
             None,
+            fid.filter(|_| seed == eval.seed),
         )?;
         m.forwards_per_image = crate::eval::forwards_per_image(Mode::Kd, &e.sampler);
         m.gflops_per_image = m.forwards_per_image as f64 * teacher.cfg.forward_gflops();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::curve::{CurveLog, CurveRow};
 use crate::data::{DataConfig, Split};
-use crate::eval::{evaluate, EvalConfig, EvalResult};
+use crate::eval::{evaluate, EvalConfig, EvalResult, FidScorer};
 use crate::featnet::FeatNet;
 use crate::kd::{BankConfig, KdObjective, KdWeights, Mode, OnestepObjective, SampleBank};
 use crate::objective::{EpsilonObjective, Objective};
@@ -344,6 +344,9 @@ pub struct Shared {
     pub test_feats: Vec<f32>,
     /// Where the runs compute (the feature net lives there too).
     pub device: Device,
+    /// The FID Inception and the test set's statistics, when an evaluation lists `fid`
+    /// ([`Shared::load_fid`]).
+    pub fid: Option<FidScorer>,
 }
 
 impl Shared {
@@ -378,7 +381,45 @@ impl Shared {
             data_hash,
             test_feats,
             device: device.clone(),
+            fid: None,
         })
+    }
+
+    /// With `fid` in `eval.metrics`: load the Inception weights (the error names the set-up
+    /// command when they are absent) and the statistics of the test set (or its first
+    /// `eval.fid_real_images`), computed once and cached in `cache_dir/inception/` by the weights'
+    /// and the pixels' SHA-256. Without `fid`, nothing.
+    pub fn load_fid(
+        &mut self,
+        data: &DataConfig,
+        eval: &EvalConfig,
+        cache_dir: &Path,
+    ) -> Result<()> {
+        if !eval.wants_fid() {
+            return Ok(());
+        }
+        let test = data.load(Split::Test)?;
+        let dir = crate::paths::output(cache_dir).join("inception");
+        self.fid = Some(FidScorer::load(&test, eval.fid_real_images, &dir)?);
+        Ok(())
+    }
+
+    /// The FID scorer an evaluation under `eval` uses: None without `fid`; an error when `fid` is
+    /// on and it was not loaded (or was loaded for another number of real images).
+    pub fn fid_for(&self, eval: &EvalConfig) -> Result<Option<&FidScorer>> {
+        if !eval.wants_fid() {
+            return Ok(None);
+        }
+        let f = self.fid.as_ref().context(
+            "eval.metrics lists `fid` but the FID Inception was not loaded (Shared::load_fid)",
+        )?;
+        anyhow::ensure!(
+            f.real_images == eval.fid_real_images,
+            "eval.fid_real_images: {:?}, but the loaded FID statistics are of {:?} real images",
+            eval.fid_real_images,
+            f.real_images
+        );
+        Ok(Some(f))
     }
 }
 
@@ -539,6 +580,7 @@ pub fn run_distill(
             ..cfg.eval.clone()
         };
         let teacher_cfg = teacher.as_ref().map(|t| t.cfg.clone());
+        let fid = shared.fid_for(&cfg.eval)?;
         let mut out = None;
         for &point in &cfg.eval.curve_steps(cfg.steps) {
             let opts = TrainOptions {
@@ -567,6 +609,7 @@ pub fn run_distill(
                     &shared.featnet,
                     &shared.test_feats,
                     None,
+                    fid,
                 )?;
                 curve.put(cfg.curve_row(
                     teacher_cfg.as_ref(),
@@ -604,6 +647,7 @@ pub fn run_distill(
             &shared.featnet,
             &shared.test_feats,
             teacher_samples.as_ref(),
+            fid,
         )?;
         let k = x.dim(0)?.min(60);
         crate::grid::save_grid(

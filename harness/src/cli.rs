@@ -93,6 +93,10 @@ pub enum Command {
         /// Generated images for the metrics.
         #[arg(long, default_value_t = 1000)]
         samples: usize,
+        /// Quality metrics, comma-separated: fid_proxy (always) and optionally fid (the field's
+        /// FID; needs scripts/fid-weights.sh once).
+        #[arg(long, value_delimiter = ',', default_value = "fid_proxy")]
+        metrics: Vec<distill::eval::Metric>,
         /// random, or teacher (copy teacher blocks; same width only).
         #[arg(long, default_value = "random")]
         init: String,
@@ -320,6 +324,7 @@ pub fn run(cli: Cli) -> Result<()> {
             batch,
             seed,
             samples,
+            metrics,
             init,
             out,
             config,
@@ -331,6 +336,7 @@ pub fn run(cli: Cli) -> Result<()> {
             batch,
             seed,
             samples,
+            metrics,
             init,
             out,
             config,

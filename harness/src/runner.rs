@@ -122,6 +122,10 @@ fn preflight(spec: &SweepSpec) -> Result<()> {
     spec.data
         .check()
         .map_err(|e| field_error("data", format!("{e:#}")))?;
+    if spec.eval.wants_fid() {
+        distill::inception::weights::check_available()
+            .map_err(|e| field_error("eval.metrics", format!("`fid`: {e:#}")))?;
+    }
     Ok(())
 }
 
@@ -229,12 +233,15 @@ pub fn prepare(spec: &SweepSpec, dir: &Path) -> Result<Shared> {
         &dir.join("spec.yaml"),
         serde_yaml_ng::to_string(spec)?.as_bytes(),
     )?;
-    let shared = Shared::load(
+    let mut shared = Shared::load(
         &spec.data,
         &spec.featnet,
         Some(&spec.cache_dir),
         &crate::device::get(),
     )?;
+    shared
+        .load_fid(&spec.data, &spec.eval, &spec.cache_dir)
+        .context("the FID's real statistics")?;
     let quiet = distill::eval::EvalConfig {
         speed: false,
         ..spec.eval.clone()
@@ -304,6 +311,9 @@ pub fn prefill_teacher_targets(
             speed: false,
             at_steps: Vec::new(),
             curve_points: 0,
+            // The throwaway student is never looked at: no FID.
+            metrics: vec![distill::eval::Metric::FidProxy],
+            fid_real_images: None,
             ..first.eval.clone()
         };
         let pass = dir.join(".teacher-pass").join(format!("s{seed}-b{batch}"));

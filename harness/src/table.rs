@@ -5,7 +5,7 @@
 //! Schema (see README "Results table"): run_id, budget, config columns (depth, width, heads,
 //! head_dim, patch, mlp_ratio, mode, seed, steps, batch_size), params, gflops, every metric
 //! (fid_proxy, kid, kid_std, precision, recall, density, coverage, fidelity_mse, fidelity_fd,
-//! class_accuracy), speed (latency_ms, images_per_s, forwards_per_image, gflops_per_image),
+//! class_accuracy; fid, fid_inf and fid_weights_sha256 when `eval.metrics` lists `fid`), speed (latency_ms, images_per_s, forwards_per_image, gflops_per_image),
 //! status, reason, final_loss, train_wall_s, teacher_fraction, eval_wall_s, config_hash,
 //! teacher_hash, featnet_hash, code_version.
 
@@ -261,7 +261,14 @@ pub fn aggregate(df: &DataFrame) -> Result<DataFrame> {
         col("mode"),
     ];
     let mut aggs = vec![len().alias("runs"), col("params").first().alias("params")];
-    for m in ["fid_proxy", "kid", "precision", "recall", "latency_ms"] {
+    // The field's FID beside the FID-proxy when any run measured it (`eval.metrics: [fid_proxy, fid]`).
+    let has = |c: &str| df.get_column_names().iter().any(|n| n.as_str() == c);
+    let fid: &[&str] = if has("fid") { &["fid", "fid_inf"] } else { &[] };
+    let metrics = ["fid_proxy"]
+        .into_iter()
+        .chain(fid.iter().copied().filter(|c| has(*c)))
+        .chain(["kid", "precision", "recall", "latency_ms"]);
+    for m in metrics {
         aggs.push(col(m).mean().alias(format!("{m}_mean")));
         aggs.push(col(m).std(1).alias(format!("{m}_std")));
     }

@@ -29,6 +29,9 @@ struct Case {
     expect: Vec<String>,
     #[serde(default)]
     absent: Vec<String>,
+    /// Environment variables of the command (values filled like the arguments).
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
 }
 
 fn one() -> i32 {
@@ -69,6 +72,7 @@ fn every_bad_input_is_a_clear_error_and_never_a_panic() {
             .collect();
         let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
             .args(&args)
+            .envs(case.env.iter().map(|(k, v)| (k, fill(v))))
             .current_dir(tmp.path())
             .output()
             .unwrap();

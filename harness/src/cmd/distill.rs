@@ -14,6 +14,7 @@ pub struct Args {
     pub batch: usize,
     pub seed: u64,
     pub samples: usize,
+    pub metrics: Vec<distill::eval::Metric>,
     pub init: String,
     pub out: PathBuf,
     pub config: Option<PathBuf>,
@@ -41,6 +42,7 @@ pub fn run(a: Args) -> Result<()> {
             c.batch_size = a.batch;
             c.seed = a.seed;
             c.eval.samples = a.samples;
+            c.eval.metrics = a.metrics.clone();
             c.init = match a.init.as_str() {
                 "random" => StudentInit::Random,
                 "teacher" => StudentInit::Teacher,
@@ -51,8 +53,13 @@ pub fn run(a: Args) -> Result<()> {
     };
     // Every setting is checked before the data, the feature net or the teacher load.
     cfg.validate().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    if cfg.eval.wants_fid() {
+        distill::inception::weights::check_available()
+            .map_err(|e| anyhow::anyhow!("eval.metrics: `fid`: {e:#}"))?;
+    }
     let device = crate::device::get();
-    let shared = Shared::load(&cfg.data, &cfg.featnet, Some(&cfg.cache_dir), &device)?;
+    let mut shared = Shared::load(&cfg.data, &cfg.featnet, Some(&cfg.cache_dir), &device)?;
+    shared.load_fid(&cfg.data, &cfg.eval, &cfg.cache_dir)?;
     let dir = distill::paths::output(&a.out).join(cfg.run_label());
     eprintln!(
         "student {} ({} params, {:.4} GFLOPs/forward), mode {}, {} steps -> {}",

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use distill::data::{DataConfig, Split};
-use distill::inception::stats::{cached_stats, Stats};
+use distill::inception::stats::dataset_stats;
 use distill::inception::{weights, FidInception};
 use distill::kd::Mode;
 use dit::{SamplerConfig, SamplerKind};
@@ -93,18 +93,8 @@ pub fn run(a: FidArgs) -> Result<()> {
     if n_real < 2 {
         bail!("--real: need at least 2 images (got {n_real})");
     }
-    let real = test.take(n_real);
-    let pixels: Vec<u8> = real
-        .images
-        .iter()
-        .map(|&x| ((x + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8)
-        .collect();
-    let (real_stats, cache, hit) = cached_stats(
-        &net,
-        &pixels,
-        n_real,
-        (real.channels, real.height, real.width),
-    )?;
+    // The same cache file a sweep with `eval.metrics: [fid_proxy, fid]` uses (by default).
+    let (real_stats, cache, hit) = dataset_stats(&weights::cache_dir(), &net, &test, n_real)?;
     eprintln!(
         "real statistics: {n_real} test images, {} ({})",
         cache.display(),
@@ -129,8 +119,7 @@ pub fn run(a: FidArgs) -> Result<()> {
     let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let t = Instant::now();
     let feats = net.features(&flat, n, c, h, w, (-1.0, 1.0))?;
-    let fake = Stats::from_features(&feats)?;
-    let fid = real_stats.frechet_distance(&fake)?;
+    let fid = real_stats.frechet_distance_to(&feats)?;
     let feat_s = t.elapsed().as_secs_f64();
 
     let desc = if a.onestep {

@@ -291,6 +291,20 @@ fn reference_section(w: &mut String, sweep: &Sweep) {
         pm(f.coverage.mean, f.coverage.std),
         pm(f.class_accuracy.mean, f.class_accuracy.std)
     );
+    if let Some(fid) = &f.fid {
+        let teacher = r.teacher.as_ref().and_then(|t| t.metrics.fid);
+        let _ = writeln!(
+            w,
+            "The field's FID (TF-FID Inception-v3, weights SHA-256 `{}`, against {} test images): teacher {} (FID∞ {}), real training images {} ({} draws of {}). Students' `fid` and `fid_inf` are columns of `runs.parquet` and `curves.parquet`.\n",
+            r.fid_weights_sha256.as_deref().unwrap_or("?"),
+            r.fid_real_images.map_or("?".into(), |n| grouped(n as i64)),
+            teacher.map_or("–".into(), num),
+            opt(r.teacher.as_ref().and_then(|t| t.metrics.fid_inf)),
+            pm(fid.mean, fid.std),
+            fid.values.len(),
+            r.samples
+        );
+    }
     if let Some(t) = &r.teacher {
         let n = &t.eval_noise_fid_proxy;
         let _ = writeln!(

@@ -214,6 +214,16 @@ pub fn reference_lines(r: &distill::reference::Reference) -> String {
         "real data ({} training images, {} draws): fid_proxy {:.3} ± {:.3}, kid {:.5} ± {:.5}, precision {:.3}, recall {:.3}, coverage {:.3}, class_accuracy {:.3}\n",
         r.samples, f.draws, f.fid_proxy.mean, f.fid_proxy.std, f.kid.mean, f.kid.std, f.precision.mean, f.recall.mean, f.coverage.mean, f.class_accuracy.mean
     );
+    if let Some(fid) = &f.fid {
+        s += &format!(
+            "real data, the field's FID ({} of the draws against {} test images; Inception weights {}): fid {:.3} ± {:.3}\n",
+            fid.values.len(),
+            r.fid_real_images.map_or("?".into(), |n| n.to_string()),
+            r.fid_weights_sha256.as_deref().map_or("?", |h| &h[..h.len().min(16)]),
+            fid.mean,
+            fid.std
+        );
+    }
     if let Some(t) = &r.teacher {
         let m = &t.metrics;
         s += &format!(
@@ -230,6 +240,12 @@ pub fn reference_lines(r: &distill::reference::Reference) -> String {
             m.coverage,
             m.class_accuracy
         );
+        if let Some(v) = m.fid {
+            s += &format!(
+                "teacher, the field's FID: fid {v:.3} (fid_inf {})\n",
+                m.fid_inf.map_or("-".into(), |v| format!("{v:.3}"))
+            );
+        }
         let n = &t.eval_noise_fid_proxy;
         s += &format!(
             "evaluation noise (teacher's weights, evaluation seeds {}): fid_proxy {} -> ±{:.3} (sample std, {:.1} %)\n",

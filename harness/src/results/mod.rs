@@ -222,6 +222,7 @@ impl Sweep {
     pub fn metric_label(&self) -> String {
         match self.metric.as_str() {
             "fid_proxy" => "FID-proxy".into(),
+            "fid" => "FID".into(),
             "kid" => "KID".into(),
             m => m.into(),
         }
@@ -234,12 +235,14 @@ impl Sweep {
         };
         let pick = |m: &distill::eval::EvalResult| match self.metric.as_str() {
             "fid_proxy" => Some(m.fid_proxy),
+            "fid" => m.fid,
             "kid" => Some(m.kid),
             "class_accuracy" => Some(m.class_accuracy),
             _ => None,
         };
         let floor = match self.metric.as_str() {
             "fid_proxy" => Some((r.floor.fid_proxy.mean, r.floor.fid_proxy.std)),
+            "fid" => r.floor.fid.as_ref().map(|f| (f.mean, f.std)),
             "kid" => Some((r.floor.kid.mean, r.floor.kid.std)),
             _ => None,
         };
