@@ -263,7 +263,7 @@ pub fn aggregate(df: &DataFrame) -> Result<DataFrame> {
     let fid: &[&str] = if has("fid") { &["fid", "fid_inf"] } else { &[] };
     let metrics = ["fid_proxy"]
         .into_iter()
-        .chain(fid.iter().copied().filter(|c| has(*c)))
+        .chain(fid.iter().copied().filter(|c| has(c)))
         .chain(["kid", "precision", "recall", "latency_ms"]);
     for m in metrics {
         aggs.push(col(m).mean().alias(format!("{m}_mean")));
