@@ -12,7 +12,15 @@ One step = forward + MSE(model(x, t, y), eps) + backward + global-norm clip (1.0
 AdamW does) + AdamW(lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight_decay 0). Weights are drawn
 N(0, 0.02) like the candle bench, so no adaLN-Zero path is trivially zero.
 
+--kind sample instead times the study's learning-curve sampler under torch.inference_mode(): 500
+images by 25-step DDIM (eta 0, x_0 clipped to [-1, 1]) with classifier-free guidance 2, in chunks of
+250 images, each step one forward over the conditional and null-class halves (a batch of 500), as
+`distill::eval::generate` does. --kind gemm times a 512^3 f32 matmul (the single-core peak at
+--threads 1).
+
 Usage: python dit_torch.py --config A --iters 10 --warmup 2 --threads 2
+       python dit_torch.py --config d3w80 --kind sample --threads 1
+       python dit_torch.py --kind gemm --threads 1
 The last stdout line is one JSON object.
 """
 
@@ -34,6 +42,10 @@ CONFIGS = {
     "B": dict(input_size=32, patch_size=2, in_channels=3, hidden_size=256, depth=8, num_heads=4,
               mlp_ratio=4.0, num_classes=10, batch=64),
 }
+# The study's students (sweeps/fashion-mnist.yaml): Fashion-MNIST 28x28, patch 4, 2 heads, batch 64.
+for _name, _depth, _width in [("d1w60", 1, 60), ("d3w80", 3, 80), ("d8w24", 8, 24), ("d4w100", 4, 100)]:
+    CONFIGS[_name] = dict(input_size=28, patch_size=4, in_channels=1, hidden_size=_width, depth=_depth,
+                          num_heads=2, mlp_ratio=4.0, num_classes=10, batch=64)
 
 FREQ_DIM = 256
 
@@ -197,9 +209,88 @@ def analytic_params(cfg):
     return x_embed + t_embed + y_embed + cfg["depth"] * block + final
 
 
+# ---------------------------------------------------------------- sampler (dit/src/sampler.rs)
+def respaced_timesteps(total, steps):
+    if steps == 1:
+        return [total - 1]
+    stride = (total - 1) / (steps - 1)
+    out = []
+    for i in range(steps):
+        v = int(math.floor(i * stride + 0.5))  # Rust's f64::round (half away from zero; all >= 0)
+        if not out or out[-1] != v:
+            out.append(v)
+    return out
+
+
+def ddim_plan(steps, total=1000, beta_start=1e-4, beta_end=0.02):
+    """(t, abar, abar_prev) per step, noisiest first, as dit::sampler::step_plan."""
+    betas = [beta_start + (beta_end - beta_start) * i / (total - 1) for i in range(total)]
+    abar, acc = [], 1.0
+    for b in betas:
+        acc *= 1.0 - b
+        abar.append(acc)
+    ts = respaced_timesteps(total, steps)
+    plan = [(t, abar[t], 1.0 if i == 0 else abar[ts[i - 1]]) for i, t in enumerate(ts)]
+    return plan[::-1]
+
+
+def sample_ddim_cfg(model, noise, labels, num_classes, steps=25, cfg_scale=2.0, chunk=250):
+    """Deterministic DDIM (eta 0) with classifier-free guidance and x_0 clipped to [-1, 1]."""
+    plan = ddim_plan(steps)
+    outs = []
+    for start in range(0, noise.shape[0], chunk):
+        x = noise[start:start + chunk]
+        y = labels[start:start + chunk]
+        n = x.shape[0]
+        yy = torch.cat([y, torch.full_like(y, num_classes)])
+        for t, ab, ab_prev in plan:
+            tt = torch.full((2 * n,), float(t))
+            eps = model(torch.cat([x, x]), tt, yy)
+            cond, uncond = eps[:n], eps[n:]
+            eps = uncond + cfg_scale * (cond - uncond)
+            x0 = ((x - eps * math.sqrt(1.0 - ab)) * (1.0 / math.sqrt(ab))).clamp(-1.0, 1.0)
+            eps = (x - x0 * math.sqrt(ab)) * (1.0 / math.sqrt(1.0 - ab))
+            x = x0 * math.sqrt(ab_prev) + eps * math.sqrt(max(1.0 - ab_prev, 0.0))
+        outs.append(x)
+    return torch.cat(outs)
+
+
+def time_sampling(args, model, cfg):
+    images = args.images
+    C, S = cfg["in_channels"], cfg["input_size"]
+    noise = torch.randn(images, C, S, S)
+    labels = torch.arange(images) % cfg["num_classes"]
+    with torch.inference_mode():
+        sample_ddim_cfg(model, noise, labels, cfg["num_classes"], steps=2)  # warm-up
+        ms, cpu = [], []
+        for _ in range(max(args.iters, 1)):
+            c0, t0 = time.process_time(), time.perf_counter()
+            out = sample_ddim_cfg(model, noise, labels, cfg["num_classes"], steps=25, cfg_scale=2.0)
+            float(out.sum())
+            ms.append((time.perf_counter() - t0) * 1e3)
+            cpu.append((time.process_time() - c0) * 1e3)
+    med = statistics.median(ms)
+    return med, images / (med / 1e3), statistics.median(cpu)
+
+
+def time_gemm(n=512, reps=20):
+    """Best of `reps` by wall time and by process CPU time (GFLOP/s each)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(reps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return 2.0 * n ** 3 / best / 1e9, 2.0 * n ** 3 / max(best_cpu, 1e-9) / 1e9
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="A")
+    ap.add_argument("--kind", choices=["step", "sample", "gemm"], default="step")
+    ap.add_argument("--images", type=int, default=500, help="--kind sample: images per timed run")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -209,6 +300,14 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.kind == "gemm":
+        g, g_cpu = time_gemm()
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}: 512^3 f32 matmul {g:.1f} GFLOP/s "
+              f"({g_cpu:.1f} GFLOP/s of CPU time)")
+        print(json.dumps({"framework": "torch", "version": torch.__version__, "kind": "gemm", "n": 512,
+                          "threads": args.threads, "gflops": round(g, 2), "gflops_cpu": round(g_cpu, 2)}),
+              flush=True)
+        return
     cfg = dict(CONFIGS[args.config])
     batch = cfg.pop("batch")
     model = DiT(**cfg)
@@ -222,16 +321,27 @@ def main():
           f"{n_params:,} trainable params (analytic {expected:,}), batch {batch}", flush=True)
 
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # after imports + init
+    if args.kind == "sample":
+        model.eval()
+        med, ips, cpu_ms = time_sampling(args, model, cfg)
+        print(f"config {args.config}: sampling {args.images} images (DDIM 25 steps, cfg 2) {med:.0f} ms, "
+              f"{ips:.1f} images/s")
+        print(json.dumps({"framework": "torch", "version": torch.__version__, "kind": "sample",
+                          "config": args.config, "params": n_params, "images": args.images,
+                          "threads": args.threads, "median_ms": round(med, 2), "cpu_ms": round(cpu_ms, 2),
+                          "images_per_s": round(ips, 2)}),
+              flush=True)
+        return
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     C, S = cfg["in_channels"], cfg["input_size"]
-    fwd, bwd, upd, step = [], [], [], []
+    fwd, bwd, upd, step, cpu = [], [], [], [], []
     loss_v = float("nan")
     for i in range(args.warmup + args.iters):
         x = torch.randn(batch, C, S, S)
         eps = torch.randn_like(x)
         t = torch.randint(0, 1000, (batch,)).float()
         y = torch.randint(0, cfg["num_classes"], (batch,))
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         loss = F.mse_loss(model(x, t, y), eps)
         loss_v = loss.item()
         t1 = time.perf_counter()
@@ -242,7 +352,9 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
         t3 = time.perf_counter()
+        c3 = time.process_time()
         if i >= args.warmup:
+            cpu.append((c3 - c0) * 1e3)
             fwd.append((t1 - t0) * 1e3)
             bwd.append((t2 - t1) * 1e3)
             upd.append((t3 - t2) * 1e3)
@@ -255,9 +367,10 @@ def main():
     print(f"config {args.config}: step {med:.1f} ms (fwd {statistics.median(fwd):.1f}, "
           f"bwd {statistics.median(bwd):.1f}, clip+adamw {statistics.median(upd):.1f}), peak RSS {peak_mb:.0f} MB (after imports+init {base_mb:.0f} MB)")
     print(json.dumps({
-        "framework": "torch", "version": torch.__version__, "config": args.config, "params": n_params,
+        "framework": "torch", "version": torch.__version__, "kind": "step", "config": args.config, "params": n_params,
         "batch": batch, "threads": args.threads, "iters": args.iters, "warmup": args.warmup,
-        "median_ms": round(med, 2), "fwd_ms": round(statistics.median(fwd), 2),
+        "median_ms": round(med, 2), "min_ms": round(min(step), 2), "max_ms": round(max(step), 2),
+        "cpu_ms": round(statistics.median(cpu), 2), "fwd_ms": round(statistics.median(fwd), 2),
         "bwd_ms": round(statistics.median(bwd), 2), "optim_ms": round(statistics.median(upd), 2),
         "peak_rss_mb": round(peak_mb, 1), "init_rss_mb": round(base_mb, 1), "final_loss": loss_v,
     }), flush=True)

@@ -42,7 +42,20 @@ impl Ema {
     pub fn update(&mut self, vars: &[(String, Var)], n: usize) -> Result<()> {
         let d = self.decay_at(n);
         for (e, (_, v)) in self.values.iter_mut().zip(vars) {
-            e.set(&((e.as_tensor() * d)? + (v.as_tensor().detach() * (1.0 - d))?)?)?;
+            let (et, vt) = (e.as_tensor(), v.as_tensor());
+            let fused = |t: &Tensor| {
+                t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
+            };
+            if fused(et) && fused(vt) {
+                // In place, the same f32 arithmetic as the tensor ops below.
+                let op = crate::optim::fused::Ema {
+                    d: d as f32,
+                    one_minus_d: (1.0 - d) as f32,
+                };
+                et.inplace_op2(vt, &op)?;
+            } else {
+                e.set(&((et * d)? + (vt.detach() * (1.0 - d))?)?)?;
+            }
         }
         Ok(())
     }

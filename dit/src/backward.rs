@@ -94,7 +94,7 @@ impl Tape {
 }
 
 /// `x W^T + b` with the weights detached: the recorded forward keeps autograd off the blocks.
-fn linear_detached(l: &Linear, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn linear_detached(l: &Linear, x: &Tensor) -> Result<Tensor> {
     ops::linear(x, &l.weight.detach(), &l.bias.detach())
 }
 
@@ -185,7 +185,10 @@ impl DiT {
 //--------------------------------------------------------------------------------
 
 /// The contiguous CPU data behind a tensor.
-fn cpu_slice<'a, T: candle_core::WithDType>(s: &'a Storage, l: &Layout) -> Result<&'a [T]> {
+pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
+    s: &'a Storage,
+    l: &Layout,
+) -> Result<&'a [T]> {
     let Storage::Cpu(cs) = s else {
         candle_core::bail!("hand-written backward: CPU tensors only")
     };

@@ -5,6 +5,7 @@
 pub mod backward;
 pub mod config;
 pub mod counts;
+pub mod inference;
 pub mod io;
 pub mod layers;
 pub mod model;

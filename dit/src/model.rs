@@ -286,7 +286,7 @@ impl DiT {
     }
 
     /// `[N, T, p*p*C] -> [N, C, H, W]` ('nhwpqc->nchpwq').
-    fn unpatchify(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn unpatchify(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(0)?;
         let p = self.cfg.patch_size;
         let g = self.cfg.grid_size();
@@ -366,9 +366,10 @@ impl DiT {
 
     /// Classifier-free guidance: `eps_u + scale * (eps_c - eps_u)` from one batched pass over the
     /// conditional and null-class inputs. Scale 1 is the plain conditional model (one pass).
+    /// For sampling: no gradient flows (`forward_inference`).
     pub fn forward_cfg(&self, x: &Tensor, t: &[f32], y: &[u32], scale: f64) -> Result<Tensor> {
         if (scale - 1.0).abs() < 1e-12 || self.cfg.label_rows() == self.cfg.num_classes {
-            return self.forward_eps(x, t, y);
+            return self.eps(&self.forward_inference(x, t, y)?);
         }
         let n = x.dim(0)?;
         let xx = Tensor::cat(&[x, x], 0)?;
@@ -379,7 +380,7 @@ impl DiT {
             .copied()
             .chain(std::iter::repeat_n(null, n))
             .collect();
-        let eps = self.forward_eps(&xx, &tt, &yy)?;
+        let eps = self.eps(&self.forward_inference(&xx, &tt, &yy)?)?;
         let cond = eps.narrow(0, 0, n)?;
         let uncond = eps.narrow(0, n, n)?;
         &uncond + ((&cond - &uncond)? * scale)?

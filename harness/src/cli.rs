@@ -46,17 +46,30 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         grid: usize,
     },
-    /// Time the training step (forward + backward + AdamW) on benchmark configs A and B.
+    /// Time the training step (forward + backward + AdamW), sampling and a GEMM: configs A and B
+    /// and the study's student shapes (d1w60, d3w80, d8w24, d4w100), inside a pool of --threads.
     Bench {
-        /// Only this config (A or B).
-        #[arg(long)]
-        only: Option<String>,
+        /// Only these cases (comma-separated: A, B, d1w60, d3w80, d8w24, d4w100); default all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// What to time (comma-separated: gemm, step, sample); default all three.
+        #[arg(long, value_delimiter = ',')]
+        kind: Vec<crate::cmd::bench::Kind>,
         /// Untimed steps before timing (caches, allocator, thread pools warm up).
         #[arg(long, default_value_t = 2)]
         warmup: usize,
         /// Timed steps; the median and range are printed.
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// Timed sampler runs of 500 images (after a short warm-up); the median is printed.
+        #[arg(long, default_value_t = 1)]
+        sample_iters: usize,
+        /// AdamW through candle tensor ops instead of its fused in-place update (the lever's baseline).
+        #[arg(long)]
+        reference_optim: bool,
+        /// Sample through `DiT::forward` instead of `forward_inference` (the lever's baseline).
+        #[arg(long)]
+        reference_sampler: bool,
     },
     /// Train the FID-proxy feature network (a small CNN classifier) and ship it.
     Featnet {
@@ -312,9 +325,21 @@ pub fn run(cli: Cli) -> Result<()> {
         } => crate::cmd::teacher::run(&config, &out, stop_at, grid),
         Command::Bench {
             only,
+            kind,
             warmup,
             iters,
-        } => crate::cmd::bench::run(only, warmup, iters),
+            sample_iters,
+            reference_optim,
+            reference_sampler,
+        } => crate::cmd::bench::run(crate::cmd::bench::BenchArgs {
+            only,
+            kinds: kind,
+            warmup,
+            iters,
+            sample_iters,
+            reference_optim,
+            reference_sampler,
+        }),
         Command::Featnet { out, epochs, seed } => crate::cmd::featnet::run(&out, epochs, seed),
         Command::Distill {
             teacher,

@@ -88,6 +88,23 @@ fn head_fwd<T: Float + 'static>(
     );
 }
 
+/// Attention of `n` items into `out` (`[n, T, D]`, heads merged), one (item, head) after another
+/// on the calling thread, with `p` as the T x T scratch (the inference path's chunks are its tasks).
+pub(crate) fn attention_seq_into<T: Float + 'static>(
+    qkv: &[T],
+    out: &mut [T],
+    (n, t, d, heads): (usize, usize, usize, usize),
+    p: &mut [T],
+) {
+    let hd = d / heads;
+    assert_eq!(out.len(), n * t * d, "attention: output of the wrong size");
+    for i in 0..n * heads {
+        let (b, h) = (i / heads, i % heads);
+        let o = MatMut::new(&mut out[b * t * d + h * hd..], (t, hd), d);
+        head_fwd(qkv, i, (t, d, heads), &mut p[..t * t], o);
+    }
+}
+
 /// Attention forward; with `keep`, also returns every (item, head)'s probabilities
 /// `[N * heads, T, T]` for a backward that then need not recompute them.
 fn attention_fwd<T: Float + 'static>(

@@ -30,6 +30,15 @@ fn gelu_fwd<T: Float>(x: &[T]) -> Vec<T> {
     out
 }
 
+/// `x = GELU(x)` in place, on the calling thread (the inference path's chunks are its tasks).
+pub(crate) fn gelu_in_place<T: Float>(x: &mut [T]) {
+    let (c, a, half) = (cast::<T>(GELU_C), cast::<T>(GELU_A), cast::<T>(0.5));
+    for x in x.iter_mut() {
+        let v = *x;
+        *x = half * v * (T::one() + tanh_fast(c * (v + a * v * v * v)));
+    }
+}
+
 /// d GELU(x) / dx of the tanh approximation.
 #[inline(always)]
 fn gelu_deriv<T: Float>(x: T) -> T {

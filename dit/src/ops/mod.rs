@@ -36,9 +36,9 @@ pub use ln_modulate::{ln_modulate, ln_modulate_reference};
 pub use mid::{add_mid, add_mid_reference, mul_mid, mul_mid_reference};
 pub use softmax::{softmax_last, softmax_last_reference};
 
-pub(crate) use attention::{attention_bwd, attention_keep_probs};
+pub(crate) use attention::{attention_bwd, attention_keep_probs, attention_seq_into};
 pub(crate) use float::{cast, sum8, Float};
-pub(crate) use gelu::gelu_grad_in_place;
+pub(crate) use gelu::{gelu_grad_in_place, gelu_in_place};
 pub(crate) use layer_norm::ln_stats;
 
 use candle_core::{DType, Layout, Result, Tensor};
