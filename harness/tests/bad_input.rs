@@ -188,7 +188,13 @@ fn help_describes_every_argument() {
         // or (long help) the name alone with the description indented on the next line.
         let lines: Vec<&str> = text.lines().collect();
         let indent = |l: &str| l.len() - l.trim_start().len();
-        let is_arg = |t: &str| t.starts_with('-') || t.starts_with('<') || t.starts_with('[');
+        // An option (`-x`, `--flag`) or a positional (`<NAME>`, `[NAME]`); not a bullet of a
+        // description (`- value: ...`) nor a `[default: ...]` / `[possible values: ...]` note.
+        let is_arg = |t: &str| {
+            (t.starts_with('-') && !t.starts_with("- "))
+                || t.starts_with('<')
+                || (t.starts_with('[') && !t.starts_with("[default") && !t.starts_with("[possible"))
+        };
         for (i, l) in lines.iter().enumerate() {
             let t = l.trim();
             if !l.starts_with("  ") || !is_arg(t) {
