@@ -179,12 +179,12 @@ out = [
 if peak:
     out.append(f"f32 GEMM 512^3 at {sthreads} thread(s), best of 20 calls, median over rounds: candle "
                f"{med(gemm['candle']):.1f} GFLOP/s wall-time (range {rng(gemm['candle'], lambda v: f'{v:.1f}')}), "
-               + (f"{med(gemm_cpu['candle']):.1f} GFLOP/s CPU-time; " if use_cpu else "; ")
+               + (f"{med(gemm_cpu['candle']):.1f} GFLOP/s CPU-time; " if use_cpu else "(no CPU-time rows); ")
                + "PyTorch " + (f"{med(gemm['torch']):.1f}" if gemm["torch"] else "-") + " wall, "
                + (f"{med(gemm_cpu['torch']):.1f}" if gemm_cpu["torch"] else "-") + " CPU-time GFLOP/s.")
     out.append("")
 out += [
-    "| case | params | batch | threads | candle ms | PyTorch ms | candle/PyTorch (median, range) | same, CPU time | candle GFLOP/s (of CPU time) | % of GEMM peak (CPU time) |",
+    "| case | params | batch | threads | candle ms | PyTorch ms | candle/PyTorch (median, range) | same, CPU time | candle GFLOP/s (of CPU time) | % of GEMM peak |",
     "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 cfgs = []
@@ -236,7 +236,8 @@ out += [
     "columns are medians over rounds (wall time). 'CPU time' is the same ratio from the processes' CPU time "
     "(clock_gettime / time.process_time over the same intervals), which the other processes on a loaded "
     "machine inflate far less than wall time; it is comparable at 1 thread (at 2 threads it adds both "
-    "threads' busy time, spin-waits included). Raw rows: bench/logs/results.jsonl.",
+    "threads' busy time, spin-waits included). '% of GEMM peak' divides the step's GFLOP/s by the 512^3 "
+    "GEMM's, both of CPU time when the rows carry it (else both of wall time). Raw rows: bench/logs/results.jsonl.",
 ]
 jax = [r for r in rows if r["framework"] == "jax"]
 if jax:

@@ -252,11 +252,12 @@ pub fn peak_rss_mb() -> f64 {
 /// What `ditkd bench` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
-    /// The GEMM peak (512^3, current threads).
+    // (Plain comments: doc comments here would switch `ditkd bench --help` to clap's long form.)
+    // The GEMM peak (512^3, current threads).
     Gemm,
-    /// The training step of each case.
+    // The training step of each case.
     Step,
-    /// 25-step DDIM with guidance 2 over 500 images, for each student case.
+    // 25-step DDIM with guidance 2 over 500 images, for each student case.
     Sample,
 }
 
