@@ -4,7 +4,9 @@
 //! same decisions and table.
 
 mod common;
-use common::{ditkd, fixtures, race_spec, stages, table_rows};
+use common::{
+    ditkd, fixtures, race_spec, stages, stages_without_version, sweep_killed_when, table_rows,
+};
 use serde_json::Value;
 
 fn curve_steps(run: &std::path::Path) -> Vec<u64> {
@@ -115,18 +117,53 @@ fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
             assert!(c.contains(&4), "{}: {c:?}", p.display());
         }
     }
-    // Companions: scratch at the final shapes, trained on to the KD run's FLOPs with a row at 8.
+    // Companions: scratch at the final shapes and seeds at equal steps (8); the KD run of each has
+    // a measured curve point at the scratch run's training FLOPs (KD pays the teacher's forward,
+    // so it gets there in fewer steps): equal compute without training past the step cap.
     let scratch: Vec<_> = runs
         .iter()
         .filter(|p| p.to_string_lossy().contains("-scratch-"))
         .collect();
     assert!(!scratch.is_empty());
+    let flops_at = |run: &std::path::Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(run.join("curve.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["step"].as_u64().unwrap(),
+                    v["train_flops"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
     for p in &scratch {
-        let c = curve_steps(p);
+        assert_eq!(curve_steps(p), vec![8], "{}", p.display());
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        let twin = name.split_once('-').unwrap().1.replace("-scratch-", "-kd-");
+        let kd_run = runs
+            .iter()
+            .find(|r| {
+                r.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .ends_with(&format!("-{twin}"))
+            })
+            .unwrap_or_else(|| panic!("no KD run {twin}"));
+        let kd_curve = flops_at(kd_run);
+        let per_step = kd_curve.last().unwrap().1 / kd_curve.last().unwrap().0 as f64;
+        let target = flops_at(p)[0].1;
         assert!(
-            c.contains(&8) && c.iter().max().unwrap() > &8,
-            "{}: {c:?}",
-            p.display()
+            target < kd_curve.last().unwrap().1,
+            "scratch pays less than KD"
+        );
+        assert!(
+            kd_curve
+                .iter()
+                .any(|&(s, f)| s < 8 && (f - target).abs() <= 0.5 * per_step),
+            "{}: no point at scratch's {target:.3e} FLOPs in {kd_curve:?}",
+            kd_run.display()
         );
     }
 
@@ -158,32 +195,14 @@ fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
 
     // Killed (SIGKILL) once the first decision is on disk, then resumed: the same decisions.
     let killed = root.join("killed");
-    let mut p = std::process::Command::new(env!("CARGO_BIN_EXE_ditkd"))
-        .args(["sweep", spec, "--out", killed.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while !killed.join("race/stage-000.json").exists() {
-        assert!(t0.elapsed().as_secs() < 600, "no decision appeared");
-        assert!(
-            p.try_wait().unwrap().is_none(),
-            "the race ended before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    p.kill().unwrap();
-    p.wait().unwrap();
+    sweep_killed_when(spec, &killed, "first decision", |d| {
+        d.join("race/stage-000.json").exists().then_some(())
+    });
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", killed.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
-    let strip = |v: Vec<Value>| -> Vec<Value> {
-        v.into_iter()
-            .map(|mut s| {
-                s["code_version"] = Value::Null;
-                s
-            })
-            .collect()
-    };
-    assert_eq!(strip(stages(&killed)), strip(stages(&full)));
+    assert_eq!(
+        stages_without_version(&killed),
+        stages_without_version(&full)
+    );
     assert_eq!(table_rows(&killed), table_rows(&full));
 }

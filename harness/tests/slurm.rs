@@ -5,6 +5,7 @@
 mod common;
 use common::{ditkd, fixtures, spec_text, table_rows};
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -20,12 +21,10 @@ fn job_state(id: &str) -> String {
         .to_string()
 }
 
-/// Ignored by default, so `cargo test` lists it as ignored where no Slurm runs (a visible skip,
-/// not a silent pass); `.ci/run` starts a Slurm and runs it with `--ignored`, where it fails if
-/// no Slurm answers.
-#[test]
-#[ignore = "needs a running Slurm: bash .ci/slurm-up.sh, then cargo test --release -p harness --test slurm -- --ignored"]
-fn job_array_plus_merge_equals_the_local_sweep() {
+/// Asserts a Slurm answers, writes `ditkd slurm SPEC --shards 3` into `root/submit.sh` (its
+/// results in `cluster`), checks the script holds each of `expect`, submits it and returns what
+/// the submission printed.
+fn submit(root: &Path, spec: &str, cluster: &Path, expect: &[&str]) -> String {
     let have_slurm = Command::new("sbatch")
         .arg("--version")
         .output()
@@ -37,18 +36,6 @@ fn job_array_plus_merge_equals_the_local_sweep() {
         have_slurm,
         "no Slurm answers (sbatch --version, sinfo): start one with .ci/slurm-up.sh"
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    fixtures(root);
-    let spec = root.join("tiny.yaml");
-    std::fs::write(&spec, spec_text(root)).unwrap();
-    let spec = spec.to_str().unwrap();
-
-    let local = root.join("local");
-    let (rc, _, err) = ditkd(&["sweep", spec, "--out", local.to_str().unwrap()]);
-    assert_eq!(rc, 0, "{err}");
-
-    let cluster = root.join("cluster");
     let script = root.join("submit.sh");
     let (rc, _, err) = ditkd(&[
         "slurm",
@@ -66,19 +53,46 @@ fn job_array_plus_merge_equals_the_local_sweep() {
     ]);
     assert_eq!(rc, 0, "{err}");
     let text = std::fs::read_to_string(&script).unwrap();
-    assert!(
-        text.contains("--array=1-3")
-            && text.contains("--dependency=afterok:")
-            && text.contains("--kill-on-invalid-dep=yes")
-    );
-
+    for e in expect {
+        assert!(text.contains(e), "the script lacks `{e}`:\n{text}");
+    }
     let out = Command::new("bash").arg(&script).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ids = String::from_utf8_lossy(&out.stdout).to_string();
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+/// Ignored by default, so `cargo test` lists it as ignored where no Slurm runs (a visible skip,
+/// not a silent pass); `.ci/run` starts a Slurm and runs it with `--ignored`, where it fails if
+/// no Slurm answers.
+#[test]
+#[ignore = "needs a running Slurm: bash .ci/slurm-up.sh, then cargo test --release -p harness --test slurm -- --ignored"]
+fn job_array_plus_merge_equals_the_local_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fixtures(root);
+    let spec = root.join("tiny.yaml");
+    std::fs::write(&spec, spec_text(root)).unwrap();
+    let spec = spec.to_str().unwrap();
+
+    let local = root.join("local");
+    let (rc, _, err) = ditkd(&["sweep", spec, "--out", local.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+
+    let cluster = root.join("cluster");
+    let ids = submit(
+        root,
+        spec,
+        &cluster,
+        &[
+            "--array=1-3",
+            "--dependency=afterok:",
+            "--kill-on-invalid-dep=yes",
+        ],
+    );
     let merge_id = ids
         .split_whitespace()
         .nth(3)
@@ -138,34 +152,7 @@ fn a_race_on_slurm_decides_as_the_local_race() {
     assert_eq!(rc, 0, "{err}");
 
     let cluster = root.join("cluster");
-    let script = root.join("race.sh");
-    let (rc, _, err) = ditkd(&[
-        "slurm",
-        spec,
-        "--shards",
-        "3",
-        "--out",
-        cluster.to_str().unwrap(),
-        "-o",
-        script.to_str().unwrap(),
-        "--binary",
-        env!("CARGO_BIN_EXE_ditkd"),
-        "--time",
-        "00:20:00",
-    ]);
-    assert_eq!(rc, 0, "{err}");
-    let text = std::fs::read_to_string(&script).unwrap();
-    assert!(
-        text.contains("race decide") && text.contains("--submit"),
-        "{text}"
-    );
-    let out = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let first = String::from_utf8_lossy(&out.stdout).to_string();
+    let first = submit(root, spec, &cluster, &["race decide", "--submit"]);
     assert!(
         first.contains("stage 0") && first.contains("array"),
         "{first}"
@@ -201,17 +188,9 @@ fn a_race_on_slurm_decides_as_the_local_race() {
         }
         std::thread::sleep(Duration::from_secs(2));
     }
-    let strip = |v: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
-        v.into_iter()
-            .map(|mut s| {
-                s["code_version"] = serde_json::Value::Null;
-                s
-            })
-            .collect()
-    };
     assert_eq!(
-        strip(common::stages(&cluster)),
-        strip(common::stages(&local))
+        common::stages_without_version(&cluster),
+        common::stages_without_version(&local)
     );
     assert_eq!(table_rows(&cluster), table_rows(&local));
 }

@@ -2,7 +2,7 @@
 //! merged gives the same table; a rerun skips finished runs; malformed specs fail clearly.
 
 mod common;
-use common::{ditkd, fixtures, spec_text, table_rows};
+use common::{ditkd, fixtures, spec_text, sweep_killed_when, table_rows};
 
 #[test]
 fn tiny_sweep_runs_shards_merge_and_resumes() {
@@ -117,13 +117,8 @@ fn sigkill_during_training_then_resume_equals_uninterrupted() {
     assert_eq!(rc, 0, "{err}");
 
     let killed = root.join("killed");
-    let mut p = std::process::Command::new(env!("CARGO_BIN_EXE_ditkd"))
-        .args(["sweep", spec, "--out", killed.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Kill once some run holds a mid-training checkpoint and no summary.
-    let mid_training = |dir: &std::path::Path| -> Option<u64> {
+    let at = sweep_killed_when(spec, &killed, "mid-training checkpoint", |dir| {
         std::fs::read_dir(dir.join("runs"))
             .ok()?
             .flatten()
@@ -133,24 +128,7 @@ fn sigkill_during_training_then_resume_equals_uninterrupted() {
                     serde_json::from_str::<serde_json::Value>(&state).ok()?["step"].as_u64()?;
                 (step < STEPS && !e.path().join("summary.json").exists()).then_some(step)
             })
-    };
-    let t0 = std::time::Instant::now();
-    let at = loop {
-        if let Some(step) = mid_training(&killed) {
-            break step;
-        }
-        assert!(
-            t0.elapsed().as_secs() < 600,
-            "no mid-training checkpoint appeared"
-        );
-        assert!(
-            p.try_wait().unwrap().is_none(),
-            "the sweep finished before a mid-training checkpoint was seen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    };
-    p.kill().unwrap(); // SIGKILL
-    p.wait().unwrap();
+    });
     assert!(at > 0 && at < STEPS);
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", killed.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");

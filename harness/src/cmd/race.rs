@@ -98,8 +98,8 @@ fn stage(spec_path: &Path, out: Option<&Path>, shard: &str) -> Result<()> {
     let (Loaded { spec, base, runs }, h) = load(spec_path)?;
     let dir = sweep_dir(&spec, out);
     crate::runner::claim_dir(&spec, &dir, false)?;
-    let race = Race::new(&spec, &h, &runs, &dir);
-    let runs = match race.phase(&base)? {
+    let race = Race::new(&spec, &h, &runs, &base, &dir);
+    let runs = match race.phase()? {
         None => {
             println!("race over: nothing to train");
             return Ok(());
@@ -148,9 +148,9 @@ fn decide(spec_path: &Path, out: Option<&Path>, submit: Option<&Submit>) -> Resu
     let (Loaded { spec, base, runs }, h) = load(spec_path)?;
     let dir = sweep_dir(&spec, out);
     crate::runner::claim_dir(&spec, &dir, false)?;
-    let race = Race::new(&spec, &h, &runs, &dir);
+    let race = Race::new(&spec, &h, &runs, &base, &dir);
     loop {
-        let Some(phase) = race.phase(&base)? else {
+        let Some(phase) = race.phase()? else {
             crate::table::rebuild(&dir)?;
             print!("{}", crate::race::summary::describe(&race.write_summary()?));
             let n = crate::speed::measure(&dir, &crate::speed::Options::default(), false)?;

@@ -56,9 +56,69 @@ pub struct Race<'a> {
     /// The raced mode (the first of `distill.modes`).
     pub mode: Mode,
     /// Every run the grid would have (shapes x seeds x modes at `distill.steps`), by
-    /// (budget, shape label, mode, seed).
+    /// (budget, shape label, mode, seed); the raced mode's runs carry their FLOP-matched curve
+    /// points (`with_flop_matched_points`).
     pub(crate) grid: BTreeMap<(usize, String, Mode, u64), RunPlan>,
+    /// The teacher's architecture (what KD pays per training image).
+    pub(crate) teacher: dit::DitConfig,
     pub(crate) dir: PathBuf,
+}
+
+/// The step at which `cfg`'s training FLOPs come closest to `target` (within half a step), if
+/// that is short of `steps`: where a run that pays more per step is compared with a cheaper one at
+/// equal training compute.
+fn flop_matched_step(
+    cfg: &distill::run::DistillConfig,
+    teacher: &dit::DitConfig,
+    target: f64,
+    steps: usize,
+) -> Option<usize> {
+    let fixed = cfg.train_flops(Some(teacher), 0);
+    let per_step = cfg.train_flops(Some(teacher), 1) - fixed;
+    if !(per_step > 0.0) {
+        return None;
+    }
+    let s = ((target - fixed) / per_step).round();
+    (s >= 1.0 && s < steps as f64).then_some(s as usize)
+}
+
+/// Add `step` to `r`'s curve points.
+fn add_curve_point(r: &mut RunPlan, step: usize) {
+    r.cfg.eval.at_steps.push(step);
+    r.cfg.eval.at_steps.sort_unstable();
+    r.cfg.eval.at_steps.dedup();
+}
+
+/// The race's plans with, on every run of the raced mode, a curve point at each step where its
+/// training FLOPs equal a companion mode's at the step cap (KD pays the teacher's forward, so a
+/// KD run passes the FLOPs of a scratch run's 8,000 steps well before its own 8,000): with the
+/// companions' own points at equal steps, each pair is compared at equal steps and at equal
+/// training FLOPs from measured curve points, and no run has to train past the step cap.
+fn with_flop_matched_points(
+    mut grid: BTreeMap<(usize, String, Mode, u64), RunPlan>,
+    spec: &SweepSpec,
+    teacher: &dit::DitConfig,
+) -> BTreeMap<(usize, String, Mode, u64), RunPlan> {
+    let raced = spec.distill.modes[0];
+    let steps = spec.distill.steps;
+    let targets: Vec<((usize, String, Mode, u64), f64)> = grid
+        .iter()
+        .filter(|((_, _, mode, _), _)| *mode != raced)
+        .map(|((b, shape, _, seed), r)| {
+            (
+                (*b, shape.clone(), raced, *seed),
+                r.cfg.train_flops(Some(teacher), steps),
+            )
+        })
+        .collect();
+    for (key, target) in targets {
+        if let Some(r) = grid.get_mut(&key) {
+            if let Some(s) = flop_matched_step(&r.cfg, teacher, target, steps) {
+                add_curve_point(r, s);
+            }
+        }
+    }
+    grid
 }
 
 fn stage_path(dir: &Path, k: usize) -> PathBuf {
@@ -66,7 +126,13 @@ fn stage_path(dir: &Path, k: usize) -> PathBuf {
 }
 
 impl<'a> Race<'a> {
-    pub fn new(spec: &'a SweepSpec, halving: &'a Halving, grid: &[RunPlan], dir: &Path) -> Self {
+    pub fn new(
+        spec: &'a SweepSpec,
+        halving: &'a Halving,
+        grid: &[RunPlan],
+        teacher: &dit::DitConfig,
+        dir: &Path,
+    ) -> Self {
         let grid = grid
             .iter()
             .map(|r| {
@@ -86,7 +152,8 @@ impl<'a> Race<'a> {
             halving,
             rungs: halving.rungs(spec.distill.steps),
             mode: spec.distill.modes[0],
-            grid,
+            grid: with_flop_matched_points(grid, spec, teacher),
+            teacher: teacher.clone(),
             dir: dir.to_path_buf(),
         }
     }
@@ -267,13 +334,10 @@ impl<'a> Race<'a> {
     }
 
     /// The other modes at each budget's final racing shapes and seeds, at the last rung's steps
-    /// (equal steps with the raced mode). A mode that pays no teacher also trains on to the raced
-    /// mode's training FLOPs (equal compute), with a curve point at the equal-steps count.
-    pub fn companion_runs(
-        &self,
-        state: &[BudgetState],
-        teacher: &dit::DitConfig,
-    ) -> Result<Vec<RunPlan>> {
+    /// (equal steps with the raced mode). Where a companion pays more per step than the raced
+    /// mode (KD raced against scratch is the other way round, see `with_flop_matched_points`), it
+    /// gets a curve point at the raced run's training FLOPs (equal compute).
+    pub fn companion_runs(&self, state: &[BudgetState]) -> Result<Vec<RunPlan>> {
         let steps = *self.rungs.last().unwrap_or(&self.spec.distill.steps);
         let mut runs = Vec::new();
         for b in state {
@@ -284,17 +348,13 @@ impl<'a> Race<'a> {
             for shape in &shapes {
                 for &seed in &b.seeds {
                     let raced = self.trial(b.budget, shape, self.mode, seed, steps)?;
-                    let raced_flops = raced.cfg.train_flops(Some(teacher), steps);
+                    let raced_flops = raced.cfg.train_flops(Some(&self.teacher), steps);
                     for &mode in self.spec.distill.modes.iter().skip(1) {
                         let mut r = self.trial(b.budget, shape, mode, seed, steps)?;
-                        let per_step = r.cfg.train_flops(Some(teacher), 1);
-                        let matched = (raced_flops / per_step).ceil() as usize;
-                        if matched > steps {
-                            r.cfg.steps = matched.min(distill::run::MAX_STEPS);
-                            r.cfg.eval.at_steps.push(steps);
-                            r.cfg.eval.at_steps.sort_unstable();
-                            r.cfg.eval.at_steps.dedup();
-                            r.cfg.validate()?;
+                        if let Some(s) =
+                            flop_matched_step(&r.cfg, &self.teacher, raced_flops, steps)
+                        {
+                            add_curve_point(&mut r, s);
                         }
                         runs.push(r);
                     }
@@ -330,7 +390,7 @@ pub enum Phase {
 
 impl Race<'_> {
     /// Where the race on disk stands (`None`: over, companions included).
-    pub fn phase(&self, teacher: &dit::DitConfig) -> Result<Option<Phase>> {
+    pub fn phase(&self) -> Result<Option<Phase>> {
         let (records, state) = self.replay()?;
         if state.iter().any(|b| b.done.is_none()) {
             return Ok(Some(Phase::Racing {
@@ -339,7 +399,7 @@ impl Race<'_> {
                 state,
             }));
         }
-        let runs = self.companion_runs(&state, teacher)?;
+        let runs = self.companion_runs(&state)?;
         if self.pending(&runs).is_empty() {
             return Ok(None);
         }
@@ -366,12 +426,11 @@ pub fn run(
     shared: &Shared,
     progress: bool,
 ) -> Result<Vec<Summary>> {
-    let race = Race::new(spec, halving, grid, dir);
-    let eval_sd = eval_noise_ln(dir);
     // The students' base config is the teacher's own (`runner::base_config`).
-    let teacher = base;
+    let race = Race::new(spec, halving, grid, base, dir);
+    let eval_sd = eval_noise_ln(dir);
     let mut summaries = Vec::new();
-    while let Some(phase) = race.phase(teacher)? {
+    while let Some(phase) = race.phase()? {
         match phase {
             Phase::Racing { stage, state, runs } => {
                 eprintln!(

@@ -7,6 +7,37 @@ use std::process::Command;
 use distill::data::{DataConfig, Split};
 use distill::testkit;
 
+/// Starts `ditkd sweep SPEC --out OUT`, polls every 2 ms until `ready(OUT)` gives a value, then
+/// kills the sweep with SIGKILL and returns that value. Fails if the sweep ends first or nothing is
+/// ready within 10 minutes (`what` names the awaited state in the message).
+pub fn sweep_killed_when<T>(
+    spec: &str,
+    out: &Path,
+    what: &str,
+    ready: impl Fn(&Path) -> Option<T>,
+) -> T {
+    let mut p = Command::new(env!("CARGO_BIN_EXE_ditkd"))
+        .args(["sweep", spec, "--out", out.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let value = loop {
+        if let Some(v) = ready(out) {
+            break v;
+        }
+        assert!(t0.elapsed().as_secs() < 600, "no {what} appeared");
+        assert!(
+            p.try_wait().unwrap().is_none(),
+            "the sweep finished before {what} was seen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    p.kill().unwrap(); // SIGKILL
+    p.wait().unwrap();
+    value
+}
+
 pub fn ditkd(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
         .args(args)
@@ -111,5 +142,16 @@ pub fn stages(dir: &std::path::Path) -> Vec<serde_json::Value> {
     (0..)
         .map_while(|k| std::fs::read_to_string(dir.join(format!("race/stage-{k:03}.json"))).ok())
         .map(|t| serde_json::from_str(&t).unwrap())
+        .collect()
+}
+
+/// The stage records less their `code_version`: what two sweeps are compared on is their decisions.
+pub fn stages_without_version(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    stages(dir)
+        .into_iter()
+        .map(|mut s| {
+            s["code_version"] = serde_json::Value::Null;
+            s
+        })
         .collect()
 }
