@@ -332,6 +332,69 @@ fn hold_out_budget_is_predicted_and_its_best_shape_found() {
     let h = law.holdout.as_ref().unwrap();
     assert!(h.n_runs >= 10 && h.rmse_log < 0.05 && h.mape < 5.0, "{h:?}");
     assert!(h.within_5pct, "{h:?}");
+    // The true law's noise is what the intervals claim: most runs and shape means fall inside.
+    assert!(
+        h.coverage90_runs >= 0.7 && h.coverage90_shapes >= 0.7,
+        "{h:?}"
+    );
+    assert_eq!(
+        h.shapes.len(),
+        h.shapes
+            .iter()
+            .map(|s| &s.shape)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+    let truth_best = h
+        .shapes
+        .iter()
+        .min_by(|a, b| a.measured.total_cmp(&b.measured))
+        .unwrap();
+    assert!(h.tie_set.contains(&truth_best.shape), "{h:?}");
+    assert_eq!(h.recommended_in_tie_set, Some(true), "{h:?}");
+    assert_eq!(h.best_predicted_in_tie_set, Some(true), "{h:?}");
+
+    // The validation can fail: a held-out budget 50 % worse than any law could know lies outside
+    // the intervals, and one whose recommended depth is 30 % worse puts the pick out of the tie set.
+    let rec = (h.recommended.depth, h.recommended.heads);
+    let judged = |scale: &dyn Fn(&Map<String, Value>) -> f64| {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<Map<String, Value>> = synthetic_rows()
+            .into_iter()
+            .map(|mut r| {
+                let k = scale(&r);
+                if r["budget"] == 320_000 {
+                    if let Some(y) = r["fid_proxy"].as_f64() {
+                        r.insert("fid_proxy".into(), json!(y * k));
+                    }
+                }
+                r
+            })
+            .collect();
+        write_table(dir.path(), &rows);
+        fit_sweep(&Options {
+            hold_out: Some(320_000),
+            bootstrap: 20,
+            ..opts(dir.path())
+        })
+        .unwrap()
+        .holdout
+        .unwrap()
+    };
+    let shifted = judged(&|_| 1.5);
+    assert!(shifted.coverage90_runs < 0.2, "{shifted:?}");
+    let worse = judged(&|r| {
+        let s = (
+            r["depth"].as_u64().unwrap() as usize,
+            r["heads"].as_u64().unwrap() as usize,
+        );
+        if s == rec {
+            1.3
+        } else {
+            1.0
+        }
+    });
+    assert_eq!(worse.recommended_in_tie_set, Some(false), "{worse:?}");
     let (code, out, err) = ditkd(&[
         "fit",
         tmp.path().to_str().unwrap(),

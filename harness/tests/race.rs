@@ -192,6 +192,11 @@ fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
         report.contains("## Race") && report.contains("P(best)") && report.contains("CPU-hours"),
         "{report}"
     );
+    // KD vs scratch paired by seed, at equal steps and at the FLOP-matched KD point.
+    assert!(
+        report.contains("equal training FLOPs") && !report.contains("no matched point"),
+        "{report}"
+    );
 
     // Killed (SIGKILL) once the first decision is on disk, then resumed: the same decisions.
     let killed = root.join("killed");

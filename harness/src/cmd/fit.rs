@@ -250,6 +250,24 @@ pub fn summary(l: &LawFile) -> String {
             "  within 5 % of the best measured: {}",
             if h.within_5pct { "yes" } else { "no" }
         ));
+        line(format!(
+            "  coverage of the law's 90 % intervals: {:.0} % of runs (one-run interval), {:.0} % of shapes (seed-mean interval); σ {:.4}, τ {:.4} in ln",
+            100.0 * h.coverage90_runs,
+            100.0 * h.coverage90_shapes,
+            h.sigma,
+            h.tau
+        ));
+        let verdict = |v: Option<bool>| match v {
+            Some(true) => "in",
+            Some(false) => "NOT in",
+            None => "not measured, so not judged against",
+        };
+        line(format!(
+            "  measured tie set (not separable from the best at 90 % by the seeds): {}; the law's recommended shape is {} it, its best-predicted measured shape {} it",
+            h.tie_set.join(", "),
+            verdict(h.recommended_in_tie_set),
+            verdict(h.best_predicted_in_tie_set)
+        ));
     }
     for n in &l.notes {
         line(format!("note: {n}"));

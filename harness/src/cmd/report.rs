@@ -183,6 +183,7 @@ pub fn markdown_with(
         },
     }
     modes_section(w, sweep, &metric);
+    paired_section(w, sweep, &metric);
     for l in law.into_iter().chain(held) {
         if let Some(h) = l.holdout.as_ref() {
             holdout_section(w, l, h, &metric);
@@ -643,6 +644,65 @@ fn modes_section(w: &mut String, sweep: &Sweep, metric: &str) {
     let _ = writeln!(w);
 }
 
+/// KD against scratch pair by pair (same shape and seed) at equal steps and at equal training
+/// FLOPs, from the learning curves (`results::paired`).
+fn paired_section(w: &mut String, sweep: &Sweep, metric: &str) {
+    let rows = crate::results::paired::kd_vs_scratch(sweep);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "## KD vs scratch, paired by seed: equal steps and equal training FLOPs\n\n\
+         Each scratch run is paired with the KD run of the same shape and seed (they share the data \
+         order and noise, so the difference is KD's). Equal steps: both at scratch's last step. \
+         Equal FLOPs: KD read at the curve point where its training FLOPs (the teacher's forward \
+         included) equal scratch's at that step. Δ = mean ± sd over the pairs of ln(KD) − \
+         ln(scratch) on {metric} (negative: KD better).\n\n\
+         | budget | shape | pairs | steps | KD | scratch | Δ ln, equal steps | KD better | KD step at equal FLOPs | KD | Δ ln, equal FLOPs | KD better |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let cell = |m: &Option<crate::results::paired::Matched>| match m {
+        Some(m) => (
+            format!("{:+.3} ± {:.3}", m.ln_diff, m.ln_diff_std),
+            format!("{}/{}", m.kd_better, m.n),
+        ),
+        None => ("–".into(), "–".into()),
+    };
+    for r in &rows {
+        let (ds, bs) = cell(&r.equal_steps);
+        let (df, bf) = cell(&r.equal_flops);
+        let flop_steps = r
+            .equal_flops
+            .as_ref()
+            .map_or("no matched point".into(), |m| {
+                if m.kd_steps[0] == m.kd_steps[1] {
+                    grouped(m.kd_steps[0] as i64)
+                } else {
+                    format!(
+                        "{}-{}",
+                        grouped(m.kd_steps[0] as i64),
+                        grouped(m.kd_steps[1] as i64)
+                    )
+                }
+            });
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {ds} | {bs} | {flop_steps} | {} | {df} | {bf} |",
+            si(r.budget as f64),
+            r.shape,
+            r.equal_steps.as_ref().map_or(0, |m| m.n),
+            grouped(r.steps as i64),
+            r.equal_steps.as_ref().map_or("–".into(), |m| num(m.kd)),
+            r.equal_steps
+                .as_ref()
+                .map_or("–".into(), |m| num(m.scratch)),
+            r.equal_flops.as_ref().map_or("–".into(), |m| num(m.kd)),
+        );
+    }
+    let _ = writeln!(w);
+}
+
 /// Read through JSON, so the section follows law.json's `holdout` as written (fields may be null).
 fn holdout_section(w: &mut String, l: &LawFile, h: &crate::law::Holdout, metric: &str) {
     let h = serde_json::to_value(h).unwrap_or_default();
@@ -696,9 +756,74 @@ fn holdout_section(w: &mut String, l: &LawFile, h: &crate::law::Holdout, metric:
     let _ = writeln!(w, "- best measured shape: {}", shape(&h["best_measured"]));
     let _ = writeln!(
         w,
-        "- best-predicted within 5 % of the best measured: {}\n",
+        "- best-predicted within 5 % of the best measured: {} (5 % is below the seed noise; the tie set below is the test)",
         yn(&h["within_5pct"])
     );
+    let pct = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("?".into(), |x| format!("{:.0} %", 100.0 * x))
+    };
+    let _ = writeln!(
+        w,
+        "- coverage of the law's 90 % intervals: {} of the runs (interval of one more run), {} of the shapes (interval of the seed mean); σ = {}, τ = {} in ln",
+        pct(&h["coverage90_runs"]),
+        pct(&h["coverage90_shapes"]),
+        f(&h["sigma"]),
+        f(&h["tau"])
+    );
+    let names: Vec<String> = h["tie_set"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        w,
+        "- measured tie set (the best-measured shape and every shape its seeds cannot separate from it at 90 %): {}",
+        if names.is_empty() { "none".into() } else { names.join(", ") }
+    );
+    let pass = |v: &serde_json::Value| match v.as_bool() {
+        Some(true) => "**in the tie set (pass)**",
+        Some(false) => "**not in the tie set (fail)**",
+        None => "not measured at this budget (not judged)",
+    };
+    let _ = writeln!(
+        w,
+        "- the law's recommended shape: {}; its best-predicted measured shape: {}\n",
+        pass(&h["recommended_in_tie_set"]),
+        pass(&h["best_predicted_in_tie_set"])
+    );
+    if let Some(rows) = h["shapes"].as_array().filter(|a| !a.is_empty()) {
+        let _ = writeln!(
+            w,
+            "| shape | params | seeds | measured | predicted | 90 % interval (mean) | 90 % interval (one run) | P(best), measured | tie |\n|---|---:|---:|---:|---:|---|---|---:|---|"
+        );
+        for r in rows {
+            let iv = |v: &serde_json::Value| format!("[{}, {}]", f(&v[0]), f(&v[1]));
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r["shape"].as_str().unwrap_or("?"),
+                r["params"],
+                r["seeds"],
+                f(&r["measured"]),
+                f(&r["predicted"]),
+                iv(&r["mean_interval"]),
+                iv(&r["run_interval"]),
+                r["p_best_measured"]
+                    .as_f64()
+                    .map_or("?".into(), |p| format!("{p:.2}")),
+                if r["in_tie_set"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    ""
+                }
+            );
+        }
+        let _ = writeln!(w);
+    }
 }
 
 /// A p-value: fixed-point down to 0.001, scientific below.

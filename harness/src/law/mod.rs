@@ -399,6 +399,33 @@ pub struct ScoredShape {
 pub struct Holdout {
     pub budget: u64,
     pub n_runs: usize,
+    /// Share of the held-out runs inside the law's 90 % interval of one more run of their shape
+    /// (bootstrap draws of the law, the shapes' spread τ about it and the seed noise σ).
+    #[serde(default)]
+    pub coverage90_runs: f64,
+    /// Share of the held-out shapes whose seed mean lies inside the law's 90 % interval of a mean
+    /// over that many seeds.
+    #[serde(default)]
+    pub coverage90_shapes: f64,
+    /// The σ and τ (ln) the intervals and the measured P(best) use.
+    #[serde(default)]
+    pub sigma: f64,
+    #[serde(default)]
+    pub tau: f64,
+    /// The measured tie set at B: the best-measured shape and every shape not separable from it at
+    /// 90 % by its seeds alone.
+    #[serde(default)]
+    pub tie_set: Vec<String>,
+    /// The law's recommended shape (as the measured shape of its depth and heads) is in the tie
+    /// set: the pass criterion (null when no shape of that depth and heads was run at B).
+    #[serde(default)]
+    pub recommended_in_tie_set: Option<bool>,
+    /// The best-predicted of the measured shapes is in the tie set.
+    #[serde(default)]
+    pub best_predicted_in_tie_set: Option<bool>,
+    /// Every measured shape at B: seeds, measured and predicted values, the law's intervals.
+    #[serde(default)]
+    pub shapes: Vec<HeldShape>,
     /// RMSE of ln predicted vs ln measured over the held-out runs.
     pub rmse_log: f64,
     /// Mean absolute percentage error (in %).
@@ -415,6 +442,23 @@ pub struct Holdout {
     pub best_measured: ScoredShape,
     /// `best_predicted_measured` is within 5 % of `best_measured`.
     pub within_5pct: bool,
+}
+
+/// One measured shape of a held-out budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldShape {
+    pub shape: String,
+    pub params: usize,
+    pub seeds: usize,
+    /// Geometric mean over its seeds.
+    pub measured: f64,
+    pub predicted: f64,
+    /// The law's 90 % interval of the mean over `seeds` seeds, and of one more run.
+    pub mean_interval: [f64; 2],
+    pub run_interval: [f64; 2],
+    /// P(best) among the budget's measured shapes from their seeds alone.
+    pub p_best_measured: f64,
+    pub in_tie_set: bool,
 }
 
 /// The real-data floor the laws' E is fixed at.

@@ -285,10 +285,11 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     // The rows: the laws without a compute term at one step count, the compute law on every
     // learning-curve point of every fitted run.
     let (fit_step, at_step, left_out) = at_common_step(&train);
-    let held: Vec<Point> = held
+    // The held-out budget's shapes measured only at fewer steps (pruned by a race).
+    let (held, held_short): (Vec<Point>, Vec<Point>) = held
         .into_iter()
-        .filter(|q| fit_step.is_none() || q.steps == fit_step)
-        .collect();
+        .partition(|q| fit_step.is_none() || q.steps == fit_step);
+    let pruned: Vec<Shape> = held_short.iter().map(|q| q.shape).collect();
     if left_out > 0 {
         notes.push(format!(
             "{left_out} of {} runs stopped at another step count than {} (a racing sweep's pruned shapes): the laws without a compute term leave them out; the compute law uses their learning curves",
@@ -576,12 +577,31 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let reference = Reference::from_ranges(depth_range, width_range, head_dim_range);
     let candidates = Candidates::for_law(feasible(&base), &chosen.law);
     let design = design(&chosen.law, &chosen.draws, &candidates, &domain, &reference);
-    let holdout = o
-        .hold_out
-        .map(|b| holdout::evaluate(&chosen.law, &held, &candidates.shapes, b, &reference));
     let form = chosen.law.form();
     let bootstrap: Vec<BTreeMap<String, f64>> =
         chosen.draws.iter().map(|d| form.to_map(d)).collect();
+    let (sigma, tau, _) = super::rank::sigma_tau(
+        noise.as_ref(),
+        chosen.law.lack_of_fit.as_ref(),
+        chosen.law.cv_rmse(),
+    );
+    let holdout = o.hold_out.map(|b| {
+        let u = holdout::Uncertainty {
+            draws: &bootstrap,
+            sigma,
+            tau,
+            seed: o.seed ^ b,
+        };
+        holdout::evaluate(
+            &chosen.law,
+            &held,
+            &pruned,
+            &candidates.shapes,
+            b,
+            &reference,
+            &u,
+        )
+    });
     let measured = static_obs
         .iter()
         .map(|c| {

@@ -317,26 +317,7 @@ pub fn best(
         }
     }
     let lof = chosen.lack_of_fit.as_ref();
-    let (sigma, tau, noise_source) = match (&law.noise, lof) {
-        (Some(n), Some(l)) => (
-            n.sigma,
-            l.sigma_between,
-            format!(
-                "σ pooled over {} shapes' seeds ({} dof); τ from the lack-of-fit test",
-                n.cells, n.dof
-            ),
-        ),
-        (Some(n), None) => (
-            n.sigma,
-            chosen.cv_rmse(),
-            "σ pooled over seeds; τ = the CV error (no lack-of-fit test)".to_string(),
-        ),
-        (None, _) => (
-            chosen.cv_rmse(),
-            chosen.cv_rmse(),
-            "single seeds: σ and τ both taken as the CV error".to_string(),
-        ),
-    };
+    let (sigma, tau, noise_source) = rank::sigma_tau(law.noise.as_ref(), lof, chosen.cv_rmse());
     let seeds_of = |s: &Shape| law.measured.iter().find(|m| m.is(s)).map_or(0, |m| m.seeds);
     let law_draws: Vec<&std::collections::BTreeMap<String, f64>> = if law.bootstrap.is_empty() {
         vec![&chosen.coef]

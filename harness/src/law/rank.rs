@@ -75,6 +75,36 @@ pub fn draws(beliefs: &[Belief], tau: f64, sigma: f64, reps: usize, seed: u64) -
     out
 }
 
+/// The seed noise σ and the shapes' spread τ about the law that P(best) and the intervals use,
+/// with where they come from: σ pooled over the shapes' seeds and τ from the lack-of-fit test when
+/// both were measured, else the law's CV error stands in for what is missing.
+pub fn sigma_tau(
+    noise: Option<&super::Noise>,
+    lof: Option<&super::LackOfFit>,
+    cv_rmse: f64,
+) -> (f64, f64, String) {
+    match (noise, lof) {
+        (Some(n), Some(l)) => (
+            n.sigma,
+            l.sigma_between,
+            format!(
+                "σ pooled over {} shapes' seeds ({} dof); τ from the lack-of-fit test",
+                n.cells, n.dof
+            ),
+        ),
+        (Some(n), None) => (
+            n.sigma,
+            cv_rmse,
+            "σ pooled over seeds; τ = the CV error (no lack-of-fit test)".to_string(),
+        ),
+        (None, _) => (
+            cv_rmse,
+            cv_rmse,
+            "single seeds: σ and τ both taken as the CV error".to_string(),
+        ),
+    }
+}
+
 /// A standard normal draw (Box–Muller).
 pub fn std_normal(rng: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = rng.random::<f64>().max(1e-300);

@@ -2,6 +2,7 @@
 //! law's overlays. The plots take these (not files), so tests can draw from hand-made data.
 
 pub mod overlay;
+pub mod paired;
 
 pub use overlay::{CvPoint, LawCurve, LawOverlay};
 
