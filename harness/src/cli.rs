@@ -142,6 +142,9 @@ pub enum Command {
         /// Continue in an output directory whose spec.yaml differs from this spec (same sweep name).
         #[arg(long)]
         allow_changed_spec: bool,
+        /// Continue in an output directory whose finished runs another build (code_version) wrote.
+        #[arg(long)]
+        allow_mixed_code: bool,
     },
     /// The main job: run a sweep, fit the design law, draw the plots and write the report.
     Study {
@@ -159,6 +162,9 @@ pub enum Command {
         /// Bootstrap resamples for the law's intervals.
         #[arg(long, default_value_t = 200)]
         bootstrap: usize,
+        /// Continue in an output directory whose finished runs another build (code_version) wrote.
+        #[arg(long)]
+        allow_mixed_code: bool,
     },
     /// Print a sweep's table, aggregated over seeds (mean, std), or raw with --raw.
     Table {
@@ -374,6 +380,7 @@ pub fn run(cli: Cli) -> Result<()> {
             jobs,
             threads_per_job,
             allow_changed_spec,
+            allow_mixed_code,
         } => crate::cmd::sweep::run(&crate::cmd::sweep::Args {
             spec: &spec,
             dry_run,
@@ -382,6 +389,7 @@ pub fn run(cli: Cli) -> Result<()> {
             jobs,
             threads_per_job,
             allow_changed_spec,
+            allow_mixed_code,
         }),
         Command::Study {
             spec,
@@ -389,7 +397,15 @@ pub fn run(cli: Cli) -> Result<()> {
             jobs,
             threads_per_job,
             bootstrap,
-        } => crate::cmd::study::run(&spec, out.as_deref(), jobs, threads_per_job, bootstrap),
+            allow_mixed_code,
+        } => crate::cmd::study::run(&crate::cmd::study::Args {
+            spec: &spec,
+            out: out.as_deref(),
+            jobs,
+            threads_per_job,
+            bootstrap,
+            allow_mixed_code,
+        }),
         Command::Table { dir, raw } => crate::cmd::sweep::table(&dir, raw),
         Command::Merge {
             out,

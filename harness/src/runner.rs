@@ -1,7 +1,7 @@
 //! The sweep runner: spec -> planned runs -> concurrent, resumable distillation runs, with the
 //! table rewritten after every finished run (an interrupted sweep still leaves a valid table).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -144,7 +144,15 @@ pub fn spec_hash(spec: &SweepSpec) -> Result<String> {
 
 /// Refuse `dir` when it holds another sweep's spec (another name, or the same name with other
 /// settings unless `allow_changed`): two sweeps in one table would mix their runs.
-pub fn claim_dir(spec: &SweepSpec, dir: &Path, allow_changed: bool) -> Result<()> {
+pub fn claim_dir(
+    spec: &SweepSpec,
+    dir: &Path,
+    allow_changed: bool,
+    allow_mixed_code: bool,
+) -> Result<()> {
+    if !allow_mixed_code {
+        same_code(dir)?;
+    }
     let p = dir.join("spec.yaml");
     let Ok(text) = std::fs::read_to_string(&p) else {
         return Ok(());
@@ -173,6 +181,43 @@ pub fn claim_dir(spec: &SweepSpec, dir: &Path, allow_changed: bool) -> Result<()
         );
     }
     Ok(())
+}
+
+/// Refuse a directory whose finished runs another build wrote: a table (and a study) holds the
+/// rows of one `code_version`, so continuing there takes the build that started it.
+fn same_code(dir: &Path) -> Result<()> {
+    let ours = distill::run::code_version();
+    let mut other: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for e in std::fs::read_dir(dir.join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(e.path().join("summary.json")) else {
+            continue;
+        };
+        let Ok(s) = serde_json::from_str::<Summary>(&text) else {
+            continue;
+        };
+        if s.code_version != ours {
+            let v = other
+                .entry(s.code_version)
+                .or_insert((0, e.file_name().to_string_lossy().into_owned()));
+            v.0 += 1;
+        }
+    }
+    if other.is_empty() {
+        return Ok(());
+    }
+    let which: Vec<String> = other
+        .iter()
+        .map(|(v, (n, first))| format!("{n} by {v} (e.g. runs/{first})"))
+        .collect();
+    anyhow::bail!(
+        "{}: finished runs were written by another build: {}; this binary is {ours}. Continuing would mix code versions in one table: build the commit that started this sweep and continue with it, or pass --allow-mixed-code",
+        dir.display(),
+        which.join(", ")
+    )
 }
 
 /// `K/N` -> (K, N), 1-based K.

@@ -137,6 +137,37 @@ fn sigkill_during_training_then_resume_equals_uninterrupted() {
         table_rows(&reference),
         "killed at step {at} and resumed equals uninterrupted"
     );
+
+    // A directory whose finished runs another build wrote is not continued (its table would mix
+    // code versions) unless asked to.
+    let run = std::fs::read_dir(reference.join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("summary.json").exists())
+        .unwrap();
+    let p = run.join("summary.json");
+    let mut s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    s["code_version"] = "src-000000000000".into();
+    std::fs::write(&p, s.to_string()).unwrap();
+    let (rc, _, err) = ditkd(&["sweep", spec, "--out", reference.to_str().unwrap()]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains("another build")
+            && err.contains("src-000000000000")
+            && err.contains(&run.file_name().unwrap().to_string_lossy().to_string())
+            && err.contains("--allow-mixed-code"),
+        "{err}"
+    );
+    let (rc, _, err) = ditkd(&[
+        "sweep",
+        spec,
+        "--out",
+        reference.to_str().unwrap(),
+        "--allow-mixed-code",
+    ]);
+    assert_eq!(rc, 0, "{err}");
 }
 
 /// A sweep whose runs all fail exits non-zero with each run's reason, and their metrics are null.

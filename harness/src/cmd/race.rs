@@ -97,7 +97,7 @@ fn stage(spec_path: &Path, out: Option<&Path>, shard: &str) -> Result<()> {
     let (k, n) = parse_shard(shard)?;
     let (Loaded { spec, base, runs }, h) = load(spec_path)?;
     let dir = sweep_dir(&spec, out);
-    crate::runner::claim_dir(&spec, &dir, false)?;
+    crate::runner::claim_dir(&spec, &dir, false, false)?;
     let race = Race::new(&spec, &h, &runs, &base, &dir);
     let runs = match race.phase()? {
         None => {
@@ -147,7 +147,7 @@ fn decide(spec_path: &Path, out: Option<&Path>, submit: Option<&Submit>) -> Resu
     }
     let (Loaded { spec, base, runs }, h) = load(spec_path)?;
     let dir = sweep_dir(&spec, out);
-    crate::runner::claim_dir(&spec, &dir, false)?;
+    crate::runner::claim_dir(&spec, &dir, false, false)?;
     let race = Race::new(&spec, &h, &runs, &base, &dir);
     loop {
         let Some(phase) = race.phase()? else {

@@ -9,13 +9,24 @@ use distill::kd::Mode;
 
 use crate::runner::sweep_dir;
 
-pub fn run(
-    spec_path: &Path,
-    out: Option<&Path>,
-    jobs: Option<usize>,
-    threads_per_job: Option<usize>,
-    bootstrap: usize,
-) -> Result<()> {
+pub struct Args<'a> {
+    pub spec: &'a Path,
+    pub out: Option<&'a Path>,
+    pub jobs: Option<usize>,
+    pub threads_per_job: Option<usize>,
+    pub bootstrap: usize,
+    pub allow_mixed_code: bool,
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let Args {
+        spec: spec_path,
+        out,
+        jobs,
+        threads_per_job,
+        bootstrap,
+        allow_mixed_code,
+    } = *a;
     // Everything the sweep needs is validated before it starts (and again by the sweep itself).
     let spec = crate::runner::load(spec_path, jobs, threads_per_job)?.spec;
     let dir = sweep_dir(&spec, out);
@@ -28,6 +39,7 @@ pub fn run(
         jobs,
         threads_per_job,
         allow_changed_spec: false,
+        allow_mixed_code,
     })?;
     // The law is fitted on the distilled runs when there are any (the question the sweep answers).
     let mode = if spec.distill.modes.contains(&Mode::Kd) {

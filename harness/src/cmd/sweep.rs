@@ -19,6 +19,7 @@ pub struct Args<'a> {
     pub jobs: Option<usize>,
     pub threads_per_job: Option<usize>,
     pub allow_changed_spec: bool,
+    pub allow_mixed_code: bool,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -37,7 +38,7 @@ pub fn run(a: &Args) -> Result<()> {
         runs = shard(runs, k, n, spec.distill.modes.len());
     }
     let dir = sweep_dir(&spec, a.out);
-    crate::runner::claim_dir(&spec, &dir, a.allow_changed_spec)?;
+    crate::runner::claim_dir(&spec, &dir, a.allow_changed_spec, a.allow_mixed_code)?;
     if a.dry_run {
         print_plan(&spec, &base, &runs, total, &dir);
         return Ok(());
