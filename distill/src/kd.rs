@@ -75,7 +75,28 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// Loss weights of multi-step KD: `kd * MSE(eps_S, eps_T) + data * MSE(eps_S, eps) + feat * sum_l MSE(P_l f_S^l, f_T^l)`.
+/// Which teacher blocks a student block's features are matched against (feature KD only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatMap {
+    /// One-to-one: student block `i` matches teacher block `block_map(i)` (uniform spread).
+    #[default]
+    OneToOne,
+    /// Multi-In-One (MI1): student block `i` matches every teacher block of the span it replaces
+    /// (`block_map(i-1)+1 ..= block_map(i)`), through one learned projection of its features onto
+    /// their concatenation. A student deeper than the teacher has empty spans: those blocks fall
+    /// back to their one-to-one block.
+    ManyToOne,
+}
+
+impl FeatMap {
+    pub fn is_one_to_one(&self) -> bool {
+        *self == FeatMap::OneToOne
+    }
+}
+
+/// Loss weights of multi-step KD: `kd * MSE(eps_S, eps_T) + data * MSE(eps_S, eps) + feat * sum_l MSE(P_l f_S^l, cat_{j in span(l)} f_T^j)`,
+/// with the spans of `map`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KdWeights {
@@ -85,6 +106,10 @@ pub struct KdWeights {
     pub data: f64,
     #[serde(default)]
     pub feat: f64,
+    /// Feature mapping (left out of the serialised config when one-to-one, so older runs keep
+    /// their config hash).
+    #[serde(default, skip_serializing_if = "FeatMap::is_one_to_one")]
+    pub map: FeatMap,
 }
 
 fn d_kd() -> f64 {
@@ -100,6 +125,7 @@ impl Default for KdWeights {
             kd: d_kd(),
             data: d_data(),
             feat: 0.0,
+            map: FeatMap::OneToOne,
         }
     }
 }
@@ -115,6 +141,9 @@ impl KdWeights {
         if self.kd + self.data + self.feat == 0.0 {
             anyhow::bail!("kd, data, feat: at least one loss weight must be > 0");
         }
+        if self.map == FeatMap::ManyToOne && self.feat == 0.0 {
+            anyhow::bail!("map: `many_to_one` maps features, so it needs feat > 0");
+        }
         Ok(())
     }
 }
@@ -124,6 +153,26 @@ impl KdWeights {
 pub fn block_map(student_depth: usize, teacher_depth: usize) -> Vec<usize> {
     (0..student_depth)
         .map(|i| ((i + 1) * teacher_depth).div_ceil(student_depth) - 1)
+        .collect()
+}
+
+/// The teacher blocks each student block's features are matched against under `map`.
+pub fn feature_spans(student_depth: usize, teacher_depth: usize, map: FeatMap) -> Vec<Vec<usize>> {
+    let ends = block_map(student_depth, teacher_depth);
+    ends.iter()
+        .enumerate()
+        .map(|(i, &end)| {
+            let start = match (map, i) {
+                (FeatMap::OneToOne, _) => end,
+                (FeatMap::ManyToOne, 0) => 0,
+                (FeatMap::ManyToOne, _) => ends[i - 1] + 1,
+            };
+            if start > end {
+                vec![end]
+            } else {
+                (start..=end).collect()
+            }
+        })
         .collect()
 }
 
@@ -141,9 +190,10 @@ pub struct KdObjective {
     pub teacher: DiT,
     pub schedule: NoiseSchedule,
     pub weights: KdWeights,
-    /// Learned `[W_T, W_S]` projectors, one per student block, when widths differ and feat > 0.
-    projectors: Vec<Var>,
-    map: Vec<usize>,
+    /// Learned `[k * W_T, W_S]` projectors of student block `i` (k teacher blocks in its span),
+    /// where `k * W_T != W_S` and feat > 0.
+    projectors: Vec<Option<Var>>,
+    spans: Vec<Vec<usize>>,
     /// Seconds spent in the teacher's forward passes (for the teacher-cost report).
     pub teacher_secs: f64,
     /// Shared store of teacher outputs (output KD only).
@@ -234,26 +284,31 @@ impl KdObjective {
         weights: KdWeights,
         seed: u64,
     ) -> Result<Self> {
-        let map = block_map(student_cfg.depth, teacher.cfg.depth);
+        let spans = feature_spans(student_cfg.depth, teacher.cfg.depth, weights.map);
         let (ws, wt) = (student_cfg.hidden_size, teacher.cfg.hidden_size);
         let mut projectors = Vec::new();
-        if weights.feat > 0.0 && ws != wt {
+        if weights.feat > 0.0 {
             let mut p = dit::params::Params::new(seed ^ 0x9E0, DType::F32, teacher.device());
-            for i in 0..student_cfg.depth {
+            for (i, span) in spans.iter().enumerate() {
+                let out = span.len() * wt;
+                if out == ws {
+                    projectors.push(None);
+                    continue;
+                }
                 let name = format!("proj.{i}");
                 p.get(
                     &name,
-                    &[wt, ws],
+                    &[out, ws],
                     dit::params::Init::XavierUniform {
                         fan_in: ws,
-                        fan_out: wt,
+                        fan_out: out,
                     },
                 )?;
                 let var = dit::vars::lock(&p.varmap)
                     .get(&name)
                     .cloned()
                     .with_context(|| format!("projector `{name}` was not created"))?;
-                projectors.push(var);
+                projectors.push(Some(var));
             }
         }
         Ok(Self {
@@ -261,7 +316,7 @@ impl KdObjective {
             schedule: NoiseSchedule::dit_default(),
             weights,
             projectors,
-            map,
+            spans,
             teacher_secs: 0.0,
             cache: None,
         })
@@ -328,8 +383,9 @@ impl Objective for KdObjective {
         if want_feats {
             let mut l_feat = Tensor::zeros((), DType::F32, model.device())?;
             for (i, fs) in feats_s.iter().enumerate() {
-                let ft = &feats_t[self.map[i]];
-                let fs = match self.projectors.get(i) {
+                let span: Vec<&Tensor> = self.spans[i].iter().map(|&j| &feats_t[j]).collect();
+                let ft = &Tensor::cat(&span, 2)?; // (N, T, k * W_T)
+                let fs = match self.projectors.get(i).and_then(|p| p.as_ref()) {
                     Some(p) => {
                         let (n, tk, w) = fs.dims3()?;
                         fs.reshape((n * tk, w))?
@@ -354,7 +410,7 @@ impl Objective for KdObjective {
         self.projectors
             .iter()
             .enumerate()
-            .map(|(i, v)| (format!("proj.{i}"), v.clone()))
+            .filter_map(|(i, v)| Some((format!("proj.{i}"), v.clone()?)))
             .collect()
     }
 }
@@ -620,6 +676,140 @@ mod tests {
                 .is_none(),
             "another seed has its own cache"
         );
+    }
+
+    #[test]
+    fn many_to_one_spans_cover_the_teacher_once() {
+        use FeatMap::*;
+        assert_eq!(feature_spans(1, 4, ManyToOne), vec![vec![0, 1, 2, 3]]);
+        assert_eq!(feature_spans(2, 4, ManyToOne), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(
+            feature_spans(3, 4, ManyToOne),
+            vec![vec![0, 1], vec![2], vec![3]]
+        );
+        // Deeper than the teacher: empty spans fall back to the one-to-one block.
+        assert_eq!(
+            feature_spans(6, 4, ManyToOne),
+            vec![vec![0], vec![1], vec![1], vec![2], vec![3], vec![3]]
+        );
+        assert_eq!(
+            feature_spans(2, 4, OneToOne),
+            vec![vec![1], vec![3]],
+            "one-to-one is the block map"
+        );
+    }
+
+    #[test]
+    fn many_to_one_needs_a_feature_term() {
+        let w = KdWeights {
+            map: FeatMap::ManyToOne,
+            ..Default::default()
+        };
+        let e = w.validate().unwrap_err().to_string();
+        assert!(e.starts_with("map:") && e.contains("feat > 0"), "{e}");
+        // A one-to-one config serialises as before (its run hash does not move).
+        let json = serde_json::to_string(&KdWeights::default()).unwrap();
+        assert_eq!(json, r#"{"kd":0.9,"data":0.1,"feat":0.0}"#);
+    }
+
+    /// The MI1 feature loss of a depth-1 student under a depth-2 teacher, recomputed by hand in
+    /// f64 loops from the two models' block features and the learned projector:
+    /// `mean_{n,t,o} ((P f_S)[n,t,o] - cat(f_T^0, f_T^1)[n,t,o])^2`.
+    #[test]
+    fn many_to_one_loss_matches_a_hand_computation() {
+        let dev = candle_core::Device::Cpu;
+        let tcfg = dit::DitConfig {
+            hidden_size: 32,
+            depth: 2,
+            num_heads: 2,
+            patch_size: 7,
+            ..Default::default()
+        };
+        let scfg = dit::DitConfig {
+            hidden_size: 16,
+            depth: 1,
+            ..tcfg.clone()
+        };
+        let teacher = DiT::new(&tcfg, 3, DType::F32, &dev).unwrap();
+        let student = DiT::new(&scfg, 5, DType::F32, &dev).unwrap();
+        // adaLN-Zero starts every block at the identity: perturb the weights so features differ.
+        for (i, (_, v)) in dit::vars::lock(&teacher.varmap).iter().enumerate() {
+            let mut r = dit::rng::seeded(100 + i as u64);
+            v.set(&(dit::rng::randn(&mut r, v.dims(), &dev).unwrap() * 0.05).unwrap())
+                .unwrap();
+        }
+        for (i, (_, v)) in dit::vars::lock(&student.varmap).iter().enumerate() {
+            let mut r = dit::rng::seeded(200 + i as u64);
+            v.set(&(dit::rng::randn(&mut r, v.dims(), &dev).unwrap() * 0.05).unwrap())
+                .unwrap();
+        }
+        let weights = KdWeights {
+            kd: 0.0,
+            data: 0.0,
+            feat: 1.0,
+            map: FeatMap::ManyToOne,
+        };
+        let mut obj = KdObjective::new(teacher, &scfg, weights, 0).unwrap();
+        let vars = obj.extra_vars();
+        assert_eq!(vars.len(), 1, "one projector for the one student block");
+        assert_eq!(
+            vars[0].1.dims(),
+            &[64, 16],
+            "onto both teacher blocks (2 x 32)"
+        );
+
+        let mut r = dit::rng::seeded(9);
+        let x0 = dit::rng::randn(&mut r, &[3, 1, 28, 28], &dev).unwrap();
+        let batch = Batch {
+            x0: x0.clone(),
+            y: vec![1, 4, 10],
+            step: 0,
+        };
+        let mut tape = Tape::new();
+        let (loss, parts) = obj
+            .loss(&student, &mut tape, &batch, &mut dit::rng::seeded(42))
+            .unwrap();
+        let got = loss.to_scalar::<f32>().unwrap() as f64;
+
+        // By hand: the same x_t, both models' block features, the projector.
+        let (t, _, xt) = noise_batch(
+            &NoiseSchedule::dit_default(),
+            &x0,
+            &mut dit::rng::seeded(42),
+        )
+        .unwrap();
+        let tf: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+        let (_, ft) = obj
+            .teacher
+            .forward_with_features(&xt, &tf, &batch.y)
+            .unwrap();
+        let (_, fs) = student.forward_with_features(&xt, &tf, &batch.y).unwrap();
+        let v3 = |x: &Tensor| x.to_vec3::<f32>().unwrap();
+        let (t0, t1, s0) = (v3(&ft[0]), v3(&ft[1]), v3(&fs[0]));
+        let p = vars[0].1.as_tensor().to_vec2::<f32>().unwrap();
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for n in 0..3 {
+            for tok in 0..16 {
+                for o in 0..64 {
+                    let proj: f64 = (0..16).map(|w| p[o][w] as f64 * s0[n][tok][w] as f64).sum();
+                    let target = if o < 32 {
+                        t0[n][tok][o]
+                    } else {
+                        t1[n][tok][o - 32]
+                    } as f64;
+                    sum += (proj - target).powi(2);
+                    count += 1;
+                }
+            }
+        }
+        let want = sum / count as f64;
+        assert!(want > 1e-4, "features differ: {want}");
+        assert!(
+            (got - want).abs() <= 1e-5 * want,
+            "MI1 loss {got} vs by hand {want}"
+        );
+        let feat = parts.iter().find(|(k, _)| k == "loss_feat").unwrap().1;
+        assert!((feat - want).abs() <= 1e-5 * want, "{feat} vs {want}");
     }
 
     #[test]

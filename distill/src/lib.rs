@@ -17,5 +17,6 @@ pub mod paths;
 pub mod progress;
 pub mod reference;
 pub mod run;
+pub mod setup;
 pub mod testkit;
 pub mod train;

@@ -62,6 +62,11 @@ pub struct DistillConfig {
     /// Shared caches (sample banks, teacher evaluation samples).
     #[serde(default = "d_cache")]
     pub cache_dir: PathBuf,
+    /// Training FLOPs of the teacher when it is a teaching assistant (a distilled student, setup
+    /// `ta`): charged to this student's compute. Absent otherwise (and then left out of the
+    /// serialised config, so other runs keep their hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ta_train_flops: Option<f64>,
 }
 
 /// Largest step count a run accepts.
@@ -118,6 +123,7 @@ impl DistillConfig {
             data: DataConfig::default(),
             featnet: d_featnet(),
             cache_dir: d_cache(),
+            ta_train_flops: None,
         }
     }
 
@@ -161,6 +167,11 @@ impl DistillConfig {
                 .validate(dit::NoiseSchedule::dit_default().num_steps())
                 .map_err(|e| anyhow::anyhow!("bank.sampler.{e}"))?;
         }
+        if let Some(f) = self.ta_train_flops {
+            if !(f.is_finite() && f >= 0.0) || self.mode != Mode::Kd {
+                bail!("ta_train_flops: a KD run's teaching-assistant cost, finite and >= 0 (got {f}, mode {})", self.mode);
+            }
+        }
         self.eval.validate().context("eval")?;
         if let Some(s) = self.eval.at_steps.iter().find(|&&s| s > self.steps) {
             bail!(
@@ -179,12 +190,12 @@ impl DistillConfig {
         )
     }
 
-    /// `d4-w96-h4-p4-kd-s0`.
+    /// `d4-w96-h4-p4-kd-s0` (the setup names the run: `kd`, `feat`, `mi1`, `ta`, `onestep`, `scratch`).
     pub fn run_label(&self) -> String {
         format!(
             "{}-{}-s{}",
             self.student.shape_label(),
-            self.mode,
+            crate::setup::Setup::of(self),
             self.seed
         )
     }
@@ -205,7 +216,8 @@ impl DistillConfig {
             }
             (Mode::Kd | Mode::Onestep, None) | (Mode::Scratch, _) => 0.0,
         };
-        student + teacher
+        // A teaching assistant's own training is paid before this student's first step.
+        student + teacher + self.ta_train_flops.unwrap_or(0.0)
     }
 
     /// The learning-curve row of `step`.

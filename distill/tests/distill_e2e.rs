@@ -6,6 +6,7 @@ use distill::data::{DataConfig, Split};
 use distill::featnet::FeatNet;
 use distill::kd::Mode;
 use distill::run::{run_distill, DistillConfig, RunStatus, Shared};
+use distill::setup::Setup;
 use distill::testkit;
 use dit::{DitConfig, SamplerConfig};
 
@@ -113,7 +114,7 @@ fn students_in_every_mode_leave_complete_run_directories() {
     let ta = root
         .join("runs")
         .join(mk(Mode::Kd, &teacher_dir).run_label());
-    let cfg = DistillConfig {
+    let mut cfg = DistillConfig {
         student: DitConfig {
             hidden_size: 8,
             num_heads: 1,
@@ -121,9 +122,32 @@ fn students_in_every_mode_leave_complete_run_directories() {
         },
         ..mk(Mode::Kd, &ta)
     };
+    // Plain KD from an assistant would drop the assistant's cost: refused.
+    let e = Setup::Kd.apply(&mut cfg.clone()).unwrap_err().to_string();
+    assert!(e.contains("use setup `ta`"), "{e}");
+    Setup::Ta.apply(&mut cfg).unwrap();
+    assert!(cfg.run_label().ends_with("-ta-s0"), "{}", cfg.run_label());
+    let ta_summary = distill::run::completed(&ta, &mk(Mode::Kd, &teacher_dir)).unwrap();
+    assert_eq!(cfg.ta_train_flops, Some(ta_summary.train_flops));
     let s = run_distill(&cfg, &root.join("runs/from-ta"), &shared, false).unwrap();
     assert_eq!(s.status, RunStatus::Ok, "{:?}", s.reason);
     assert_ne!(s.teacher_hash, Some(String::new()));
+    // The student's compute: its own steps, the assistant's forwards, and the assistant's training.
+    let own = DistillConfig {
+        ta_train_flops: None,
+        ..cfg.clone()
+    }
+    .train_flops(Some(&ta_summary_cfg(&ta)), cfg.steps);
+    assert!(
+        (s.train_flops - (own + ta_summary.train_flops)).abs() <= 1e-9 * s.train_flops,
+        "{} vs {own} + {}",
+        s.train_flops,
+        ta_summary.train_flops
+    );
+}
+
+fn ta_summary_cfg(dir: &std::path::Path) -> DitConfig {
+    distill::checkpoint::read_dit_config(&dir.join("dit.json")).unwrap()
 }
 
 #[test]

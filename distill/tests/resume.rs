@@ -132,6 +132,17 @@ fn split_run_equals_straight_run() {
 /// must agree bit for bit, projectors and their optimiser moments included.
 #[test]
 fn feature_kd_resumes_its_projectors_exactly() {
+    for map in [
+        distill::kd::FeatMap::OneToOne,
+        distill::kd::FeatMap::ManyToOne,
+    ] {
+        feature_kd_resumes_exactly(map);
+    }
+}
+
+/// One feature mapping: one-to-one, or Multi-In-One (a depth-2 student of a depth-3 teacher: spans
+/// of 2 and 1 blocks, projectors of two output widths).
+fn feature_kd_resumes_exactly(map: distill::kd::FeatMap) {
     let data = DataConfig::default().load(Split::Train).unwrap().take(512);
     let mut cfg = tiny_config();
     cfg.steps = 6;
@@ -148,6 +159,7 @@ fn feature_kd_resumes_its_projectors_exactly() {
         kd: 0.5,
         data: 0.1,
         feat: 0.4,
+        map,
     };
     let objective = || {
         let teacher = DiT::new(&teacher_cfg, 11, DType::F32, &dev).unwrap();

@@ -91,9 +91,11 @@ pub enum Command {
         /// Student shape, e.g. `depth=4,width=96,heads=4[,patch=4]`.
         #[arg(long, default_value = "depth=4,width=64,heads=4")]
         student: String,
-        /// kd, onestep or scratch.
-        #[arg(long, default_value = "kd")]
-        mode: Mode,
+        /// The distillation setup: kd (output KD), feat (+ one-to-one feature KD), mi1 (+ Multi-In-One
+        /// feature KD), ta (output KD from a teaching assistant: --teacher is a distilled student's
+        /// run directory, whose training is charged to this student), onestep, or scratch.
+        #[arg(long, visible_alias = "mode", default_value = "kd")]
+        setup: distill::setup::Setup,
         /// Optimiser steps.
         #[arg(long, default_value_t = 1000)]
         steps: usize,
@@ -350,7 +352,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Distill {
             teacher,
             student,
-            mode,
+            setup,
             steps,
             batch,
             seed,
@@ -362,7 +364,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => crate::cmd::distill::run(crate::cmd::distill::Args {
             teacher,
             student,
-            mode,
+            setup,
             steps,
             batch,
             seed,

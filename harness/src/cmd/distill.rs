@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use distill::kd::Mode;
 use distill::run::{run_distill, DistillConfig, Shared, StudentInit};
+use distill::setup::Setup;
 
 pub struct Args {
     pub teacher: Option<PathBuf>,
     pub student: String,
-    pub mode: Mode,
+    pub setup: Setup,
     pub steps: usize,
     pub batch: usize,
     pub seed: u64,
@@ -25,11 +25,17 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            serde_yaml_ng::from_str::<DistillConfig>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            let mut c = serde_yaml_ng::from_str::<DistillConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            // A KD teacher that is itself a distilled student makes this the `ta` setup: its
+            // training is charged to the student whatever the file says.
+            if let (Some(t), distill::kd::Mode::Kd) = (&c.teacher, c.mode) {
+                c.ta_train_flops = distill::setup::assistant_train_flops(t)
+                    .map_err(|e| anyhow::anyhow!("{}: teacher: {e:#}", p.display()))?;
+            }
+            c
         }
         None => {
-            let mode = a.mode;
             let teacher_cfg = match &a.teacher {
                 Some(t) => {
                     distill::checkpoint::read_dit_config(&distill::checkpoint::locate_model(t)?.0)?
@@ -38,7 +44,7 @@ pub fn run(a: Args) -> Result<()> {
             };
             // The student inherits the teacher's input, classes and patch unless the shape string says otherwise.
             let student = crate::cmd::info::parse_shape(&a.student, &teacher_cfg)?;
-            let mut c = DistillConfig::new(a.teacher.clone(), mode, student, a.steps);
+            let mut c = DistillConfig::new(a.teacher.clone(), a.setup.mode(), student, a.steps);
             c.batch_size = a.batch;
             c.seed = a.seed;
             c.eval.samples = a.samples;
@@ -48,6 +54,9 @@ pub fn run(a: Args) -> Result<()> {
                 "teacher" => StudentInit::Teacher,
                 other => anyhow::bail!("--init: `{other}` (random or teacher)"),
             };
+            a.setup
+                .apply(&mut c)
+                .map_err(|e| anyhow::anyhow!("--{e:#}"))?;
             c
         }
     };
@@ -62,11 +71,11 @@ pub fn run(a: Args) -> Result<()> {
     shared.load_fid(&cfg.data, &cfg.eval, &cfg.cache_dir)?;
     let dir = distill::paths::output(&a.out).join(cfg.run_label());
     eprintln!(
-        "student {} ({} params, {:.4} GFLOPs/forward), mode {}, {} steps -> {}",
+        "student {} ({} params, {:.4} GFLOPs/forward), setup {}, {} steps -> {}",
         cfg.student.shape_label(),
         crate::fmt::grouped(cfg.student.num_params() as i64),
         cfg.student.forward_gflops(),
-        cfg.mode,
+        Setup::of(&cfg),
         cfg.steps,
         dir.display()
     );
