@@ -586,21 +586,21 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         chosen.law.cv_rmse(),
     );
     let holdout = o.hold_out.map(|b| {
+        // The held-out pick keeps to the design's domain too (a params-only law ranks every shape
+        // of the band alike, and must not answer with a depth nobody measured).
+        let in_domain: Vec<_> = candidates
+            .shapes
+            .iter()
+            .filter(|s| domain.allows(s, b as f64))
+            .copied()
+            .collect();
         let u = holdout::Uncertainty {
             draws: &bootstrap,
             sigma,
             tau,
             seed: o.seed ^ b,
         };
-        holdout::evaluate(
-            &chosen.law,
-            &held,
-            &pruned,
-            &candidates.shapes,
-            b,
-            &reference,
-            &u,
-        )
+        holdout::evaluate(&chosen.law, &held, &pruned, &in_domain, b, &reference, &u)
     });
     let measured = static_obs
         .iter()
