@@ -1316,3 +1316,59 @@ fn compute_law_fits_learning_curves_with_the_floor_fixed() {
     assert_eq!(iso["prediction"]["at"]["flops"], 1e13);
     assert_eq!(iso["prediction"]["train_flops"], 1e13);
 }
+
+/// A parameters-only law ranks every shape of the held-out band alike: its pick must still be a
+/// shape of the measured domain (depths 1-8 and their head dims), not an unmeasured depth 29.
+#[test]
+fn held_out_pick_of_a_params_only_law_stays_in_the_measured_domain() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut rows = Vec::new();
+    let shapes: Vec<(u64, Shape)> = [100_000u64, 200_000, 400_000, 800_000]
+        .into_iter()
+        .flat_map(|b| {
+            (1..=8).map(move |depth| {
+                let s = (2..=40)
+                    .map(|k| Shape::on_base(depth, 8 * k, 2, &DitConfig::default()))
+                    .min_by_key(|s| (s.params as i64 - b as i64).abs())
+                    .unwrap();
+                (b, s)
+            })
+        })
+        .filter(|(b, s)| (s.params as f64 - *b as f64).abs() <= 0.1 * *b as f64)
+        .collect();
+    for &(b, s) in &shapes {
+        for seed in 0..2 {
+            let ln = 10.0 - 0.55 * (s.params as f64).ln() + LL_SIGMA * normal(&mut rng);
+            let mut r = row(rows.len(), b, &s, "kd", seed, Some(ln.exp()), "ok");
+            r.insert("steps".into(), json!(4000));
+            rows.push(r);
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_table(tmp.path(), &rows);
+    let law = fit_sweep(&Options {
+        hold_out: Some(800_000),
+        law: Some(Form::A),
+        bootstrap: 20,
+        ..opts(tmp.path())
+    })
+    .unwrap();
+    let h = law.holdout.as_ref().unwrap();
+    let measured = |f: fn(&Shape) -> usize| {
+        let v: Vec<usize> = shapes
+            .iter()
+            .filter(|(b, _)| *b != 800_000)
+            .map(|(_, s)| f(s))
+            .collect();
+        (*v.iter().min().unwrap(), *v.iter().max().unwrap())
+    };
+    let (d_lo, d_hi) = measured(|s| s.depth);
+    let (hd_lo, hd_hi) = measured(|s| s.head_dim());
+    let r = &h.recommended;
+    assert!(
+        (d_lo..=d_hi).contains(&r.depth) && (hd_lo..=hd_hi).contains(&r.head_dim),
+        "pick d{} head_dim {} outside depths {d_lo}..={d_hi}, head dims {hd_lo}..={hd_hi}",
+        r.depth,
+        r.head_dim
+    );
+}

@@ -4,9 +4,7 @@
 //! same decisions and table.
 
 mod common;
-use common::{
-    ditkd, fixtures, race_spec, stages, stages_without_version, sweep_killed_when, table_rows,
-};
+use common::{ditkd, race_spec, stages, stages_without_version, sweep_killed_when, table_rows};
 use serde_json::Value;
 
 fn curve_steps(run: &std::path::Path) -> Vec<u64> {
@@ -25,10 +23,7 @@ fn curve_steps(run: &std::path::Path) -> Vec<u64> {
 fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    fixtures(root);
-    let spec = root.join("race.yaml");
-    std::fs::write(&spec, race_spec(root)).unwrap();
-    let spec = spec.to_str().unwrap();
+    let spec = &common::fixtures_and_spec(root, "race.yaml", &race_spec(root));
     let full = root.join("full");
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", full.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");

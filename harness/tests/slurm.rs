@@ -3,7 +3,7 @@
 //! single-node Slurm first (`.ci/slurm-up.sh`) and runs this test with `--ignored`.
 
 mod common;
-use common::{ditkd, fixtures, spec_text, table_rows};
+use common::{ditkd, spec_text, table_rows};
 
 use std::path::Path;
 use std::process::Command;
@@ -73,10 +73,7 @@ fn submit(root: &Path, spec: &str, cluster: &Path, expect: &[&str]) -> String {
 fn job_array_plus_merge_equals_the_local_sweep() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    fixtures(root);
-    let spec = root.join("tiny.yaml");
-    std::fs::write(&spec, spec_text(root)).unwrap();
-    let spec = spec.to_str().unwrap();
+    let spec = &common::fixtures_and_spec(root, "tiny.yaml", &spec_text(root));
 
     let local = root.join("local");
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", local.to_str().unwrap()]);
@@ -143,10 +140,7 @@ fn job_array_plus_merge_equals_the_local_sweep() {
 fn a_race_on_slurm_decides_as_the_local_race() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    fixtures(root);
-    let spec = root.join("race.yaml");
-    std::fs::write(&spec, common::race_spec(root)).unwrap();
-    let spec = spec.to_str().unwrap();
+    let spec = &common::fixtures_and_spec(root, "race.yaml", &common::race_spec(root));
     let local = root.join("local");
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", local.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");

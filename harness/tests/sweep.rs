@@ -8,10 +8,7 @@ use common::{ditkd, fixtures, spec_text, sweep_killed_when, table_rows};
 fn tiny_sweep_runs_shards_merge_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    fixtures(root);
-    let spec = root.join("tiny.yaml");
-    std::fs::write(&spec, spec_text(root)).unwrap();
-    let spec = spec.to_str().unwrap();
+    let spec = &common::fixtures_and_spec(root, "tiny.yaml", &spec_text(root));
 
     let (rc, out, err) = ditkd(&["sweep", spec, "--dry-run"]);
     assert_eq!(rc, 0, "{err}");
@@ -70,10 +67,7 @@ fn tiny_sweep_runs_shards_merge_and_resumes() {
 fn concurrent_shards_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    fixtures(root);
-    let spec = root.join("tiny.yaml");
-    std::fs::write(&spec, spec_text(root)).unwrap();
-    let spec = spec.to_str().unwrap();
+    let spec = &common::fixtures_and_spec(root, "tiny.yaml", &spec_text(root));
     let reference = root.join("reference");
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", reference.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");

@@ -62,6 +62,16 @@ pub fn fixtures(root: &Path) {
     .unwrap();
 }
 
+/// The fixtures under `root` and `text` written to `root/<file>`: the spec path a test hands to
+/// `ditkd`.
+#[allow(dead_code)] // not every test binary writes a spec
+pub fn fixtures_and_spec(root: &Path, file: &str, text: &str) -> String {
+    fixtures(root);
+    let spec = root.join(file);
+    std::fs::write(&spec, text).unwrap();
+    spec.to_str().unwrap().to_string()
+}
+
 pub fn spec_text(root: &Path) -> String {
     format!(
         "name: tiny
