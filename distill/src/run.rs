@@ -301,7 +301,9 @@ pub struct Summary {
     pub status: RunStatus,
     pub reason: Option<String>,
     pub config_hash: String,
-    pub mode: Mode,
+    /// The setup (`kd`, `feat`, `mi1`, `ta`, `onestep`, `scratch`; older summaries hold the first
+    /// three's names as their mode).
+    pub mode: crate::setup::Setup,
     pub seed: u64,
     pub depth: usize,
     pub width: usize,
@@ -499,7 +501,7 @@ pub fn run_distill(
         status: RunStatus::Failed,
         reason: None,
         config_hash: cfg.hash(),
-        mode: cfg.mode,
+        mode: crate::setup::Setup::of(cfg),
         seed: cfg.seed,
         depth: s.depth,
         width: s.hidden_size,

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use distill::kd::Mode;
 use dit::SamplerKind;
 
 #[derive(Parser, Debug)]
@@ -218,9 +217,9 @@ pub enum Command {
         /// The metric column to model.
         #[arg(long, default_value = "fid_proxy")]
         metric: String,
-        /// Distillation mode whose runs are fitted (kd, onestep, scratch).
+        /// Distillation setup whose runs are fitted (kd, feat, mi1, ta, onestep, scratch).
         #[arg(long, default_value = "kd")]
-        mode: Mode,
+        mode: distill::setup::Setup,
         /// Bootstrap resamples for the coefficient intervals.
         #[arg(long, default_value_t = 200)]
         bootstrap: usize,

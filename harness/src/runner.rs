@@ -26,7 +26,12 @@ impl RunPlan {
         let s = &self.cfg.student;
         format!(
             "{:03}-d{}-w{}-h{}-{}-s{}",
-            self.index, s.depth, s.hidden_size, s.num_heads, self.cfg.mode, self.cfg.seed
+            self.index,
+            s.depth,
+            s.hidden_size,
+            s.num_heads,
+            distill::setup::Setup::of(&self.cfg),
+            self.cfg.seed
         )
     }
 }
@@ -55,8 +60,11 @@ pub fn plan(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<RunPlan>> {
     let mut runs = Vec::new();
     for &seed in &spec.seeds {
         for p in &shapes {
-            for &mode in &spec.distill.modes {
-                let cfg = spec.distill.run_config(spec, mode, p.cfg.clone(), seed);
+            for &setup in &spec.distill.modes {
+                let cfg = spec
+                    .distill
+                    .run_config(spec, setup, p.cfg.clone(), seed)
+                    .with_context(|| format!("run {}", runs.len()))?;
                 cfg.validate()
                     .with_context(|| format!("run {} ({})", runs.len(), cfg.run_label()))?;
                 runs.push(RunPlan {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use distill::data::DataConfig;
 use distill::eval::EvalConfig;
-use distill::kd::{KdWeights, Mode};
+use distill::kd::KdWeights;
+use distill::setup::Setup;
 use dit::DitConfig;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -276,7 +277,9 @@ impl Default for Constraints {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillSettings {
-    pub modes: Vec<Mode>,
+    /// The distillation setups, each a run per shape and seed: kd, feat, mi1, onestep, scratch
+    /// (`ta` needs a teaching-assistant chain: train it with `ditkd distill --setup ta`).
+    pub modes: Vec<Setup>,
     #[serde(default)]
     pub kd: KdWeights,
     pub steps: usize,
@@ -326,14 +329,21 @@ impl DistillSettings {
     pub fn run_config(
         &self,
         spec: &SweepSpec,
-        mode: Mode,
+        setup: Setup,
         student: DitConfig,
         seed: u64,
-    ) -> distill::run::DistillConfig {
+    ) -> anyhow::Result<distill::run::DistillConfig> {
         // Scratch runs get the teacher too: only for the teacher-fidelity columns.
-        let mut c =
-            distill::run::DistillConfig::new(Some(spec.teacher.clone()), mode, student, self.steps);
+        let mut c = distill::run::DistillConfig::new(
+            Some(spec.teacher.clone()),
+            setup.mode(),
+            student,
+            self.steps,
+        );
         c.kd = self.kd.clone();
+        setup
+            .apply(&mut c)
+            .map_err(|e| field_error("teacher", format!("{e:#}")))?;
         c.batch_size = self.batch_size;
         c.optim = distill::optim::OptimConfig {
             lr: self.lr,
@@ -347,7 +357,7 @@ impl DistillSettings {
         c.data = spec.data.clone();
         c.featnet = spec.featnet.clone();
         c.cache_dir = spec.cache_dir.clone();
-        c
+        Ok(c)
     }
 }
 fn d_lr() -> f64 {
@@ -528,7 +538,19 @@ impl SweepSpec {
         if d.modes.is_empty() {
             return Err(field_error(
                 "distill.modes",
-                "at least one of kd, onestep, scratch",
+                "at least one of kd, feat, mi1, onestep, scratch",
+            ));
+        }
+        if d.modes.contains(&Setup::Ta) {
+            return Err(field_error(
+                "distill.modes",
+                "`ta` needs a trained teaching assistant, which a sweep does not build yet: train the assistant with `ditkd distill`, then its students with `ditkd distill --setup ta --teacher <its run directory>`",
+            ));
+        }
+        if !d.kd.map.is_one_to_one() {
+            return Err(field_error(
+                "distill.kd.map",
+                "the setup sets the feature mapping: list `mi1` (many-to-one) or `feat` (one-to-one) in distill.modes",
             ));
         }
         if let Some(m) = first_duplicate(&d.modes) {

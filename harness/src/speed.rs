@@ -65,7 +65,7 @@ pub fn measure(dir: &Path, opts: &Options, progress: bool) -> Result<usize> {
                 run.join("config.yaml").display()
             )
         })?;
-        let mode = cfg.mode.to_string();
+        let mode = distill::setup::Setup::of(&cfg).to_string();
         let same =
             |i: &Item| i.cfg == cfg.student && i.mode == mode && i.sampler == cfg.eval.sampler;
         if teacher.is_none() {

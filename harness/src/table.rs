@@ -202,7 +202,10 @@ pub fn collect_curve_rows(dir: &Path) -> Result<Vec<serde_json::Map<String, Valu
             ] {
                 row.insert(k.into(), Value::from(v));
             }
-            row.insert("mode".into(), Value::String(cfg.mode.to_string()));
+            row.insert(
+                "mode".into(),
+                Value::String(distill::setup::Setup::of(&cfg).to_string()),
+            );
             row.insert("seed".into(), Value::from(cfg.seed));
             row.extend(point);
             rows.push(row);

@@ -8,15 +8,15 @@ use common::ditkd;
 use std::path::Path;
 
 use distill::eval::EvalResult;
-use distill::kd::Mode;
 use distill::run::{RunStatus, Summary};
+use distill::setup::Setup;
 
 fn summary(fid: f64) -> Summary {
     Summary {
         status: RunStatus::Ok,
         reason: None,
         config_hash: "c0ffee".into(),
-        mode: Mode::Kd,
+        mode: Setup::Kd,
         seed: 0,
         depth: 2,
         width: 32,

@@ -62,6 +62,49 @@ fn tiny_sweep_runs_shards_merge_and_resumes() {
     );
 }
 
+/// Distillation setups share one sweep: each is a run per shape and seed under its own name, in
+/// the table's mode column and in the run directories, with the loss its name says.
+#[test]
+fn setups_run_side_by_side_under_their_own_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let text = spec_text(root).replace("modes: [kd, scratch]", "modes: [kd, feat, mi1]");
+    let spec = &common::fixtures_and_spec(root, "setups.yaml", &text);
+    let out = root.join("out");
+    let (rc, _, err) = ditkd(&["sweep", spec, "--out", out.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "mode").unwrap();
+    let mut count = std::collections::BTreeMap::new();
+    for l in lines {
+        *count
+            .entry(l.split(',').nth(col).unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let n = count["kd"];
+    assert!(
+        n >= 2 && count["feat"] == n && count["mi1"] == n,
+        "{count:?}"
+    );
+    for entry in std::fs::read_dir(out.join("runs")).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let cfg: distill::run::DistillConfig =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("config.yaml")).unwrap())
+                .unwrap();
+        let (feat, map) = (cfg.kd.feat, cfg.kd.map);
+        use distill::kd::FeatMap::*;
+        match name.rsplit('-').nth(1).unwrap() {
+            "kd" => assert!(feat == 0.0 && map == OneToOne, "{name}"),
+            "feat" => assert!(feat > 0.0 && map == OneToOne, "{name}"),
+            "mi1" => assert!(feat > 0.0 && map == ManyToOne, "{name}"),
+            other => panic!("{name}: setup `{other}`"),
+        }
+    }
+}
+
 /// Two shards writing into one results directory at the same time lose or duplicate no row.
 #[test]
 fn concurrent_shards_lose_nothing() {

@@ -11,7 +11,7 @@ use crate::law::{LawFile, ScoredShape};
 pub struct Args {
     pub dir: PathBuf,
     pub metric: String,
-    pub mode: distill::kd::Mode,
+    pub mode: distill::setup::Setup,
     pub bootstrap: usize,
     pub hold_out: Option<String>,
     pub out: Option<PathBuf>,

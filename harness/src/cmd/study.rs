@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use distill::kd::Mode;
+use distill::setup::Setup;
 
 use crate::runner::sweep_dir;
 
@@ -42,8 +42,8 @@ pub fn run(a: &Args) -> Result<()> {
         allow_mixed_code,
     })?;
     // The law is fitted on the distilled runs when there are any (the question the sweep answers).
-    let mode = if spec.distill.modes.contains(&Mode::Kd) {
-        Mode::Kd
+    let mode = if spec.distill.modes.contains(&Setup::Kd) {
+        Setup::Kd
     } else {
         spec.distill.modes[0]
     };

@@ -139,7 +139,8 @@ fn print_plan(
     let mut secs = 0.0;
     let mut teacher_paid = std::collections::HashSet::new();
     for r in runs {
-        let pays_teacher = r.cfg.mode == distill::kd::Mode::Kd && teacher_paid.insert(r.cfg.seed);
+        let pays_teacher = distill::setup::Setup::of(&r.cfg) == distill::setup::Setup::Kd
+            && teacher_paid.insert(r.cfg.seed);
         let s = &r.cfg.student;
         let e = estimate_secs(r, base, pays_teacher) / spec.parallel.threads_per_job as f64;
         secs += e;
@@ -153,7 +154,7 @@ fn print_plan(
             s.head_dim(),
             grouped(s.num_params() as i64),
             s.forward_gflops(),
-            r.cfg.mode.to_string(),
+            distill::setup::Setup::of(&r.cfg).to_string(),
             r.cfg.seed,
             e
         );
@@ -171,7 +172,7 @@ fn print_plan(
         let first = runs
             .iter()
             .filter(|r| {
-                r.cfg.mode == spec.distill.modes[0]
+                distill::setup::Setup::of(&r.cfg) == spec.distill.modes[0]
                     && spec.seeds[..h.initial_seeds].contains(&r.cfg.seed)
             })
             .count();

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use distill::curve::CurveLog;
-use distill::kd::Mode;
 use distill::run::{RunStatus, Shared, Summary};
+use distill::setup::Setup;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::RunPlan;
@@ -53,12 +53,12 @@ pub struct Race<'a> {
     pub spec: &'a SweepSpec,
     pub halving: &'a Halving,
     pub rungs: Vec<usize>,
-    /// The raced mode (the first of `distill.modes`).
-    pub mode: Mode,
+    /// The raced setup (the first of `distill.modes`).
+    pub mode: Setup,
     /// Every run the grid would have (shapes x seeds x modes at `distill.steps`), by
     /// (budget, shape label, mode, seed); the raced mode's runs carry their FLOP-matched curve
     /// points (`with_flop_matched_points`).
-    pub(crate) grid: BTreeMap<(usize, String, Mode, u64), RunPlan>,
+    pub(crate) grid: BTreeMap<(usize, String, Setup, u64), RunPlan>,
     /// The teacher's architecture (what KD pays per training image).
     pub(crate) teacher: dit::DitConfig,
     pub(crate) dir: PathBuf,
@@ -95,13 +95,13 @@ fn add_curve_point(r: &mut RunPlan, step: usize) {
 /// companions' own points at equal steps, each pair is compared at equal steps and at equal
 /// training FLOPs from measured curve points, and no run has to train past the step cap.
 fn with_flop_matched_points(
-    mut grid: BTreeMap<(usize, String, Mode, u64), RunPlan>,
+    mut grid: BTreeMap<(usize, String, Setup, u64), RunPlan>,
     spec: &SweepSpec,
     teacher: &dit::DitConfig,
-) -> BTreeMap<(usize, String, Mode, u64), RunPlan> {
+) -> BTreeMap<(usize, String, Setup, u64), RunPlan> {
     let raced = spec.distill.modes[0];
     let steps = spec.distill.steps;
-    let targets: Vec<((usize, String, Mode, u64), f64)> = grid
+    let targets: Vec<((usize, String, Setup, u64), f64)> = grid
         .iter()
         .filter(|((_, _, mode, _), _)| *mode != raced)
         .map(|((b, shape, _, seed), r)| {
@@ -140,7 +140,7 @@ impl<'a> Race<'a> {
                     (
                         r.budget,
                         r.cfg.student.shape_label(),
-                        r.cfg.mode,
+                        Setup::of(&r.cfg),
                         r.cfg.seed,
                     ),
                     r.clone(),
@@ -201,7 +201,7 @@ impl<'a> Race<'a> {
         &self,
         budget: usize,
         shape: &str,
-        mode: Mode,
+        mode: Setup,
         seed: u64,
         steps: usize,
     ) -> Result<RunPlan> {
