@@ -1372,3 +1372,30 @@ fn held_out_pick_of_a_params_only_law_stays_in_the_measured_domain() {
         r.head_dim
     );
 }
+
+/// A held-out budget whose runs a race has not yet trained to the fitted step is an error that
+/// says so (it once indexed an empty list and panicked).
+#[test]
+fn hold_out_budget_short_of_the_fitted_step_is_a_clear_error() {
+    let mut rows = ll_rows(2, 3);
+    for r in rows.iter_mut().filter(|r| r["budget"] == json!(400_000)) {
+        r.insert("steps".into(), json!(2000));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_table(tmp.path(), &rows);
+    let (code, _, err) = ditkd(&[
+        "fit",
+        tmp.path().to_str().unwrap(),
+        "--hold-out",
+        "400k",
+        "--bootstrap",
+        "5",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--hold-out 400000")
+            && err.contains("fitted step 4000")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -290,6 +290,16 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         .into_iter()
         .partition(|q| fit_step.is_none() || q.steps == fit_step);
     let pruned: Vec<Shape> = held_short.iter().map(|q| q.shape).collect();
+    if let (Some(b), true) = (o.hold_out, held.is_empty()) {
+        let mut at: Vec<u64> = held_short.iter().filter_map(|q| q.steps).collect();
+        at.sort_unstable();
+        at.dedup();
+        bail!(
+            "{p}: --hold-out {b}: none of its {} runs reached the fitted step {} (they stopped at {at:?} steps): let the budget's runs finish, or fit without --hold-out",
+            held_short.len(),
+            fit_step.unwrap_or(0)
+        );
+    }
     if left_out > 0 {
         notes.push(format!(
             "{left_out} of {} runs stopped at another step count than {} (a racing sweep's pruned shapes): the laws without a compute term leave them out; the compute law uses their learning curves",
