@@ -547,6 +547,17 @@ impl SweepSpec {
                 "`ta` needs a trained teaching assistant, which a sweep does not build yet: train the assistant with `ditkd distill`, then its students with `ditkd distill --setup ta --teacher <its run directory>`",
             ));
         }
+        if d.kd.feat > 0.0
+            && !d
+                .modes
+                .iter()
+                .any(|m| matches!(m, Setup::Feat | Setup::Mi1))
+        {
+            return Err(field_error(
+                "distill.kd.feat",
+                "only the feature setups use it (`kd` is output KD): list `feat` or `mi1` in distill.modes",
+            ));
+        }
         if !d.kd.map.is_one_to_one() {
             return Err(field_error(
                 "distill.kd.map",
