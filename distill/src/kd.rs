@@ -733,15 +733,12 @@ mod tests {
         let teacher = DiT::new(&tcfg, 3, DType::F32, &dev).unwrap();
         let student = DiT::new(&scfg, 5, DType::F32, &dev).unwrap();
         // adaLN-Zero starts every block at the identity: perturb the weights so features differ.
-        for (i, (_, v)) in dit::vars::lock(&teacher.varmap).iter().enumerate() {
-            let mut r = dit::rng::seeded(100 + i as u64);
-            v.set(&(dit::rng::randn(&mut r, v.dims(), &dev).unwrap() * 0.05).unwrap())
-                .unwrap();
-        }
-        for (i, (_, v)) in dit::vars::lock(&student.varmap).iter().enumerate() {
-            let mut r = dit::rng::seeded(200 + i as u64);
-            v.set(&(dit::rng::randn(&mut r, v.dims(), &dev).unwrap() * 0.05).unwrap())
-                .unwrap();
+        for (model, seed) in [(&teacher, 100), (&student, 200)] {
+            for (i, (_, v)) in dit::vars::lock(&model.varmap).iter().enumerate() {
+                let mut r = dit::rng::seeded(seed + i as u64);
+                v.set(&(dit::rng::randn(&mut r, v.dims(), &dev).unwrap() * 0.05).unwrap())
+                    .unwrap();
+            }
         }
         let weights = KdWeights {
             kd: 0.0,

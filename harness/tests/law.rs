@@ -957,10 +957,16 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
 
 /// One shape per depth and budget: the width whose params come closest to the budget (heads 2).
 fn ll_shapes() -> Vec<(u64, Shape)> {
+    shapes_near(&LL_BUDGETS, &[1, 2, 3, 4, 6, 8])
+}
+
+/// Per budget and depth, the width (a multiple of 8) whose params come closest to the budget,
+/// kept when within 10 % of it (heads 2).
+fn shapes_near(budgets: &[u64], depths: &[usize]) -> Vec<(u64, Shape)> {
     let base = DitConfig::default();
     let mut out = Vec::new();
-    for b in LL_BUDGETS {
-        for depth in [1, 2, 3, 4, 6, 8] {
+    for &b in budgets {
+        for &depth in depths {
             let s = (2..=40)
                 .map(|k| Shape::on_base(depth, 8 * k, 2, &base))
                 .min_by_key(|s| (s.params as i64 - b as i64).abs())
@@ -1323,19 +1329,10 @@ fn compute_law_fits_learning_curves_with_the_floor_fixed() {
 fn held_out_pick_of_a_params_only_law_stays_in_the_measured_domain() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let mut rows = Vec::new();
-    let shapes: Vec<(u64, Shape)> = [100_000u64, 200_000, 400_000, 800_000]
-        .into_iter()
-        .flat_map(|b| {
-            (1..=8).map(move |depth| {
-                let s = (2..=40)
-                    .map(|k| Shape::on_base(depth, 8 * k, 2, &DitConfig::default()))
-                    .min_by_key(|s| (s.params as i64 - b as i64).abs())
-                    .unwrap();
-                (b, s)
-            })
-        })
-        .filter(|(b, s)| (s.params as f64 - *b as f64).abs() <= 0.1 * *b as f64)
-        .collect();
+    let shapes = shapes_near(
+        &[100_000, 200_000, 400_000, 800_000],
+        &[1, 2, 3, 4, 5, 6, 7, 8],
+    );
     for &(b, s) in &shapes {
         for seed in 0..2 {
             let ln = 10.0 - 0.55 * (s.params as f64).ln() + LL_SIGMA * normal(&mut rng);
