@@ -277,6 +277,7 @@ fn law_json_round_trips_and_hashes_the_table() {
         "depth_range",
         "width_range",
         "head_dim_range",
+        "heads_range",
         "base",
         "chosen",
         "laws",
@@ -451,6 +452,9 @@ fn hand_law(dir: &Path) -> LawFile {
         .retain(|l| l.name != Form::C || l.formula == "hand");
     law.chosen = Form::C;
     law.bootstrap = vec![coef.clone(), coef];
+    // As if every head count had been run: the hand law's head term, not the measured head
+    // counts, is what places head_dim here (`Domain` keeps to the measured counts otherwise).
+    law.heads_range = [1, 16];
     law.save(&dir.join("law.json")).unwrap();
     law
 }
@@ -626,6 +630,7 @@ fn design_rows_stay_within_the_measured_ranges() {
         depth: [2, 8],
         width: [24, 88],
         head_dim: [12, 44],
+        heads: [1, 16],
     };
     let r = design::Reference::from_ranges(dom.depth, dom.width, dom.head_dim);
     let c = design::Candidates::new(design::feasible(&base));

@@ -72,13 +72,16 @@ pub fn feasible(base: &DitConfig) -> Vec<Shape> {
 }
 
 /// The measured ranges a design may use (law.json's `params_range`, `depth_range`,
-/// `width_range`, `head_dim_range`).
+/// `width_range`, `head_dim_range`, `heads_range`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Domain {
     pub params: [usize; 2],
     pub depth: [usize; 2],
     pub width: [usize; 2],
     pub head_dim: [usize; 2],
+    /// Head counts measured: a law without a head term ranks every head count of a width alike,
+    /// and must not answer with one nobody ran (a study at 2 heads says nothing of 1 head).
+    pub heads: [usize; 2],
 }
 
 fn within(v: usize, r: [usize; 2]) -> bool {
@@ -91,12 +94,16 @@ impl Domain {
         budget < self.params[0] as f64 || budget > self.params[1] as f64
     }
 
-    /// `s` may answer `budget`: depth and head_dim measured, and width measured except beyond
-    /// the end of the params range that the budget itself exceeds.
+    /// `s` may answer `budget`: depth, head count and head_dim measured, and width measured
+    /// except beyond the end of the params range that the budget itself exceeds.
     pub fn allows(&self, s: &Shape, budget: f64) -> bool {
         let w_lo = s.width >= self.width[0] || budget < self.params[0] as f64;
         let w_hi = s.width <= self.width[1] || budget > self.params[1] as f64;
-        within(s.depth, self.depth) && within(s.head_dim(), self.head_dim) && w_lo && w_hi
+        within(s.depth, self.depth)
+            && within(s.heads, self.heads)
+            && within(s.head_dim(), self.head_dim)
+            && w_lo
+            && w_hi
     }
 
     /// `s` as the answer for `budget` extrapolates: the budget lies outside the params range or
@@ -105,6 +112,7 @@ impl Domain {
         self.extrapolates_budget(budget)
             || !within(s.depth, self.depth)
             || !within(s.width, self.width)
+            || !within(s.heads, self.heads)
             || !within(s.head_dim(), self.head_dim)
     }
 
@@ -569,6 +577,7 @@ mod tests {
             depth: [2, 8],
             width: [24, 88],
             head_dim: [12, 44],
+            heads: [2, 4],
         };
         let base = DitConfig::default();
         let s = |d, w, h| Shape::on_base(d, w, h, &base);
@@ -577,6 +586,10 @@ mod tests {
         assert!(
             !dom.allows(&s(2, 64, 8), 80_000.0),
             "head_dim 8 was never run"
+        );
+        assert!(
+            !dom.allows(&s(2, 40, 1), 80_000.0) && dom.extrapolated(&s(2, 40, 1), 80_000.0),
+            "one head was never run, though head_dim 40 was"
         );
         assert!(
             !dom.allows(&s(2, 96, 4), 300_000.0),

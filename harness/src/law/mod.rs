@@ -507,6 +507,9 @@ pub struct LawFile {
     pub depth_range: [usize; 2],
     pub width_range: [usize; 2],
     pub head_dim_range: [usize; 2],
+    /// Head counts of the fitted runs (a law.json written before this field: any head count).
+    #[serde(default = "any_heads")]
+    pub heads_range: [usize; 2],
     /// The students' DitConfig without depth, hidden_size and num_heads (see `base_source`).
     pub base: serde_json::Value,
     /// Where `base` came from (a run's config.yaml, a dit.json, or defaults plus the table).
@@ -559,6 +562,10 @@ pub fn law_path(path_or_dir: &Path) -> PathBuf {
     } else {
         path_or_dir.to_path_buf()
     }
+}
+
+fn any_heads() -> [usize; 2] {
+    [1, usize::MAX]
 }
 
 impl LawFile {
@@ -649,6 +656,7 @@ impl LawFile {
         check("params", s.params, self.params_range);
         check("depth", s.depth, self.depth_range);
         check("width", s.width, self.width_range);
+        check("heads", s.heads, self.heads_range);
         check("head_dim", s.head_dim(), self.head_dim_range);
         out
     }
@@ -660,6 +668,7 @@ impl LawFile {
             depth: self.depth_range,
             width: self.width_range,
             head_dim: self.head_dim_range,
+            heads: self.heads_range,
         }
     }
 

@@ -576,13 +576,15 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let depth_range = range(&train, |q| q.shape.depth);
     let width_range = range(&train, |q| q.shape.width);
     let head_dim_range = range(&train, |q| q.shape.head_dim());
-    // The design keeps to the measured depth and head_dim ranges (`Domain`): a law fitted on
-    // depths 2..8 cannot vouch for depth 1, whatever its exponent says.
+    let heads_range = range(&train, |q| q.shape.heads);
+    // The design keeps to the measured depth, head count and head_dim ranges (`Domain`): a law
+    // fitted on depths 2..8 cannot vouch for depth 1, whatever its exponent says.
     let domain = Domain {
         params: params_range,
         depth: depth_range,
         width: width_range,
         head_dim: head_dim_range,
+        heads: heads_range,
     };
     let reference = Reference::from_ranges(depth_range, width_range, head_dim_range);
     let candidates = Candidates::for_law(feasible(&base), &chosen.law);
@@ -640,6 +642,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         depth_range,
         width_range,
         head_dim_range,
+        heads_range,
         base: base_json(&base),
         base_source,
         chosen: chosen.law.name,
