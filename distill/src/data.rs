@@ -5,7 +5,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 /// A labelled image set held on the host, `[-1, 1]` floats in NCHW order.
 #[derive(Clone)]
@@ -175,9 +174,7 @@ pub fn verify_checksum(file: &Path) -> Result<()> {
     }) else {
         return Ok(());
     };
-    let bytes = std::fs::read(file)
-        .with_context(|| format!("{}: cannot read data file", file.display()))?;
-    let got = hex::encode(Sha256::digest(&bytes));
+    let got = crate::checkpoint::file_hash(file)?;
     if got != expected {
         bail!(
             "{}: checksum mismatch (sha256 {got}, SHA256SUMS says {expected})",

@@ -1,6 +1,7 @@
 //! Data, the training loop, teacher and student training, distillation losses and metrics.
 
 pub mod checkpoint;
+pub mod column;
 pub mod curve;
 pub mod data;
 pub mod ema;

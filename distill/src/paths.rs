@@ -53,6 +53,20 @@ pub fn check_dir_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Paths of a run directory.
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

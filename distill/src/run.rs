@@ -16,7 +16,8 @@ use crate::featnet::FeatNet;
 use crate::kd::{BankConfig, KdObjective, KdWeights, Mode, OnestepObjective, SampleBank};
 use crate::objective::{EpsilonObjective, Objective};
 use crate::optim::OptimConfig;
-use crate::train::{train, RunPaths, TrainConfig, TrainOptions};
+use crate::paths::RunPaths;
+use crate::train::{train, TrainConfig, TrainOptions};
 
 /// How a student starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

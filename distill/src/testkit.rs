@@ -10,7 +10,8 @@ use dit::{DiT, DitConfig};
 use crate::data::{DataConfig, Dataset};
 use crate::featnet::FeatNet;
 use crate::objective::EpsilonObjective;
-use crate::train::{train, RunPaths, TrainConfig, TrainOptions};
+use crate::paths::RunPaths;
+use crate::train::{train, TrainConfig, TrainOptions};
 
 /// The tiny teacher: 2 blocks of width 32, 2 heads, patch 7 (16 tokens), batch 16, EMA 0.9,
 /// one checkpoint at the end and two log lines.

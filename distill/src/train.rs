@@ -18,6 +18,7 @@ use crate::ema::Ema;
 use crate::objective::{Batch, Objective};
 use crate::optim::{AdamW, OptimConfig};
 use crate::order::DataOrder;
+use crate::paths::RunPaths;
 
 /// Everything that defines a diffusion training run (the teacher's YAML, or a student's resolved config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -424,20 +425,6 @@ impl<'a> Batches<'a> {
 // ---------------------------------------------------------------------------------------------
 //                                  metrics.jsonl and progress
 // ---------------------------------------------------------------------------------------------
-
-/// Paths of a run directory.
-pub struct RunPaths {
-    pub dir: PathBuf,
-}
-
-impl RunPaths {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
-    }
-    pub fn metrics(&self) -> PathBuf {
-        self.dir.join("metrics.jsonl")
-    }
-}
 
 /// The run's `metrics.jsonl`: one line per logged window of steps (mean loss, LR, gradient norm,
 /// speed, wall time, and the objective's named loss parts).

@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use distill::data::{DataConfig, Split};
 use distill::objective::EpsilonObjective;
 use distill::optim::OptimConfig;
-use distill::train::{train, RunPaths, TrainConfig, TrainOptions};
+use distill::paths::RunPaths;
+use distill::train::{train, TrainConfig, TrainOptions};
 use dit::{DiT, DitConfig};
 
 /// The tiny teacher with a warm-up, a seed of its own, and checkpoints and logs mid-run.

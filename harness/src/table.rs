@@ -264,13 +264,13 @@ pub fn aggregate(df: &DataFrame) -> Result<DataFrame> {
         col("mode"),
     ];
     let mut aggs = vec![len().alias("runs"), col("params").first().alias("params")];
-    // The field's FID beside the FID-proxy when any run measured it (`eval.metrics: [fid_proxy, fid]`).
+    // Every summarised metric the table has (the field's FID only where a run measured it:
+    // `eval.metrics: [fid_proxy, fid]`).
     let has = |c: &str| df.get_column_names().iter().any(|n| n.as_str() == c);
-    let fid: &[&str] = if has("fid") { &["fid", "fid_inf"] } else { &[] };
-    let metrics = ["fid_proxy"]
-        .into_iter()
-        .chain(fid.iter().copied().filter(|c| has(c)))
-        .chain(["kid", "precision", "recall", "latency_ms"]);
+    let metrics = distill::column::COLUMNS
+        .iter()
+        .filter(|c| c.summarised && has(c.name))
+        .map(|c| c.name);
     for m in metrics {
         aggs.push(col(m).mean().alias(format!("{m}_mean")));
         aggs.push(col(m).std(1).alias(format!("{m}_std")));

@@ -76,9 +76,7 @@ parallel: {{jobs: 1, threads_per_job: 2}}
     assert_eq!(rc, 0, "{err}");
     eprintln!("sweep with fid: {:.0} s", t.elapsed().as_secs_f64());
 
-    let sha =
-        distill::inception::weights::file_sha256(&distill::inception::weights::weights_path())
-            .unwrap();
+    let sha = distill::checkpoint::file_hash(&distill::inception::weights::weights_path()).unwrap();
     let runs = ParquetReader::new(std::fs::File::open(out.join("runs.parquet")).unwrap())
         .finish()
         .unwrap();

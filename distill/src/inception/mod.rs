@@ -39,7 +39,7 @@ pub struct FidInception {
 impl FidInception {
     /// Load from a converted safetensors file.
     pub fn load(path: &Path) -> Result<Self> {
-        let weights_sha256 = weights::file_sha256(path)?;
+        let weights_sha256 = crate::checkpoint::file_hash(path)?;
         Ok(Self {
             net: InceptionV3::load(path)?,
             weights_sha256,

@@ -202,9 +202,3 @@ pub fn check_available_in(dir: &Path) -> Result<()> {
         wheel.display()
     )
 }
-
-/// SHA-256 of a file (identifies the weights in cache keys).
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
-}

@@ -1,7 +1,7 @@
 //! `ditkd bench`: time the DiT training step (forward + backward + AdamW), sampling, and a GEMM.
 //!
 //! Cases: A (the 1.3M teacher, batch 128) and B (a 9.7M CIFAR-sized patch-2 model, batch 64), the
-//! shapes of the speed issue; and the study's students (patch 4, batch 64, Fashion-MNIST 28x28):
+//! two configs of the first speed benchmark; and the study's students (patch 4, batch 64, Fashion-MNIST 28x28):
 //! d1 w60, d3 w80, d8 w24 (the 100k and 400k budgets of `sweeps/fashion-mnist.yaml`) and d4 w100
 //! (786k, the top of the 30k-800k range). Everything runs inside a rayon pool of `--threads`
 //! threads, as a sweep worker runs its student (`runner::execute`). Each result is also printed

@@ -102,7 +102,9 @@ pub fn run(a: FidArgs) -> Result<()> {
     );
 
     // Generated samples, as `ditkd distill` evaluates them (distill::eval::generate).
-    let device = candle_core::Device::Cpu;
+    // The sampled model runs on the process's device; the Inception network on the CPU (the
+    // samples come back to the host as f32 pixels).
+    let device = crate::device::get();
     let model = distill::checkpoint::load_model(&a.checkpoint, &device)?;
     let mode = if a.onestep { Mode::Onestep } else { Mode::Kd };
     let sampler = SamplerConfig {

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::fmt::{grouped, num, si};
 use crate::law::LawFile;
-use crate::plot::{self, STEMS};
+use crate::plot::{self, PLOTS};
 use crate::results::{read_law, Sweep};
 
 pub fn run(dir: &Path) -> Result<()> {
@@ -24,9 +24,9 @@ pub fn run(dir: &Path) -> Result<()> {
             Err(e) => notes.push(format!("The plots could not be drawn: {e:#}.")),
         }
     }
-    let present: Vec<&str> = STEMS
+    let present: Vec<&str> = PLOTS
         .iter()
-        .copied()
+        .map(|p| p.stem)
         .filter(|s| plots.join(format!("{s}.png")).exists())
         .collect();
     let held = held_out_laws(dir, &mut notes);

@@ -6,7 +6,8 @@ use anyhow::Result;
 use candle_core::DType;
 use distill::data::Split;
 use distill::objective::EpsilonObjective;
-use distill::train::{train, RunPaths, TrainConfig, TrainOptions};
+use distill::paths::RunPaths;
+use distill::train::{train, TrainConfig, TrainOptions};
 use dit::DiT;
 
 pub fn run(config: &Path, out: &Path, stop_at: Option<usize>, grid: usize) -> Result<()> {

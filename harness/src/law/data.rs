@@ -70,14 +70,10 @@ pub fn curve_points(dir: &Path, metric: &str, runs: &[Point]) -> Result<Vec<Curv
     Ok(out)
 }
 
-/// The real-data floor of `metric` (`reference.json`: FID-proxy or KID), if measured.
+/// The real-data floor of `metric` (`reference.json`: FID-proxy, KID or FID), if measured.
 pub fn floor(dir: &Path, metric: &str) -> Option<super::FloorRef> {
     let r = distill::reference::Reference::load(dir)?;
-    let m = match metric {
-        "fid_proxy" => &r.floor.fid_proxy,
-        "kid" => &r.floor.kid,
-        _ => return None,
-    };
+    let m = (distill::column::column(metric)?.floor)(&r.floor)?;
     (m.mean.is_finite() && m.mean > 0.0).then(|| super::FloorRef {
         value: m.mean,
         std: if m.std.is_finite() { m.std } else { 0.0 },

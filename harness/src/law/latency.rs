@@ -60,8 +60,7 @@ pub fn fit(t: &Table, mode: &str) -> Option<LatencyModel> {
     if mode_fpi.is_empty() {
         mode_fpi = all_fpi; // the mode has no timed runs: the table's typical sampler instead
     }
-    mode_fpi.sort_by(f64::total_cmp);
-    let forwards_per_image = mode_fpi[mode_fpi.len() / 2];
+    let forwards_per_image = distill::eval::median(mode_fpi);
     Some(LatencyModel {
         formula: FORMULA.into(),
         coef: coef.iter().copied().collect(),

@@ -62,10 +62,78 @@ pub fn render(dir: &Path, stem: &str, fig: &impl Figure) -> Result<Vec<PathBuf>>
     Ok(vec![png, svg])
 }
 
-/// A plot every sweep with measured runs has.
-type Always = fn(&Sweep, &Path) -> Result<Vec<PathBuf>>;
-/// A plot that needs data a sweep may lack (latency, law.json, training logs): None if it does.
-type Optional = fn(&Sweep, &Path) -> Result<Option<Vec<PathBuf>>>;
+/// How one plot is drawn.
+#[derive(Clone, Copy)]
+pub enum Draw {
+    /// Every sweep with measured runs has it.
+    Always(fn(&Sweep, &Path) -> Result<Vec<PathBuf>>),
+    /// It needs data a sweep may lack (latency, law.json, training logs): `None` if it does, and
+    /// the reason the report gives for skipping it.
+    Optional(
+        fn(&Sweep, &Path) -> Result<Option<Vec<PathBuf>>>,
+        &'static str,
+    ),
+}
+
+/// One plot: its file stem (`<stem>.png`, `<stem>.svg`) and how it is drawn.
+#[derive(Clone, Copy)]
+pub struct Plot {
+    pub stem: &'static str,
+    pub draw: Draw,
+}
+
+const NO_CURVES: &str = "no curves.parquet (set eval.curve_points or eval.at_steps)";
+
+/// Every plot, in the order the report shows them. Adding a plot is its file and one line here.
+pub const PLOTS: &[Plot] = &[
+    Plot {
+        stem: "fid_vs_params",
+        draw: Draw::Always(scaling::fid_vs_params),
+    },
+    Plot {
+        stem: "learning_steps",
+        draw: Draw::Optional(learning::learning_steps, NO_CURVES),
+    },
+    Plot {
+        stem: "learning_flops",
+        draw: Draw::Optional(learning::learning_flops, NO_CURVES),
+    },
+    Plot {
+        stem: "fid_vs_depth",
+        draw: Draw::Always(shape::fid_vs_depth),
+    },
+    Plot {
+        stem: "fid_vs_width",
+        draw: Draw::Always(shape::fid_vs_width),
+    },
+    Plot {
+        stem: "fid_vs_heads",
+        draw: Draw::Always(shape::fid_vs_heads),
+    },
+    Plot {
+        stem: "kd_vs_scratch",
+        draw: Draw::Always(modes::kd_vs_scratch),
+    },
+    Plot {
+        stem: "pareto_params",
+        draw: Draw::Always(pareto::pareto_params),
+    },
+    Plot {
+        stem: "pareto_latency",
+        draw: Draw::Optional(pareto::pareto_latency, "no run measured latency_ms"),
+    },
+    Plot {
+        stem: "parity",
+        draw: Draw::Optional(
+            parity::parity,
+            "no law.json with cv_predictions (run `ditkd fit` first)",
+        ),
+    },
+    Plot {
+        stem: "training_curves",
+        draw: Draw::Optional(curves::training_curves, "no run has a metrics.jsonl"),
+    },
+];
 
 /// Every plot of `sweep` into `dir`: the files written, and a line per plot skipped and why.
 pub fn write_all(sweep: &Sweep, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
@@ -75,50 +143,18 @@ pub fn write_all(sweep: &Sweep, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>
             sweep.metric
         );
     }
-    let always: [(&str, Always); 6] = [
-        ("fid_vs_params", scaling::fid_vs_params),
-        ("fid_vs_depth", shape::fid_vs_depth),
-        ("fid_vs_width", shape::fid_vs_width),
-        ("fid_vs_heads", shape::fid_vs_heads),
-        ("kd_vs_scratch", modes::kd_vs_scratch),
-        ("pareto_params", pareto::pareto_params),
-    ];
-    let optional: [(&str, Optional, &str); 5] = [
-        (
-            "learning_steps",
-            learning::learning_steps,
-            "no curves.parquet (set eval.curve_points or eval.at_steps)",
-        ),
-        (
-            "learning_flops",
-            learning::learning_flops,
-            "no curves.parquet (set eval.curve_points or eval.at_steps)",
-        ),
-        (
-            "pareto_latency",
-            pareto::pareto_latency,
-            "no run measured latency_ms",
-        ),
-        (
-            "parity",
-            parity::parity,
-            "no law.json with cv_predictions (run `ditkd fit` first)",
-        ),
-        (
-            "training_curves",
-            curves::training_curves,
-            "no run has a metrics.jsonl",
-        ),
-    ];
     let mut files = Vec::new();
     let mut skipped = Vec::new();
-    for (name, f) in always {
-        files.extend(f(sweep, dir).with_context(|| format!("plot {name}"))?);
-    }
-    for (name, f, why) in optional {
-        match f(sweep, dir).with_context(|| format!("plot {name}"))? {
-            Some(f) => files.extend(f),
-            None => skipped.push(format!("{name}: {why}")),
+    for p in PLOTS {
+        let name = p.stem;
+        match p.draw {
+            Draw::Always(f) => files.extend(f(sweep, dir).with_context(|| format!("plot {name}"))?),
+            Draw::Optional(f, why) => {
+                match f(sweep, dir).with_context(|| format!("plot {name}"))? {
+                    Some(f) => files.extend(f),
+                    None => skipped.push(format!("{name}: {why}")),
+                }
+            }
         }
     }
     if sweep.law.is_none() {
@@ -127,21 +163,6 @@ pub fn write_all(sweep: &Sweep, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>
     }
     Ok((files, skipped))
 }
-
-/// The stems `write_all` can write, in the order the report shows them.
-pub const STEMS: [&str; 11] = [
-    "fid_vs_params",
-    "learning_steps",
-    "learning_flops",
-    "fid_vs_depth",
-    "fid_vs_width",
-    "fid_vs_heads",
-    "kd_vs_scratch",
-    "pareto_params",
-    "pareto_latency",
-    "parity",
-    "training_curves",
-];
 
 /// Write `note` (lines split at '\n') in a strip along the bottom of `root`; returns the area
 /// above it for the chart.

@@ -221,12 +221,7 @@ impl Sweep {
 
     /// What the axes call the metric.
     pub fn metric_label(&self) -> String {
-        match self.metric.as_str() {
-            "fid_proxy" => "FID-proxy".into(),
-            "fid" => "FID".into(),
-            "kid" => "KID".into(),
-            m => m.into(),
-        }
+        distill::column::column(&self.metric).map_or(self.metric.clone(), |c| c.label.into())
     }
 
     /// The teacher's and the real data's value of the sweep's metric (teacher, floor mean, floor std).
@@ -234,20 +229,14 @@ impl Sweep {
         let Some(r) = &self.reference else {
             return (None, None);
         };
-        let pick = |m: &distill::eval::EvalResult| match self.metric.as_str() {
-            "fid_proxy" => Some(m.fid_proxy),
-            "fid" => m.fid,
-            "kid" => Some(m.kid),
-            "class_accuracy" => Some(m.class_accuracy),
-            _ => None,
+        let Some(c) = distill::column::column(&self.metric) else {
+            return (None, None);
         };
-        let floor = match self.metric.as_str() {
-            "fid_proxy" => Some((r.floor.fid_proxy.mean, r.floor.fid_proxy.std)),
-            "fid" => r.floor.fid.as_ref().map(|f| (f.mean, f.std)),
-            "kid" => Some((r.floor.kid.mean, r.floor.kid.std)),
-            _ => None,
-        };
-        (r.teacher.as_ref().and_then(|t| pick(&t.metrics)), floor)
+        let floor = (c.floor)(&r.floor).map(|f| (f.mean, f.std));
+        (
+            r.teacher.as_ref().and_then(|t| (c.value)(&t.metrics)),
+            floor,
+        )
     }
 
     /// Usable runs of every mode, averaged over seeds per (budget, shape, mode).
