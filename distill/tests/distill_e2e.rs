@@ -2,7 +2,7 @@
 //! run directory with a summary a sweep can read; finished runs are skipped; a student can teach.
 
 use candle_core::Device;
-use distill::data::{DataConfig, Split};
+use distill::data::DataConfig;
 use distill::featnet::FeatNet;
 use distill::kd::Mode;
 use distill::run::{run_distill, DistillConfig, RunStatus, Shared};
@@ -16,14 +16,14 @@ fn students_in_every_mode_leave_complete_run_directories() {
     let root = tmp.path();
     let dev = Device::Cpu;
     let data = DataConfig::default();
-    let train_set = data.load(Split::Train).unwrap().take(1024);
 
-    // A tiny feature net and teacher (real ones are trained by `ditkd featnet` / `ditkd teacher`).
-    testkit::train_featnet(&train_set, &root.join("featnet")).unwrap();
-    let teacher_dir = root.join("teacher");
-    testkit::train_teacher(&testkit::tiny_teacher_config(10), &train_set, &teacher_dir).unwrap();
+    // The tiny feature net and teacher every end-to-end test shares, trained once per build (real
+    // ones are trained by `ditkd featnet` / `ditkd teacher`); the test set's features are read from
+    // their shared cache. The runs below keep a cache of their own: it counts the sample banks.
+    let fx = testkit::shared_fixtures(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
+    let (featnet, teacher_dir) = (fx.featnet(), fx.teacher());
 
-    let shared = Shared::load(&data, &root.join("featnet"), None, &dev).unwrap();
+    let shared = Shared::load(&data, &featnet, Some(&fx.cache()), &dev).unwrap();
     assert_eq!(shared.test_feats.len(), 10_000 * distill::featnet::FEAT_DIM);
     let student = DitConfig {
         hidden_size: 16,
@@ -44,7 +44,7 @@ fn students_in_every_mode_leave_complete_run_directories() {
         c.eval.speed = mode == Mode::Kd;
         c.bank.size = 24;
         c.bank.sampler.steps = 4;
-        c.featnet = root.join("featnet");
+        c.featnet = featnet.clone();
         c.cache_dir = root.join("cache");
         c
     };
@@ -62,10 +62,7 @@ fn students_in_every_mode_leave_complete_run_directories() {
             "{mode}: teacher fidelity is measured whenever a teacher is given"
         );
         assert!(s.teacher_hash.is_some());
-        assert_eq!(
-            s.featnet_hash,
-            FeatNet::hash(&root.join("featnet")).unwrap()
-        );
+        assert_eq!(s.featnet_hash, FeatNet::hash(&featnet).unwrap());
         for f in [
             "config.yaml",
             "metrics.jsonl",

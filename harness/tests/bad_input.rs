@@ -1,6 +1,9 @@
 //! Bad input as data (`tests/bad_input/cases.yaml`): every case exits with its code, names what is
 //! wrong, never panics, and leaves nothing half-written behind.
 
+mod common;
+use common::ditkd;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -70,6 +73,7 @@ fn every_bad_input_is_a_clear_error_and_never_a_panic() {
             .iter()
             .map(|a| fill(a).replace("{spec}", &spec_path.display().to_string()))
             .collect();
+        // Its own environment and working directory: not the plain `common::ditkd`.
         let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
             .args(&args)
             .envs(case.env.iter().map(|(k, v)| (k, fill(v))))
@@ -134,24 +138,16 @@ fn a_huge_spec_is_not_echoed() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("huge.yaml");
     std::fs::write(&p, "x".repeat(10 << 20)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
-        .args(["sweep", p.to_str().unwrap(), "--dry-run"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let (rc, _, err) = ditkd(&["sweep", p.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(rc, 1);
     assert!(
         err.contains("huge.yaml") && err.contains("not a sweep spec") && err.len() < 500,
         "{err}"
     );
     // Just under the size limit, a spec that is one long string: the parse error is clipped.
     std::fs::write(&p, "y".repeat(900 << 10)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
-        .args(["sweep", p.to_str().unwrap(), "--dry-run"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let (rc, _, err) = ditkd(&["sweep", p.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(rc, 1);
     assert!(
         err.contains("huge.yaml") && err.len() < 1000,
         "{} bytes: {}",
@@ -163,11 +159,7 @@ fn a_huge_spec_is_not_echoed() {
 /// Every argument of every subcommand says what it is in `--help`.
 #[test]
 fn help_describes_every_argument() {
-    let top = Command::new(env!("CARGO_BIN_EXE_ditkd"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    let top = String::from_utf8_lossy(&top.stdout).to_string();
+    let (_, top, _) = ditkd(&["--help"]);
     let subcommands: Vec<String> = top
         .lines()
         .skip_while(|l| !l.starts_with("Commands:"))
@@ -179,11 +171,7 @@ fn help_describes_every_argument() {
     assert!(subcommands.len() >= 15, "{subcommands:?}");
     let mut bare = Vec::new();
     for sub in &subcommands {
-        let out = Command::new(env!("CARGO_BIN_EXE_ditkd"))
-            .args([sub.as_str(), "--help"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (_, text, _) = ditkd(&[sub.as_str(), "--help"]);
         // An argument line of clap's help is `  <NAME>  description` or `  --flag <V>  description`,
         // or (long help) the name alone with the description indented on the next line.
         let lines: Vec<&str> = text.lines().collect();

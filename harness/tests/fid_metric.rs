@@ -39,13 +39,14 @@ fn a_sweep_with_fid_writes_finite_fid_columns() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    fixtures(root);
+    // The shared teacher and feature net; a cache of its own, whose files it counts.
+    let f = fixtures();
     // One KD student, evaluated at step 1 (a curve point) and at its last step, 16 samples each,
     // against the statistics of the first 32 test images: about 100 Inception forwards in all.
     let spec = format!(
         "name: fid
-teacher: {r}/teacher
-featnet: {r}/featnet
+teacher: {t}
+featnet: {n}
 cache_dir: {r}/cache
 budgets: [{{params: 20k, tol: 0.3}}]
 axes: {{depth: [1], width: [24], heads: [2], patch: [7]}}
@@ -61,6 +62,8 @@ eval:
   fid_real_images: 32
 parallel: {{jobs: 1, threads_per_job: 2}}
 ",
+        t = f.teacher().display(),
+        n = f.featnet().display(),
         r = root.display()
     );
     let spec_path = root.join("fid.yaml");

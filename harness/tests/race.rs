@@ -23,7 +23,7 @@ fn curve_steps(run: &std::path::Path) -> Vec<u64> {
 fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let spec = &common::fixtures_and_spec(root, "race.yaml", &race_spec(root));
+    let spec = &common::write_spec(root, "race.yaml", &race_spec());
     let full = root.join("full");
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", full.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");

@@ -73,7 +73,7 @@ fn submit(root: &Path, spec: &str, cluster: &Path, expect: &[&str]) -> String {
 fn job_array_plus_merge_equals_the_local_sweep() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let spec = &common::fixtures_and_spec(root, "tiny.yaml", &spec_text(root));
+    let spec = &common::write_spec(root, "tiny.yaml", &spec_text());
 
     let local = root.join("local");
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", local.to_str().unwrap()]);
@@ -140,7 +140,7 @@ fn job_array_plus_merge_equals_the_local_sweep() {
 fn a_race_on_slurm_decides_as_the_local_race() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let spec = &common::fixtures_and_spec(root, "race.yaml", &common::race_spec(root));
+    let spec = &common::write_spec(root, "race.yaml", &common::race_spec());
     let local = root.join("local");
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", local.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");

@@ -2,13 +2,13 @@
 //! merged gives the same table; a rerun skips finished runs; malformed specs fail clearly.
 
 mod common;
-use common::{ditkd, fixtures, spec_text, sweep_killed_when, table_rows};
+use common::{ditkd, spec_text, sweep_killed_when, table_rows, write_spec};
 
 #[test]
 fn tiny_sweep_runs_shards_merge_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let spec = &common::fixtures_and_spec(root, "tiny.yaml", &spec_text(root));
+    let spec = &write_spec(root, "tiny.yaml", &spec_text());
 
     let (rc, out, err) = ditkd(&["sweep", spec, "--dry-run"]);
     assert_eq!(rc, 0, "{err}");
@@ -68,8 +68,8 @@ fn tiny_sweep_runs_shards_merge_and_resumes() {
 fn setups_run_side_by_side_under_their_own_names() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let text = spec_text(root).replace("modes: [kd, scratch]", "modes: [kd, feat, mi1]");
-    let spec = &common::fixtures_and_spec(root, "setups.yaml", &text);
+    let text = spec_text().replace("modes: [kd, scratch]", "modes: [kd, feat, mi1]");
+    let spec = &write_spec(root, "setups.yaml", &text);
     let out = root.join("out");
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", out.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
@@ -110,7 +110,7 @@ fn setups_run_side_by_side_under_their_own_names() {
 fn concurrent_shards_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let spec = &common::fixtures_and_spec(root, "tiny.yaml", &spec_text(root));
+    let spec = &write_spec(root, "tiny.yaml", &spec_text());
     let reference = root.join("reference");
     let (rc, _, err) = ditkd(&["sweep", spec, "--out", reference.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
@@ -141,10 +141,9 @@ fn concurrent_shards_lose_nothing() {
 fn sigkill_during_training_then_resume_equals_uninterrupted() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    fixtures(root);
     const STEPS: u64 = 400; // checkpoints every 100 steps: a kill lands between two of them
     let spec = root.join("long.yaml");
-    let text = spec_text(root)
+    let text = spec_text()
         .replace("steps: 3,", &format!("steps: {STEPS},"))
         .replace("depth: [1, 2]", "depth: [1]");
     std::fs::write(&spec, text).unwrap();
@@ -213,11 +212,10 @@ fn sigkill_during_training_then_resume_equals_uninterrupted() {
 fn failed_runs_exit_non_zero_and_other_sweeps_directories_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    fixtures(root);
     // A learning rate no run survives: the spec is valid, every run diverges (a deterministic
     // failure, recorded and never retried).
     let spec = root.join("failing.yaml");
-    let text = spec_text(root).replace("warmup_steps: 1}", "warmup_steps: 1, lr: 1.0e9}");
+    let text = spec_text().replace("warmup_steps: 1}", "warmup_steps: 1, lr: 1.0e9}");
     assert!(text.contains("lr: 1.0e9"));
     std::fs::write(&spec, &text).unwrap();
     let out = root.join("failing");

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 
-use distill::data::{DataConfig, Split};
 use distill::testkit;
 
 /// Starts `ditkd sweep SPEC --out OUT`, polls every 2 ms until `ready(OUT)` gives a value, then
@@ -50,34 +50,31 @@ pub fn ditkd(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A tiny teacher and feature net under `root` (the shapes of `distill::testkit`).
-pub fn fixtures(root: &Path) {
-    let data = DataConfig::default().load(Split::Train).unwrap().take(512);
-    testkit::train_featnet(&data, &root.join("featnet")).unwrap();
-    testkit::train_teacher(
-        &testkit::tiny_teacher_config(6),
-        &data,
-        &root.join("teacher"),
-    )
-    .unwrap();
+/// The tiny teacher and feature net (the shapes of `distill::testkit`), trained once for every test
+/// of every test binary of this build into `CARGO_TARGET_TMPDIR` (absolute, so the `ditkd`
+/// processes a test starts, Slurm jobs included, find them) and shared read-only, with a shared
+/// cache directory for their cached outputs.
+pub fn fixtures() -> &'static testkit::Fixtures {
+    static F: OnceLock<testkit::Fixtures> = OnceLock::new();
+    F.get_or_init(|| testkit::shared_fixtures(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap())
 }
 
-/// The fixtures under `root` and `text` written to `root/<file>`: the spec path a test hands to
-/// `ditkd`.
-#[allow(dead_code)] // not every test binary writes a spec
-pub fn fixtures_and_spec(root: &Path, file: &str, text: &str) -> String {
-    fixtures(root);
+/// `text` written to `root/<file>`: the spec path a test hands to `ditkd`.
+pub fn write_spec(root: &Path, file: &str, text: &str) -> String {
     let spec = root.join(file);
     std::fs::write(&spec, text).unwrap();
     spec.to_str().unwrap().to_string()
 }
 
-pub fn spec_text(root: &Path) -> String {
+/// The tiny spec on the shared fixtures and their shared cache (the cache is keyed by the teacher's
+/// and the feature net's hashes and written atomically, so concurrent tests share it safely).
+pub fn spec_text() -> String {
+    let f = fixtures();
     format!(
         "name: tiny
-teacher: {r}/teacher
-featnet: {r}/featnet
-cache_dir: {r}/cache
+teacher: {t}
+featnet: {n}
+cache_dir: {c}
 budgets:
   - {{params: 12k, tol: 0.3}}
   - {{params: 20k, tol: 0.3}}
@@ -92,7 +89,9 @@ seeds: [0]
 eval: {{samples: 16, sampler: {{kind: ddim, steps: 2, cfg_scale: 2.0}}, speed: false}}
 parallel: {{jobs: 2, threads_per_job: 1}}
 ",
-        r = root.display()
+        t = f.teacher().display(),
+        n = f.featnet().display(),
+        c = f.cache().display()
     )
 }
 
@@ -132,8 +131,8 @@ pub fn table_rows(dir: &Path) -> Vec<String> {
 }
 
 /// The tiny spec as a race: one budget of 9 shapes, rungs at 2, 4 and 8 steps, up to 3 seeds.
-pub fn race_spec(root: &std::path::Path) -> String {
-    spec_text(root)
+pub fn race_spec() -> String {
+    spec_text()
         .replace(
             "budgets:\n  - {params: 12k, tol: 0.3}\n  - {params: 20k, tol: 0.3}",
             "budgets:\n  - {params: 20k, tol: 0.9}",
