@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::ditkd;
 use dit::DitConfig;
-use harness::plot::style::{grouped, num, si};
+use harness::fmt::{grouped, num, si};
 use harness::results::{mean_std, CvPoint, LawCurve, LawOverlay, Sweep};
 use serde_json::json;
 

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 
 use super::style::{self, color, legend_position, LogAxis, Ticks, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::fmt::{num, si};
 use crate::results::{ModeComparison, Sweep};
 
 struct KdVsScratch<'a> {
@@ -61,11 +62,7 @@ impl Figure for KdVsScratch<'_> {
         );
         let y0 = ya.lo;
         let keys: Vec<f64> = (0..self.cmp.len()).map(|i| i as f64).collect();
-        let labels: Vec<String> = self
-            .cmp
-            .iter()
-            .map(|c| style::si(c.budget as f64))
-            .collect();
+        let labels: Vec<String> = self.cmp.iter().map(|c| si(c.budget as f64)).collect();
         let fmt = |v: &f64| {
             let i = v.round();
             if (v - i).abs() < 1e-6 && i >= 0.0 {
@@ -97,7 +94,7 @@ impl Figure for KdVsScratch<'_> {
             .axis_desc_style((FAMILY, style::LABEL))
             .label_style((FAMILY, style::TICK))
             .x_label_formatter(&fmt)
-            .y_label_formatter(&|v| style::num(*v))
+            .y_label_formatter(&|v| num(*v))
             .disable_x_mesh()
             .draw()?;
         // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).

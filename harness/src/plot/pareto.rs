@@ -10,6 +10,7 @@ use plotters::prelude::*;
 
 use super::style::{self, color, legend_position, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::fmt::{num, si};
 use crate::results::{Point, Run, Sweep};
 
 /// Indices of the points no other point beats on both coordinates (both minimised), by ascending x.
@@ -106,7 +107,7 @@ fn build(
         modes,
         runs,
         front,
-        x_fmt: |v| style::num(*v),
+        x_fmt: |v| num(*v),
         teacher: sweep.reference_values().0,
         floor: sweep.reference_values().1,
     })
@@ -124,7 +125,7 @@ pub fn pareto_params(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut fig = build(sweep, "parameters", |r| Some(r.params), |p| Some(p.params))
         .ok_or_else(|| anyhow::anyhow!("no usable run has a parameter count"))?;
     fig.x_desc = "parameters (count, log scale)".into();
-    fig.x_fmt = |v| style::si(*v);
+    fig.x_fmt = |v| si(*v);
     render(dir, "pareto_params", &fig)
 }
 
@@ -157,7 +158,7 @@ impl Figure for Pareto {
             .axis_desc_style((FAMILY, style::LABEL))
             .label_style((FAMILY, style::TICK))
             .x_label_formatter(&self.x_fmt)
-            .y_label_formatter(&|v| style::num(*v))
+            .y_label_formatter(&|v| num(*v))
             .draw()?;
         // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).
         style::draw_references(
