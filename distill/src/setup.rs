@@ -76,6 +76,18 @@ impl Setup {
         }
     }
 
+    /// Whether a run of this setup reads its teacher's outputs from the shared precomputed
+    /// teacher-target cache (`kd::TeacherCache`, keyed by teacher, seed and batch), so runs that
+    /// share a stream compute it once: output KD only. A feature loss needs the teacher's blocks
+    /// live on every step, one-step distillation reads its sample bank, scratch has no teacher.
+    /// `KdObjective::with_cache` applies the same rule to a config (`kd` mode, `kd.feat == 0`).
+    pub fn reads_teacher_cache(self) -> bool {
+        match self {
+            Setup::Kd | Setup::Ta => true,
+            Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch => false,
+        }
+    }
+
     /// Set `cfg`'s mode and KD loss for this setup. `ta` needs the teacher to be a distilled
     /// student (see [`assistant_train_flops`]); every other setup needs it not to be one, so an
     /// assistant's cost is never dropped silently.
@@ -215,6 +227,26 @@ mod tests {
             "magic".parse::<Mode>().unwrap_err(),
             "unknown mode `magic` (kd, onestep, scratch)"
         );
+    }
+
+    #[test]
+    fn the_teacher_cache_rule_matches_the_objective() {
+        // `KdObjective::with_cache` shares teacher outputs for kd-mode configs without a feature
+        // term; `reads_teacher_cache` must say the same of every setup's resolved config.
+        let student = dit::DitConfig::default();
+        for &s in Setup::ALL.iter().filter(|&&s| s != Setup::Ta) {
+            let mut c =
+                DistillConfig::new(Some("no-such-dir".into()), Mode::Kd, student.clone(), 10);
+            s.apply(&mut c).unwrap();
+            assert_eq!(
+                s.reads_teacher_cache(),
+                c.mode == Mode::Kd && c.kd.feat == 0.0,
+                "{s}"
+            );
+        }
+        // `ta` (its teacher must be a finished assistant): output KD, no feature term.
+        assert!(Setup::Ta.reads_teacher_cache());
+        assert_eq!(Setup::Ta.mode(), Mode::Kd);
     }
 
     #[test]

@@ -258,8 +258,8 @@ pub fn shard(runs: Vec<RunPlan>, k: usize, n: usize, modes: usize) -> Vec<RunPla
 /// 2-core machine running 2 jobs × 1 thread (sweeps/quick.yaml, README): student training at
 /// ~25 GFLOP/s plus ~2.5 ms per block per step of fixed overhead, teacher forwards (no gradient)
 /// at ~50 GFLOP/s, evaluation sampling at ~12 GFLOP/s plus ~5 s of metrics and timing. The
-/// teacher's outputs are cached per seed, so only the first KD run of a seed pays for them
-/// (`pays_teacher`).
+/// teacher's outputs are cached per seed, so only the first run of a seed that reads the shared
+/// cache (`Setup::reads_teacher_cache`) pays for them (`pays_teacher`).
 pub fn estimate_secs(r: &RunPlan, teacher: &DitConfig, pays_teacher: bool) -> f64 {
     let s = &r.cfg.student;
     let images = (r.cfg.steps * r.cfg.batch_size) as f64;
@@ -325,7 +325,7 @@ pub fn prefill_teacher_targets(
         std::collections::BTreeMap::new();
     for r in runs
         .iter()
-        .filter(|r| r.cfg.mode == distill::kd::Mode::Kd && r.cfg.kd.feat == 0.0)
+        .filter(|r| distill::setup::Setup::of(&r.cfg).reads_teacher_cache())
     {
         streams
             .entry((r.cfg.seed, r.cfg.batch_size))

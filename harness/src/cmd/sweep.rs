@@ -139,7 +139,7 @@ fn print_plan(
     let mut secs = 0.0;
     let mut teacher_paid = std::collections::HashSet::new();
     for r in runs {
-        let pays_teacher = distill::setup::Setup::of(&r.cfg) == distill::setup::Setup::Kd
+        let pays_teacher = distill::setup::Setup::of(&r.cfg).reads_teacher_cache()
             && teacher_paid.insert(r.cfg.seed);
         let s = &r.cfg.student;
         let e = estimate_secs(r, base, pays_teacher) / spec.parallel.threads_per_job as f64;
