@@ -429,15 +429,23 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let mut skipped = Vec::new();
     for &form in Form::ALL {
         // (c) nests (b): also start it from (b)'s optimum plus a small head term, so it can
-        // never fit worse than (b) merely for want of a good start; (f) likewise from (d).
-        let nested = match form {
-            Form::C => Some(Form::B),
-            Form::F => Some(Form::D),
+        // never fit worse than (b) merely for want of a good start; (f) likewise from (d) plus a
+        // small compute term. The inner law and the starting values of the extra coefficients.
+        let nested: Option<(Form, Vec<[f64; 2]>)> = match form {
+            Form::C => Some((
+                Form::B,
+                [-0.7, 0.0, 0.7].map(|lh| [(0.01 * ygeo).ln(), lh]).to_vec(),
+            )),
+            Form::F => Some((
+                Form::D,
+                [0.3f64, 1.0].map(|b| [(0.1 * ygeo).ln(), b.ln()]).to_vec(),
+            )),
             Form::A | Form::B | Form::D | Form::E => None,
         };
-        let warm: Vec<Vec<f64>> = match nested.and_then(|n| cands.iter().find(|c| c.law.name == n))
+        let warm: Vec<Vec<f64>> = match nested
+            .and_then(|(n, tails)| cands.iter().find(|c| c.law.name == n).map(|b| (b, tails)))
         {
-            Some(b) => {
+            Some((b, tails)) => {
                 let inner = b.law.form();
                 let obs = if form.uses_compute() {
                     &curve_obs
@@ -445,10 +453,6 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
                     &static_obs
                 };
                 let th = inner.to_theta(&inner.from_map(&b.law.coef), &scales(obs));
-                let tails: Vec<[f64; 2]> = match form {
-                    Form::C => [-0.7, 0.0, 0.7].map(|lh| [(0.01 * ygeo).ln(), lh]).to_vec(),
-                    _ => [0.3f64, 1.0].map(|b| [(0.1 * ygeo).ln(), b.ln()]).to_vec(),
-                };
                 tails
                     .iter()
                     .map(|t| th.iter().copied().chain(*t).collect())
