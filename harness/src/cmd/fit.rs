@@ -47,7 +47,7 @@ pub fn run(a: Args) -> Result<()> {
     let law = fit_sweep(&Options {
         dir: a.dir.clone(),
         metric: a.metric,
-        mode: a.mode.to_string(),
+        mode: a.mode,
         bootstrap: a.bootstrap,
         hold_out,
         seed: a.seed,

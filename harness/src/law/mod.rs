@@ -493,7 +493,8 @@ impl MeasuredShape {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LawFile {
     pub metric: String,
-    pub mode: String,
+    /// The setup whose runs were fitted (serde's lowercase name, as `Setup` writes it).
+    pub mode: distill::setup::Setup,
     /// Path of the runs.parquet fitted.
     pub table: String,
     /// SHA-256 (hex) of that file's bytes.

@@ -25,7 +25,7 @@ use super::{
 pub struct Options {
     pub dir: PathBuf,
     pub metric: String,
-    pub mode: String,
+    pub mode: distill::setup::Setup,
     pub bootstrap: usize,
     pub hold_out: Option<u64>,
     pub seed: u64,
@@ -241,12 +241,12 @@ fn compute_model(curve: &[CurvePoint], base: &dit::DitConfig, step: u64) -> Opti
 pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let table = Table::load(&o.dir)?;
     let p = table.path.display().to_string();
-    let all = table.points(&o.metric, &o.mode)?;
+    let all = table.points(&o.metric, o.mode)?;
     // No law for students that have not left chance: it would describe the evaluation noise.
     let (base0, _, _) = base_config(&o.dir, &table, &all);
     let untrained =
         distill::reference::Reference::load(&o.dir).and_then(|r| r.untrained.map(|m| m.fid_proxy));
-    super::guard::check_learned(&table, &o.mode, base0.num_classes, untrained)
+    super::guard::check_learned(&table, o.mode, base0.num_classes, untrained)
         .map_err(|e| anyhow::Error::new(e).context(p.clone()))?;
 
     let what = format!(
@@ -636,7 +636,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
 
     Ok(LawFile {
         metric: o.metric.clone(),
-        mode: o.mode.clone(),
+        mode: o.mode,
         table: p,
         table_hash: table.hash.clone(),
         n_runs: at_step.len(),
@@ -655,11 +655,11 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         cv_predictions,
         design,
         latency_model: match Table::load_file(&o.dir.join("latency.parquet")) {
-            Ok(quiet) => latency::fit(&quiet, &o.mode).map(|m| LatencyModel {
+            Ok(quiet) => latency::fit(&quiet, o.mode).map(|m| LatencyModel {
                 source: "quiet pass (latency.parquet)".into(),
                 ..m
             }),
-            Err(_) => latency::fit(&table, &o.mode).map(|m| LatencyModel {
+            Err(_) => latency::fit(&table, o.mode).map(|m| LatencyModel {
                 source: "in-training timings (runs.parquet; run `ditkd latency` for quiet ones)"
                     .into(),
                 ..m

@@ -103,7 +103,7 @@ pub struct Measured {
 pub struct Answer {
     pub budget: u64,
     pub metric: String,
-    pub mode: String,
+    pub mode: distill::setup::Setup,
     pub law: String,
     pub formula: String,
     /// The optimum among the shapes inside the measured depth and head_dim ranges.
@@ -439,7 +439,7 @@ pub fn best(
                     results.display()
                 ));
             }
-            let pts = t.points(&law.metric, &law.mode).unwrap_or_else(|e| {
+            let pts = t.points(&law.metric, law.mode).unwrap_or_else(|e| {
                 warnings.push(format!("no measured runs to compare: {e:#}"));
                 Vec::new()
             });
@@ -470,7 +470,7 @@ pub fn best(
     Ok(Answer {
         budget,
         metric: law.metric.clone(),
-        mode: law.mode.clone(),
+        mode: law.mode,
         law: chosen.name.to_string(),
         formula: chosen.formula.clone(),
         best: Pick {

@@ -1,10 +1,10 @@
 //! kd_vs_scratch: per budget, the mean ± std of every distillation mode the sweep ran, side by
 //! side (on the shapes all modes share where there are any; see `Sweep::compare_modes`).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use distill::setup::Setup;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -16,24 +16,13 @@ use crate::results::{ModeComparison, Sweep};
 struct KdVsScratch<'a> {
     sweep: &'a Sweep,
     cmp: Vec<ModeComparison>,
-    modes: Vec<String>,
+    modes: Vec<Setup>,
 }
 
 pub fn kd_vs_scratch(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
     let cmp = sweep.compare_modes();
-    let modes: BTreeSet<String> = cmp
-        .iter()
-        .flat_map(|c| c.stats.iter().map(|s| s.mode.clone()))
-        .collect();
-    render(
-        dir,
-        "kd_vs_scratch",
-        &KdVsScratch {
-            sweep,
-            cmp,
-            modes: modes.into_iter().collect(),
-        },
-    )
+    let modes = crate::results::modes_compared(&cmp);
+    render(dir, "kd_vs_scratch", &KdVsScratch { sweep, cmp, modes })
 }
 
 impl Figure for KdVsScratch<'_> {
@@ -112,7 +101,7 @@ impl Figure for KdVsScratch<'_> {
                 .filter_map(|(i, cmp)| {
                     cmp.stats
                         .iter()
-                        .find(|s| &s.mode == mode)
+                        .find(|s| s.mode == *mode)
                         .map(|s| (i as f64 + dx, s.mean, s.std))
                 })
                 .collect();
@@ -129,10 +118,11 @@ impl Figure for KdVsScratch<'_> {
                     pts.iter()
                         .map(|&(x, mu, _)| Circle::new((x, mu), 7, c.filled())),
                 )?
-                .label(mode.clone())
+                .label(mode.to_string())
                 .legend(move |(x, y)| Circle::new((x + 10, y), 7, c.filled()));
         }
-        let spot = legend_position(&chart, &self.modes, &marks, &bars, &[]);
+        let labels: Vec<String> = self.modes.iter().map(|m| m.to_string()).collect();
+        let spot = legend_position(&chart, &labels, &marks, &bars, &[]);
         style::draw_legend(&mut chart, spot)?;
         Ok(())
     }

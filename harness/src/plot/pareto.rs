@@ -1,10 +1,10 @@
 //! pareto_latency, pareto_params: every run faintly, and the front of shapes (seed means, every
 //! mode) that no other shape beats on both cost and quality, as a step line.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use distill::setup::Setup;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -39,7 +39,7 @@ struct Pareto {
     x_desc: String,
     y_desc: String,
     note: String,
-    modes: Vec<String>,
+    modes: Vec<Setup>,
     /// (x, y, mode index) of every usable run.
     runs: Vec<(f64, f64, usize)>,
     /// (x, y, mode index, label) of the front's shapes, by ascending x.
@@ -56,14 +56,8 @@ fn build(
     run_x: fn(&Run) -> Option<f64>,
     point_x: fn(&Point) -> Option<f64>,
 ) -> Option<Pareto> {
-    let modes: Vec<String> = sweep
-        .runs
-        .iter()
-        .map(|r| r.mode.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mode_ix = |m: &str| modes.iter().position(|x| x == m).unwrap_or(0);
+    let modes = crate::results::by_name(sweep.runs.iter().filter_map(|r| r.mode));
+    let mode_ix = |m: Setup| modes.iter().position(|x| *x == m).unwrap_or(0);
     let runs: Vec<(f64, f64, usize)> = sweep
         .runs
         .iter()
@@ -71,7 +65,7 @@ fn build(
             Some((
                 run_x(r).filter(|x| x.is_finite() && *x > 0.0)?,
                 r.value()?,
-                mode_ix(&r.mode),
+                r.mode.map_or(0, mode_ix),
             ))
         })
         .collect();
@@ -93,7 +87,7 @@ fn build(
             (
                 xy[i].0,
                 xy[i].1,
-                mode_ix(&pts[i].mode),
+                mode_ix(pts[i].mode),
                 format!("{} {}", pts[i].shape(), pts[i].mode),
             )
         })
