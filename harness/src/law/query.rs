@@ -17,7 +17,7 @@ use super::bootstrap::interval90;
 use super::data::{by_shape, Table};
 use super::design::{law_key, ranked_by};
 use super::rank::{self, Belief};
-use super::{At, LawFile, Shape};
+use super::{At, Axis, LawFile, Shape};
 
 /// Alternatives listed after the optimum.
 pub const ALTERNATIVES: usize = 5;
@@ -288,8 +288,9 @@ pub fn best(
     if budget < lo as u64 || budget > hi as u64 {
         warnings.push(format!("budget {budget} lies outside the fitted params range {lo}..{hi}: this is an extrapolation"));
     }
+    // The parameter count's extrapolation is the budget's, warned about above.
     for e in law.extrapolates(&top) {
-        if !e.starts_with("params") {
+        if e.axis != Axis::Params {
             warnings.push(format!("the optimum's {e}: extrapolation"));
         }
     }
