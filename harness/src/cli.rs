@@ -235,7 +235,7 @@ pub enum Command {
         seed: u64,
         /// Choose this law (a, b, …) instead of the one with the lowest CV error.
         #[arg(long)]
-        law: Option<String>,
+        law: Option<crate::law::Form>,
     },
     /// The best DiT shape for a parameter budget, predicted by a fitted law.
     Best {
