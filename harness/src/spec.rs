@@ -397,6 +397,14 @@ fn d_jobs() -> usize {
     2
 }
 
+impl Parallel {
+    /// Every thread the sweep runs at once, `jobs × threads_per_job`: its shared preparation and
+    /// teacher targets use them all, then each run its job's `threads_per_job`.
+    pub fn total_threads(&self) -> usize {
+        self.jobs * self.threads_per_job
+    }
+}
+
 impl Default for Parallel {
     fn default() -> Self {
         Self {
