@@ -88,6 +88,15 @@ impl Setup {
         }
     }
 
+    /// Whether the setup has a feature-KD term, the one that reads `kd.feat` (`apply` sets it
+    /// to 0 for every other setup).
+    pub fn feature_kd(self) -> bool {
+        match self {
+            Setup::Feat | Setup::Mi1 => true,
+            Setup::Kd | Setup::Ta | Setup::Onestep | Setup::Scratch => false,
+        }
+    }
+
     /// Set `cfg`'s mode and KD loss for this setup. `ta` needs the teacher to be a distilled
     /// student (see [`assistant_train_flops`]); every other setup needs it not to be one, so an
     /// assistant's cost is never dropped silently.
@@ -252,17 +261,13 @@ mod tests {
     #[test]
     fn apply_then_of_is_the_identity() {
         let student = dit::DitConfig::default();
-        for s in [
-            Setup::Kd,
-            Setup::Feat,
-            Setup::Mi1,
-            Setup::Onestep,
-            Setup::Scratch,
-        ] {
+        // Every setup but `ta` (its teacher must be a finished assistant: below).
+        for &s in Setup::ALL.iter().filter(|&&s| s != Setup::Ta) {
             let mut c =
                 DistillConfig::new(Some("no-such-dir".into()), Mode::Kd, student.clone(), 10);
             s.apply(&mut c).unwrap();
             assert_eq!(Setup::of(&c), s);
+            assert_eq!(s.feature_kd(), c.kd.feat > 0.0, "{s}");
             c.validate().unwrap();
         }
         let mut c = DistillConfig::new(Some("no-such-dir".into()), Mode::Kd, student, 10);

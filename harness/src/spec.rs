@@ -563,12 +563,7 @@ impl SweepSpec {
                 "`ta` needs a trained teaching assistant, which a sweep does not build yet: train the assistant with `ditkd distill`, then its students with `ditkd distill --setup ta --teacher <its run directory>`",
             ));
         }
-        if d.kd.feat > 0.0
-            && !d
-                .modes
-                .iter()
-                .any(|m| matches!(m, Setup::Feat | Setup::Mi1))
-        {
+        if d.kd.feat > 0.0 && !d.modes.iter().any(|m| m.feature_kd()) {
             return Err(field_error(
                 "distill.kd.feat",
                 "only the feature setups use it (`kd` is output KD): list `feat` or `mi1` in distill.modes",
