@@ -11,8 +11,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::objective::{noise_batch, Batch, Objective};
 
-/// Which way a student learns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// Which way a student learns. `Mode::ALL` is derived and `FromStr` searches it by the
+/// `Display` names, so a new variant only needs its arms in the `match`es the compiler names.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Multi-step KD: match the teacher's epsilon (and optionally its block features) on the same x_t.
@@ -33,8 +46,8 @@ pub enum Generation {
 }
 
 impl Mode {
-    /// Every mode (the CLI's and the spec's choices).
-    pub const ALL: [Mode; 3] = [Mode::Kd, Mode::Onestep, Mode::Scratch];
+    /// Every mode, in declaration order (derived).
+    pub const ALL: &'static [Mode] = <Mode as strum::VariantArray>::VARIANTS;
 
     /// Does training read a teacher? (Scratch runs may still name one for the fidelity columns.)
     pub fn needs_teacher(self) -> bool {
@@ -56,12 +69,7 @@ impl Mode {
 impl std::str::FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "kd" => Ok(Self::Kd),
-            "onestep" => Ok(Self::Onestep),
-            "scratch" => Ok(Self::Scratch),
-            _ => Err(format!("unknown mode `{s}` (kd, onestep, scratch)")),
-        }
+        crate::names::parse(Mode::ALL, s, "mode")
     }
 }
 

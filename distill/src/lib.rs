@@ -11,6 +11,7 @@ pub mod grid;
 pub mod inception;
 pub mod kd;
 pub mod metrics;
+pub mod names;
 pub mod objective;
 pub mod optim;
 pub mod order;

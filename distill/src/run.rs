@@ -259,8 +259,8 @@ impl DistillConfig {
     }
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a run ended (the table's `status` column: `Display` and `FromStr` use serde's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::VariantArray)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Trained and evaluated.
@@ -272,6 +272,9 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Every status, in declaration order (derived).
+    pub const ALL: &'static [RunStatus] = <RunStatus as strum::VariantArray>::VARIANTS;
+
     /// The `status` column's value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -293,6 +296,14 @@ impl RunStatus {
 impl std::fmt::Display for RunStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A `status` read back from a table.
+impl std::str::FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        crate::names::parse(RunStatus::ALL, s, "run status")
     }
 }
 

@@ -11,8 +11,22 @@ use serde::{Deserialize, Serialize};
 use crate::kd::{FeatMap, KdWeights, Mode};
 use crate::run::DistillConfig;
 
-/// How a student is taught.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// How a student is taught. `Setup::ALL` is derived and `FromStr` searches it by the `Display`
+/// names (serde writes the same lowercase names), so a new variant is parsed and listed without
+/// being registered; the compiler names every `match` it needs an arm in.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Setup {
     /// Output KD: match the teacher's epsilon on the same x_t.
@@ -36,14 +50,8 @@ pub enum Setup {
 pub const DEFAULT_FEAT_WEIGHT: f64 = 1.0;
 
 impl Setup {
-    pub const ALL: [Setup; 6] = [
-        Setup::Kd,
-        Setup::Feat,
-        Setup::Mi1,
-        Setup::Ta,
-        Setup::Onestep,
-        Setup::Scratch,
-    ];
+    /// Every setup, in declaration order (derived).
+    pub const ALL: &'static [Setup] = <Setup as strum::VariantArray>::VARIANTS;
 
     /// The training mode underneath.
     pub fn mode(self) -> Mode {
@@ -65,6 +73,27 @@ impl Setup {
                 FeatMap::OneToOne => Setup::Feat,
                 FeatMap::ManyToOne => Setup::Mi1,
             },
+        }
+    }
+
+    /// Whether a run of this setup reads its teacher's outputs from the shared precomputed
+    /// teacher-target cache (`kd::TeacherCache`, keyed by teacher, seed and batch), so runs that
+    /// share a stream compute it once: output KD only. A feature loss needs the teacher's blocks
+    /// live on every step, one-step distillation reads its sample bank, scratch has no teacher.
+    /// `KdObjective::with_cache` applies the same rule to a config (`kd` mode, `kd.feat == 0`).
+    pub fn reads_teacher_cache(self) -> bool {
+        match self {
+            Setup::Kd | Setup::Ta => true,
+            Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch => false,
+        }
+    }
+
+    /// Whether the setup has a feature-KD term, the one that reads `kd.feat` (`apply` sets it
+    /// to 0 for every other setup).
+    pub fn feature_kd(self) -> bool {
+        match self {
+            Setup::Feat | Setup::Mi1 => true,
+            Setup::Kd | Setup::Ta | Setup::Onestep | Setup::Scratch => false,
         }
     }
 
@@ -95,9 +124,9 @@ impl Setup {
             }
             Setup::Onestep | Setup::Scratch => {}
         }
-        let assistant = match (&cfg.teacher, self.mode()) {
-            (Some(t), Mode::Kd | Mode::Onestep) => assistant_train_flops(t)?,
-            _ => None,
+        let assistant = match (self.mode(), &cfg.teacher) {
+            (Mode::Kd | Mode::Onestep, Some(t)) => assistant_train_flops(t)?,
+            (Mode::Kd | Mode::Onestep, None) | (Mode::Scratch, _) => None,
         };
         cfg.ta_train_flops = match (self, assistant) {
             (Setup::Ta, Some(f)) => Some(f),
@@ -107,11 +136,14 @@ impl Setup {
                     .as_ref()
                     .map_or("none".into(), |t| t.display().to_string())
             ),
-            (_, Some(_)) => bail!(
+            (
+                Setup::Kd | Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch,
+                Some(_),
+            ) => bail!(
                 "teacher: {} is itself a distilled student (a teaching assistant): use setup `ta` so its training is counted in this student's compute",
                 cfg.teacher.as_ref().map_or(String::new(), |t| t.display().to_string())
             ),
-            (_, None) => None,
+            (Setup::Kd | Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch, None) => None,
         };
         Ok(())
     }
@@ -120,10 +152,7 @@ impl Setup {
 impl std::str::FromStr for Setup {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Setup::ALL
-            .into_iter()
-            .find(|x| x.to_string() == s)
-            .ok_or_else(|| format!("unknown setup `{s}` (kd, feat, mi1, ta, onestep, scratch)"))
+        crate::names::parse(Setup::ALL, s, "setup")
     }
 }
 
@@ -184,31 +213,61 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_modes_keep_their_names() {
-        for s in Setup::ALL {
+        for &s in Setup::ALL {
             assert_eq!(s.to_string().parse::<Setup>().unwrap(), s);
+            // serde (law.json, summary.json, specs) writes the same name.
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
         }
-        for m in Mode::ALL {
+        for &m in Mode::ALL {
+            assert_eq!(m.to_string().parse::<Mode>().unwrap(), m);
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
             // `--setup kd|onestep|scratch` means what `--mode` did.
             let s: Setup = m.to_string().parse().unwrap();
             assert_eq!(s.mode(), m);
         }
         assert!("magic".parse::<Setup>().unwrap_err().contains("magic"));
+        // The lists in the errors are the variants', in order (the CLI and the bad-input cases
+        // show them).
+        assert_eq!(
+            "magic".parse::<Setup>().unwrap_err(),
+            "unknown setup `magic` (kd, feat, mi1, ta, onestep, scratch)"
+        );
+        assert_eq!(
+            "magic".parse::<Mode>().unwrap_err(),
+            "unknown mode `magic` (kd, onestep, scratch)"
+        );
+    }
+
+    #[test]
+    fn the_teacher_cache_rule_matches_the_objective() {
+        // `KdObjective::with_cache` shares teacher outputs for kd-mode configs without a feature
+        // term; `reads_teacher_cache` must say the same of every setup's resolved config.
+        let student = dit::DitConfig::default();
+        for &s in Setup::ALL.iter().filter(|&&s| s != Setup::Ta) {
+            let mut c =
+                DistillConfig::new(Some("no-such-dir".into()), Mode::Kd, student.clone(), 10);
+            s.apply(&mut c).unwrap();
+            assert_eq!(
+                s.reads_teacher_cache(),
+                c.mode == Mode::Kd && c.kd.feat == 0.0,
+                "{s}"
+            );
+        }
+        // `ta` (its teacher must be a finished assistant): output KD, no feature term.
+        assert!(Setup::Ta.reads_teacher_cache());
+        assert_eq!(Setup::Ta.mode(), Mode::Kd);
     }
 
     #[test]
     fn apply_then_of_is_the_identity() {
         let student = dit::DitConfig::default();
-        for s in [
-            Setup::Kd,
-            Setup::Feat,
-            Setup::Mi1,
-            Setup::Onestep,
-            Setup::Scratch,
-        ] {
+        // Every setup but `ta` (its teacher must be a finished assistant: below).
+        for &s in Setup::ALL.iter().filter(|&&s| s != Setup::Ta) {
             let mut c =
                 DistillConfig::new(Some("no-such-dir".into()), Mode::Kd, student.clone(), 10);
             s.apply(&mut c).unwrap();
             assert_eq!(Setup::of(&c), s);
+            assert_eq!(s.feature_kd(), c.kd.feat > 0.0, "{s}");
             c.validate().unwrap();
         }
         let mut c = DistillConfig::new(Some("no-such-dir".into()), Mode::Kd, student, 10);

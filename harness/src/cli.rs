@@ -235,7 +235,7 @@ pub enum Command {
         seed: u64,
         /// Choose this law (a, b, …) instead of the one with the lowest CV error.
         #[arg(long)]
-        law: Option<String>,
+        law: Option<crate::law::Form>,
     },
     /// The best DiT shape for a parameter budget, predicted by a fitted law.
     Best {
@@ -316,12 +316,77 @@ pub enum Command {
     },
 }
 
+impl Cli {
+    /// The process environment this command runs with. `main` sets it once, before any thread
+    /// starts; the library never changes the environment of the running process.
+    ///
+    /// - `RAYON_NUM_THREADS`: candle sizes its CPU kernels from it (its matmul reads it on every
+    ///   call; its element-wise pool and rayon's global pool are sized from it at first use). A
+    ///   sweeping command (`sweep` without `--dry-run`, `study`, `race stage`) gets every thread
+    ///   the sweep runs at once, `parallel.jobs × threads_per_job` (with `--jobs`,
+    ///   `--threads-per-job`): its preparation runs in a pool of them all, and each run is held to
+    ///   its job's threads by the pool it trains in. Any other command gets `--threads` when it is
+    ///   not 0 (otherwise the variable is left as it is).
+    /// - `POLARS_FMT_MAX_ROWS`, `POLARS_FMT_MAX_COLS`, `POLARS_TABLE_WIDTH`: `ditkd table` prints
+    ///   the whole table.
+    pub fn environment(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        let sweep = |spec: &std::path::Path, jobs: Option<usize>, tpj: Option<usize>| {
+            crate::runner::sweep_threads(spec, jobs, tpj)
+        };
+        let sweep_threads = match &self.command {
+            Command::Sweep {
+                spec,
+                dry_run: false,
+                jobs,
+                threads_per_job,
+                ..
+            }
+            | Command::Study {
+                spec,
+                jobs,
+                threads_per_job,
+                ..
+            } => sweep(spec, *jobs, *threads_per_job),
+            Command::Race(crate::cmd::race::Args { action }) => match action {
+                crate::cmd::race::Action::Stage { spec, .. } => sweep(spec, None, None),
+                crate::cmd::race::Action::Decide { .. }
+                | crate::cmd::race::Action::Status { .. } => None,
+            },
+            Command::Sweep { dry_run: true, .. }
+            | Command::Info { .. }
+            | Command::Teacher { .. }
+            | Command::Bench { .. }
+            | Command::Featnet { .. }
+            | Command::Distill { .. }
+            | Command::Table { .. }
+            | Command::Merge { .. }
+            | Command::Slurm { .. }
+            | Command::Fit { .. }
+            | Command::Best { .. }
+            | Command::Plot { .. }
+            | Command::Report { .. }
+            | Command::FidWeights(_)
+            | Command::Fid(_)
+            | Command::Latency { .. }
+            | Command::Sample { .. } => None,
+        };
+        if let Some(n) = sweep_threads.or((self.threads > 0).then_some(self.threads)) {
+            env.push(("RAYON_NUM_THREADS", n.to_string()));
+        }
+        if let Command::Table { .. } = self.command {
+            env.extend([
+                ("POLARS_FMT_MAX_ROWS", "200".to_string()),
+                ("POLARS_FMT_MAX_COLS", "40".to_string()),
+                ("POLARS_TABLE_WIDTH", "400".to_string()),
+            ]);
+        }
+        env
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     crate::device::select(&cli.device)?;
-    if cli.threads > 0 {
-        // candle's CPU kernels read RAYON_NUM_THREADS; set it before any tensor work.
-        std::env::set_var("RAYON_NUM_THREADS", cli.threads.to_string());
-    }
     match cli.command {
         Command::Info { model } => crate::cmd::info::run(&model),
         Command::Teacher {
@@ -492,5 +557,78 @@ pub fn run(cli: Cli) -> Result<()> {
             seed,
             out,
         } => crate::cmd::sample::run(&checkpoint, n, steps, cfg, sampler, seed, &out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rayon_threads(args: &[&str]) -> Option<String> {
+        let cli = Cli::try_parse_from(std::iter::once("ditkd").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        cli.environment()
+            .into_iter()
+            .find(|(k, _)| *k == "RAYON_NUM_THREADS")
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn the_process_environment_is_decided_from_the_command_line() {
+        // Both shipped specs run 2 jobs x 1 thread.
+        let quick = concat!(env!("CARGO_MANIFEST_DIR"), "/../sweeps/quick.yaml");
+        let race = concat!(env!("CARGO_MANIFEST_DIR"), "/../sweeps/race.yaml");
+        let n = |s: &str| Some(s.to_string());
+        // A sweeping process: every thread the sweep runs at once, whatever --threads says.
+        assert_eq!(rayon_threads(&["sweep", quick]), n("2"));
+        assert_eq!(
+            rayon_threads(&["--threads", "7", "sweep", quick, "--jobs", "3"]),
+            n("3")
+        );
+        assert_eq!(
+            rayon_threads(&["sweep", quick, "--jobs", "3", "--threads-per-job", "2"]),
+            n("6")
+        );
+        assert_eq!(
+            rayon_threads(&["study", quick, "--threads-per-job", "4"]),
+            n("8")
+        );
+        assert_eq!(
+            rayon_threads(&["race", "stage", race, "--shard", "1/2"]),
+            n("2")
+        );
+        // Anything else, a plan included: --threads when given.
+        assert_eq!(rayon_threads(&["sweep", quick, "--dry-run"]), None);
+        assert_eq!(
+            rayon_threads(&["--threads", "3", "sweep", quick, "--dry-run"]),
+            n("3")
+        );
+        assert_eq!(
+            rayon_threads(&["--threads", "3", "info", "DiT-S/2"]),
+            n("3")
+        );
+        assert_eq!(rayon_threads(&["info", "DiT-S/2"]), None);
+        assert_eq!(rayon_threads(&["race", "decide", race]), None);
+        // An unreadable spec or override: the command itself reports it.
+        assert_eq!(
+            rayon_threads(&["--threads", "3", "sweep", "no-such-spec.yaml"]),
+            n("3")
+        );
+        assert_eq!(rayon_threads(&["sweep", quick, "--jobs", "0"]), None);
+        // `ditkd table` prints whole tables; nothing else touches polars' format.
+        let table = Cli::try_parse_from(["ditkd", "table", "x"])
+            .unwrap()
+            .environment();
+        for (k, v) in [
+            ("POLARS_FMT_MAX_ROWS", "200"),
+            ("POLARS_FMT_MAX_COLS", "40"),
+            ("POLARS_TABLE_WIDTH", "400"),
+        ] {
+            assert!(table.contains(&(k, v.to_string())), "{table:?}");
+        }
+        let report = Cli::try_parse_from(["ditkd", "report", "x"])
+            .unwrap()
+            .environment();
+        assert!(report.is_empty(), "{report:?}");
     }
 }

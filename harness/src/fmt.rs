@@ -51,3 +51,22 @@ fn trim(s: &str) -> String {
         s.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(si(250_000.0), "250k");
+        assert_eq!(si(1_200_000.0), "1.2M");
+        assert_eq!(si(12.0), "12");
+        assert_eq!(num(0.01234), "0.0123");
+        assert_eq!(num(1.5), "1.5");
+        assert_eq!(num(123.4), "123");
+        assert_eq!(num(3.2503e23), "3.25e23");
+        assert_eq!(num(2.6338e-15), "2.63e-15");
+        assert_eq!(grouped(1275408), "1,275,408");
+        assert_eq!(grouped(-12), "-12");
+    }
+}

@@ -5,6 +5,11 @@ use clap::Parser;
 fn main() {
     harness::alloc::keep_freed_memory();
     let cli = harness::cli::Cli::parse();
+    // The process environment (candle's thread count, polars' table format) is set here, once,
+    // before any thread starts: changing it later races with threads that read it.
+    for (key, value) in cli.environment() {
+        std::env::set_var(key, value);
+    }
     if let Err(e) = harness::cli::run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

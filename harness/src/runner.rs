@@ -90,6 +90,21 @@ pub struct Loaded {
 
 pub fn load(path: &Path, jobs: Option<usize>, threads_per_job: Option<usize>) -> Result<Loaded> {
     let mut spec = SweepSpec::from_file(path)?;
+    set_parallel(&mut spec, jobs, threads_per_job)?;
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let at = |e: anyhow::Error| crate::spec::locate(path, &text, e);
+    let base = base_config(&spec).map_err(at)?;
+    let runs = plan(&spec, &base).map_err(at)?;
+    preflight(&spec).map_err(at)?;
+    Ok(Loaded { spec, base, runs })
+}
+
+/// The command line's `--jobs` and `--threads-per-job` over the spec's `parallel`.
+fn set_parallel(
+    spec: &mut SweepSpec,
+    jobs: Option<usize>,
+    threads_per_job: Option<usize>,
+) -> Result<()> {
     // Parallelism changes how fast runs go, never what they compute (not part of a run's hash).
     if let Some(j) = jobs {
         anyhow::ensure!(
@@ -105,12 +120,30 @@ pub fn load(path: &Path, jobs: Option<usize>, threads_per_job: Option<usize>) ->
         );
         spec.parallel.threads_per_job = t;
     }
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let at = |e: anyhow::Error| crate::spec::locate(path, &text, e);
-    let base = base_config(&spec).map_err(at)?;
-    let runs = plan(&spec, &base).map_err(at)?;
-    preflight(&spec).map_err(at)?;
-    Ok(Loaded { spec, base, runs })
+    Ok(())
+}
+
+/// Every thread a sweep of the spec at `path` runs at once (`Parallel::total_threads`, with the
+/// command line's overrides): the RAYON_NUM_THREADS `main` gives a sweeping process before any
+/// thread starts (`Cli::environment`). None when the spec or an override is unusable (the command
+/// itself then says why).
+pub fn sweep_threads(
+    path: &Path,
+    jobs: Option<usize>,
+    threads_per_job: Option<usize>,
+) -> Option<usize> {
+    let mut spec = SweepSpec::from_file(path).ok()?;
+    set_parallel(&mut spec, jobs, threads_per_job).ok()?;
+    Some(spec.parallel.total_threads())
+}
+
+/// `f` inside a pool of `threads` rayon threads: the GEMMs and parallel loops under it size
+/// themselves from it (`rayon::current_num_threads()`), whatever the process's global pool.
+pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    Ok(pool.install(f))
 }
 
 /// Inputs every run reads, checked before any starts: the feature net and the data directory.
@@ -258,8 +291,8 @@ pub fn shard(runs: Vec<RunPlan>, k: usize, n: usize, modes: usize) -> Vec<RunPla
 /// 2-core machine running 2 jobs × 1 thread (sweeps/quick.yaml, README): student training at
 /// ~25 GFLOP/s plus ~2.5 ms per block per step of fixed overhead, teacher forwards (no gradient)
 /// at ~50 GFLOP/s, evaluation sampling at ~12 GFLOP/s plus ~5 s of metrics and timing. The
-/// teacher's outputs are cached per seed, so only the first KD run of a seed pays for them
-/// (`pays_teacher`).
+/// teacher's outputs are cached per seed, so only the first run of a seed that reads the shared
+/// cache (`Setup::reads_teacher_cache`) pays for them (`pays_teacher`).
 pub fn estimate_secs(r: &RunPlan, teacher: &DitConfig, pays_teacher: bool) -> f64 {
     let s = &r.cfg.student;
     let images = (r.cfg.steps * r.cfg.batch_size) as f64;
@@ -325,7 +358,7 @@ pub fn prefill_teacher_targets(
         std::collections::BTreeMap::new();
     for r in runs
         .iter()
-        .filter(|r| r.cfg.mode == distill::kd::Mode::Kd && r.cfg.kd.feat == 0.0)
+        .filter(|r| distill::setup::Setup::of(&r.cfg).reads_teacher_cache())
     {
         streams
             .entry((r.cfg.seed, r.cfg.batch_size))
@@ -370,10 +403,7 @@ pub fn prefill_teacher_targets(
             ..first.eval.clone()
         };
         let pass = dir.join(".teacher-pass").join(format!("s{seed}-b{batch}"));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?;
-        pool.install(|| run_distill(&cfg, &pass, shared, progress))
+        with_threads(threads, || run_distill(&cfg, &pass, shared, progress))?
             .with_context(|| format!("teacher targets of seed {seed}, batch {batch}"))?;
         std::fs::remove_dir_all(dir.join(".teacher-pass")).ok();
     }

@@ -333,30 +333,38 @@ impl DistillSettings {
         student: DitConfig,
         seed: u64,
     ) -> anyhow::Result<distill::run::DistillConfig> {
-        // Scratch runs get the teacher too: only for the teacher-fidelity columns.
-        let mut c = distill::run::DistillConfig::new(
-            Some(spec.teacher.clone()),
-            setup.mode(),
+        // Every field is named (no `..`): a new field of DistillConfig is a compile error here,
+        // never a silent default.
+        let mut c = distill::run::DistillConfig {
+            // Scratch runs get the teacher too: only for the teacher-fidelity columns.
+            teacher: Some(spec.teacher.clone()),
+            mode: setup.mode(),
             student,
-            self.steps,
-        );
-        c.kd = self.kd.clone();
+            init: distill::run::StudentInit::Random,
+            kd: self.kd.clone(),
+            bank: distill::kd::BankConfig::default(),
+            perceptual_weight: 0.0,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            optim: distill::optim::OptimConfig {
+                lr: self.lr,
+                warmup_steps: self.warmup_steps,
+                min_lr_ratio: self.lr_schedule.min_lr_ratio(),
+                ..Default::default()
+            },
+            ema_decay: self.ema_decay,
+            seed,
+            eval: spec.eval.clone(),
+            data: spec.data.clone(),
+            featnet: spec.featnet.clone(),
+            cache_dir: spec.cache_dir.clone(),
+            // `apply` sets it (a teaching assistant's cost) or checks that there is none.
+            ta_train_flops: None,
+        };
+        // The setup's mode, KD loss and assistant cost.
         setup
             .apply(&mut c)
             .map_err(|e| field_error("teacher", format!("{e:#}")))?;
-        c.batch_size = self.batch_size;
-        c.optim = distill::optim::OptimConfig {
-            lr: self.lr,
-            warmup_steps: self.warmup_steps,
-            min_lr_ratio: self.lr_schedule.min_lr_ratio(),
-            ..Default::default()
-        };
-        c.ema_decay = self.ema_decay;
-        c.seed = seed;
-        c.eval = spec.eval.clone();
-        c.data = spec.data.clone();
-        c.featnet = spec.featnet.clone();
-        c.cache_dir = spec.cache_dir.clone();
         Ok(c)
     }
 }
@@ -387,6 +395,14 @@ fn d_one() -> usize {
 /// Two runs at once, one thread each: what a 2-core machine sustains best (README).
 fn d_jobs() -> usize {
     2
+}
+
+impl Parallel {
+    /// Every thread the sweep runs at once, `jobs × threads_per_job`: its shared preparation and
+    /// teacher targets use them all, then each run its job's `threads_per_job`.
+    pub fn total_threads(&self) -> usize {
+        self.jobs * self.threads_per_job
+    }
 }
 
 impl Default for Parallel {
@@ -547,12 +563,7 @@ impl SweepSpec {
                 "`ta` needs a trained teaching assistant, which a sweep does not build yet: train the assistant with `ditkd distill`, then its students with `ditkd distill --setup ta --teacher <its run directory>`",
             ));
         }
-        if d.kd.feat > 0.0
-            && !d
-                .modes
-                .iter()
-                .any(|m| matches!(m, Setup::Feat | Setup::Mi1))
-        {
+        if d.kd.feat > 0.0 && !d.modes.iter().any(|m| m.feature_kd()) {
             return Err(field_error(
                 "distill.kd.feat",
                 "only the feature setups use it (`kd` is output KD): list `feat` or `mi1` in distill.modes",

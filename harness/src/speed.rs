@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use distill::kd::Mode;
 use distill::run::DistillConfig;
+use distill::setup::Setup;
 use dit::{DiT, DitConfig, SamplerConfig};
 use serde_json::Value;
 
@@ -29,10 +30,26 @@ impl Default for Options {
     }
 }
 
+/// Whose model a row times: the `mode` column holds the student's setup, or `teacher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Student(Setup),
+    Teacher,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Student(s) => s.fmt(f),
+            Role::Teacher => f.write_str("teacher"),
+        }
+    }
+}
+
 /// One timed model.
 struct Item {
     label: String,
-    mode: String,
+    mode: Role,
     cfg: DitConfig,
     sampler: SamplerConfig,
     gen_mode: Mode,
@@ -65,7 +82,7 @@ pub fn measure(dir: &Path, opts: &Options, progress: bool) -> Result<usize> {
                 run.join("config.yaml").display()
             )
         })?;
-        let mode = distill::setup::Setup::of(&cfg).to_string();
+        let mode = Role::Student(Setup::of(&cfg));
         let same =
             |i: &Item| i.cfg == cfg.student && i.mode == mode && i.sampler == cfg.eval.sampler;
         if teacher.is_none() {
@@ -88,7 +105,7 @@ pub fn measure(dir: &Path, opts: &Options, progress: bool) -> Result<usize> {
         let cfg = distill::checkpoint::read_dit_config(&c)?;
         items.push(Item {
             label: format!("teacher {}", cfg.shape_label()),
-            mode: "teacher".into(),
+            mode: Role::Teacher,
             cfg,
             sampler,
             gen_mode: Mode::Kd,
@@ -114,7 +131,7 @@ pub fn measure(dir: &Path, opts: &Options, progress: bool) -> Result<usize> {
         )?;
         let fpi = distill::eval::forwards_per_image(it.gen_mode, &it.sampler);
         let mut row = serde_json::Map::new();
-        row.insert("mode".into(), Value::String(it.mode.clone()));
+        row.insert("mode".into(), Value::String(it.mode.to_string()));
         for (k, v) in [
             ("depth", it.cfg.depth),
             ("width", it.cfg.hidden_size),

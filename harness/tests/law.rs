@@ -9,6 +9,7 @@ use std::fs::File;
 use std::path::Path;
 
 use common::ditkd;
+use distill::setup::Setup;
 use dit::DitConfig;
 use harness::law::forms::Form;
 use harness::law::pipeline::{fit_sweep, Options};
@@ -116,7 +117,7 @@ fn opts(dir: &Path) -> Options {
     Options {
         dir: dir.to_path_buf(),
         metric: "fid_proxy".into(),
-        mode: "kd".into(),
+        mode: Setup::Kd,
         bootstrap: 100,
         hold_out: None,
         seed: 0,

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::ditkd;
+use distill::setup::Setup;
 use dit::DitConfig;
-use harness::plot::style::{grouped, num, si};
+use harness::fmt::{grouped, num, si};
 use harness::results::{mean_std, CvPoint, LawCurve, LawOverlay, Sweep};
 use serde_json::json;
 
@@ -321,7 +322,7 @@ fn law_overlays_are_drawn_from_plain_data() {
     let tmp = tempfile::tempdir().unwrap();
     synthetic(tmp.path());
     let mut sweep = Sweep::load(tmp.path()).unwrap();
-    assert!(sweep.law.is_none() && sweep.mode == "kd" && sweep.metric == "fid_proxy");
+    assert!(sweep.law.is_none() && sweep.mode == Setup::Kd && sweep.metric == "fid_proxy");
     let curve = |d: i64| LawCurve {
         depth: Some(d),
         points: (0..20)

@@ -16,7 +16,8 @@ pub struct Args {
     pub hold_out: Option<String>,
     pub out: Option<PathBuf>,
     pub seed: u64,
-    pub law: Option<String>,
+    /// Choose this law instead of the lowest CV error.
+    pub law: Option<crate::law::Form>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -31,27 +32,14 @@ pub fn run(a: Args) -> Result<()> {
         ),
         None => None,
     };
-    let force = match &a.law {
-        Some(name) => Some(crate::law::Form::from_name(name).ok_or_else(|| {
-            anyhow::anyhow!(
-                "--law: `{name}` is not a law (one of: {})",
-                crate::law::Form::ALL
-                    .iter()
-                    .map(|f| f.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?),
-        None => None,
-    };
     let law = fit_sweep(&Options {
         dir: a.dir.clone(),
         metric: a.metric,
-        mode: a.mode.to_string(),
+        mode: a.mode,
         bootstrap: a.bootstrap,
         hold_out,
         seed: a.seed,
-        law: force,
+        law: a.law,
     })?;
     // A held-out fit never replaces the sweep's law: by default it lands beside it, where
     // `ditkd report` picks it up as the held-out check.

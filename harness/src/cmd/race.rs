@@ -113,13 +113,11 @@ fn stage(spec_path: &Path, out: Option<&Path>, shard: &str) -> Result<()> {
         .filter(|(i, _)| i % n == k - 1)
         .map(|(_, r)| r)
         .collect();
-    let all = spec.parallel.jobs * spec.parallel.threads_per_job;
-    std::env::set_var("RAYON_NUM_THREADS", all.to_string());
-    let shared = crate::runner::prepare(&spec, &dir)?;
-    std::env::set_var(
-        "RAYON_NUM_THREADS",
-        spec.parallel.threads_per_job.to_string(),
-    );
+    // As in `ditkd sweep`: the shared preparation in one pool of every thread, then each run in
+    // its worker's pool of `threads_per_job` (RAYON_NUM_THREADS is the total, set by `main`).
+    let shared = crate::runner::with_threads(spec.parallel.total_threads(), || {
+        crate::runner::prepare(&spec, &dir)
+    })??;
     let done = crate::runner::execute(&spec, &mine, &dir, &shared, false)?;
     let broken = done
         .iter()

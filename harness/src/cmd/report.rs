@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::Result;
+use distill::run::RunStatus;
+use distill::setup::Setup;
 
 use crate::fmt::{grouped, num, si};
 use crate::law::LawFile;
@@ -37,9 +39,9 @@ pub fn run(dir: &Path) -> Result<()> {
                 .as_ref()
                 .and_then(|r| r.untrained.as_ref())
                 .map(|m| m.fid_proxy);
-            let pts = t.points(&sweep.metric, &sweep.mode).unwrap_or_default();
+            let pts = t.points(&sweep.metric, sweep.mode).unwrap_or_default();
             let (base, _, _) = crate::law::data::base_config(dir, &t, &pts);
-            crate::law::guard::check_learned(&t, &sweep.mode, base.num_classes, untrained)
+            crate::law::guard::check_learned(&t, sweep.mode, base.num_classes, untrained)
                 .err()
                 .map(|e| e.to_string())
         }
@@ -209,14 +211,19 @@ fn runs_section(w: &mut String, sweep: &Sweep) {
         failed.len()
     );
     let _ = writeln!(w, "| mode | ok | failed | budgets |\n|---|---:|---:|---|");
-    let modes: std::collections::BTreeSet<&str> =
-        sweep.runs.iter().map(|r| r.mode.as_str()).collect();
+    // Runs that do not record their setup first, then the setups by name.
+    let unrecorded = sweep.runs.iter().any(|r| r.mode.is_none());
+    let modes = crate::results::by_name(sweep.runs.iter().filter_map(|r| r.mode));
+    let modes = unrecorded
+        .then_some(None)
+        .into_iter()
+        .chain(modes.into_iter().map(Some));
     for m in modes {
         let rs: Vec<_> = sweep.runs.iter().filter(|r| r.mode == m).collect();
         let budgets: std::collections::BTreeSet<i64> = rs.iter().map(|r| r.budget).collect();
         let budgets: Vec<String> = budgets.into_iter().map(|b| si(b as f64)).collect();
         let n_ok = rs.iter().filter(|r| r.ok()).count();
-        let m = if m.is_empty() { "(not recorded)" } else { m };
+        let m = m.map_or("(not recorded)".to_string(), |m| m.to_string());
         let _ = writeln!(
             w,
             "| {m} | {n_ok} | {} | {} |",
@@ -232,7 +239,7 @@ fn runs_section(w: &mut String, sweep: &Sweep) {
                 w,
                 "- `{}` ({}): {}",
                 r.run_id,
-                r.status,
+                r.status.map_or("unknown", RunStatus::as_str),
                 r.reason.as_deref().unwrap_or("no reason recorded")
             );
         }
@@ -587,18 +594,14 @@ fn design_section(w: &mut String, l: &LawFile, metric: &str) {
 
 fn modes_section(w: &mut String, sweep: &Sweep, metric: &str) {
     let cmp = sweep.compare_modes();
-    let modes: Vec<String> = cmp
-        .iter()
-        .flat_map(|c| c.stats.iter().map(|s| s.mode.clone()))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let modes = crate::results::modes_compared(&cmp);
     let _ = writeln!(w, "## KD vs scratch\n");
     if modes.len() < 2 {
-        let _ = writeln!(w, "Only `{}` runs: nothing to compare.\n", modes.join(""));
+        let names: Vec<String> = modes.iter().map(|m| m.to_string()).collect();
+        let _ = writeln!(w, "Only `{}` runs: nothing to compare.\n", names.join(""));
         return;
     }
-    let both = modes.iter().any(|m| m == "kd") && modes.iter().any(|m| m == "scratch");
+    let both = modes.contains(&Setup::Kd) && modes.contains(&Setup::Scratch);
     let _ = write!(w, "Mean ± std of {metric} over runs. Where some shapes ran in every mode, only those are compared.\n\n| budget | shapes compared |");
     for m in &modes {
         let _ = write!(w, " {m} (n) |");
@@ -618,16 +621,16 @@ fn modes_section(w: &mut String, sweep: &Sweep, metric: &str) {
         };
         let _ = write!(w, "| {} | {shapes} |", si(c.budget as f64));
         for m in &modes {
-            match c.stats.iter().find(|s| &s.mode == m) {
+            match c.stats.iter().find(|s| s.mode == *m) {
                 Some(s) => {
                     let _ = write!(w, " {} ({}) |", pm(s.mean, s.std), s.n);
                 }
                 None => w.push_str(" – |"),
             }
         }
-        let get = |m: &str| c.stats.iter().find(|s| s.mode == m).map(|s| s.mean);
+        let get = |m: Setup| c.stats.iter().find(|s| s.mode == m).map(|s| s.mean);
         if both {
-            match (get("kd"), get("scratch")) {
+            match (get(Setup::Kd), get(Setup::Scratch)) {
                 (Some(k), Some(s)) => {
                     let _ = write!(w, " {} |", num(k - s));
                 }
@@ -639,7 +642,8 @@ fn modes_section(w: &mut String, sweep: &Sweep, metric: &str) {
             .iter()
             .filter(|s| s.mean.is_finite())
             .min_by(|a, b| a.mean.total_cmp(&b.mean));
-        let _ = writeln!(w, " {} |", best.map(|s| s.mode.as_str()).unwrap_or("–"));
+        let best = best.map_or("–".to_string(), |s| s.mode.to_string());
+        let _ = writeln!(w, " {best} |");
     }
     let _ = writeln!(w);
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::fmt::grouped;
-use distill::run::{RunStatus, Summary};
+use distill::run::{RunStatus, Shared, Summary};
 
 use crate::runner::{estimate_secs, execute, parse_shard, shard, sweep_dir, Loaded, RunPlan};
 use crate::spec::SweepSpec;
@@ -43,13 +43,12 @@ pub fn run(a: &Args) -> Result<()> {
         print_plan(&spec, &base, &runs, total, &dir);
         return Ok(());
     }
-    // candle's GEMM reads its thread count from RAYON_NUM_THREADS. The shared preparation and the
-    // teacher's targets use every thread; then each run gets the threads of one job (set before
-    // the worker threads start).
+    // The shared preparation and the teacher's targets use every thread of the sweep, in one pool;
+    // then each run trains in its worker's own pool of `threads_per_job` threads
+    // (`runner::execute`). (RAYON_NUM_THREADS, which candle's kernels read, is the same total:
+    // `main` set it from the spec before any thread started, see `Cli::environment`.)
     let t = std::time::Instant::now();
-    let all = spec.parallel.jobs * spec.parallel.threads_per_job;
-    std::env::set_var("RAYON_NUM_THREADS", all.to_string());
-    let shared = crate::runner::prepare(&spec, &dir)?;
+    let all = spec.parallel.total_threads();
     // A race's later seeds are only trained for its contenders: their targets are computed by
     // those runs as they go.
     let first_seeds: Vec<RunPlan> = match spec.schedule.halving() {
@@ -62,11 +61,11 @@ pub fn run(a: &Args) -> Result<()> {
                 .collect()
         }
     };
-    crate::runner::prefill_teacher_targets(&first_seeds, &dir, &shared, all, true)?;
-    std::env::set_var(
-        "RAYON_NUM_THREADS",
-        spec.parallel.threads_per_job.to_string(),
-    );
+    let shared = crate::runner::with_threads(all, || -> Result<Shared> {
+        let shared = crate::runner::prepare(&spec, &dir)?;
+        crate::runner::prefill_teacher_targets(&first_seeds, &dir, &shared, all, true)?;
+        Ok(shared)
+    })??;
     let results = match spec.schedule.halving() {
         None => execute(&spec, &runs, &dir, &shared, true)?,
         Some(h) => crate::race::run(&spec, h, &runs, &base, &dir, &shared, true)?,
@@ -139,7 +138,7 @@ fn print_plan(
     let mut secs = 0.0;
     let mut teacher_paid = std::collections::HashSet::new();
     for r in runs {
-        let pays_teacher = distill::setup::Setup::of(&r.cfg) == distill::setup::Setup::Kd
+        let pays_teacher = distill::setup::Setup::of(&r.cfg).reads_teacher_cache()
             && teacher_paid.insert(r.cfg.seed);
         let s = &r.cfg.student;
         let e = estimate_secs(r, base, pays_teacher) / spec.parallel.threads_per_job as f64;
@@ -193,10 +192,9 @@ fn print_plan(
 
 pub fn table(dir: &Path, raw: bool) -> Result<()> {
     let dir = distill::paths::resolve(dir);
+    // Printed whole: `main` sets POLARS_FMT_MAX_ROWS/_COLS and POLARS_TABLE_WIDTH for this
+    // command (`Cli::environment`).
     let df = crate::table::read(&dir)?;
-    std::env::set_var("POLARS_FMT_MAX_ROWS", "200");
-    std::env::set_var("POLARS_FMT_MAX_COLS", "40");
-    std::env::set_var("POLARS_TABLE_WIDTH", "400");
     if raw {
         println!("{df}");
     } else {

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use distill::run::RunStatus;
+use distill::setup::Setup;
 use dit::DitConfig;
 use polars::prelude::*;
 
@@ -190,12 +192,23 @@ impl Table {
         Ok(c.str()?.iter().map(|o| o.map(str::to_string)).collect())
     }
 
+    /// A text column parsed into `T` (`status` into `RunStatus`, `mode` into `Setup`): a null,
+    /// or a value that is not a name of `T` (the quiet pass's `teacher` row), reads as None;
+    /// a missing column is an error naming the file.
+    pub fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<Vec<Option<T>>> {
+        Ok(self
+            .strs(name)?
+            .into_iter()
+            .map(|s| s.and_then(|s| s.parse().ok()))
+            .collect())
+    }
+
     /// The usable runs of `mode` for `metric`: status ok and a finite positive metric (the laws
     /// are fitted on its log). Errors name the file when nothing is left.
-    pub fn points(&self, metric: &str, mode: &str) -> Result<Vec<Point>> {
+    pub fn points(&self, metric: &str, mode: Setup) -> Result<Vec<Point>> {
         let p = self.path.display();
-        let status = self.strs("status")?;
-        let modes = self.strs("mode")?;
+        let status = self.parsed::<RunStatus>("status")?;
+        let modes = self.parsed::<Setup>("mode")?;
         let ys = self.f64s(metric)?;
         let run_ids = self.strs("run_id")?;
         let budget = self.f64s("budget")?;
@@ -206,10 +219,11 @@ impl Table {
         let seed = self.f64s_opt("seed");
         let steps = self.f64s_opt("steps");
         let ok: Vec<usize> = (0..self.df.height())
-            .filter(|&i| status[i].as_deref() == Some("ok") && modes[i].as_deref() == Some(mode))
+            .filter(|&i| status[i] == Some(RunStatus::Ok) && modes[i] == Some(mode))
             .collect();
         if ok.is_empty() {
-            let mut present: Vec<String> = modes.iter().flatten().cloned().collect();
+            // The table's own text, whatever it holds.
+            let mut present: Vec<String> = self.strs("mode")?.into_iter().flatten().collect();
             present.sort();
             present.dedup();
             bail!(

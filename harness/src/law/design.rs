@@ -17,7 +17,7 @@ use std::cmp::Ordering;
 use dit::DitConfig;
 use rayon::prelude::*;
 
-use crate::plot::style::num;
+use crate::fmt::num;
 
 use super::bootstrap::interval90;
 use super::forms::{Feat, Form};

@@ -117,6 +117,14 @@ impl std::fmt::Display for Form {
     }
 }
 
+/// A law by its name (`ditkd fit --law c`): "unknown law `z` (a, b, c, d, e, f)" otherwise.
+impl std::str::FromStr for Form {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        distill::names::parse(Form::ALL, s, "law")
+    }
+}
+
 impl Form {
     /// Every candidate law, in the order fitted.
     pub const ALL: &'static [Form] = <Form as strum::VariantArray>::VARIANTS;
@@ -131,10 +139,6 @@ impl Form {
             Form::E => "e",
             Form::F => "f",
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<Form> {
-        Form::ALL.iter().copied().find(|f| f.name() == name)
     }
 
     pub fn formula(self) -> &'static str {

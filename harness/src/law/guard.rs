@@ -1,6 +1,9 @@
 //! Guards against answers fitted to noise: no law for students that have not learned, and no
 //! confident statement from a law whose coefficients the data do not pin down.
 
+use distill::run::RunStatus;
+use distill::setup::Setup;
+
 use super::data::Table;
 use super::LawFit;
 
@@ -20,17 +23,20 @@ pub const MIN_FID_GAIN: f64 = 2.0;
 /// the best FID-proxy must be below half the untrained student's (when it is known).
 pub fn check_learned(
     table: &Table,
-    mode: &str,
+    mode: Setup,
     num_classes: usize,
     untrained_fid: Option<f64>,
 ) -> Result<(), NotLearned> {
-    let (Ok(status), Ok(modes)) = (table.strs("status"), table.strs("mode")) else {
+    let (Ok(status), Ok(modes)) = (
+        table.parsed::<RunStatus>("status"),
+        table.parsed::<Setup>("mode"),
+    ) else {
         return Ok(());
     };
     let acc = table.f64s_opt("class_accuracy").unwrap_or_default();
     let fid = table.f64s_opt("fid_proxy").unwrap_or_default();
     let rows: Vec<usize> = (0..status.len())
-        .filter(|&i| status[i].as_deref() == Some("ok") && modes[i].as_deref() == Some(mode))
+        .filter(|&i| status[i] == Some(RunStatus::Ok) && modes[i] == Some(mode))
         .collect();
     let best_acc = rows
         .iter()

@@ -3,6 +3,8 @@
 //! squares with every coefficient >= 0 (no cost is negative, so no prediction is), solved exactly
 //! over the 2^3 active sets with nalgebra's SVD.
 
+use distill::run::RunStatus;
+use distill::setup::Setup;
 use nalgebra::{DMatrix, DVector};
 
 use super::data::Table;
@@ -16,12 +18,13 @@ pub const MIN_ROWS: usize = 4;
 /// forwards, so one-step and multi-step runs inform the same per-forward costs). The typical
 /// `forwards_per_image` of `mode` is stored for predicting unmeasured shapes. None when the
 /// table lacks the columns or has fewer than `MIN_ROWS` rows.
-pub fn fit(t: &Table, mode: &str) -> Option<LatencyModel> {
-    let modes = t.strs("mode").ok()?;
+pub fn fit(t: &Table, mode: Setup) -> Option<LatencyModel> {
+    // The quiet pass's teacher row has no setup (its mode reads as None).
+    let modes = t.parsed::<Setup>("mode").ok()?;
     // The quiet pass has no status column (it times finished models only).
     let status = t
-        .strs("status")
-        .unwrap_or_else(|_| vec![Some("ok".to_string()); modes.len()]);
+        .parsed::<RunStatus>("status")
+        .unwrap_or_else(|_| vec![Some(RunStatus::Ok); modes.len()]);
     let lat = t.f64s_opt("latency_ms")?;
     let depth = t.f64s_opt("depth")?;
     let fpi = t.f64s_opt("forwards_per_image")?;
@@ -29,14 +32,14 @@ pub fn fit(t: &Table, mode: &str) -> Option<LatencyModel> {
     let mut rows = Vec::new();
     let (mut mode_fpi, mut all_fpi) = (Vec::new(), Vec::new());
     for i in 0..lat.len() {
-        if status[i].as_deref() != Some("ok") {
+        if status[i] != Some(RunStatus::Ok) {
             continue;
         }
         if let (Some(l), Some(d), Some(f), Some(g)) = (lat[i], depth[i], fpi[i], gpi[i]) {
             if [l, d, f, g].iter().all(|v| v.is_finite()) && l > 0.0 {
                 rows.push(([1.0, d * f, g], l));
                 all_fpi.push(f);
-                if modes[i].as_deref() == Some(mode) {
+                if modes[i] == Some(mode) {
                     mode_fpi.push(f);
                 }
             }

@@ -489,11 +489,56 @@ impl MeasuredShape {
     }
 }
 
+/// A shape variable with a fitted range in `law.json` (`params_range`, `depth_range`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    Params,
+    Depth,
+    Width,
+    Heads,
+    HeadDim,
+}
+
+impl Axis {
+    /// The name in messages (and in law.json's `<name>_range`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Axis::Params => "params",
+            Axis::Depth => "depth",
+            Axis::Width => "width",
+            Axis::Heads => "heads",
+            Axis::HeadDim => "head_dim",
+        }
+    }
+}
+
+/// A shape's value outside the fitted range of one axis ("depth 9 outside the fitted 2..=8").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfRange {
+    pub axis: Axis,
+    pub value: usize,
+    pub range: [usize; 2],
+}
+
+impl std::fmt::Display for OutOfRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} outside the fitted {}..={}",
+            self.axis.name(),
+            self.value,
+            self.range[0],
+            self.range[1]
+        )
+    }
+}
+
 /// `law.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LawFile {
     pub metric: String,
-    pub mode: String,
+    /// The setup whose runs were fitted (serde's lowercase name, as `Setup` writes it).
+    pub mode: distill::setup::Setup,
     /// Path of the runs.parquet fitted.
     pub table: String,
     /// SHA-256 (hex) of that file's bytes.
@@ -645,20 +690,20 @@ impl LawFile {
         bootstrap::interval90(&preds)
     }
 
-    /// A shape lies outside the fitted ranges (params, depth, width or head dim)?
-    pub fn extrapolates(&self, s: &Shape) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut check = |name: &str, v: usize, r: [usize; 2]| {
-            if v < r[0] || v > r[1] {
-                out.push(format!("{name} {v} outside the fitted {}..={}", r[0], r[1]));
-            }
-        };
-        check("params", s.params, self.params_range);
-        check("depth", s.depth, self.depth_range);
-        check("width", s.width, self.width_range);
-        check("heads", s.heads, self.heads_range);
-        check("head_dim", s.head_dim(), self.head_dim_range);
-        out
+    /// Where a shape lies outside the fitted ranges (params, depth, width, heads, head dim), in
+    /// that order.
+    pub fn extrapolates(&self, s: &Shape) -> Vec<OutOfRange> {
+        [
+            (Axis::Params, s.params, self.params_range),
+            (Axis::Depth, s.depth, self.depth_range),
+            (Axis::Width, s.width, self.width_range),
+            (Axis::Heads, s.heads, self.heads_range),
+            (Axis::HeadDim, s.head_dim(), self.head_dim_range),
+        ]
+        .into_iter()
+        .filter(|&(_, v, r)| v < r[0] || v > r[1])
+        .map(|(axis, value, range)| OutOfRange { axis, value, range })
+        .collect()
     }
 
     /// The measured ranges the design and `best` keep to.

@@ -25,7 +25,7 @@ use super::{
 pub struct Options {
     pub dir: PathBuf,
     pub metric: String,
-    pub mode: String,
+    pub mode: distill::setup::Setup,
     pub bootstrap: usize,
     pub hold_out: Option<u64>,
     pub seed: u64,
@@ -241,12 +241,12 @@ fn compute_model(curve: &[CurvePoint], base: &dit::DitConfig, step: u64) -> Opti
 pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let table = Table::load(&o.dir)?;
     let p = table.path.display().to_string();
-    let all = table.points(&o.metric, &o.mode)?;
+    let all = table.points(&o.metric, o.mode)?;
     // No law for students that have not left chance: it would describe the evaluation noise.
     let (base0, _, _) = base_config(&o.dir, &table, &all);
     let untrained =
         distill::reference::Reference::load(&o.dir).and_then(|r| r.untrained.map(|m| m.fid_proxy));
-    super::guard::check_learned(&table, &o.mode, base0.num_classes, untrained)
+    super::guard::check_learned(&table, o.mode, base0.num_classes, untrained)
         .map_err(|e| anyhow::Error::new(e).context(p.clone()))?;
 
     let what = format!(
@@ -429,15 +429,23 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let mut skipped = Vec::new();
     for &form in Form::ALL {
         // (c) nests (b): also start it from (b)'s optimum plus a small head term, so it can
-        // never fit worse than (b) merely for want of a good start; (f) likewise from (d).
-        let nested = match form {
-            Form::C => Some(Form::B),
-            Form::F => Some(Form::D),
+        // never fit worse than (b) merely for want of a good start; (f) likewise from (d) plus a
+        // small compute term. The inner law and the starting values of the extra coefficients.
+        let nested: Option<(Form, Vec<[f64; 2]>)> = match form {
+            Form::C => Some((
+                Form::B,
+                [-0.7, 0.0, 0.7].map(|lh| [(0.01 * ygeo).ln(), lh]).to_vec(),
+            )),
+            Form::F => Some((
+                Form::D,
+                [0.3f64, 1.0].map(|b| [(0.1 * ygeo).ln(), b.ln()]).to_vec(),
+            )),
             Form::A | Form::B | Form::D | Form::E => None,
         };
-        let warm: Vec<Vec<f64>> = match nested.and_then(|n| cands.iter().find(|c| c.law.name == n))
+        let warm: Vec<Vec<f64>> = match nested
+            .and_then(|(n, tails)| cands.iter().find(|c| c.law.name == n).map(|b| (b, tails)))
         {
-            Some(b) => {
+            Some((b, tails)) => {
                 let inner = b.law.form();
                 let obs = if form.uses_compute() {
                     &curve_obs
@@ -445,10 +453,6 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
                     &static_obs
                 };
                 let th = inner.to_theta(&inner.from_map(&b.law.coef), &scales(obs));
-                let tails: Vec<[f64; 2]> = match form {
-                    Form::C => [-0.7, 0.0, 0.7].map(|lh| [(0.01 * ygeo).ln(), lh]).to_vec(),
-                    _ => [0.3f64, 1.0].map(|b| [(0.1 * ygeo).ln(), b.ln()]).to_vec(),
-                };
                 tails
                     .iter()
                     .map(|t| th.iter().copied().chain(*t).collect())
@@ -632,7 +636,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
 
     Ok(LawFile {
         metric: o.metric.clone(),
-        mode: o.mode.clone(),
+        mode: o.mode,
         table: p,
         table_hash: table.hash.clone(),
         n_runs: at_step.len(),
@@ -651,11 +655,11 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         cv_predictions,
         design,
         latency_model: match Table::load_file(&o.dir.join("latency.parquet")) {
-            Ok(quiet) => latency::fit(&quiet, &o.mode).map(|m| LatencyModel {
+            Ok(quiet) => latency::fit(&quiet, o.mode).map(|m| LatencyModel {
                 source: "quiet pass (latency.parquet)".into(),
                 ..m
             }),
-            Err(_) => latency::fit(&table, &o.mode).map(|m| LatencyModel {
+            Err(_) => latency::fit(&table, o.mode).map(|m| LatencyModel {
                 source: "in-training timings (runs.parquet; run `ditkd latency` for quiet ones)"
                     .into(),
                 ..m

@@ -17,7 +17,7 @@ use super::bootstrap::interval90;
 use super::data::{by_shape, Table};
 use super::design::{law_key, ranked_by};
 use super::rank::{self, Belief};
-use super::{At, LawFile, Shape};
+use super::{At, Axis, LawFile, Shape};
 
 /// Alternatives listed after the optimum.
 pub const ALTERNATIVES: usize = 5;
@@ -103,7 +103,7 @@ pub struct Measured {
 pub struct Answer {
     pub budget: u64,
     pub metric: String,
-    pub mode: String,
+    pub mode: distill::setup::Setup,
     pub law: String,
     pub formula: String,
     /// The optimum among the shapes inside the measured depth and head_dim ranges.
@@ -288,8 +288,9 @@ pub fn best(
     if budget < lo as u64 || budget > hi as u64 {
         warnings.push(format!("budget {budget} lies outside the fitted params range {lo}..{hi}: this is an extrapolation"));
     }
+    // The parameter count's extrapolation is the budget's, warned about above.
     for e in law.extrapolates(&top) {
-        if !e.starts_with("params") {
+        if e.axis != Axis::Params {
             warnings.push(format!("the optimum's {e}: extrapolation"));
         }
     }
@@ -439,7 +440,7 @@ pub fn best(
                     results.display()
                 ));
             }
-            let pts = t.points(&law.metric, &law.mode).unwrap_or_else(|e| {
+            let pts = t.points(&law.metric, law.mode).unwrap_or_else(|e| {
                 warnings.push(format!("no measured runs to compare: {e:#}"));
                 Vec::new()
             });
@@ -470,7 +471,7 @@ pub fn best(
     Ok(Answer {
         budget,
         metric: law.metric.clone(),
-        mode: law.mode.clone(),
+        mode: law.mode,
         law: chosen.name.to_string(),
         formula: chosen.formula.clone(),
         best: Pick {

@@ -9,6 +9,7 @@ use plotters::prelude::*;
 
 use super::style::{self, color, legend_position, lin_bounds, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::fmt::{num, si};
 use crate::results::Sweep;
 
 struct Curves<'a> {
@@ -65,8 +66,8 @@ impl Figure for Curves<'_> {
             .y_desc("training loss (objective of the run's mode, log scale)")
             .axis_desc_style((FAMILY, style::LABEL))
             .label_style((FAMILY, style::TICK))
-            .x_label_formatter(&|v| style::si(*v))
-            .y_label_formatter(&|v| style::num(*v))
+            .x_label_formatter(&|v| si(*v))
+            .y_label_formatter(&|v| num(*v))
             .draw()?;
         for (i, &b) in self.budgets.iter().enumerate() {
             let c = color(i);
@@ -84,7 +85,7 @@ impl Figure for Curves<'_> {
                     std::iter::empty::<(f64, f64)>(),
                     c.stroke_width(2),
                 ))?
-                .label(format!("budget {}", style::si(b as f64)))
+                .label(format!("budget {}", si(b as f64)))
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
                 });
@@ -92,7 +93,7 @@ impl Figure for Curves<'_> {
         let labels: Vec<String> = self
             .budgets
             .iter()
-            .map(|b| format!("budget {}", style::si(*b as f64)))
+            .map(|b| format!("budget {}", si(*b as f64)))
             .collect();
         let lines: Vec<Vec<(f64, f64)>> = curves.iter().map(|c| c.points.clone()).collect();
         let spot = legend_position(&chart, &labels, &[], &lines, &[]);

@@ -11,6 +11,7 @@ use plotters::prelude::*;
 
 use super::style::{self, color, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::fmt::{num, si};
 use crate::results::{LearnPoint, Sweep};
 
 /// The x axis of a learning-curve figure.
@@ -123,14 +124,14 @@ impl Figure for Learning<'_> {
         if let Some(t) = teacher {
             note += &format!(
                 "\nDashed: the teacher ({}) under the same protocol.",
-                style::num(t)
+                num(t)
             );
         }
         if let Some((m, sd)) = floor {
             note += &format!(
                 " Grey band: real training images ({} ± {}), the floor at this sample count.",
-                style::num(m),
-                style::num(sd)
+                num(m),
+                num(sd)
             );
         }
         let area = footnote(root, &note)?;
@@ -168,7 +169,7 @@ impl Figure for Learning<'_> {
             let (x0, x1) = (xa.lo, xa.hi);
             let mut chart = ChartBuilder::on(cell)
                 .caption(
-                    format!("budget {}", style::si(*budget as f64)),
+                    format!("budget {}", si(*budget as f64)),
                     (FAMILY, style::LABEL),
                 )
                 .margin(14)
@@ -181,8 +182,8 @@ impl Figure for Learning<'_> {
                 .y_desc(format!("{metric} (log scale)"))
                 .axis_desc_style((FAMILY, style::NOTE))
                 .label_style((FAMILY, style::TICK))
-                .x_label_formatter(&|v| style::si(*v))
-                .y_label_formatter(&|v| style::num(*v))
+                .x_label_formatter(&|v| si(*v))
+                .y_label_formatter(&|v| num(*v))
                 .draw()?;
             style::draw_references(&mut chart, |k| x0 * (x1 / x0).powf(k), teacher, floor)?;
             for (i, l) in lines.iter().enumerate() {

@@ -1,38 +1,28 @@
 //! kd_vs_scratch: per budget, the mean ± std of every distillation mode the sweep ran, side by
 //! side (on the shapes all modes share where there are any; see `Sweep::compare_modes`).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use distill::setup::Setup;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::style::{self, color, legend_position, LogAxis, Ticks, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::fmt::{num, si};
 use crate::results::{ModeComparison, Sweep};
 
 struct KdVsScratch<'a> {
     sweep: &'a Sweep,
     cmp: Vec<ModeComparison>,
-    modes: Vec<String>,
+    modes: Vec<Setup>,
 }
 
 pub fn kd_vs_scratch(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
     let cmp = sweep.compare_modes();
-    let modes: BTreeSet<String> = cmp
-        .iter()
-        .flat_map(|c| c.stats.iter().map(|s| s.mode.clone()))
-        .collect();
-    render(
-        dir,
-        "kd_vs_scratch",
-        &KdVsScratch {
-            sweep,
-            cmp,
-            modes: modes.into_iter().collect(),
-        },
-    )
+    let modes = crate::results::modes_compared(&cmp);
+    render(dir, "kd_vs_scratch", &KdVsScratch { sweep, cmp, modes })
 }
 
 impl Figure for KdVsScratch<'_> {
@@ -61,11 +51,7 @@ impl Figure for KdVsScratch<'_> {
         );
         let y0 = ya.lo;
         let keys: Vec<f64> = (0..self.cmp.len()).map(|i| i as f64).collect();
-        let labels: Vec<String> = self
-            .cmp
-            .iter()
-            .map(|c| style::si(c.budget as f64))
-            .collect();
+        let labels: Vec<String> = self.cmp.iter().map(|c| si(c.budget as f64)).collect();
         let fmt = |v: &f64| {
             let i = v.round();
             if (v - i).abs() < 1e-6 && i >= 0.0 {
@@ -97,7 +83,7 @@ impl Figure for KdVsScratch<'_> {
             .axis_desc_style((FAMILY, style::LABEL))
             .label_style((FAMILY, style::TICK))
             .x_label_formatter(&fmt)
-            .y_label_formatter(&|v| style::num(*v))
+            .y_label_formatter(&|v| num(*v))
             .disable_x_mesh()
             .draw()?;
         // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).
@@ -115,7 +101,7 @@ impl Figure for KdVsScratch<'_> {
                 .filter_map(|(i, cmp)| {
                     cmp.stats
                         .iter()
-                        .find(|s| &s.mode == mode)
+                        .find(|s| s.mode == *mode)
                         .map(|s| (i as f64 + dx, s.mean, s.std))
                 })
                 .collect();
@@ -132,10 +118,11 @@ impl Figure for KdVsScratch<'_> {
                     pts.iter()
                         .map(|&(x, mu, _)| Circle::new((x, mu), 7, c.filled())),
                 )?
-                .label(mode.clone())
+                .label(mode.to_string())
                 .legend(move |(x, y)| Circle::new((x + 10, y), 7, c.filled()));
         }
-        let spot = legend_position(&chart, &self.modes, &marks, &bars, &[]);
+        let labels: Vec<String> = self.modes.iter().map(|m| m.to_string()).collect();
+        let spot = legend_position(&chart, &labels, &marks, &bars, &[]);
         style::draw_legend(&mut chart, spot)?;
         Ok(())
     }

@@ -1,15 +1,16 @@
 //! pareto_latency, pareto_params: every run faintly, and the front of shapes (seed means, every
 //! mode) that no other shape beats on both cost and quality, as a step line.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use distill::setup::Setup;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::style::{self, color, legend_position, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::fmt::{num, si};
 use crate::results::{Point, Run, Sweep};
 
 /// Indices of the points no other point beats on both coordinates (both minimised), by ascending x.
@@ -38,7 +39,7 @@ struct Pareto {
     x_desc: String,
     y_desc: String,
     note: String,
-    modes: Vec<String>,
+    modes: Vec<Setup>,
     /// (x, y, mode index) of every usable run.
     runs: Vec<(f64, f64, usize)>,
     /// (x, y, mode index, label) of the front's shapes, by ascending x.
@@ -55,14 +56,8 @@ fn build(
     run_x: fn(&Run) -> Option<f64>,
     point_x: fn(&Point) -> Option<f64>,
 ) -> Option<Pareto> {
-    let modes: Vec<String> = sweep
-        .runs
-        .iter()
-        .map(|r| r.mode.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mode_ix = |m: &str| modes.iter().position(|x| x == m).unwrap_or(0);
+    let modes = crate::results::by_name(sweep.runs.iter().filter_map(|r| r.mode));
+    let mode_ix = |m: Setup| modes.iter().position(|x| *x == m).unwrap_or(0);
     let runs: Vec<(f64, f64, usize)> = sweep
         .runs
         .iter()
@@ -70,7 +65,7 @@ fn build(
             Some((
                 run_x(r).filter(|x| x.is_finite() && *x > 0.0)?,
                 r.value()?,
-                mode_ix(&r.mode),
+                r.mode.map_or(0, mode_ix),
             ))
         })
         .collect();
@@ -92,7 +87,7 @@ fn build(
             (
                 xy[i].0,
                 xy[i].1,
-                mode_ix(&pts[i].mode),
+                mode_ix(pts[i].mode),
                 format!("{} {}", pts[i].shape(), pts[i].mode),
             )
         })
@@ -106,7 +101,7 @@ fn build(
         modes,
         runs,
         front,
-        x_fmt: |v| style::num(*v),
+        x_fmt: |v| num(*v),
         teacher: sweep.reference_values().0,
         floor: sweep.reference_values().1,
     })
@@ -124,7 +119,7 @@ pub fn pareto_params(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut fig = build(sweep, "parameters", |r| Some(r.params), |p| Some(p.params))
         .ok_or_else(|| anyhow::anyhow!("no usable run has a parameter count"))?;
     fig.x_desc = "parameters (count, log scale)".into();
-    fig.x_fmt = |v| style::si(*v);
+    fig.x_fmt = |v| si(*v);
     render(dir, "pareto_params", &fig)
 }
 
@@ -157,7 +152,7 @@ impl Figure for Pareto {
             .axis_desc_style((FAMILY, style::LABEL))
             .label_style((FAMILY, style::TICK))
             .x_label_formatter(&self.x_fmt)
-            .y_label_formatter(&|v| style::num(*v))
+            .y_label_formatter(&|v| num(*v))
             .draw()?;
         // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).
         style::draw_references(

@@ -11,6 +11,7 @@ use plotters::prelude::*;
 
 use super::style::{self, color, legend_position, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::fmt::{num, si};
 use crate::results::{LawOverlay, Sweep};
 
 struct Parity<'a> {
@@ -32,7 +33,7 @@ impl Figure for Parity<'_> {
         let rmse = self
             .law
             .cv_rmse
-            .map(|r| format!("; RMSE {}", style::num(r)))
+            .map(|r| format!("; RMSE {}", num(r)))
             .unwrap_or_default();
         let held = if self.law.cv_kind == crate::law::CvKind::Kfold {
             "its fold (k-fold CV)"
@@ -70,8 +71,8 @@ impl Figure for Parity<'_> {
             .y_desc(format!("predicted {metric} (log scale)"))
             .axis_desc_style((FAMILY, style::LABEL))
             .label_style((FAMILY, style::TICK))
-            .x_label_formatter(&|v| style::num(*v))
-            .y_label_formatter(&|v| style::num(*v))
+            .x_label_formatter(&|v| num(*v))
+            .y_label_formatter(&|v| num(*v))
             .draw()?;
         chart
             .draw_series(LineSeries::new(
@@ -82,11 +83,7 @@ impl Figure for Parity<'_> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
         let budgets: BTreeSet<i64> = cv.iter().map(|p| p.budget).collect();
         let mut labels = vec!["y = x".to_string()];
-        labels.extend(
-            budgets
-                .iter()
-                .map(|b| format!("budget {}", style::si(*b as f64))),
-        );
+        labels.extend(budgets.iter().map(|b| format!("budget {}", si(*b as f64))));
         for (i, b) in budgets.into_iter().enumerate() {
             let c = color(i);
             chart
@@ -95,7 +92,7 @@ impl Figure for Parity<'_> {
                         .filter(|p| p.budget == b)
                         .map(|p| Circle::new((p.measured, p.predicted), 6, c.filled())),
                 )?
-                .label(format!("budget {}", style::si(b as f64)))
+                .label(format!("budget {}", si(b as f64)))
                 .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
         }
         let spot = legend_position(

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 
 use super::style::{self, color, legend_position, LogAxis, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::fmt::{num, si};
 use crate::results::{Point, Sweep};
 
 struct FidVsParams<'a> {
@@ -43,7 +44,7 @@ impl Figure for FidVsParams<'_> {
             Some(l) => {
                 let along = match (l.heads, l.head_dim) {
                     (Some(h), _) => format!("for each depth as the width varies, with {h} heads (head dim = width / {h})"),
-                    (None, Some(h)) => format!("for each depth as the width varies, at head dim {}", style::num(h)),
+                    (None, Some(h)) => format!("for each depth as the width varies, at head dim {}", num(h)),
                     (None, None) => "of the parameter count alone".to_string(),
                 };
                 format!("Points: mean over seeds of each shape ({} runs), bars: ± 1 std.\nLines: law {}, {}, predicted {along}.", s.mode, l.name, l.formula)
@@ -89,8 +90,8 @@ impl Figure for FidVsParams<'_> {
             .y_desc(format!("{metric} (lower is better, log scale)"))
             .axis_desc_style((FAMILY, style::LABEL))
             .label_style((FAMILY, style::TICK))
-            .x_label_formatter(&|v| style::si(*v))
-            .y_label_formatter(&|v| style::num(*v))
+            .x_label_formatter(&|v| si(*v))
+            .y_label_formatter(&|v| num(*v))
             .draw()?;
 
         // The references every student is measured against: real data (floor) and the teacher.
@@ -100,7 +101,7 @@ impl Figure for FidVsParams<'_> {
                     [(x0, (m - sd).max(m * 0.5)), (x1, m + sd)],
                     RGBColor(190, 190, 190).mix(0.5).filled(),
                 )])?
-                .label(format!("real data {} ± {}", style::num(m), style::num(sd)))
+                .label(format!("real data {} ± {}", num(m), num(sd)))
                 .legend(|(x, y)| {
                     Rectangle::new(
                         [(x, y - 5), (x + 20, y + 5)],
@@ -117,7 +118,7 @@ impl Figure for FidVsParams<'_> {
                         BLACK.stroke_width(2),
                     )
                 }))?
-                .label(format!("teacher {}", style::num(t)))
+                .label(format!("teacher {}", num(t)))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], BLACK.stroke_width(2)));
         }
         for (i, &d) in self.depths.iter().enumerate() {
@@ -171,10 +172,10 @@ impl Figure for FidVsParams<'_> {
         }
         let mut labels: Vec<String> = self.depths.iter().map(|d| format!("depth {d}")).collect();
         if let Some((m, sd)) = floor {
-            labels.push(format!("real data {} ± {}", style::num(m), style::num(sd)));
+            labels.push(format!("real data {} ± {}", num(m), num(sd)));
         }
         if let Some(t) = teacher {
-            labels.push(format!("teacher {}", style::num(t)));
+            labels.push(format!("teacher {}", num(t)));
         }
         if let Some(l) = &s.law {
             labels.push(format!("law {} (line colour = depth)", l.name));

@@ -11,6 +11,7 @@ use plotters::prelude::*;
 
 use super::style::{self, color, legend_position, lin_bounds, LogAxis, Ticks, FAMILY};
 use super::{footnote, render, DrawResult, Figure};
+use crate::fmt::{num, si};
 use crate::results::{Point, Sweep};
 
 /// One budget: the best point per x value (the line) and every point (faint).
@@ -53,7 +54,7 @@ fn per_budget(sweep: &Sweep, x_of: fn(&Point) -> i64) -> (Vec<Series>, Vec<f64>)
                 }
             }
             Series {
-                label: format!("budget {}", style::si(budget as f64)),
+                label: format!("budget {}", si(budget as f64)),
                 color: color(i),
                 best: best
                     .iter()
@@ -168,7 +169,7 @@ impl Figure for PerBudget {
             .axis_desc_style((FAMILY, style::LABEL))
             .label_style((FAMILY, style::TICK))
             .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| style::num(*v))
+            .y_label_formatter(&|v| num(*v))
             .draw()?;
         // The references: real data (grey band, the floor at this sample count) and the teacher (dashed).
         style::draw_references(&mut chart, |k| x0 + (x1 - x0) * k, self.teacher, self.floor)?;

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use distill::run::RunStatus;
+use distill::setup::Setup;
 use polars::prelude::*;
 use serde_json::Value;
 
@@ -20,7 +22,8 @@ use crate::law::LawFile;
 pub struct Run {
     pub run_id: String,
     pub budget: i64,
-    pub mode: String,
+    /// The run's setup; None when the row does not record one.
+    pub mode: Option<Setup>,
     pub seed: i64,
     pub depth: i64,
     pub width: i64,
@@ -30,13 +33,14 @@ pub struct Run {
     /// The plotted metric (the law's metric, `fid_proxy` without a law); None if not measured.
     pub metric: Option<f64>,
     pub latency_ms: Option<f64>,
-    pub status: String,
+    /// How the run ended; None when the row does not record it.
+    pub status: Option<RunStatus>,
     pub reason: Option<String>,
 }
 
 impl Run {
     pub fn ok(&self) -> bool {
-        self.status == "ok"
+        self.status == Some(RunStatus::Ok)
     }
     /// The metric of a usable run: ok, finite and positive (the plots are log scale).
     pub fn value(&self) -> Option<f64> {
@@ -49,7 +53,7 @@ impl Run {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub budget: i64,
-    pub mode: String,
+    pub mode: Setup,
     pub depth: i64,
     pub width: i64,
     pub heads: i64,
@@ -84,7 +88,7 @@ pub struct Sweep {
     /// The metric column plotted (`fid_proxy` unless law.json models another).
     pub metric: String,
     /// The mode of the shape plots and the law (law.json's, else kd when present).
-    pub mode: String,
+    pub mode: Setup,
     pub runs: Vec<Run>,
     pub curves: Vec<Curve>,
     pub law: Option<LawOverlay>,
@@ -104,7 +108,7 @@ pub struct LearnPoint {
     pub depth: i64,
     pub width: i64,
     pub heads: i64,
-    pub mode: String,
+    pub mode: Setup,
     pub seed: i64,
     pub step: f64,
     pub train_flops: f64,
@@ -120,7 +124,7 @@ fn learning_of(dir: &Path, metric: &str) -> Result<Vec<LearnPoint>> {
     let df = ParquetReader::new(f)
         .finish()
         .map_err(|e| anyhow::anyhow!("{}: corrupt table: {e}", p.display()))?;
-    let (ids, modes) = (strings(&df, "run_id")?, strings(&df, "mode")?);
+    let (ids, modes) = (strings(&df, "run_id")?, parsed::<Setup>(&df, "mode")?);
     let cols = [
         "budget",
         "depth",
@@ -138,8 +142,9 @@ fn learning_of(dir: &Path, metric: &str) -> Result<Vec<LearnPoint>> {
     );
     let mut out = Vec::new();
     for i in 0..df.height() {
-        let (Some(b), Some(d), Some(w), Some(h), Some(st), Some(fl), Some(v)) = (
-            budget[i], depth[i], width[i], heads[i], step[i], flops[i], value[i],
+        // A point without a setup belongs to no mode's curves.
+        let (Some(b), Some(d), Some(w), Some(h), Some(st), Some(fl), Some(v), Some(mode)) = (
+            budget[i], depth[i], width[i], heads[i], step[i], flops[i], value[i], modes[i],
         ) else {
             continue;
         };
@@ -152,7 +157,7 @@ fn learning_of(dir: &Path, metric: &str) -> Result<Vec<LearnPoint>> {
             depth: d as i64,
             width: w as i64,
             heads: h as i64,
-            mode: modes[i].clone().unwrap_or_default(),
+            mode,
             seed: seed[i].unwrap_or(0.0) as i64,
             step: st,
             train_flops: fl,
@@ -165,7 +170,7 @@ fn learning_of(dir: &Path, metric: &str) -> Result<Vec<LearnPoint>> {
 /// Mean and std of one mode's runs in one budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModeStat {
-    pub mode: String,
+    pub mode: Setup,
     pub mean: f64,
     pub std: f64,
     pub n: usize,
@@ -193,7 +198,7 @@ impl Sweep {
             .with_context(|| format!("{}: reading the table", dir.display()))?;
         let mode = law
             .as_ref()
-            .map(|l| l.mode.clone())
+            .map(|l| l.mode)
             .unwrap_or_else(|| default_mode(&runs));
         let curves = curves_of(dir, &runs)?;
         let learning = learning_of(dir, &metric)?;
@@ -239,16 +244,19 @@ impl Sweep {
         )
     }
 
-    /// Usable runs of every mode, averaged over seeds per (budget, shape, mode).
+    /// Usable runs of every mode, averaged over seeds per (budget, shape, mode), ordered by
+    /// budget, shape and the mode's name.
     pub fn points_all(&self) -> Vec<Point> {
-        let mut groups: BTreeMap<(i64, i64, i64, i64, String), Vec<&Run>> = BTreeMap::new();
+        let mut groups: BTreeMap<(i64, i64, i64, i64, Setup), Vec<&Run>> = BTreeMap::new();
         for r in self.runs.iter().filter(|r| r.value().is_some()) {
+            // A run without a setup belongs to no mode.
+            let Some(mode) = r.mode else { continue };
             groups
-                .entry((r.budget, r.depth, r.width, r.heads, r.mode.clone()))
+                .entry((r.budget, r.depth, r.width, r.heads, mode))
                 .or_default()
                 .push(r);
         }
-        groups
+        let mut points: Vec<Point> = groups
             .into_iter()
             .map(|((budget, depth, width, heads, mode), rs)| {
                 let (mean, std) = mean_std(rs.iter().filter_map(|r| r.value()));
@@ -272,7 +280,9 @@ impl Sweep {
                         .then(|| lat.iter().sum::<f64>() / lat.len() as f64),
                 }
             })
-            .collect()
+            .collect();
+        points.sort_by_cached_key(|p| (p.budget, p.depth, p.width, p.heads, p.mode.to_string()));
+        points
     }
 
     /// `points_all` of the sweep's main mode.
@@ -318,15 +328,15 @@ impl Sweep {
                 .iter()
                 .filter(|r| r.budget == b && r.value().is_some())
                 .collect();
-            let modes: BTreeSet<&str> = runs.iter().map(|r| r.mode.as_str()).collect();
-            let shapes_of = |m: &str| -> BTreeSet<(i64, i64, i64)> {
+            let modes = by_name(runs.iter().filter_map(|r| r.mode));
+            let shapes_of = |m: Setup| -> BTreeSet<(i64, i64, i64)> {
                 runs.iter()
-                    .filter(|r| r.mode == m)
+                    .filter(|r| r.mode == Some(m))
                     .map(|r| (r.depth, r.width, r.heads))
                     .collect()
             };
             let mut shared: Option<BTreeSet<(i64, i64, i64)>> = None;
-            for m in &modes {
+            for &m in &modes {
                 let s = shapes_of(m);
                 shared = Some(match shared {
                     None => s,
@@ -337,18 +347,18 @@ impl Sweep {
             let matched = modes.len() > 1 && !shared.is_empty();
             let stats = modes
                 .iter()
-                .map(|m| {
+                .map(|&m| {
                     let vals = runs
                         .iter()
                         .filter(|r| {
-                            r.mode == *m
+                            r.mode == Some(m)
                                 && (!matched || shared.contains(&(r.depth, r.width, r.heads)))
                         })
                         .filter_map(|r| r.value());
                     let vals: Vec<f64> = vals.collect();
                     let (mean, std) = mean_std(vals.iter().copied());
                     ModeStat {
-                        mode: m.to_string(),
+                        mode: m,
                         mean,
                         std,
                         n: vals.len(),
@@ -363,6 +373,24 @@ impl Sweep {
         }
         out
     }
+}
+
+/// The distinct setups among `modes`, ordered by name: the order of the report's and the plots'
+/// mode lists (and of their colours).
+pub fn by_name(modes: impl IntoIterator<Item = Setup>) -> Vec<Setup> {
+    let mut v: Vec<Setup> = modes
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    v.sort_by_cached_key(|m| m.to_string());
+    v
+}
+
+/// Every mode of the comparisons, ordered by name (the columns of the report's table and the
+/// plot's order of modes).
+pub fn modes_compared(cmp: &[ModeComparison]) -> Vec<Setup> {
+    by_name(cmp.iter().flat_map(|c| c.stats.iter().map(|s| s.mode)))
 }
 
 /// Mean and sample std (0 for fewer than two values).
@@ -402,17 +430,18 @@ pub fn sweep_name(dir: &Path) -> String {
         })
 }
 
-/// kd when it ran, else the first mode with a usable run (failed runs may not record their mode).
-fn default_mode(runs: &[Run]) -> String {
-    let modes: BTreeSet<&str> = runs
-        .iter()
-        .filter(|r| r.value().is_some())
-        .map(|r| r.mode.as_str())
-        .collect();
-    if modes.contains("kd") || modes.is_empty() {
-        "kd".into()
+/// kd when it ran, else the first mode (by name) with a usable run; kd when no usable run
+/// records its mode.
+fn default_mode(runs: &[Run]) -> Setup {
+    let modes = by_name(
+        runs.iter()
+            .filter(|r| r.value().is_some())
+            .filter_map(|r| r.mode),
+    );
+    if modes.contains(&Setup::Kd) {
+        Setup::Kd
     } else {
-        modes.into_iter().next().unwrap_or("kd").into()
+        modes.first().copied().unwrap_or(Setup::Kd)
     }
 }
 
@@ -421,6 +450,15 @@ fn floats(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
         Err(_) => Ok(vec![None; df.height()]),
         Ok(c) => Ok(c.cast(&DataType::Float64)?.f64()?.iter().collect()),
     }
+}
+
+/// A text column parsed (`status`, `mode`): a missing column, a null or a value that is not a
+/// name of `T` reads as None.
+fn parsed<T: std::str::FromStr>(df: &DataFrame, name: &str) -> Result<Vec<Option<T>>> {
+    Ok(strings(df, name)?
+        .into_iter()
+        .map(|s| s.and_then(|s| s.parse().ok()))
+        .collect())
 }
 
 fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
@@ -459,15 +497,15 @@ pub fn runs_of(df: &DataFrame, metric: &str) -> Result<Vec<Run>> {
     );
     let (id, mode, status, reason) = (
         strings(df, "run_id")?,
-        strings(df, "mode")?,
-        strings(df, "status")?,
+        parsed::<Setup>(df, "mode")?,
+        parsed::<RunStatus>(df, "status")?,
         strings(df, "reason")?,
     );
     Ok((0..df.height())
         .map(|i| Run {
             run_id: id[i].clone().unwrap_or_default(),
             budget: budget[i],
-            mode: mode[i].clone().unwrap_or_default(),
+            mode: mode[i],
             seed: seed[i],
             depth: depth[i],
             width: width[i],
@@ -480,7 +518,7 @@ pub fn runs_of(df: &DataFrame, metric: &str) -> Result<Vec<Run>> {
             params: params[i].unwrap_or(f64::NAN),
             metric: value[i],
             latency_ms: latency[i],
-            status: status[i].clone().unwrap_or_else(|| "unknown".into()),
+            status: status[i],
             reason: reason[i].clone(),
         })
         .collect())

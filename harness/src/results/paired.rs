@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use distill::setup::Setup;
+
 use super::{mean_std, LearnPoint, Sweep};
 
 /// One matching of a shape's pairs: KD over scratch in ln, over the seeds.
@@ -66,25 +68,22 @@ fn matched(pairs: &[(f64, f64, f64)]) -> Option<Matched> {
 /// Every shape with scratch runs and KD twins, in budget and shape order.
 pub fn kd_vs_scratch(sweep: &Sweep) -> Vec<PairedShape> {
     type Key = (i64, i64, i64, i64);
-    let mut curves: BTreeMap<(Key, &str, i64), Vec<&LearnPoint>> = BTreeMap::new();
+    let mut curves: BTreeMap<(Key, Setup, i64), Vec<&LearnPoint>> = BTreeMap::new();
     for p in &sweep.learning {
         let key = (p.budget, p.depth, p.width, p.heads);
-        curves
-            .entry((key, p.mode.as_str(), p.seed))
-            .or_default()
-            .push(p);
+        curves.entry((key, p.mode, p.seed)).or_default().push(p);
     }
     // Per shape: (kd, scratch, kd step) at equal steps and at equal FLOPs, one per seed.
     let mut by_shape: BTreeMap<Key, (f64, Vec<(f64, f64, f64)>, Vec<(f64, f64, f64)>)> =
         BTreeMap::new();
     for ((key, mode, seed), pts) in &curves {
-        if *mode != "scratch" {
+        if *mode != Setup::Scratch {
             continue;
         }
         let Some(last) = pts.iter().max_by(|a, b| a.step.total_cmp(&b.step)) else {
             continue;
         };
-        let Some(kd) = curves.get(&(*key, "kd", *seed)) else {
+        let Some(kd) = curves.get(&(*key, Setup::Kd, *seed)) else {
             continue;
         };
         let e = by_shape
@@ -128,14 +127,14 @@ pub fn kd_vs_scratch(sweep: &Sweep) -> Vec<PairedShape> {
 mod tests {
     use super::*;
 
-    fn pt(mode: &str, seed: i64, step: f64, flops: f64, value: f64) -> LearnPoint {
+    fn pt(mode: Setup, seed: i64, step: f64, flops: f64, value: f64) -> LearnPoint {
         LearnPoint {
             run_id: format!("{mode}-{seed}"),
             budget: 50_000,
             depth: 1,
             width: 40,
             heads: 2,
-            mode: mode.into(),
+            mode,
             seed,
             step,
             train_flops: flops,
@@ -148,17 +147,17 @@ mod tests {
         // KD costs 10 FLOPs a step, scratch 1: scratch's 100 steps = KD's 10.
         let mut learning = Vec::new();
         for (seed, kd10, kd100, sc100) in [(0, 30.0, 20.0, 25.0), (1, 40.0, 22.0, 24.0)] {
-            learning.push(pt("kd", seed, 10.0, 100.0, kd10));
-            learning.push(pt("kd", seed, 100.0, 1000.0, kd100));
-            learning.push(pt("scratch", seed, 50.0, 50.0, 60.0));
-            learning.push(pt("scratch", seed, 100.0, 100.0, sc100));
+            learning.push(pt(Setup::Kd, seed, 10.0, 100.0, kd10));
+            learning.push(pt(Setup::Kd, seed, 100.0, 1000.0, kd100));
+            learning.push(pt(Setup::Scratch, seed, 50.0, 50.0, 60.0));
+            learning.push(pt(Setup::Scratch, seed, 100.0, 100.0, sc100));
         }
         // A KD run with no scratch twin is not compared.
-        learning.push(pt("kd", 7, 100.0, 1000.0, 1.0));
+        learning.push(pt(Setup::Kd, 7, 100.0, 1000.0, 1.0));
         let sweep = Sweep {
             name: "t".into(),
             metric: "fid_proxy".into(),
-            mode: "kd".into(),
+            mode: Setup::Kd,
             runs: Vec::new(),
             curves: Vec::new(),
             law: None,
