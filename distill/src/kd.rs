@@ -57,6 +57,22 @@ impl Mode {
         }
     }
 
+    /// Does it train on a bank of teacher samples (`bank:` in the config)?
+    pub fn trains_on_bank(self) -> bool {
+        match self {
+            Mode::Onestep => true,
+            Mode::Kd | Mode::Scratch => false,
+        }
+    }
+
+    /// Can a teaching assistant teach it (a distilled student as its teacher, `ta_train_flops`)?
+    pub fn takes_assistant(self) -> bool {
+        match self {
+            Mode::Kd => true,
+            Mode::Onestep | Mode::Scratch => false,
+        }
+    }
+
     /// How its students generate.
     pub fn generation(self) -> Generation {
         match self {

@@ -155,7 +155,7 @@ impl DistillConfig {
                 self.perceptual_weight
             );
         }
-        if self.mode == Mode::Onestep {
+        if self.mode.trains_on_bank() {
             if !(1..=crate::eval::MAX_SAMPLES).contains(&self.bank.size) {
                 bail!(
                     "bank.size: must lie in 1..={} (got {})",
@@ -169,7 +169,7 @@ impl DistillConfig {
                 .map_err(|e| anyhow::anyhow!("bank.sampler.{e}"))?;
         }
         if let Some(f) = self.ta_train_flops {
-            if !(f.is_finite() && f >= 0.0) || self.mode != Mode::Kd {
+            if !(f.is_finite() && f >= 0.0 && self.mode.takes_assistant()) {
                 bail!("ta_train_flops: a KD run's teaching-assistant cost, finite and >= 0 (got {f}, mode {})", self.mode);
             }
         }

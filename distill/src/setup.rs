@@ -97,6 +97,15 @@ impl Setup {
         }
     }
 
+    /// Whether a sweep spec may list it: `ta` needs its assistant trained first (`ditkd distill`),
+    /// which a sweep does not do.
+    pub fn in_sweeps(self) -> bool {
+        match self {
+            Setup::Ta => false,
+            Setup::Kd | Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch => true,
+        }
+    }
+
     /// Set `cfg`'s mode and KD loss for this setup. `ta` needs the teacher to be a distilled
     /// student (see [`assistant_train_flops`]); every other setup needs it not to be one, so an
     /// assistant's cost is never dropped silently.

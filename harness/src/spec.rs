@@ -552,12 +552,17 @@ impl SweepSpec {
         }
         let d = &self.distill;
         if d.modes.is_empty() {
+            let names: Vec<String> = Setup::ALL
+                .iter()
+                .filter(|s| s.in_sweeps())
+                .map(|s| s.to_string())
+                .collect();
             return Err(field_error(
                 "distill.modes",
-                "at least one of kd, feat, mi1, onestep, scratch",
+                format!("at least one of {}", names.join(", ")),
             ));
         }
-        if d.modes.contains(&Setup::Ta) {
+        if d.modes.iter().any(|s| !s.in_sweeps()) {
             return Err(field_error(
                 "distill.modes",
                 "`ta` needs a trained teaching assistant, which a sweep does not build yet: train the assistant with `ditkd distill`, then its students with `ditkd distill --setup ta --teacher <its run directory>`",

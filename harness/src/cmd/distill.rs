@@ -29,7 +29,7 @@ pub fn run(a: Args) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             // A KD teacher that is itself a distilled student makes this the `ta` setup: its
             // training is charged to the student whatever the file says.
-            if let (Some(t), distill::kd::Mode::Kd) = (&c.teacher, c.mode) {
+            if let (Some(t), true) = (&c.teacher, c.mode.takes_assistant()) {
                 c.ta_train_flops = distill::setup::assistant_train_flops(t)
                     .map_err(|e| anyhow::anyhow!("{}: teacher: {e:#}", p.display()))?;
             }

@@ -347,8 +347,7 @@ pub struct Design {
     pub params: Vec<usize>,
     pub predicted: Vec<f64>,
     /// Per row: the budget lies outside the fitted params range, or the optimum outside the
-    /// measured depth, width or head_dim range (an extrapolation). Empty in older files.
-    #[serde(default)]
+    /// measured depth, width or head_dim range (an extrapolation).
     pub extrapolated: Vec<bool>,
     /// Null for law (a): depth and width are not identifiable from parameters alone.
     pub exponents: Option<Exponents>,
