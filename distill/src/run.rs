@@ -100,8 +100,11 @@ fn d_ema() -> f64 {
 fn d_featnet() -> PathBuf {
     crate::featnet::default_dir()
 }
+/// Where runs cache what they share (teacher targets, real-image features), unless configured.
+pub const DEFAULT_CACHE_DIR: &str = "results/cache";
+
 fn d_cache() -> PathBuf {
-    PathBuf::from("results/cache")
+    PathBuf::from(DEFAULT_CACHE_DIR)
 }
 
 impl DistillConfig {

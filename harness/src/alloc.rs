@@ -6,6 +6,8 @@
 /// Call first thing in `main`.
 pub fn keep_freed_memory() {
     #[cfg(target_os = "linux")]
+    // SAFETY: mallopt only sets two glibc allocator thresholds; it is called first thing in
+    // `main`, before any other thread exists or allocates.
     unsafe {
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_MMAP_THRESHOLD: i32 = -3;

@@ -24,7 +24,7 @@ pub fn parse(s: &str) -> Result<Device> {
             }
             None => bail!(
                 "--device `{}`: expected cpu or cuda:N",
-                crate::spec::clip(other, 40)
+                crate::fmt::clip(other, 40)
             ),
         },
     }

@@ -52,6 +52,19 @@ fn trim(s: &str) -> String {
     }
 }
 
+/// At most `n` characters of `s`, with an ellipsis: error messages never echo a whole input.
+pub fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!(
+            "{}... ({} characters)",
+            s.chars().take(n).collect::<String>(),
+            s.chars().count()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

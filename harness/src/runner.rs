@@ -202,7 +202,7 @@ pub fn claim_dir(
         anyhow::anyhow!(
             "{}: this results directory holds an unreadable spec ({}); choose another --out",
             p.display(),
-            crate::spec::clip(&e.to_string(), 200)
+            crate::fmt::clip(&e.to_string(), 200)
         )
     })?;
     if old.name != spec.name {
@@ -263,7 +263,7 @@ fn same_code(dir: &Path) -> Result<()> {
 
 /// `K/N` -> (K, N), 1-based K.
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let shown = crate::spec::clip(s, 40);
+    let shown = crate::fmt::clip(s, 40);
     let bad = || {
         anyhow::anyhow!("--shard `{shown}`: expected K/N with whole numbers 1 <= K <= N, e.g. 2/4")
     };

@@ -10,6 +10,8 @@ use distill::setup::Setup;
 use dit::DitConfig;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::fmt::clip;
+
 /// A parameter count written as `250000`, `250k`, `1.2M`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Count(pub usize);
@@ -37,19 +39,6 @@ impl<'de> Deserialize<'de> for Count {
 
 /// Largest parameter count accepted anywhere (a trillion: far beyond any DiT here, far below overflow).
 pub const MAX_COUNT: usize = 1_000_000_000_000;
-
-/// At most `n` characters of `s`, with an ellipsis: error messages never echo a whole input.
-pub fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!(
-            "{}... ({} characters)",
-            s.chars().take(n).collect::<String>(),
-            s.chars().count()
-        )
-    }
-}
 
 /// `250k` -> 250000, `1.5M` -> 1500000.
 pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
@@ -448,7 +437,7 @@ fn d_featnet() -> PathBuf {
     distill::featnet::default_dir()
 }
 fn d_cache() -> PathBuf {
-    PathBuf::from("results/cache")
+    PathBuf::from(distill::run::DEFAULT_CACHE_DIR)
 }
 
 /// Largest sweep spec file read (a spec is a few KB; anything this large is not one).

@@ -120,15 +120,11 @@ pub fn to_frame(rows: &[serde_json::Map<String, Value>]) -> Result<DataFrame> {
 
 /// Hold an exclusive lock on `dir/.table.lock` while `f` runs.
 fn with_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    use std::os::fd::AsRawFd;
     let lock = File::create(dir.join(".table.lock"))?;
-    unsafe {
-        if libc::flock(lock.as_raw_fd(), libc::LOCK_EX) != 0 {
-            anyhow::bail!("{}: cannot lock the table", dir.display());
-        }
-    }
+    lock.lock()
+        .with_context(|| format!("{}: cannot lock the table", dir.display()))?;
     let out = f();
-    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+    let _ = lock.unlock();
     out
 }
 

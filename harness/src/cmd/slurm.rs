@@ -41,7 +41,7 @@ pub fn check_time(t: &str) -> Result<()> {
     anyhow::ensure!(
         ok,
         "--time `{}`: not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)",
-        crate::spec::clip(t, 40)
+        crate::fmt::clip(t, 40)
     );
     Ok(())
 }
@@ -56,7 +56,7 @@ pub fn check_partition(p: Option<&str>) -> Result<()> {
         anyhow::ensure!(
             ok,
             "--partition `{}`: not a Slurm partition name (letters, digits, - _ . ,)",
-            crate::spec::clip(p, 40)
+            crate::fmt::clip(p, 40)
         );
     }
     Ok(())
