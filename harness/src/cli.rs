@@ -351,6 +351,7 @@ impl Cli {
             Command::Race(crate::cmd::race::Args { action }) => match action {
                 crate::cmd::race::Action::Stage { spec, .. } => sweep(spec, None, None),
                 crate::cmd::race::Action::Decide { .. }
+                | crate::cmd::race::Action::Pool { .. }
                 | crate::cmd::race::Action::Status { .. } => None,
             },
             Command::Sweep { dry_run: true, .. }

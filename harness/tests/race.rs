@@ -193,6 +193,87 @@ fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
         "{report}"
     );
 
+    // An audit of the race's pruning: the same runs trained straight to the last rung by a grid
+    // sweep (every shape, seed 0), pooled with the race (`ditkd race pool`). Every shape is then
+    // compared at the last rung, the pruned ones marked with the rung the race stopped them at;
+    // the contenders, trained twice (rung by rung from checkpoints, and straight through), give
+    // the same value to the last bit.
+    let audit_spec = race_spec()
+        .lines()
+        .filter(|l| !l.starts_with("schedule:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("name: tiny", "name: tiny-audit")
+        .replace("modes: [kd, scratch]", "modes: [kd]")
+        .replace("seeds: [0, 1, 2]", "seeds: [0]")
+        .replace("speed: false}", "speed: false, at_steps: [2, 4]}");
+    let audit_spec = &common::write_spec(root, "audit.yaml", &audit_spec);
+    let audit = root.join("audit");
+    let (rc, _, err) = ditkd(&["sweep", audit_spec, "--out", audit.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let (rc, out, err) = ditkd(&[
+        "race",
+        "pool",
+        spec,
+        "--out",
+        full.to_str().unwrap(),
+        "--with",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    let pooled: Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("race/pooled.json")).unwrap())
+            .unwrap();
+    let b = &pooled["budgets"][0];
+    let rows = b["shapes"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        first.len(),
+        "every shape at the last rung: {out}"
+    );
+    let p_sum: f64 = rows.iter().map(|r| r["p_best"].as_f64().unwrap()).sum();
+    assert!((p_sum - 1.0).abs() < 1e-9, "{out}");
+    let pruned = rows
+        .iter()
+        .filter(|r| r["raced_to"].as_u64().unwrap() < 8)
+        .count();
+    assert_eq!(pruned, first.len() - prev.len(), "{out}");
+    assert!(
+        out.contains("pruned at 2") && out.contains("contender"),
+        "{out}"
+    );
+    let dups = b["duplicates"].as_array().unwrap();
+    assert_eq!(
+        dups.len(),
+        prev.len(),
+        "each contender's seed 0 twice: {out}"
+    );
+    for d in dups {
+        let c = d["copies"].as_array().unwrap();
+        assert_eq!(c[0][1], c[1][1], "rung by rung vs straight: {d}");
+    }
+    assert_eq!(
+        b["rank_agreement"].as_array().unwrap().len(),
+        2,
+        "rungs 2 and 4 against 8: {out}"
+    );
+    assert!(b["verdict"]["verdict"].is_string(), "{out}");
+    // A directory that is not a sweep's results is refused, naming it.
+    let (rc, _, err) = ditkd(&[
+        "race",
+        "pool",
+        spec,
+        "--out",
+        full.to_str().unwrap(),
+        "--with",
+        root.join("nowhere").to_str().unwrap(),
+    ]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("nowhere") && err.contains("not a results directory"),
+        "{err}"
+    );
+
     // Killed (SIGKILL) once the first decision is on disk, then resumed: the same decisions.
     let killed = root.join("killed");
     sweep_killed_when(spec, &killed, "first decision", |d| {

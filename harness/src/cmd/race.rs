@@ -51,6 +51,23 @@ pub enum Action {
         #[arg(long)]
         binary: Option<PathBuf>,
     },
+    /// The race pooled with other sweeps that trained its runs (an audit of pruned shapes, extra
+    /// seeds) at its last rung: P(best) per shape, the tie set, where the race stopped each shape,
+    /// rank agreement of each rung with the last, and what to train next. Writes
+    /// race/pooled.json in the race's directory.
+    Pool {
+        /// The racing sweep's spec.
+        spec: PathBuf,
+        /// The race's results directory (default results/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Other results directories whose runs are the race's runs (same config but curve points).
+        #[arg(long = "with")]
+        with: Vec<PathBuf>,
+        /// Pool runs of different code versions, teachers or feature nets.
+        #[arg(long)]
+        allow_mixed: bool,
+    },
     /// Print the race's standing: every stage's decisions, P(best) per shape.
     Status {
         /// A racing sweep's results directory.
@@ -78,6 +95,12 @@ pub fn run(a: Args) -> Result<()> {
             });
             decide(&spec, out.as_deref(), sub.as_ref())
         }
+        Action::Pool {
+            spec,
+            out,
+            with,
+            allow_mixed,
+        } => pool(&spec, out.as_deref(), &with, allow_mixed),
         Action::Status { dir } => status(&dir),
     }
 }
@@ -192,6 +215,35 @@ fn decide(spec_path: &Path, out: Option<&Path>, submit: Option<&Submit>) -> Resu
             Phase::Companions { .. } => {}
         }
     }
+}
+
+fn pool(spec_path: &Path, out: Option<&Path>, with: &[PathBuf], allow_mixed: bool) -> Result<()> {
+    let (Loaded { spec, base, runs }, h) = load(spec_path)?;
+    let dir = sweep_dir(&spec, out);
+    anyhow::ensure!(
+        dir.join("race").join("stage-000.json").is_file(),
+        "{}: no race/stage-000.json (the race has not decided a stage yet)",
+        dir.display()
+    );
+    for w in with {
+        anyhow::ensure!(
+            w.join("runs").is_dir(),
+            "--with {}: not a results directory (no runs/)",
+            w.display()
+        );
+    }
+    let race = Race::new(&spec, &h, &runs, &base, &dir);
+    let pooled = race.pool(with, allow_mixed, eval_noise_ln(&dir))?;
+    anyhow::ensure!(
+        !pooled.budgets.is_empty(),
+        "race pool: no run has reached the last rung ({} steps) yet",
+        pooled.steps
+    );
+    let path = dir.join("race").join("pooled.json");
+    dit::io::write_json_atomic(&path, &pooled)?;
+    print!("{}", crate::race::pool::describe(&pooled));
+    println!("-> {}", path.display());
+    Ok(())
 }
 
 fn abs(p: &Path) -> PathBuf {

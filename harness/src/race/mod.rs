@@ -7,6 +7,7 @@
 //! where it was and decides exactly as an uninterrupted one.
 
 pub mod decide;
+pub mod pool;
 pub mod schedule;
 pub mod summary;
 
@@ -14,8 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use distill::curve::CurveLog;
-use distill::run::{RunStatus, Shared, Summary};
+use distill::run::{Shared, Summary};
 use distill::setup::Setup;
 use serde::{Deserialize, Serialize};
 
@@ -236,22 +236,7 @@ impl<'a> Race<'a> {
     /// The measured value of a run at `steps`: ln(FID-proxy) from its learning curve (None when
     /// the run failed or diverged, or has no row at that step).
     fn score(&self, r: &RunPlan, steps: usize) -> Result<Option<f64>> {
-        let run_dir = self.dir.join("runs").join(r.dir_name());
-        let ok = std::fs::read_to_string(run_dir.join("summary.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Summary>(&t).ok())
-            .is_some_and(|s| s.status == RunStatus::Ok || s.steps > steps);
-        if !ok {
-            return Ok(None);
-        }
-        let curve = CurveLog::open(&run_dir, usize::MAX)?;
-        Ok(curve
-            .rows()
-            .iter()
-            .find(|row| row.step == steps)
-            .map(|row| row.metrics.fid_proxy)
-            .filter(|v| v.is_finite() && *v > 0.0)
-            .map(f64::ln))
+        pool::score_at(&self.dir.join("runs").join(r.dir_name()), steps)
     }
 
     /// Decide every undecided budget after its stage's runs are done, write the record, and
