@@ -258,6 +258,15 @@ fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
         "rungs 2 and 4 against 8: {out}"
     );
     assert!(b["verdict"]["verdict"].is_string(), "{out}");
+    let (rc, _, err) = ditkd(&["report", full.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let report = std::fs::read_to_string(full.join("report.md")).unwrap();
+    assert!(
+        report.contains("## The race pooled with its audits")
+            && report.contains("**pruned at 2**")
+            && report.contains("Verdict:"),
+        "{report}"
+    );
     // A directory that is not a sweep's results is refused, naming it.
     let (rc, _, err) = ditkd(&[
         "race",

@@ -169,6 +169,9 @@ pub fn markdown_with(
     if let Some(r) = &sweep.race {
         w.push_str(&crate::race::summary::markdown(r));
     }
+    if let Some(p) = &sweep.pooled {
+        w.push_str(&crate::race::pool::markdown(p));
+    }
     best_section(w, sweep, &metric);
     match law {
         Some(l) => {

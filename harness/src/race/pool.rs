@@ -544,6 +544,94 @@ pub fn describe(p: &Pooled) -> String {
     s
 }
 
+/// The pooled answer as a report section (`ditkd report` of the race's directory).
+pub fn markdown(p: &Pooled) -> String {
+    use std::fmt::Write;
+    let mut w = String::new();
+    let _ = writeln!(
+        w,
+        "## The race pooled with its audits\n\n`race/pooled.json` (`ditkd race pool`): every run of the raced setup that reached the last rung ({} steps, step-matched), from {}, including shapes the race stopped early and trained on by another sweep. Code version: {}. FID-proxy is the geometric mean over seeds; P(best) uses the pooled seed sd and the race's Monte Carlo.\n",
+        p.steps,
+        p.sources
+            .iter()
+            .map(|d| format!("`{}`", d.display()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        p.code_versions.join(", ")
+    );
+    for b in &p.budgets {
+        let _ = writeln!(
+            w,
+            "### Budget {} (seed sd {:.3} in ln, {} df; evaluation sd {:.3})\n\n| shape | FID-proxy per seed | FID-proxy | P(best) | in the race |\n|---|---|---:|---:|---|",
+            crate::fmt::si(b.budget as f64),
+            b.noise.seed_sd,
+            b.noise.df,
+            b.noise.eval_sd
+        );
+        for r in &b.shapes {
+            let race = match r.raced_to {
+                Some(steps) if steps >= p.steps => "contender".to_string(),
+                Some(steps) => format!("**pruned at {steps}**"),
+                None => "not raced".to_string(),
+            };
+            let seeds = r
+                .seeds
+                .iter()
+                .zip(&r.fid_proxy)
+                .map(|(s, v)| format!("s{s} {v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                w,
+                "| {} | {seeds} | {:.2} | {:.2} | {race} |",
+                r.shape,
+                r.mean_ln.exp(),
+                r.p_best
+            );
+        }
+        let agreement = b
+            .rank_agreement
+            .iter()
+            .map(|a| match a.spearman {
+                Some(rho) => format!("{}: {rho:+.2}", a.steps),
+                None => format!("{}: -", a.steps),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            w,
+            "\nRanking at each rung against {} steps (Spearman, first seed, {} shapes): {agreement}.\n",
+            p.steps,
+            b.rank_agreement.first().map_or(0, |a| a.shapes)
+        );
+        let verdict = match &b.verdict {
+            Verdict::Done {
+                best,
+                tie_set,
+                reason,
+            } => match reason {
+                Outcome::Decided => format!("**decided: {best}**"),
+                Outcome::TieWithinEvalNoise => format!(
+                    "**tie within the evaluation noise: {}**",
+                    tie_set.join(", ")
+                ),
+                Outcome::SeedCap => {
+                    format!("**seed cap reached; tie set: {}**", tie_set.join(", "))
+                }
+            },
+            Verdict::Train { runs } => format!(
+                "undecided; to resolve it, train {}",
+                runs.iter()
+                    .map(|r| format!("{} seed {}", r.shape, r.seed))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let _ = writeln!(w, "Verdict: {verdict}.\n");
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

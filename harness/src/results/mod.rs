@@ -98,6 +98,8 @@ pub struct Sweep {
     pub learning: Vec<LearnPoint>,
     /// A racing sweep's summary (`race/summary.json`), if it is one.
     pub race: Option<crate::race::summary::RaceSummary>,
+    /// The race pooled with its audits (`race/pooled.json`), if `ditkd race pool` wrote one.
+    pub pooled: Option<crate::race::pool::Pooled>,
 }
 
 /// One evaluation of one run part-way through training (a row of `curves.parquet`).
@@ -213,6 +215,9 @@ impl Sweep {
             reference,
             learning,
             race: std::fs::read_to_string(dir.join("race").join("summary.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok()),
+            pooled: std::fs::read_to_string(dir.join("race").join("pooled.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok()),
         };

@@ -164,6 +164,7 @@ mod tests {
             reference: None,
             learning,
             race: None,
+            pooled: None,
         };
         let p = kd_vs_scratch(&sweep);
         assert_eq!(p.len(), 1);
