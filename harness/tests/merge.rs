@@ -174,3 +174,31 @@ fn failed_rows_carry_nulls() {
         "the failed run's FID-proxy is null"
     );
 }
+
+/// The teacher's row and the real-data floor travel with the merged runs when the inputs measured
+/// the same values (their `key` names the spec, so it may differ), and are left out, with a note,
+/// when they disagree: a law fitted on the merged table must not use a floor from another protocol.
+#[test]
+fn the_reference_is_merged_only_when_the_inputs_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    put(&a, "000-d2-w32-h2-kd-s0", &summary(40.0));
+    put(&b, "001-d2-w32-h2-kd-s1", &summary(41.0));
+    let reference = |key: &str, floor: f64| {
+        format!(r#"{{"key": "{key}", "samples": 500, "floor": {{"fid_proxy": {floor}}}}}"#)
+    };
+    std::fs::write(a.join("reference.json"), reference("k1", 1.3)).unwrap();
+    std::fs::write(b.join("reference.json"), reference("k2", 1.3)).unwrap();
+    let out = tmp.path().join("out");
+    let (rc, err) = merge(&out, &[&a, &b], &[]);
+    assert_eq!(rc, 0, "{err}");
+    let got = std::fs::read_to_string(out.join("reference.json")).unwrap();
+    assert_eq!(got, reference("k1", 1.3), "{err}");
+
+    std::fs::write(b.join("reference.json"), reference("k2", 2.0)).unwrap();
+    let out = tmp.path().join("out2");
+    let (rc, err) = merge(&out, &[&a, &b], &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!out.join("reference.json").exists());
+    assert!(err.contains("different teacher or floor values"), "{err}");
+}

@@ -324,6 +324,48 @@ fn finished_runs(dir: &Path) -> Result<(Vec<(String, Found)>, usize)> {
 /// Everything is checked before anything is written: every input exists and every summary
 /// parses; one run id never holds two different results; the runs were scored by one feature
 /// net, distilled from one teacher, by one code version, under one spec (unless `allow_mixed`).
+/// The teacher's row and the real-data floor (`reference.json`) of the merged directory: copied
+/// when every input that has one measured the same values (their `key` hashes the spec they were
+/// measured for, so it may differ), left out with a note when they disagree. Kept when `out`
+/// already has one.
+fn merge_reference(out: &Path, sources: &[PathBuf]) -> Result<Option<String>> {
+    let file = distill::reference::FILE;
+    if out.join(file).exists() {
+        return Ok(None);
+    }
+    let mut found: Vec<(PathBuf, serde_json::Value)> = Vec::new();
+    for d in sources {
+        let p = d.join(file);
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a reference file", p.display()))?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("key");
+        }
+        found.push((p, v));
+    }
+    let Some((first, v0)) = found.first() else {
+        return Ok(None);
+    };
+    if let Some((other, _)) = found.iter().find(|(_, v)| v != v0) {
+        return Ok(Some(format!(
+            "{} and {} measured different teacher or floor values: no {file} in the merged directory",
+            first.display(),
+            other.display()
+        )));
+    }
+    let bytes =
+        std::fs::read(first).with_context(|| format!("{}: cannot read", first.display()))?;
+    dit::io::write_atomic(&out.join(file), &bytes)?;
+    Ok(Some(format!(
+        "{file} from {} ({} of the inputs have one, all with equal values)",
+        first.display(),
+        found.len()
+    )))
+}
+
 pub fn merge(out: &Path, inputs: &[PathBuf], allow_mixed: bool) -> Result<()> {
     anyhow::ensure!(
         !inputs.is_empty(),
@@ -448,7 +490,11 @@ pub fn merge(out: &Path, inputs: &[PathBuf], allow_mixed: bool) -> Result<()> {
             dit::io::write_atomic(&out.join("spec.yaml"), &bytes)?;
         }
     }
+    let reference_note = merge_reference(&out, &sources)?;
     let df = crate::table::rebuild(&out)?;
+    if let Some(n) = reference_note {
+        eprintln!("note: {n}");
+    }
     if unfinished > 0 {
         eprintln!("note: {unfinished} unfinished run(s) (no summary.json) were not merged");
     }

@@ -204,8 +204,22 @@ impl Table {
     }
 
     /// The usable runs of `mode` for `metric`: status ok and a finite positive metric (the laws
-    /// are fitted on its log). Errors name the file when nothing is left.
+    /// are fitted on its log), one per experiment ([`one_per_experiment`]). Errors name the file
+    /// when nothing is left.
     pub fn points(&self, metric: &str, mode: Setup) -> Result<Vec<Point>> {
+        Ok(self.points_with_copies(metric, mode)?.0)
+    }
+
+    /// [`Table::points`], and the run ids left out as copies of another run's experiment.
+    pub fn points_with_copies(
+        &self,
+        metric: &str,
+        mode: Setup,
+    ) -> Result<(Vec<Point>, Vec<String>)> {
+        Ok(one_per_experiment(self.all_points(metric, mode)?))
+    }
+
+    fn all_points(&self, metric: &str, mode: Setup) -> Result<Vec<Point>> {
         let p = self.path.display();
         let status = self.parsed::<RunStatus>("status")?;
         let modes = self.parsed::<Setup>("mode")?;
@@ -297,6 +311,37 @@ impl Table {
         let first = *vals.first()?;
         Some((first, vals.iter().any(|v| *v != first)))
     }
+}
+
+/// One run per experiment: runs of the same budget, shape and seed (of one setup) trained more
+/// than once (a race's run and an audit's copy of it, merged into one table; a race's pruned run
+/// and the same run trained on to the last rung) are one experiment, not two seeds. The run that
+/// trained longest is kept (it holds the other's learning curve), the first in table order on a
+/// tie. Returns the kept points, in table order, and the ids left out.
+pub fn one_per_experiment(pts: Vec<Point>) -> (Vec<Point>, Vec<String>) {
+    let mut keep: BTreeMap<(u64, [usize; 4], i64), usize> = BTreeMap::new();
+    for (i, p) in pts.iter().enumerate() {
+        let Some(seed) = p.seed else { continue };
+        let s = p.shape;
+        let key = (p.budget, [s.depth, s.width, s.heads, s.params], seed);
+        match keep.get(&key) {
+            Some(&j) if pts[j].steps >= p.steps => {}
+            _ => {
+                keep.insert(key, i);
+            }
+        }
+    }
+    let kept: std::collections::BTreeSet<usize> = keep.values().copied().collect();
+    let mut out = Vec::new();
+    let mut dropped = Vec::new();
+    for (i, p) in pts.into_iter().enumerate() {
+        if p.seed.is_none() || kept.contains(&i) {
+            out.push(p);
+        } else {
+            dropped.push(p.run_id);
+        }
+    }
+    (out, dropped)
 }
 
 /// The students' config minus depth/width/heads. Tried in order: a fitted run's `config.yaml`
@@ -407,4 +452,40 @@ pub fn range(pts: &[Point], f: impl Fn(&Point) -> usize) -> [usize; 2] {
     let lo = pts.iter().map(&f).min().unwrap_or(0);
     let hi = pts.iter().map(&f).max().unwrap_or(0);
     [lo, hi]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(id: &str, depth: usize, seed: i64, steps: u64, y: f64) -> Point {
+        Point {
+            run_id: id.into(),
+            budget: 100_000,
+            shape: Shape {
+                depth,
+                width: 40,
+                heads: 2,
+                params: 100_000 + depth,
+            },
+            seed: Some(seed),
+            steps: Some(steps),
+            y,
+        }
+    }
+
+    #[test]
+    fn a_run_trained_twice_counts_once_and_the_longest_copy_is_kept() {
+        let pts = vec![
+            pt("race-d3-s0", 3, 0, 16_000, 16.48),
+            pt("race-d4-s0", 4, 0, 250, 141.5),
+            pt("race-d3-s1", 3, 1, 16_000, 16.2),
+            pt("audit-d3-s0", 3, 0, 16_000, 16.47),
+            pt("audit-d4-s0", 4, 0, 16_000, 15.95),
+        ];
+        let (kept, dropped) = one_per_experiment(pts);
+        let ids: Vec<&str> = kept.iter().map(|p| p.run_id.as_str()).collect();
+        assert_eq!(ids, ["race-d3-s0", "race-d3-s1", "audit-d4-s0"]);
+        assert_eq!(dropped, ["race-d4-s0", "audit-d3-s0"]);
+    }
 }

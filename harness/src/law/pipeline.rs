@@ -241,7 +241,7 @@ fn compute_model(curve: &[CurvePoint], base: &dit::DitConfig, step: u64) -> Opti
 pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let table = Table::load(&o.dir)?;
     let p = table.path.display().to_string();
-    let all = table.points(&o.metric, o.mode)?;
+    let (all, copies) = table.points_with_copies(&o.metric, o.mode)?;
     // No law for students that have not left chance: it would describe the evaluation noise.
     let (base0, _, _) = base_config(&o.dir, &table, &all);
     let untrained =
@@ -281,6 +281,13 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         );
     }
     let mut notes = Vec::new();
+    if !copies.is_empty() {
+        notes.push(format!(
+            "{} runs repeat another run's experiment (same budget, shape and seed, e.g. a race's run and an audit's copy merged into one table) and count once, the longest kept: {}",
+            copies.len(),
+            copies.join(", ")
+        ));
+    }
 
     // The rows: the laws without a compute term at one step count, the compute law on every
     // learning-curve point of every fitted run.
