@@ -3,7 +3,7 @@
 //! one-to-one feature KD, Multi-In-One feature KD, output KD from a teaching assistant, one-step
 //! distillation, or no teacher at all.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -97,19 +97,51 @@ impl Setup {
         }
     }
 
-    /// Whether a sweep spec may list it: `ta` needs its assistant trained first (`ditkd distill`),
-    /// which a sweep does not do.
-    pub fn in_sweeps(self) -> bool {
-        match self {
-            Setup::Ta => false,
-            Setup::Kd | Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch => true,
-        }
-    }
-
     /// Set `cfg`'s mode and KD loss for this setup. `ta` needs the teacher to be a distilled
     /// student (see [`assistant_train_flops`]); every other setup needs it not to be one, so an
     /// assistant's cost is never dropped silently.
     pub fn apply(self, cfg: &mut DistillConfig) -> Result<()> {
+        self.configure(cfg);
+        let assistant = match (self.mode(), &cfg.teacher) {
+            (Mode::Kd | Mode::Onestep, Some(t)) => assistant_train_flops(t)?,
+            (Mode::Kd | Mode::Onestep, None) | (Mode::Scratch, _) => None,
+        };
+        cfg.ta_train_flops = match (self, assistant) {
+            (Setup::Ta, Some(f)) => Some(f),
+            (Setup::Ta, None) => bail!(
+                "teacher: setup `ta` needs a teaching assistant: a distilled student's run directory (its config.yaml has a `mode`), not {}",
+                cfg.teacher
+                    .as_ref()
+                    .map_or("none".into(), |t| t.display().to_string())
+            ),
+            (
+                Setup::Kd | Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch,
+                Some(_),
+            ) => bail!(
+                "teacher: {} is itself a distilled student (a teaching assistant): use setup `ta` so its training is counted in this student's compute",
+                cfg.teacher.as_ref().map_or(String::new(), |t| t.display().to_string())
+            ),
+            (Setup::Kd | Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch, None) => None,
+        };
+        Ok(())
+    }
+
+    /// `ta` from an assistant that is planned but not trained yet (a sweep's `distill.ta`, trained
+    /// before its students): `teacher` is where it will be, `assistant_flops` its training FLOPs
+    /// as planned. The sweep checks the finished assistant's summary against them before any
+    /// student reads it.
+    pub fn apply_planned_assistant(
+        cfg: &mut DistillConfig,
+        teacher: PathBuf,
+        assistant_flops: f64,
+    ) {
+        Setup::Ta.configure(cfg);
+        cfg.teacher = Some(teacher);
+        cfg.ta_train_flops = Some(assistant_flops);
+    }
+
+    /// The setup's mode and KD loss terms.
+    fn configure(self, cfg: &mut DistillConfig) {
         cfg.mode = self.mode();
         let feat = |w: &KdWeights| {
             if w.feat > 0.0 {
@@ -133,28 +165,6 @@ impl Setup {
             }
             Setup::Onestep | Setup::Scratch => {}
         }
-        let assistant = match (self.mode(), &cfg.teacher) {
-            (Mode::Kd | Mode::Onestep, Some(t)) => assistant_train_flops(t)?,
-            (Mode::Kd | Mode::Onestep, None) | (Mode::Scratch, _) => None,
-        };
-        cfg.ta_train_flops = match (self, assistant) {
-            (Setup::Ta, Some(f)) => Some(f),
-            (Setup::Ta, None) => bail!(
-                "teacher: setup `ta` needs a teaching assistant: a distilled student's run directory (its config.yaml has a `mode`), not {}",
-                cfg.teacher
-                    .as_ref()
-                    .map_or("none".into(), |t| t.display().to_string())
-            ),
-            (
-                Setup::Kd | Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch,
-                Some(_),
-            ) => bail!(
-                "teacher: {} is itself a distilled student (a teaching assistant): use setup `ta` so its training is counted in this student's compute",
-                cfg.teacher.as_ref().map_or(String::new(), |t| t.display().to_string())
-            ),
-            (Setup::Kd | Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch, None) => None,
-        };
-        Ok(())
     }
 }
 

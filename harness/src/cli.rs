@@ -262,6 +262,10 @@ pub enum Command {
         /// comparison; a law with a compute term only).
         #[arg(long)]
         train_flops: Option<f64>,
+        /// Answer for this distillation setup (kd, feat, mi1, ta, onestep, scratch): its law,
+        /// fitted by `ditkd fit --mode <setup>` (law.json for kd, law-<setup>.json otherwise).
+        #[arg(long, default_value = "kd")]
+        setup: distill::setup::Setup,
     },
     /// Draw the sweep's plots (PNG and SVG) into <dir>/plots.
     Plot {
@@ -523,6 +527,7 @@ pub fn run(cli: Cli) -> Result<()> {
             force,
             steps,
             train_flops,
+            setup,
         } => crate::cmd::best::run(crate::cmd::best::Args {
             budget,
             results,
@@ -531,6 +536,7 @@ pub fn run(cli: Cli) -> Result<()> {
             force,
             steps,
             train_flops,
+            setup,
         }),
         Command::Plot { dir } => crate::cmd::plot::run(&dir),
         Command::Race(a) => crate::cmd::race::run(a),

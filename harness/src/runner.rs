@@ -354,18 +354,19 @@ pub fn prefill_teacher_targets(
     threads: usize,
     progress: bool,
 ) -> Result<()> {
-    let mut streams: std::collections::BTreeMap<(u64, usize), Vec<&RunPlan>> =
+    // One stream per teacher (the sweep's, or a `ta` run's assistant), seed and batch.
+    let mut streams: std::collections::BTreeMap<(Option<PathBuf>, u64, usize), Vec<&RunPlan>> =
         std::collections::BTreeMap::new();
     for r in runs
         .iter()
         .filter(|r| distill::setup::Setup::of(&r.cfg).reads_teacher_cache())
     {
         streams
-            .entry((r.cfg.seed, r.cfg.batch_size))
+            .entry((r.cfg.teacher.clone(), r.cfg.seed, r.cfg.batch_size))
             .or_default()
             .push(r);
     }
-    for ((seed, batch), rs) in streams.into_iter().filter(|(_, rs)| rs.len() >= 2) {
+    for ((_, seed, batch), rs) in streams.into_iter().filter(|(_, rs)| rs.len() >= 2) {
         let steps = rs.iter().map(|r| r.cfg.steps).max().unwrap_or(0);
         let first = &rs[0].cfg;
         let Some(teacher) = &first.teacher else {
@@ -402,10 +403,72 @@ pub fn prefill_teacher_targets(
             fid_real_images: None,
             ..first.eval.clone()
         };
-        let pass = dir.join(".teacher-pass").join(format!("s{seed}-b{batch}"));
+        let pass = dir
+            .join(".teacher-pass")
+            .join(format!("s{seed}-b{batch}-{}", &hash[..8]));
         with_threads(threads, || run_distill(&cfg, &pass, shared, progress))?
             .with_context(|| format!("teacher targets of seed {seed}, batch {batch}"))?;
         std::fs::remove_dir_all(dir.join(".teacher-pass")).ok();
+    }
+    Ok(())
+}
+
+/// The teaching assistants the `ta` runs of `runs` learn from, each once (the spec's `distill.ta`).
+pub fn assistants(spec: &SweepSpec, runs: &[RunPlan]) -> Result<Vec<crate::spec::Assistant>> {
+    let mut out: BTreeMap<PathBuf, crate::spec::Assistant> = BTreeMap::new();
+    for r in runs
+        .iter()
+        .filter(|r| distill::setup::Setup::of(&r.cfg) == distill::setup::Setup::Ta)
+    {
+        if let Some(a) = spec.distill.assistant(spec, &r.cfg.student, r.cfg.seed)? {
+            out.entry(a.dir.clone()).or_insert(a);
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// Train the teaching assistants of `runs` before any of their students starts, each with every
+/// thread. An assistant is a run directory in the cache: it resumes from its checkpoint after a
+/// kill like any run, and one already finished is not trained again. A lock file beside it keeps
+/// two processes (Slurm shards, two sweeps) from training it at once: the second waits, then finds
+/// it done. The finished assistant's training FLOPs must equal what its students were planned to
+/// be charged.
+pub fn train_assistants(
+    spec: &SweepSpec,
+    runs: &[RunPlan],
+    shared: &Shared,
+    threads: usize,
+    progress: bool,
+) -> Result<()> {
+    for a in assistants(spec, runs)? {
+        let dir = distill::paths::output(&a.dir);
+        std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let lock_path = dir.with_extension("lock");
+        let lock = std::fs::File::create(&lock_path)
+            .with_context(|| format!("{}: cannot create the lock", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("{}: cannot lock", lock_path.display()))?;
+        let summary = match distill::run::completed(&dir, &a.cfg) {
+            Some(s) => s,
+            None => with_threads(threads, || run_distill(&a.cfg, &dir, shared, progress))?
+                .with_context(|| format!("the teaching assistant {}", dir.display()))?,
+        };
+        drop(lock);
+        anyhow::ensure!(
+            summary.status == distill::run::RunStatus::Ok,
+            "the teaching assistant {} did not finish ({}): {}",
+            dir.display(),
+            summary.status,
+            summary.reason.unwrap_or_default()
+        );
+        anyhow::ensure!(
+            (summary.train_flops - a.train_flops).abs() <= 1e-9 * a.train_flops,
+            "the teaching assistant {} took {:.6e} training FLOPs, its students were planned with {:.6e}",
+            dir.display(),
+            summary.train_flops,
+            a.train_flops
+        );
     }
     Ok(())
 }

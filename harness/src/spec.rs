@@ -266,9 +266,12 @@ impl Default for Constraints {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillSettings {
-    /// The distillation setups, each a run per shape and seed: kd, feat, mi1, onestep, scratch
-    /// (`ta` needs a teaching-assistant chain: train it with `ditkd distill --setup ta`).
+    /// The distillation setups, each a run per shape and seed: kd, feat, mi1, ta (with `ta:`),
+    /// onestep, scratch.
     pub modes: Vec<Setup>,
+    /// The teaching assistant of the `ta` runs (required with `ta`, refused without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ta: Option<AssistantSpec>,
     #[serde(default)]
     pub kd: KdWeights,
     pub steps: usize,
@@ -294,6 +297,44 @@ fn d_batch() -> usize {
     distill::train::DEFAULT_BATCH
 }
 
+/// The teaching assistant a sweep trains for its `ta` runs (Mirzadeh et al. 2020): a DiT of
+/// intermediate size, distilled from the sweep's teacher with output KD and the sweep's distill
+/// settings, then the teacher of every `ta` student, whose compute is charged its training. One
+/// assistant per student seed, trained with that seed (the `ta` runs' seed-to-seed spread then
+/// includes the assistant's), unless `per_seed: false` (one, on the first seed, for every
+/// student). Each is trained once into `<cache_dir>/assistants/` (named by its shape, seed and
+/// config hash), before the students that read it, and shared by every sweep that asks for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssistantSpec {
+    pub depth: usize,
+    pub width: usize,
+    pub heads: usize,
+    /// Its patch size and MLP ratio (default: the student's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_ratio: Option<f64>,
+    /// Its training steps (default: `distill.steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(default = "d_true")]
+    pub per_seed: bool,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+/// A planned teaching assistant: where it is trained, its run config, and its training FLOPs
+/// (what each of its students is charged).
+#[derive(Debug, Clone)]
+pub struct Assistant {
+    pub dir: PathBuf,
+    pub cfg: distill::run::DistillConfig,
+    pub train_flops: f64,
+}
+
 /// The learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -314,6 +355,46 @@ impl LrSchedule {
 }
 
 impl DistillSettings {
+    /// The assistant that teaches a `ta` student of shape `student` and seed `seed` (None without
+    /// a `ta:` block).
+    pub fn assistant(
+        &self,
+        spec: &SweepSpec,
+        student: &DitConfig,
+        seed: u64,
+    ) -> anyhow::Result<Option<Assistant>> {
+        let Some(a) = &self.ta else {
+            return Ok(None);
+        };
+        let shape = DitConfig {
+            depth: a.depth,
+            hidden_size: a.width,
+            num_heads: a.heads,
+            patch_size: a.patch.unwrap_or(student.patch_size),
+            mlp_ratio: a.mlp_ratio.unwrap_or(student.mlp_ratio),
+            ..student.clone()
+        };
+        let seed = if a.per_seed {
+            seed
+        } else {
+            spec.seeds.first().copied().unwrap_or(seed)
+        };
+        let mut cfg = self.run_config(spec, Setup::Kd, shape, seed)?;
+        cfg.steps = a.steps.unwrap_or(self.steps);
+        cfg.eval.at_steps.retain(|&s| s <= cfg.steps);
+        let teacher = crate::runner::base_config(spec)?;
+        let train_flops = cfg.train_flops(Some(&teacher), cfg.steps);
+        let dir =
+            spec.cache_dir
+                .join("assistants")
+                .join(format!("{}-{}", cfg.run_label(), cfg.hash()));
+        Ok(Some(Assistant {
+            dir,
+            cfg,
+            train_flops,
+        }))
+    }
+
     /// The resolved config of one run of `spec`: this is where a sweep's settings reach a run.
     pub fn run_config(
         &self,
@@ -351,9 +432,17 @@ impl DistillSettings {
             ta_train_flops: None,
         };
         // The setup's mode, KD loss and assistant cost.
-        setup
-            .apply(&mut c)
-            .map_err(|e| field_error("teacher", format!("{e:#}")))?;
+        // A sweep's `ta` runs learn from the assistant it trains first (`distill.ta`).
+        let planned = match setup {
+            Setup::Ta => self.assistant(spec, &c.student, seed)?,
+            Setup::Kd | Setup::Feat | Setup::Mi1 | Setup::Onestep | Setup::Scratch => None,
+        };
+        match planned {
+            Some(a) => Setup::apply_planned_assistant(&mut c, a.dir, a.train_flops),
+            None => setup
+                .apply(&mut c)
+                .map_err(|e| field_error("teacher", format!("{e:#}")))?,
+        }
         Ok(c)
     }
 }
@@ -541,21 +630,40 @@ impl SweepSpec {
         }
         let d = &self.distill;
         if d.modes.is_empty() {
-            let names: Vec<String> = Setup::ALL
-                .iter()
-                .filter(|s| s.in_sweeps())
-                .map(|s| s.to_string())
-                .collect();
+            let names: Vec<String> = Setup::ALL.iter().map(|s| s.to_string()).collect();
             return Err(field_error(
                 "distill.modes",
                 format!("at least one of {}", names.join(", ")),
             ));
         }
-        if d.modes.iter().any(|s| !s.in_sweeps()) {
-            return Err(field_error(
-                "distill.modes",
-                "`ta` needs a trained teaching assistant, which a sweep does not build yet: train the assistant with `ditkd distill`, then its students with `ditkd distill --setup ta --teacher <its run directory>`",
-            ));
+        match (d.modes.contains(&Setup::Ta), &d.ta) {
+            (true, None) => {
+                return Err(field_error(
+                    "distill.modes",
+                    "`ta` needs its teaching assistant: add `ta: {depth: D, width: W, heads: H}` under distill (the sweep trains it first)",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(field_error(
+                    "distill.ta",
+                    "no setup uses the assistant: add `ta` to distill.modes, or remove `ta:`",
+                ))
+            }
+            (true, Some(a)) => {
+                if a.depth == 0 || a.width == 0 || a.heads == 0 || a.width % a.heads != 0 {
+                    return Err(field_error(
+                        "distill.ta",
+                        format!(
+                            "depth, width and heads must be positive and heads must divide width (got depth {}, width {}, heads {})",
+                            a.depth, a.width, a.heads
+                        ),
+                    ));
+                }
+                if a.steps == Some(0) {
+                    return Err(field_error("distill.ta.steps", "must be positive"));
+                }
+            }
+            (false, None) => {}
         }
         if d.kd.feat > 0.0 && !d.modes.iter().any(|m| m.feature_kd()) {
             return Err(field_error(

@@ -1402,3 +1402,85 @@ fn hold_out_budget_short_of_the_fitted_step_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Each distillation setup keeps its own law (law.json for kd, law-<setup>.json otherwise), and
+/// `ditkd best --setup` answers from that setup's law: here scratch students are 1.5x worse than KD
+/// on every shape, so its predicted best is 1.5x KD's.
+#[test]
+fn each_setup_keeps_its_own_law_and_best_answers_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rows = ll_rows(2, 5);
+    let scratch: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r["mode"] = json!("scratch");
+            r["run_id"] = json!(format!("{}-scratch", r["run_id"].as_str().unwrap()));
+            r["fid_proxy"] = json!(r["fid_proxy"].as_f64().unwrap() * 1.5);
+            r
+        })
+        .collect();
+    rows.extend(scratch);
+    write_table(tmp.path(), &rows);
+    let dir = tmp.path().to_str().unwrap();
+    let (code, _, err) = ditkd(&["fit", dir, "--bootstrap", "20"]);
+    assert_eq!(code, 0, "{err}");
+    let kd_law = sha256(&tmp.path().join("law.json"));
+    let (code, out, err) = ditkd(&["fit", dir, "--mode", "scratch", "--bootstrap", "20"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("law-scratch.json"), "{out}");
+    assert_eq!(
+        sha256(&tmp.path().join("law.json")),
+        kd_law,
+        "kd's law kept"
+    );
+    let predicted = |setup: &str| -> f64 {
+        let (code, out, err) = ditkd(&[
+            "best",
+            "--budget",
+            "300k",
+            "--results",
+            dir,
+            "--json",
+            "--setup",
+            setup,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let a: Value = serde_json::from_str(&out).unwrap();
+        a["prediction"]["predicted"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{a}"))
+    };
+    let (kd, scratch) = (predicted("kd"), predicted("scratch"));
+    assert!(
+        (scratch / kd - 1.5).abs() < 0.05,
+        "kd {kd}, scratch {scratch}"
+    );
+    // A setup without a law says how to fit one; a law file of another setup is refused.
+    let (code, _, err) = ditkd(&[
+        "best",
+        "--budget",
+        "300k",
+        "--results",
+        dir,
+        "--setup",
+        "mi1",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("law-mi1.json") && err.contains("--mode mi1"),
+        "{err}"
+    );
+    let kd_file = tmp.path().join("law.json");
+    let (code, _, err) = ditkd(&[
+        "best",
+        "--budget",
+        "300k",
+        "--results",
+        kd_file.to_str().unwrap(),
+        "--setup",
+        "scratch",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("fitted on the `kd` runs"), "{err}");
+}

@@ -323,3 +323,90 @@ fn malformed_specs_fail_with_their_own_errors() {
         );
     }
 }
+
+/// A teaching-assistant chain in one sweep (`distill.ta`): the sweep trains the assistant first
+/// (output KD from the teacher) into the cache, once per seed, then its `ta` students learn from it
+/// and are charged its training FLOPs. Killed with SIGKILL while the assistant trains, the sweep
+/// resumes it from its checkpoint and ends with exactly the table of an uninterrupted sweep.
+#[test]
+fn a_teaching_assistant_chain_trains_first_is_charged_and_resumes_after_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let cache = root.join("cache");
+    let text = spec_text()
+        .replace(
+            &format!("cache_dir: {}", common::fixtures().cache().display()),
+            &format!("cache_dir: {}", cache.display()),
+        )
+        .replace(
+            "distill: {modes: [kd, scratch], steps: 3, batch_size: 8, warmup_steps: 1}",
+            "distill: {modes: [kd, ta], steps: 3, batch_size: 8, warmup_steps: 1, ta: {depth: 1, width: 24, heads: 2, steps: 600}}",
+        );
+    assert!(text.contains("ta: {depth: 1"), "{text}");
+    let spec = &write_spec(root, "ta.yaml", &text);
+    let assistants = cache.join("assistants");
+    let in_training = |_: &std::path::Path| -> Option<std::path::PathBuf> {
+        std::fs::read_dir(&assistants)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.is_dir()
+                    && p.join("checkpoint/state.json").exists()
+                    && !p.join("summary.json").exists()
+            })
+    };
+    let killed = root.join("killed");
+    let (rc, out, err) = ditkd(&[
+        "sweep",
+        spec,
+        "--out",
+        killed.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("teaching assistant d1-w24-h2"), "{out}");
+    let assistant = sweep_killed_when(spec, &killed, "the assistant mid-training", in_training);
+    assert!(!killed.join("runs").read_dir().unwrap().flatten().any(|e| e
+        .file_name()
+        .to_string_lossy()
+        .contains("-ta-")
+        && e.path().join("summary.json").exists()));
+    let (rc, _, err) = ditkd(&["sweep", spec, "--out", killed.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+
+    // The assistant: finished, its students' teacher, its FLOPs in their compute.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(assistant.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["status"], "ok");
+    assert_eq!(summary["steps"], 600);
+    let ta_flops = summary["train_flops"].as_f64().unwrap();
+    let ta_runs: Vec<_> = std::fs::read_dir(killed.join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("-ta-s0"))
+        .collect();
+    assert!(!ta_runs.is_empty());
+    for r in &ta_runs {
+        let cfg = std::fs::read_to_string(r.join("config.yaml")).unwrap();
+        assert!(
+            cfg.contains(&format!("teacher: {}", assistant.display())),
+            "{cfg}"
+        );
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(r.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(s["mode"], "ta", "{s}");
+        let own = s["train_flops"].as_f64().unwrap() - ta_flops;
+        assert!(own > 0.0 && own < ta_flops, "{s}");
+    }
+
+    // The same sweep uninterrupted, on a fresh cache at the same path: the same table.
+    std::fs::rename(&cache, root.join("cache-killed")).unwrap();
+    let full = root.join("full");
+    let (rc, _, err) = ditkd(&["sweep", spec, "--out", full.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(table_rows(&killed), table_rows(&full));
+}

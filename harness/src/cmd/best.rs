@@ -16,6 +16,8 @@ pub struct Args {
     pub force: bool,
     pub steps: Option<String>,
     pub train_flops: Option<f64>,
+    /// The distillation setup whose law answers.
+    pub setup: distill::setup::Setup,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -27,7 +29,21 @@ pub fn run(a: Args) -> Result<()> {
         force,
         steps,
         train_flops,
+        setup,
     } = a;
+    // A results directory holds one law per setup; a law file given directly must be that setup's.
+    let law_file = if results.is_dir() {
+        crate::law::setup_law_path(&results, setup)
+    } else {
+        law_path(&results)
+    };
+    if results.is_dir() && !law_file.exists() && setup != distill::setup::Setup::Kd {
+        anyhow::bail!(
+            "{}: no law for setup `{setup}` (fit it with `ditkd fit {} --mode {setup}`)",
+            law_file.display(),
+            results.display()
+        );
+    }
     let results = results.as_path();
     let b = crate::spec::parse_count(&budget).map_err(|e| anyhow!("--budget: {e}"))? as u64;
     let ask = match (steps, train_flops) {
@@ -51,16 +67,22 @@ pub fn run(a: Args) -> Result<()> {
             "--max-latency-ms: must be a finite number of milliseconds > 0 (got {l})"
         );
     }
-    let law = LawFile::load(results)?;
+    let law = LawFile::load(&law_file)?;
+    anyhow::ensure!(
+        law.mode == setup,
+        "{}: this law was fitted on the `{}` runs, not `{setup}` (--setup)",
+        law_file.display(),
+        law.mode
+    );
     let unidentified = law.unidentified();
     if !unidentified.is_empty() && !force {
         anyhow::bail!(
             "{}: the fitted law is not identified ({}): its recommendation would be noise. Measure more (seeds, steps, budgets) and refit, or pass --force to see it anyway",
-            crate::law::law_path(results).display(),
+            law_file.display(),
             unidentified.join("; ")
         );
     }
-    let a = best(&law, &law_path(results), results, b, max_latency_ms, ask)?;
+    let a = best(&law, &law_file, results, b, max_latency_ms, ask)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&a)?);
     } else {

@@ -44,11 +44,15 @@ pub fn run(a: Args) -> Result<()> {
     // A held-out fit never replaces the sweep's law: by default it lands beside it, where
     // `ditkd report` picks it up as the held-out check.
     // Named from the parsed budget, so `400k`, `400000` and `0.4M` all write law-holdout-400k.json.
-    let out = a.out.unwrap_or_else(|| match hold_out {
-        Some(b) => a
+    // Each setup keeps its own law: law.json is output KD's, law-<setup>.json another setup's.
+    let out = a.out.unwrap_or_else(|| match (hold_out, a.mode) {
+        (Some(b), distill::setup::Setup::Kd) => a
             .dir
             .join(format!("law-holdout-{}.json", crate::fmt::si(b as f64))),
-        None => a.dir.join("law.json"),
+        (Some(b), m) => a
+            .dir
+            .join(format!("law-{m}-holdout-{}.json", crate::fmt::si(b as f64))),
+        (None, m) => crate::law::setup_law_path(&a.dir, m),
     });
     law.save(&out)
         .with_context(|| format!("writing {}", out.display()))?;

@@ -138,8 +138,11 @@ fn stage(spec_path: &Path, out: Option<&Path>, shard: &str) -> Result<()> {
         .collect();
     // As in `ditkd sweep`: the shared preparation in one pool of every thread, then each run in
     // its worker's pool of `threads_per_job` (RAYON_NUM_THREADS is the total, set by `main`).
-    let shared = crate::runner::with_threads(spec.parallel.total_threads(), || {
-        crate::runner::prepare(&spec, &dir)
+    let all = spec.parallel.total_threads();
+    let shared = crate::runner::with_threads(all, || -> Result<distill::run::Shared> {
+        let shared = crate::runner::prepare(&spec, &dir)?;
+        crate::runner::train_assistants(&spec, &mine, &shared, all, false)?;
+        Ok(shared)
     })??;
     let done = crate::runner::execute(&spec, &mine, &dir, &shared, false)?;
     let broken = done

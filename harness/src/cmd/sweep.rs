@@ -63,6 +63,7 @@ pub fn run(a: &Args) -> Result<()> {
     };
     let shared = crate::runner::with_threads(all, || -> Result<Shared> {
         let shared = crate::runner::prepare(&spec, &dir)?;
+        crate::runner::train_assistants(&spec, &runs, &shared, all, true)?;
         crate::runner::prefill_teacher_targets(&first_seeds, &dir, &shared, all, true)?;
         Ok(shared)
     })??;
@@ -156,6 +157,19 @@ fn print_plan(
             distill::setup::Setup::of(&r.cfg).to_string(),
             r.cfg.seed,
             e
+        );
+    }
+    // The teaching assistants are trained first, each with every thread.
+    for a in crate::runner::assistants(spec, runs).unwrap_or_default() {
+        let done = distill::run::completed(&distill::paths::output(&a.dir), &a.cfg).is_some();
+        println!(
+            "teaching assistant {} ({} params, {} steps, {:.3e} training FLOPs charged to each of its students){} -> {}",
+            a.cfg.run_label(),
+            a.cfg.student.num_params(),
+            a.cfg.steps,
+            a.train_flops,
+            if done { ", already trained" } else { "" },
+            a.dir.display()
         );
     }
     println!(

@@ -600,6 +600,19 @@ pub struct LawFile {
 }
 
 /// `<dir>/law.json`, or the path itself when it names a `.json` file.
+/// A sweep's law for one distillation setup: `law.json` for output KD (the default), else
+/// `law-<setup>.json` (what `ditkd fit --mode <setup>` writes), so each setup keeps its own.
+pub fn setup_law_path(dir: &Path, setup: distill::setup::Setup) -> PathBuf {
+    match setup {
+        distill::setup::Setup::Kd => dir.join("law.json"),
+        distill::setup::Setup::Feat
+        | distill::setup::Setup::Mi1
+        | distill::setup::Setup::Ta
+        | distill::setup::Setup::Onestep
+        | distill::setup::Setup::Scratch => dir.join(format!("law-{setup}.json")),
+    }
+}
+
 pub fn law_path(path_or_dir: &Path) -> PathBuf {
     if path_or_dir.is_dir() || path_or_dir.extension().is_none_or(|e| e != "json") {
         path_or_dir.join("law.json")
