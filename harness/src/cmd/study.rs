@@ -63,7 +63,7 @@ pub fn run(a: &Args) -> Result<()> {
         // Students at chance get a report that says so, not a law.
         Err(e) if e.downcast_ref::<crate::law::guard::NotLearned>().is_some() => {
             eprintln!("{e:#}");
-            let stale = dir.join("law.json");
+            let stale = crate::law::setup_law_path(&dir, mode);
             if stale.exists() {
                 std::fs::remove_file(&stale)
                     .with_context(|| format!("removing the stale {}", stale.display()))?;

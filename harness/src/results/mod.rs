@@ -413,12 +413,15 @@ pub fn mean_std(vals: impl Iterator<Item = f64>) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// law.json of a sweep directory, if it has one.
+/// The sweep's law: output KD's (law.json) if it has one, else the first setup's that it has
+/// (`law-<setup>.json`, e.g. a sweep of scratch runs only).
 pub fn read_law(dir: &Path) -> Result<Option<LawFile>> {
-    if !dir.join("law.json").exists() {
-        return Ok(None);
-    }
-    LawFile::load(dir).map(Some)
+    distill::setup::Setup::ALL
+        .iter()
+        .map(|&s| crate::law::setup_law_path(dir, s))
+        .find(|p| p.exists())
+        .map(LawFile::load)
+        .transpose()
 }
 
 /// The sweep's name: the `name` of its spec.yaml, else the directory's name.
