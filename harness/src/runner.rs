@@ -75,7 +75,85 @@ pub fn plan(spec: &SweepSpec, base: &DitConfig) -> Result<Vec<RunPlan>> {
             }
         }
     }
+    if spec.distill.flop_matched {
+        with_flop_matched_points(spec, base, &mut runs)?;
+    }
     Ok(runs)
+}
+
+/// The step at which `cfg`'s training FLOPs come closest to `target` (within half a step), if
+/// that is short of `steps`: where a run that pays more per step is compared with a cheaper one at
+/// equal training compute.
+pub(crate) fn flop_matched_step(
+    cfg: &distill::run::DistillConfig,
+    teacher: &dit::DitConfig,
+    target: f64,
+    steps: usize,
+) -> Option<usize> {
+    let fixed = cfg.train_flops(Some(teacher), 0);
+    let per_step = cfg.train_flops(Some(teacher), 1) - fixed;
+    if !(per_step > 0.0) {
+        return None;
+    }
+    let s = ((target - fixed) / per_step).round();
+    (s >= 1.0 && s < steps as f64).then_some(s as usize)
+}
+
+/// Add `step` to `r`'s curve points.
+pub(crate) fn add_curve_point(r: &mut RunPlan, step: usize) {
+    r.cfg.eval.at_steps.push(step);
+    r.cfg.eval.at_steps.sort_unstable();
+    r.cfg.eval.at_steps.dedup();
+}
+
+/// The architecture a run's per-step teacher cost is counted on: the sweep's teacher, or a `ta`
+/// run's assistant.
+fn run_teacher(spec: &SweepSpec, base: &DitConfig, cfg: &DistillConfig) -> Result<DitConfig> {
+    Ok(match distill::setup::Setup::of(cfg) {
+        distill::setup::Setup::Ta => spec
+            .distill
+            .assistant(spec, &cfg.student, cfg.seed)?
+            .map_or_else(|| base.clone(), |a| a.cfg.student),
+        distill::setup::Setup::Kd
+        | distill::setup::Setup::Feat
+        | distill::setup::Setup::Mi1
+        | distill::setup::Setup::Onestep
+        | distill::setup::Setup::Scratch => base.clone(),
+    })
+}
+
+/// `distill.flop_matched`: every run also gets a curve point at each step where its training
+/// FLOPs equal another setup's run of the same budget, shape and seed at that run's last step
+/// (within half a step; only where that is short of its own last step). Setups that pay more per
+/// step (a teacher's forward, an assistant's training) are then compared with cheaper ones at
+/// equal training compute from measured points, beside the comparison at equal steps.
+fn with_flop_matched_points(
+    spec: &SweepSpec,
+    base: &DitConfig,
+    runs: &mut [RunPlan],
+) -> Result<()> {
+    let teachers: Vec<DitConfig> = runs
+        .iter()
+        .map(|r| run_teacher(spec, base, &r.cfg))
+        .collect::<Result<_>>()?;
+    let finals: Vec<f64> = runs
+        .iter()
+        .zip(&teachers)
+        .map(|(r, t)| r.cfg.train_flops(Some(t), r.cfg.steps))
+        .collect();
+    let key = |r: &RunPlan| (r.budget, r.cfg.student.shape_label(), r.cfg.seed);
+    for i in 0..runs.len() {
+        for j in 0..runs.len() {
+            if i == j || key(&runs[i]) != key(&runs[j]) {
+                continue;
+            }
+            let (cfg, steps) = (&runs[i].cfg, runs[i].cfg.steps);
+            if let Some(s) = flop_matched_step(cfg, &teachers[i], finals[j], steps) {
+                add_curve_point(&mut runs[i], s);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A sweep ready to run: the validated spec (with command-line overrides), the teacher's

@@ -291,6 +291,11 @@ pub struct DistillSettings {
     /// runs want a smaller decay (0.995: ~200 steps) than long ones (0.999: ~1,000).
     #[serde(default = "d_ema")]
     pub ema_decay: f64,
+    /// Also evaluate every run where its training FLOPs equal each other setup's run of the same
+    /// shape and seed at that run's last step (extra curve points): setups compared at equal
+    /// compute as well as at equal steps.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flop_matched: bool,
 }
 
 fn d_batch() -> usize {

@@ -410,3 +410,67 @@ fn a_teaching_assistant_chain_trains_first_is_charged_and_resumes_after_sigkill(
     assert_eq!(rc, 0, "{err}");
     assert_eq!(table_rows(&killed), table_rows(&full));
 }
+
+/// `distill.flop_matched`: in a grid sweep every KD run is also evaluated where its training FLOPs
+/// (the teacher's forward included) equal its scratch twin's at the last step, so the report
+/// compares the two setups at equal steps and at equal training FLOPs from measured points.
+#[test]
+fn flop_matched_grid_sweeps_compare_setups_at_equal_compute() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let text = spec_text().replace(
+        "distill: {modes: [kd, scratch], steps: 3, batch_size: 8, warmup_steps: 1}",
+        "distill: {modes: [kd, scratch], steps: 8, batch_size: 8, warmup_steps: 1, flop_matched: true}",
+    );
+    assert!(text.contains("flop_matched: true"), "{text}");
+    let spec = &write_spec(root, "fm.yaml", &text);
+    let out = root.join("out");
+    let (rc, _, err) = ditkd(&["sweep", spec, "--out", out.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let curve = |run: &std::path::Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(run.join("curve.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["step"].as_u64().unwrap(),
+                    v["train_flops"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let runs: Vec<_> = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let mut pairs = 0;
+    for kd in runs.iter().filter(|p| p.to_string_lossy().contains("-kd-")) {
+        let name = kd.file_name().unwrap().to_string_lossy().to_string();
+        let twin = name.split_once('-').unwrap().1.replace("-kd-", "-scratch-");
+        let scratch = runs
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(&twin))
+            .unwrap_or_else(|| panic!("no scratch twin of {name}"));
+        let target = curve(scratch).last().unwrap().1;
+        let kd_curve = curve(kd);
+        let (last_step, last_flops) = *kd_curve.last().unwrap();
+        let per_step = last_flops / last_step as f64;
+        assert!(
+            kd_curve
+                .iter()
+                .any(|&(s, f)| s < 8 && (f - target).abs() <= 0.5 * per_step),
+            "{name}: no point at scratch's {target:.3e} FLOPs in {kd_curve:?}"
+        );
+        pairs += 1;
+    }
+    assert!(pairs >= 2);
+    let (rc, _, err) = ditkd(&["report", out.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("equal training FLOPs") && !report.contains("no matched point"),
+        "{report}"
+    );
+}

@@ -64,30 +64,7 @@ pub struct Race<'a> {
     pub(crate) dir: PathBuf,
 }
 
-/// The step at which `cfg`'s training FLOPs come closest to `target` (within half a step), if
-/// that is short of `steps`: where a run that pays more per step is compared with a cheaper one at
-/// equal training compute.
-fn flop_matched_step(
-    cfg: &distill::run::DistillConfig,
-    teacher: &dit::DitConfig,
-    target: f64,
-    steps: usize,
-) -> Option<usize> {
-    let fixed = cfg.train_flops(Some(teacher), 0);
-    let per_step = cfg.train_flops(Some(teacher), 1) - fixed;
-    if !(per_step > 0.0) {
-        return None;
-    }
-    let s = ((target - fixed) / per_step).round();
-    (s >= 1.0 && s < steps as f64).then_some(s as usize)
-}
-
-/// Add `step` to `r`'s curve points.
-fn add_curve_point(r: &mut RunPlan, step: usize) {
-    r.cfg.eval.at_steps.push(step);
-    r.cfg.eval.at_steps.sort_unstable();
-    r.cfg.eval.at_steps.dedup();
-}
+use crate::runner::{add_curve_point, flop_matched_step};
 
 /// The race's plans with, on every run of the raced mode, a curve point at each step where its
 /// training FLOPs equal a companion mode's at the step cap (KD pays the teacher's forward, so a
