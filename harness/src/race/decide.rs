@@ -105,6 +105,20 @@ pub enum Outcome {
     SeedCap,
 }
 
+impl Outcome {
+    /// "decided: d3-w40-h2-p4", "tie within the evaluation noise: a, b", "seed cap reached, tie
+    /// set: a, b".
+    pub fn describe(self, best: &str, tie_set: &[String]) -> String {
+        match self {
+            Outcome::Decided => format!("decided: {best}"),
+            Outcome::TieWithinEvalNoise => {
+                format!("tie within the evaluation noise: {}", tie_set.join(", "))
+            }
+            Outcome::SeedCap => format!("seed cap reached, tie set: {}", tie_set.join(", ")),
+        }
+    }
+}
+
 /// One budget's decision at one rung.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetDecision {
@@ -252,13 +266,7 @@ pub fn describe(d: &BudgetDecision) -> String {
             best,
             tie_set,
             reason,
-        } => match reason {
-            Outcome::Decided => format!("decided: {best}"),
-            Outcome::TieWithinEvalNoise => {
-                format!("tie within the evaluation noise: {}", tie_set.join(", "))
-            }
-            Outcome::SeedCap => format!("seed cap reached, tie set: {}", tie_set.join(", ")),
-        },
+        } => reason.describe(best, tie_set),
     };
     format!(
         "{} steps, seed sd {:.3} ({} df): {}{} -> {action}",

@@ -435,6 +435,61 @@ impl Race<'_> {
     }
 }
 
+/// Where the race left a shape: "contender" (it reached the last rung), "pruned at N", or "not raced".
+fn race_cell(raced_to: Option<usize>, last: usize) -> String {
+    match raced_to {
+        Some(steps) if steps >= last => "contender".to_string(),
+        Some(steps) => format!("pruned at {steps}"),
+        None => "not raced".to_string(),
+    }
+}
+
+/// "s0 11.56, s1 12.10": each seed's FID-proxy.
+fn seeds_cell(r: &PooledShape) -> String {
+    r.seeds
+        .iter()
+        .zip(&r.fid_proxy)
+        .map(|(s, v)| format!("s{s} {v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// "250: -0.26, 500: ..., 8000: +0.66": each earlier rung's Spearman with the last.
+fn agreement_cell(b: &PooledBudget) -> String {
+    b.rank_agreement
+        .iter()
+        .map(|a| match a.spearman {
+            Some(rho) => format!("{}: {rho:+.2}", a.steps),
+            None => format!("{}: -", a.steps),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The verdict in words: the outcome, or what to train (seeds grouped by shape).
+fn verdict_text(v: &Verdict) -> String {
+    match v {
+        Verdict::Done {
+            best,
+            tie_set,
+            reason,
+        } => reason.describe(best, tie_set),
+        Verdict::Train { runs } => {
+            let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for r in runs {
+                by.entry(&r.shape).or_default().push(r.seed.to_string());
+            }
+            format!(
+                "undecided; to resolve it, train {}",
+                by.iter()
+                    .map(|(shape, seeds)| format!("{shape} seed {}", seeds.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }
+    }
+}
+
 /// The pooled answer as text: per budget a table of shapes and the verdict.
 pub fn describe(p: &Pooled) -> String {
     use std::fmt::Write;
@@ -465,40 +520,22 @@ pub fn describe(p: &Pooled) -> String {
             "shape", "P(best)", "FID-proxy", "seeds"
         );
         for r in &b.shapes {
-            let race = match r.raced_to {
-                Some(steps) if steps >= p.steps => "contender".to_string(),
-                Some(steps) => format!("pruned at {steps}"),
-                None => "not raced".to_string(),
-            };
-            let seeds = r
-                .seeds
-                .iter()
-                .zip(&r.fid_proxy)
-                .map(|(s, v)| format!("s{s} {v:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ");
             let _ = writeln!(
                 s,
-                "  {:<14} {:>8.2} {:>10.2}  {:<24} {race}",
+                "  {:<14} {:>8.2} {:>10.2}  {:<24} {}",
                 r.shape,
                 r.p_best,
                 r.mean_ln.exp(),
-                seeds
+                seeds_cell(r),
+                race_cell(r.raced_to, p.steps)
             );
         }
-        let agreement = b
-            .rank_agreement
-            .iter()
-            .map(|a| match a.spearman {
-                Some(rho) => format!("{}: {rho:+.2} ({})", a.steps, a.shapes),
-                None => format!("{}: - ({})", a.steps, a.shapes),
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
         let _ = writeln!(
             s,
-            "  ranking at each rung vs {} (Spearman, first seed, shapes): {agreement}",
-            p.steps
+            "  ranking at each rung vs {} (Spearman, first seed, {} shapes): {}",
+            p.steps,
+            b.rank_agreement.first().map_or(0, |a| a.shapes),
+            agreement_cell(b)
         );
         for d in &b.duplicates {
             let _ = writeln!(
@@ -513,33 +550,7 @@ pub fn describe(p: &Pooled) -> String {
                     .join(" vs ")
             );
         }
-        let v = match &b.verdict {
-            Verdict::Done {
-                best,
-                tie_set,
-                reason,
-            } => match reason {
-                Outcome::Decided => format!("decided: {best}"),
-                Outcome::TieWithinEvalNoise => {
-                    format!("tie within the evaluation noise: {}", tie_set.join(", "))
-                }
-                Outcome::SeedCap => format!("seed cap reached, tie set: {}", tie_set.join(", ")),
-            },
-            Verdict::Train { runs } => {
-                let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-                for r in runs {
-                    by.entry(&r.shape).or_default().push(r.seed.to_string());
-                }
-                format!(
-                    "undecided; train {}",
-                    by.iter()
-                        .map(|(shape, seeds)| format!("{shape} seed {}", seeds.join(", ")))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
-            }
-        };
-        let _ = writeln!(s, "  -> {v}");
+        let _ = writeln!(s, "  -> {}", verdict_text(&b.verdict));
     }
     s
 }
@@ -570,64 +581,26 @@ pub fn markdown(p: &Pooled) -> String {
         );
         for r in &b.shapes {
             let race = match r.raced_to {
-                Some(steps) if steps >= p.steps => "contender".to_string(),
-                Some(steps) => format!("**pruned at {steps}**"),
-                None => "not raced".to_string(),
+                Some(steps) if steps < p.steps => format!("**{}**", race_cell(r.raced_to, p.steps)),
+                _ => race_cell(r.raced_to, p.steps),
             };
-            let seeds = r
-                .seeds
-                .iter()
-                .zip(&r.fid_proxy)
-                .map(|(s, v)| format!("s{s} {v:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ");
             let _ = writeln!(
                 w,
-                "| {} | {seeds} | {:.2} | {:.2} | {race} |",
+                "| {} | {} | {:.2} | {:.2} | {race} |",
                 r.shape,
+                seeds_cell(r),
                 r.mean_ln.exp(),
                 r.p_best
             );
         }
-        let agreement = b
-            .rank_agreement
-            .iter()
-            .map(|a| match a.spearman {
-                Some(rho) => format!("{}: {rho:+.2}", a.steps),
-                None => format!("{}: -", a.steps),
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
         let _ = writeln!(
             w,
-            "\nRanking at each rung against {} steps (Spearman, first seed, {} shapes): {agreement}.\n",
+            "\nRanking at each rung against {} steps (Spearman, first seed, {} shapes): {}.\n",
             p.steps,
-            b.rank_agreement.first().map_or(0, |a| a.shapes)
+            b.rank_agreement.first().map_or(0, |a| a.shapes),
+            agreement_cell(b)
         );
-        let verdict = match &b.verdict {
-            Verdict::Done {
-                best,
-                tie_set,
-                reason,
-            } => match reason {
-                Outcome::Decided => format!("**decided: {best}**"),
-                Outcome::TieWithinEvalNoise => format!(
-                    "**tie within the evaluation noise: {}**",
-                    tie_set.join(", ")
-                ),
-                Outcome::SeedCap => {
-                    format!("**seed cap reached; tie set: {}**", tie_set.join(", "))
-                }
-            },
-            Verdict::Train { runs } => format!(
-                "undecided; to resolve it, train {}",
-                runs.iter()
-                    .map(|r| format!("{} seed {}", r.shape, r.seed))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        };
-        let _ = writeln!(w, "Verdict: {verdict}.\n");
+        let _ = writeln!(w, "Verdict: {}.\n", verdict_text(&b.verdict));
     }
     w
 }
