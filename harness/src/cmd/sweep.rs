@@ -123,7 +123,7 @@ fn print_plan(
     dir: &Path,
 ) {
     println!(
-        "{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8} {:>7} {:>4} {:>9}",
+        "{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8} {:>7} {:>4} {:>9}  curve points (steps)",
         "id",
         "budget",
         "depth",
@@ -145,7 +145,7 @@ fn print_plan(
         let e = estimate_secs(r, base, pays_teacher) / spec.parallel.threads_per_job as f64;
         secs += e;
         println!(
-            "{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8.4} {:>7} {:>4} {:>9.0}",
+            "{:>4} {:>10} {:>5} {:>5} {:>5} {:>8} {:>9} {:>8.4} {:>7} {:>4} {:>9.0}  {}",
             r.index,
             grouped(r.budget as i64),
             s.depth,
@@ -156,7 +156,14 @@ fn print_plan(
             s.forward_gflops(),
             distill::setup::Setup::of(&r.cfg).to_string(),
             r.cfg.seed,
-            e
+            e,
+            r.cfg
+                .eval
+                .at_steps
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         );
     }
     // The teaching assistants are trained first, each with every thread.
