@@ -251,8 +251,16 @@ impl Race<'_> {
             let r = self.trial(*b, shape, self.mode, *seed, last)?;
             planned.insert(training_hash(&r.cfg), (*b, shape.clone(), *seed));
         }
+        // Each directory once (the race's own first), however it is spelled.
         let mut sources = vec![self.dir.clone()];
-        sources.extend(with.iter().cloned());
+        let mut seen = vec![std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone())];
+        for w in with {
+            let c = std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
+            if !seen.contains(&c) {
+                seen.push(c);
+                sources.push(w.clone());
+            }
+        }
         // (budget, shape, seed) -> every copy found, in source order.
         let mut found: BTreeMap<(usize, String, u64), Vec<(Found, f64)>> = BTreeMap::new();
         for source in &sources {
