@@ -324,6 +324,19 @@ pub fn generate(
     sampler: &SamplerConfig,
     seed: u64,
 ) -> Result<Tensor> {
+    generate_with_progress(model, mode, noise, labels, sampler, seed, |_| ())
+}
+
+/// [`generate`], calling `done(images)` after each batch.
+pub fn generate_with_progress(
+    model: &DiT,
+    mode: Mode,
+    noise: &Tensor,
+    labels: &[u32],
+    sampler: &SamplerConfig,
+    seed: u64,
+    mut done: impl FnMut(usize),
+) -> Result<Tensor> {
     let mut rng = dit::rng::seeded(seed ^ 0x5A3);
     let schedule = NoiseSchedule::dit_default();
     let mut out = Vec::new();
@@ -338,6 +351,7 @@ pub fn generate(
                 dit::sampler::sample(model, &schedule, &z, y, sampler, &mut rng)?
             }
         });
+        done(b);
     }
     Ok(Tensor::cat(&out, 0)?)
 }

@@ -134,3 +134,76 @@ parallel: {{jobs: 1, threads_per_job: 2}}
         assert!(table.contains(want), "`ditkd table` lacks {want}:\n{table}");
     }
 }
+
+/// `ditkd fid` scores several models and the real-data floor in one call, writes their rows to
+/// `--out`, and a second call with the same settings reuses every row instead of scoring again.
+#[test]
+fn ditkd_fid_scores_models_and_the_floor_and_resumes() {
+    if let Err(e) = distill::inception::weights::check_available() {
+        assert!(!required(), "DITKD_REQUIRE_FID=1 but {e:#}");
+        eprintln!("SKIPPED ditkd_fid_scores_models_and_the_floor_and_resumes: {e:#}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The statistics of 16 test images go to a cache of the test's own, next to the real weights.
+    let cache = tmp.path().join("inception");
+    std::fs::create_dir_all(&cache).unwrap();
+    let weights = distill::inception::weights::weights_path();
+    std::os::unix::fs::symlink(
+        weights.canonicalize().unwrap(),
+        cache.join(distill::inception::weights::WEIGHTS_FILE),
+    )
+    .unwrap();
+    let teacher = fixtures().teacher().to_str().unwrap().to_string();
+    let out = tmp.path().join("fid.json");
+    let run = || {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ditkd"))
+            .env("DITKD_FID_CACHE", &cache)
+            .args([
+                "fid",
+                "--checkpoint",
+                &teacher,
+                "--floor",
+                "--samples",
+                "10",
+                "--steps",
+                "2",
+                "--cfg",
+                "2",
+                "--real",
+                "16",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    run();
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(rows.len(), 2, "the teacher and the floor: {rows:?}");
+    assert!(rows[0]["item"]["model"].is_object(), "{:?}", rows[0]);
+    assert_eq!(rows[1]["item"], "floor");
+    for r in &rows {
+        let fid = r["fid"].as_f64().unwrap();
+        assert!(fid.is_finite() && fid > 0.0, "{r}");
+        assert!(r["fid_inf"].as_f64().is_some_and(f64::is_finite), "{r}");
+        assert_eq!(r["settings"]["samples"], 10);
+        assert_eq!(r["settings"]["real"], 16);
+    }
+    assert_eq!(rows[0]["settings"]["steps"], 2);
+    assert!(rows[1]["settings"]["steps"].is_null());
+    assert!(rows[0]["params"].as_u64().is_some_and(|p| p > 0));
+    let again = run();
+    assert_eq!(
+        again.matches("already in the --out file").count(),
+        2,
+        "{again}"
+    );
+    let rows2: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(rows, rows2);
+}
