@@ -413,14 +413,15 @@ fn a_teaching_assistant_chain_trains_first_is_charged_and_resumes_after_sigkill(
 
 /// `distill.flop_matched`: in a grid sweep every KD run is also evaluated where its training FLOPs
 /// (the teacher's forward included) equal its scratch twin's at the last step, so the report
-/// compares the two setups at equal steps and at equal training FLOPs from measured points.
+/// compares the setups (kd, mi1, scratch) at equal steps and at equal training FLOPs from measured
+/// points, with P(best) per shape.
 #[test]
 fn flop_matched_grid_sweeps_compare_setups_at_equal_compute() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let text = spec_text().replace(
         "distill: {modes: [kd, scratch], steps: 3, batch_size: 8, warmup_steps: 1}",
-        "distill: {modes: [kd, scratch], steps: 8, batch_size: 8, warmup_steps: 1, flop_matched: true}",
+        "distill: {modes: [kd, mi1, scratch], steps: 8, batch_size: 8, warmup_steps: 1, flop_matched: true}",
     );
     assert!(text.contains("flop_matched: true"), "{text}");
     let spec = &write_spec(root, "fm.yaml", &text);
@@ -472,5 +473,17 @@ fn flop_matched_grid_sweeps_compare_setups_at_equal_compute() {
     assert!(
         report.contains("equal training FLOPs") && !report.contains("no matched point"),
         "{report}"
+    );
+    // The setups side by side, each with P(best) at equal steps and at scratch's FLOPs.
+    let setups = report
+        .split("## Distillation setups")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no setups section:\n{report}"));
+    for row in ["| kd |", "| mi1 |", "| scratch |"] {
+        assert!(setups.contains(row), "{row} missing:\n{setups}");
+    }
+    assert!(
+        setups.contains("`scratch`'s total") && setups.contains("Best at equal steps"),
+        "{setups}"
     );
 }

@@ -189,6 +189,7 @@ pub fn markdown_with(
     }
     modes_section(w, sweep, &metric);
     paired_section(w, sweep, &metric);
+    setups_section(w, sweep, &metric);
     for l in law.into_iter().chain(held) {
         if let Some(h) = l.holdout.as_ref() {
             holdout_section(w, l, h, &metric);
@@ -708,6 +709,85 @@ fn paired_section(w: &mut String, sweep: &Sweep, metric: &str) {
         );
     }
     let _ = writeln!(w);
+}
+
+/// Distillation setups shape by shape (`results::setups`): shown when a shape ran under a setup
+/// other than kd and scratch (their pairs have the section above).
+fn setups_section(w: &mut String, sweep: &Sweep, metric: &str) {
+    let prior = crate::race::schedule::DEFAULT_PRIOR_SEED_NOISE;
+    let rows = crate::results::setups::compare_setups(sweep, prior);
+    let beyond_kd = |c: &crate::results::setups::SetupComparison| {
+        c.equal_steps
+            .scores
+            .iter()
+            .any(|s| !matches!(s.setup, Setup::Kd | Setup::Scratch))
+    };
+    if !rows.iter().any(beyond_kd) {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "## Distillation setups: equal steps and equal training FLOPs\n\n\
+         Per budget and shape, each setup's {metric} (geometric mean over its seeds, the seeds in \
+         brackets) at equal steps (every run at its last step) and at equal total training FLOPs \
+         (each run read at its curve point where its FLOPs, the teacher's and an assistant's \
+         forwards and the assistant's own training included, equal the cheapest setup's total; \
+         `distill.flop_matched: true` puts the points there). P(best): the race's Monte Carlo over \
+         the setups with the seed noise pooled over their replicates (shrunk towards the prior \
+         {prior}); the setups share seeds, which it ignores, so it is conservative.\n"
+    );
+    for c in &rows {
+        let _ = writeln!(
+            w,
+            "**{} {}** (equal FLOPs: {:.3e}, `{}`'s total; seed sd {:.3} in ln, {} df)\n\n\
+             | setup | {metric} at equal steps | steps | P(best) | {metric} at equal FLOPs | step read | P(best) |\n\
+             |---|---|---:|---:|---|---:|---:|",
+            si(c.budget as f64),
+            c.shape,
+            c.flops,
+            c.cheapest,
+            c.equal_steps.seed_sd,
+            c.equal_steps.df,
+        );
+        for s in &c.equal_steps.scores {
+            let f = c.equal_flops.scores.iter().find(|f| f.setup == s.setup);
+            let cell = |x: &crate::results::setups::SetupScore| {
+                let seeds: Vec<String> = x.values.iter().map(|v| num(*v)).collect();
+                format!("{} ({})", num(x.geo), seeds.join(", "))
+            };
+            let steps = |x: &crate::results::setups::SetupScore| {
+                let lo = x.steps.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = x.steps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                if lo == hi {
+                    grouped(lo as i64)
+                } else {
+                    format!("{}-{}", grouped(lo as i64), grouped(hi as i64))
+                }
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {:.2} | {} | {} | {} |",
+                s.setup,
+                cell(s),
+                steps(s),
+                s.p_best,
+                f.map_or("no matched point".into(), cell),
+                f.map_or("–".into(), steps),
+                f.map_or("–".into(), |f| format!("{:.2}", f.p_best)),
+            );
+        }
+        let verdict = |m: &crate::results::setups::Matching| {
+            m.scores.first().map_or("–".into(), |b| {
+                format!("`{}` (P(best) {:.2})", b.setup, b.p_best)
+            })
+        };
+        let _ = writeln!(
+            w,
+            "\nBest at equal steps: {}; at equal FLOPs: {}.\n",
+            verdict(&c.equal_steps),
+            verdict(&c.equal_flops)
+        );
+    }
 }
 
 /// Read through JSON, so the section follows law.json's `holdout` as written (fields may be null).

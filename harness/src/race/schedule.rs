@@ -74,8 +74,11 @@ fn d_keep() -> f64 {
 fn d_target() -> f64 {
     0.9
 }
+/// The seed noise in ln(FID-proxy) assumed before replicates: the first Fashion-MNIST study's.
+pub const DEFAULT_PRIOR_SEED_NOISE: f64 = 0.084;
+
 fn d_prior() -> f64 {
-    0.084
+    DEFAULT_PRIOR_SEED_NOISE
 }
 
 impl Default for Halving {

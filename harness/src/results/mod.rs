@@ -3,6 +3,7 @@
 
 pub mod overlay;
 pub mod paired;
+pub mod setups;
 
 pub use overlay::{CvPoint, LawCurve, LawOverlay};
 
