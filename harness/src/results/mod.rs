@@ -399,6 +399,58 @@ pub fn modes_compared(cmp: &[ModeComparison]) -> Vec<Setup> {
     by_name(cmp.iter().flat_map(|c| c.stats.iter().map(|s| s.mode)))
 }
 
+/// A run's learning-curve point nearest `flops`, if within half of one of its steps' FLOPs (the
+/// nearest step, with rounding slack): the equal-FLOPs reading, never an interpolation.
+pub fn point_at_flops<'a>(
+    pts: impl IntoIterator<Item = &'a LearnPoint>,
+    flops: f64,
+) -> Option<&'a LearnPoint> {
+    pts.into_iter()
+        .filter(|k| {
+            let half_step = 0.5 * k.train_flops / k.step.max(1.0);
+            (k.train_flops - flops).abs() <= half_step * (1.0 + 1e-9)
+        })
+        .min_by(|a, b| {
+            (a.train_flops - flops)
+                .abs()
+                .total_cmp(&(b.train_flops - flops).abs())
+        })
+}
+
+/// Test data: a learning-curve point of budget 50k, depth 1, width 40, 2 heads.
+#[cfg(test)]
+pub(crate) fn test_point(mode: Setup, seed: i64, step: f64, flops: f64, value: f64) -> LearnPoint {
+    LearnPoint {
+        run_id: format!("{mode}-{seed}"),
+        budget: 50_000,
+        depth: 1,
+        width: 40,
+        heads: 2,
+        mode,
+        seed,
+        step,
+        train_flops: flops,
+        value,
+    }
+}
+
+/// Test data: a sweep holding only learning-curve points.
+#[cfg(test)]
+pub(crate) fn test_sweep(learning: Vec<LearnPoint>) -> Sweep {
+    Sweep {
+        name: "t".into(),
+        metric: "fid_proxy".into(),
+        mode: Setup::Kd,
+        runs: Vec::new(),
+        curves: Vec::new(),
+        law: None,
+        reference: None,
+        learning,
+        race: None,
+        pooled: None,
+    }
+}
+
 /// Mean and sample std (0 for fewer than two values).
 pub fn mean_std(vals: impl Iterator<Item = f64>) -> (f64, f64) {
     let v: Vec<f64> = vals.collect();

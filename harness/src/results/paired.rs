@@ -93,18 +93,7 @@ pub fn kd_vs_scratch(sweep: &Sweep) -> Vec<PairedShape> {
         if let Some(k) = kd.iter().find(|k| k.step == last.step) {
             e.1.push((k.value, last.value, k.step));
         }
-        let near = kd
-            .iter()
-            .filter(|k| {
-                // Within half of one KD step's FLOPs (the nearest step), with rounding slack.
-                let half_step = 0.5 * k.train_flops / k.step.max(1.0);
-                (k.train_flops - last.train_flops).abs() <= half_step * (1.0 + 1e-9)
-            })
-            .min_by(|a, b| {
-                (a.train_flops - last.train_flops)
-                    .abs()
-                    .total_cmp(&(b.train_flops - last.train_flops).abs())
-            });
+        let near = super::point_at_flops(kd.iter().copied(), last.train_flops);
         if let Some(k) = near {
             e.2.push((k.value, last.value, k.step));
         }
@@ -127,20 +116,7 @@ pub fn kd_vs_scratch(sweep: &Sweep) -> Vec<PairedShape> {
 mod tests {
     use super::*;
 
-    fn pt(mode: Setup, seed: i64, step: f64, flops: f64, value: f64) -> LearnPoint {
-        LearnPoint {
-            run_id: format!("{mode}-{seed}"),
-            budget: 50_000,
-            depth: 1,
-            width: 40,
-            heads: 2,
-            mode,
-            seed,
-            step,
-            train_flops: flops,
-            value,
-        }
-    }
+    use crate::results::{test_point as pt, test_sweep};
 
     #[test]
     fn pairs_by_seed_at_equal_steps_and_at_the_flop_matched_kd_point() {
@@ -154,18 +130,7 @@ mod tests {
         }
         // A KD run with no scratch twin is not compared.
         learning.push(pt(Setup::Kd, 7, 100.0, 1000.0, 1.0));
-        let sweep = Sweep {
-            name: "t".into(),
-            metric: "fid_proxy".into(),
-            mode: Setup::Kd,
-            runs: Vec::new(),
-            curves: Vec::new(),
-            law: None,
-            reference: None,
-            learning,
-            race: None,
-            pooled: None,
-        };
+        let sweep = test_sweep(learning);
         let p = kd_vs_scratch(&sweep);
         assert_eq!(p.len(), 1);
         let (s, f) = (

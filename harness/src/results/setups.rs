@@ -55,21 +55,6 @@ pub struct SetupComparison {
     pub equal_flops: Matching,
 }
 
-/// A run's curve point nearest `flops`, if within half of one of its steps' FLOPs.
-fn point_at_flops<'a>(pts: &[&'a LearnPoint], flops: f64) -> Option<&'a LearnPoint> {
-    pts.iter()
-        .copied()
-        .filter(|k| {
-            let half_step = 0.5 * k.train_flops / k.step.max(1.0);
-            (k.train_flops - flops).abs() <= half_step * (1.0 + 1e-9)
-        })
-        .min_by(|a, b| {
-            (a.train_flops - flops)
-                .abs()
-                .total_cmp(&(b.train_flops - flops).abs())
-        })
-}
-
 fn matching(per_setup: Vec<(Setup, Vec<(f64, f64)>)>, prior_sd: f64) -> Matching {
     let (with, missing): (Vec<_>, Vec<_>) = per_setup.into_iter().partition(|(_, v)| !v.is_empty());
     let shapes: Vec<ShapeScores> = with
@@ -171,7 +156,7 @@ pub fn compare_setups(sweep: &Sweep, prior_sd: f64) -> Vec<SetupComparison> {
                         if *s == cheapest {
                             last(pts)
                         } else {
-                            point_at_flops(pts, flops).cloned()
+                            super::point_at_flops(pts.iter().copied(), flops).cloned()
                         }
                     })
                     .map(|p| (p.value, p.step))
@@ -195,33 +180,13 @@ pub fn compare_setups(sweep: &Sweep, prior_sd: f64) -> Vec<SetupComparison> {
 mod tests {
     use super::*;
 
+    use crate::results::{test_point, test_sweep as sweep};
+
     fn pt(mode: Setup, seed: i64, step: f64, flops: f64, value: f64) -> LearnPoint {
         LearnPoint {
-            run_id: format!("{mode}-{seed}"),
-            budget: 50_000,
             depth: 2,
             width: 32,
-            heads: 2,
-            mode,
-            seed,
-            step,
-            train_flops: flops,
-            value,
-        }
-    }
-
-    fn sweep(learning: Vec<LearnPoint>) -> Sweep {
-        Sweep {
-            name: "t".into(),
-            metric: "fid_proxy".into(),
-            mode: Setup::Kd,
-            runs: Vec::new(),
-            curves: Vec::new(),
-            law: None,
-            reference: None,
-            learning,
-            race: None,
-            pooled: None,
+            ..test_point(mode, seed, step, flops, value)
         }
     }
 
