@@ -289,7 +289,12 @@ impl FidScorer {
     ) -> Result<(f64, Option<f64>)> {
         let (n, c, h, w) = dims;
         let feats = self.net.features(flat, n, c, h, w, (-1.0, 1.0))?;
-        let fid = self.real.frechet_distance_to(&feats)?;
+        self.score_features(&feats, n)
+    }
+
+    /// FID and FID∞ of `n` images' Inception features (`[n * 2048]`, row-major).
+    pub fn score_features(&self, feats: &[f32], n: usize) -> Result<(f64, Option<f64>)> {
+        let fid = self.real.frechet_distance_to(feats)?;
         let dim = crate::inception::FEATURES;
         let inf = extrapolate_inf(n, |k| {
             if k == n {

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use distill::data::{DataConfig, Split};
-use distill::inception::stats::dataset_stats;
 use distill::inception::{weights, FidInception};
 use distill::kd::Mode;
 use dit::{SamplerConfig, SamplerKind};
@@ -176,18 +175,18 @@ pub fn run(a: FidArgs) -> Result<()> {
     };
 
     let t0 = Instant::now();
-    let net = FidInception::load_default()?;
     let test = DataConfig::default().load(Split::Test)?;
     let n_real = a.real.unwrap_or(test.len()).min(test.len());
     if n_real < 2 {
         bail!("--real: need at least 2 images (got {n_real})");
     }
-    // The same cache file a sweep with `eval.metrics: [fid_proxy, fid]` uses (by default).
-    let (real_stats, cache, hit) = dataset_stats(&weights::cache_dir(), &net, &test, n_real)?;
+    // The network and the real statistics, from the cache file a sweep with
+    // `eval.metrics: [fid_proxy, fid]` uses (by default).
+    let scorer = distill::eval::FidScorer::load(&test, Some(n_real), &weights::cache_dir())?;
+    let net = &scorer.net;
     eprintln!(
-        "real statistics: {n_real} test images, {} ({})",
-        cache.display(),
-        if hit { "cached" } else { "computed" }
+        "real statistics: {n_real} test images, {}",
+        scorer.cache.display()
     );
     let device = crate::device::get();
     let mode = if a.onestep { Mode::Onestep } else { Mode::Kd };
@@ -262,16 +261,8 @@ pub fn run(a: FidArgs) -> Result<()> {
         };
         let sample_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let feats = features_with_bar(&net, &pixels, a.samples, (c, h, w))?;
-        let fid = real_stats.frechet_distance_to(&feats)?;
-        let dim = distill::inception::FEATURES;
-        let fid_inf = distill::eval::extrapolate_inf(a.samples, |k| {
-            if k == a.samples {
-                Ok(fid)
-            } else {
-                real_stats.frechet_distance_to(&feats[..k * dim])
-            }
-        })?;
+        let feats = features_with_bar(net, &pixels, a.samples, (c, h, w))?;
+        let (fid, fid_inf) = scorer.score_features(&feats, a.samples)?;
         let row = FidRow {
             item,
             settings,
