@@ -6,6 +6,7 @@
 mod common;
 use common::{ditkd, race_spec, stages, stages_without_version, sweep_killed_when, table_rows};
 use serde_json::Value;
+use std::path::Path;
 
 fn curve_steps(run: &std::path::Path) -> Vec<u64> {
     std::fs::read_to_string(run.join("curve.jsonl"))
@@ -258,13 +259,46 @@ fn a_race_prunes_extends_adds_seeds_and_resumes_after_sigkill() {
         "rungs 2 and 4 against 8: {out}"
     );
     assert!(b["verdict"]["verdict"].is_string(), "{out}");
+    // The study's compute: every finished run of both directories (the race's KD and scratch
+    // runs, the audit's), against every shape x final_seeds of the raced setup.
+    let finished = |d: &Path| {
+        std::fs::read_dir(d.join("runs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("summary.json").exists())
+            .count() as u64
+    };
+    let cost = &pooled["cost"];
+    assert_eq!(
+        cost["runs"].as_u64().unwrap(),
+        finished(&full) + finished(&audit),
+        "{cost}"
+    );
+    let setups: Vec<&str> = cost["by_setup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert_eq!(setups, ["kd", "scratch"], "raced setup first: {cost}");
+    assert_eq!(
+        cost["grid_runs"].as_u64().unwrap(),
+        first.len() as u64 * cost["grid_seeds"].as_u64().unwrap(),
+        "{cost}"
+    );
+    assert!(cost["grid_cpu_hours"].as_f64().unwrap() > 0.0, "{cost}");
+    assert!(
+        out.contains("compute: ") && out.contains("full grid"),
+        "{out}"
+    );
     let (rc, _, err) = ditkd(&["report", full.to_str().unwrap()]);
     assert_eq!(rc, 0, "{err}");
     let report = std::fs::read_to_string(full.join("report.md")).unwrap();
     assert!(
         report.contains("## The race pooled with its audits")
             && report.contains("**pruned at 2**")
-            && report.contains("Verdict:"),
+            && report.contains("Verdict:")
+            && report.contains("Compute: "),
         "{report}"
     );
     // A directory that is not a sweep's results is refused, naming it.

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use distill::curve::CurveLog;
 use distill::run::{DistillConfig, RunStatus, Summary};
+use distill::setup::Setup;
 use serde::{Deserialize, Serialize};
 
 use super::decide::{p_best, pooled_noise, Noise, Outcome, ShapeScores, DRAWS};
@@ -37,6 +38,31 @@ pub struct Pooled {
     /// The directories the runs come from, the race's first.
     pub sources: Vec<PathBuf>,
     pub budgets: Vec<PooledBudget>,
+    /// What every pooled source's runs cost, against the full grid.
+    #[serde(default)]
+    pub cost: StudyCost,
+}
+
+/// The compute of a study (the race and every sweep pooled with it: audits, extra seeds, other
+/// setups, other axes), from each run's own measured wall times (`train_wall_s`, the final and the
+/// curve evaluations, times the race's threads per job), against the full grid: every shape of
+/// every budget of the race's grid, the raced setup, `final_seeds` seeds, trained to the last
+/// rung and evaluated at the race's curve points and the end, at each shape's measured median cost
+/// per step and per evaluation. Sweep-level work (the teacher-target prefill, the reference
+/// evaluations) is shared by both and counted in neither.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StudyCost {
+    /// CPU-hours of every run found, by setup (the raced one first), and in all.
+    pub by_setup: Vec<(String, f64, usize)>,
+    pub cpu_hours: f64,
+    pub runs: usize,
+    /// CPU-hours of the raced setup's runs alone (what the grid replaces).
+    pub raced_cpu_hours: f64,
+    pub grid_cpu_hours: f64,
+    pub grid_runs: usize,
+    pub grid_seeds: usize,
+    /// Grid shapes without a measured cost (left out of `grid_cpu_hours`).
+    pub unmeasured: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -400,11 +426,73 @@ impl Race<'_> {
                 duplicates,
             });
         }
+        let cost = self.study_cost(&sources, last)?;
         Ok(Pooled {
             code_versions: versions,
             steps: last,
             sources,
             budgets,
+            cost,
+        })
+    }
+
+    /// Every run of every source, costed, against the full grid (see [`StudyCost`]).
+    fn study_cost(&self, sources: &[PathBuf], last: usize) -> Result<StudyCost> {
+        let threads = self.spec.parallel.threads_per_job.max(1) as f64;
+        let mut by_setup: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        // (shape label, setup) -> measured seconds per step and per final evaluation.
+        let mut per_step: BTreeMap<(String, Setup), Vec<f64>> = BTreeMap::new();
+        let mut per_eval: BTreeMap<(String, Setup), Vec<f64>> = BTreeMap::new();
+        for source in sources {
+            for (_, cfg, s) in runs_in(source)? {
+                let secs = s.train_wall_s + s.eval_wall_s + s.curve_eval_wall_s;
+                let e = by_setup.entry(s.mode.to_string()).or_default();
+                e.0 += secs * threads / 3600.0;
+                e.1 += 1;
+                if s.steps > 0 && s.train_wall_s > 0.0 {
+                    let k = (cfg.student.shape_label(), s.mode);
+                    per_step
+                        .entry(k.clone())
+                        .or_default()
+                        .push(s.train_wall_s / s.steps as f64);
+                    per_eval.entry(k).or_default().push(s.eval_wall_s);
+                }
+            }
+        }
+        let evals = self.spec.eval.curve_steps(last).len() as f64;
+        let seeds = self.halving.final_seeds.max(1);
+        let (mut grid, mut grid_runs, mut unmeasured) = (0.0, 0, Vec::new());
+        let mut shapes: Vec<&String> = self
+            .grid
+            .keys()
+            .filter(|k| k.2 == self.mode)
+            .map(|k| &k.1)
+            .collect();
+        shapes.sort();
+        shapes.dedup();
+        for shape in shapes {
+            let k = (shape.clone(), self.mode);
+            match (per_step.get(&k), per_eval.get(&k)) {
+                (Some(st), Some(ev)) => {
+                    grid += seeds as f64 * (median(st) * last as f64 + median(ev) * evals);
+                    grid_runs += seeds;
+                }
+                _ => unmeasured.push(shape.clone()),
+            }
+        }
+        let raced = self.mode.to_string();
+        let mut rows: Vec<(String, f64, usize)> =
+            by_setup.into_iter().map(|(m, (h, n))| (m, h, n)).collect();
+        rows.sort_by_key(|r| r.0 != raced);
+        Ok(StudyCost {
+            cpu_hours: rows.iter().map(|r| r.1).sum(),
+            runs: rows.iter().map(|r| r.2).sum(),
+            raced_cpu_hours: rows.iter().filter(|r| r.0 == raced).map(|r| r.1).sum(),
+            by_setup: rows,
+            grid_cpu_hours: grid * threads / 3600.0,
+            grid_runs,
+            grid_seeds: seeds,
+            unmeasured,
         })
     }
 
@@ -441,6 +529,51 @@ impl Race<'_> {
         }
         Ok(out)
     }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// The study's compute in a sentence.
+fn cost_text(p: &Pooled) -> String {
+    let c = &p.cost;
+    if c.runs == 0 {
+        return "no costed runs".to_string();
+    }
+    let parts: Vec<String> = c
+        .by_setup
+        .iter()
+        .map(|(m, h, n)| format!("{m} {h:.1} CPU-h ({n} runs)"))
+        .collect();
+    let mut t = format!(
+        "{:.1} CPU-hours for {} runs ({}); the full grid of the raced setup ({} runs: every shape x {} seeds to {} steps) would take {:.1} CPU-hours at the measured median costs per step and per evaluation, against the {:.1} this study spent on that setup ({:.2}x)",
+        c.cpu_hours,
+        c.runs,
+        parts.join(", "),
+        c.grid_runs,
+        c.grid_seeds,
+        p.steps,
+        c.grid_cpu_hours,
+        c.raced_cpu_hours,
+        c.grid_cpu_hours / c.raced_cpu_hours.max(1e-12)
+    );
+    if !c.unmeasured.is_empty() {
+        t.push_str(&format!(
+            "; not costed (never trained): {}",
+            c.unmeasured.join(", ")
+        ));
+    }
+    t
 }
 
 /// Where the race left a shape: "contender" (it reached the last rung), "pruned at N", or "not raced".
@@ -560,6 +693,7 @@ pub fn describe(p: &Pooled) -> String {
         }
         let _ = writeln!(s, "  -> {}", verdict_text(&b.verdict));
     }
+    let _ = writeln!(s, "\ncompute: {}", cost_text(p));
     s
 }
 
@@ -610,6 +744,7 @@ pub fn markdown(p: &Pooled) -> String {
         );
         let _ = writeln!(w, "Verdict: {}.\n", verdict_text(&b.verdict));
     }
+    let _ = writeln!(w, "Compute: {}.\n", cost_text(p));
     w
 }
 
