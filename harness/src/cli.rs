@@ -236,6 +236,15 @@ pub enum Command {
         /// Choose this law (a, b, …) instead of the one with the lowest CV error.
         #[arg(long)]
         law: Option<crate::law::Form>,
+        /// Where the floor E comes from: data (the real-data floor of reference.json), teacher
+        /// (the teacher's value there: what distilled students approach), free (fitted by every
+        /// law), zero (none).
+        #[arg(long, default_value = "data")]
+        floor: crate::law::FloorChoice,
+        /// The law's domain: fit, judge and search only shapes whose head dim (width / heads) is
+        /// at least this (shapes below it are named in law.json's notes).
+        #[arg(long)]
+        min_head_dim: Option<usize>,
     },
     /// The best DiT shape for a parameter budget, predicted by a fitted law.
     Best {
@@ -509,6 +518,8 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             seed,
             law,
+            floor,
+            min_head_dim,
         } => crate::cmd::fit::run(crate::cmd::fit::Args {
             dir,
             metric,
@@ -518,6 +529,8 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             seed,
             law,
+            floor,
+            min_head_dim,
         }),
         Command::Best {
             budget,

@@ -13,7 +13,7 @@ use distill::setup::Setup;
 use dit::DitConfig;
 use harness::law::forms::Form;
 use harness::law::pipeline::{fit_sweep, Options};
-use harness::law::{design, LawFile, LawFit, Shape};
+use harness::law::{design, FloorChoice, LawFile, LawFit, Shape};
 use polars::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -122,6 +122,8 @@ fn opts(dir: &Path) -> Options {
         hold_out: None,
         seed: 0,
         law: None,
+        floor: FloorChoice::Data,
+        min_head_dim: None,
     }
 }
 
@@ -1483,4 +1485,168 @@ fn each_setup_keeps_its_own_law_and_best_answers_for_it() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("fitted on the `kd` runs"), "{err}");
+}
+
+/// Students that approach the teacher: y = T + exp(log-linear truth), T the teacher's value in
+/// reference.json (well above the real-data floor there). `--floor teacher` pins E at T and
+/// recovers the truth within the seed noise; the default pins E at the data floor and the
+/// lack-of-fit test rejects the same form; `--floor free` finds E near T; `--floor teacher`
+/// without a teacher row is refused, naming reference.json.
+#[test]
+fn the_floor_can_be_the_teacher_and_the_choice_is_recorded() {
+    const T: f64 = 40.0;
+    // The gap to the teacher halves per doubling of the parameters (a = 1): 40 at 100k.
+    const GAP: [(&str, f64); 3] = [("c", 15.2), ("a", 1.0), ("b", 0.3)];
+    let truth = |s: &Shape| 15.2 - (s.params as f64).ln() + 0.3 * (s.depth as f64).ln();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut rows = Vec::new();
+    for (b, s) in ll_shapes() {
+        for seed in 0..3 {
+            let y = (T + truth(&s).exp()) * (LL_SIGMA * normal(&mut rng)).exp();
+            let mut r = row(rows.len(), b, &s, "kd", seed, Some(y), "ok");
+            r.insert("steps".into(), json!(4000));
+            rows.push(r);
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_table(tmp.path(), &rows);
+    let ms = |m: f64| json!({"mean": m, "std": 0.1, "values": [m - 0.1, m + 0.1]});
+    let metrics = serde_json::to_value(distill::eval::EvalResult {
+        fid_proxy: T,
+        ..Default::default()
+    })
+    .unwrap();
+    let reference = |teacher: Value| {
+        json!({
+            "key": "test", "samples": 500,
+            "floor": {"draws": 2, "fid_proxy": ms(1.0), "kid": ms(0.01), "precision": ms(0.7),
+                      "recall": ms(0.7), "coverage": ms(0.9), "class_accuracy": ms(0.9)},
+            "teacher": teacher,
+        })
+        .to_string()
+    };
+    let teacher = json!({
+        "teacher_hash": "t", "depth": 4, "width": 128, "heads": 4, "params": 1_275_408,
+        "gflops": 0.08, "metrics": metrics, "eval_noise_fid_proxy": ms(T),
+    });
+    std::fs::write(tmp.path().join("reference.json"), reference(teacher)).unwrap();
+    let fit = |floor: FloorChoice| {
+        fit_sweep(&Options {
+            bootstrap: 40,
+            law: Some(Form::D),
+            floor,
+            ..opts(tmp.path())
+        })
+    };
+
+    let law = fit(FloorChoice::Teacher).unwrap();
+    assert_eq!(law.floor_choice, FloorChoice::Teacher);
+    let f = law.floor.as_ref().unwrap();
+    assert_eq!((f.value, f.kind), (T, FloorChoice::Teacher));
+    assert!(f.source.contains("teacher"), "{}", f.source);
+    let d = law.laws.iter().find(|l| l.name == Form::D).unwrap();
+    assert_eq!(d.coef["E"], T);
+    assert_eq!(d.fixed["E"], harness::law::Fixed::TeacherFloor);
+    for (name, t) in GAP {
+        // Within the 90 % interval widened by its own width (three coefficients, 40 draws).
+        let [lo, hi] = d.intervals[name];
+        let m = hi - lo;
+        assert!(
+            lo - m <= t && t <= hi + m,
+            "{name}: true {t} far outside [{lo}, {hi}]"
+        );
+    }
+    assert!(
+        !d.lack_of_fit.as_ref().unwrap().rejects,
+        "{:?}",
+        d.lack_of_fit
+    );
+
+    let data = fit(FloorChoice::Data).unwrap();
+    assert_eq!(data.floor.as_ref().unwrap().value, 1.0);
+    let dd = data.laws.iter().find(|l| l.name == Form::D).unwrap();
+    assert_eq!(dd.fixed["E"], harness::law::Fixed::MeasuredFloor);
+    let p = |l: &LawFit| l.lack_of_fit.as_ref().unwrap().p;
+    assert!(
+        dd.rss > 1.2 * d.rss && p(dd) < p(d),
+        "data floor: RSS {} (lack of fit p {}) vs teacher: {} ({})",
+        dd.rss,
+        p(dd),
+        d.rss,
+        p(d)
+    );
+
+    let free = fit(FloorChoice::Free).unwrap();
+    assert!(free.floor.is_none());
+    let fd = free.laws.iter().find(|l| l.name == Form::D).unwrap();
+    assert!(!fd.fixed.contains_key("E"), "{:?}", fd.fixed);
+    assert!(
+        (fd.coef["E"] / T - 1.0).abs() < 0.25,
+        "free E {}",
+        fd.coef["E"]
+    );
+
+    // Asked for a teacher the reference does not have: refused, naming the file.
+    std::fs::write(tmp.path().join("reference.json"), reference(Value::Null)).unwrap();
+    let err = fit(FloorChoice::Teacher).unwrap_err().to_string();
+    assert!(
+        err.contains("reference.json") && err.contains("teacher"),
+        "{err}"
+    );
+    // The CLI names the choices.
+    let (rc, _, err) = ditkd(&["fit", tmp.path().to_str().unwrap(), "--floor", "teachr"]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("teachr") && err.contains("teacher"), "{err}");
+}
+
+/// `--min-head-dim`: a shape below the law's domain (head dim 8, here a collapsed student ten
+/// times worse than the law) is left out of the fit, named in the notes, and outside the design
+/// search; without the option it is fitted and the true form is rejected.
+#[test]
+fn min_head_dim_sets_the_laws_domain() {
+    let base = DitConfig::default();
+    let mut rows = ll_rows(2, 5);
+    let narrow = Shape::on_base(6, 16, 2, &base);
+    assert_eq!(narrow.head_dim(), 8);
+    for seed in 0..2 {
+        let y = 10.0 * ll_truth(&narrow).exp();
+        let mut r = row(rows.len(), 100_000, &narrow, "kd", seed, Some(y), "ok");
+        r.insert("steps".into(), json!(4000));
+        rows.push(r);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_table(tmp.path(), &rows);
+    let fit = |min_head_dim| {
+        fit_sweep(&Options {
+            bootstrap: 20,
+            law: Some(Form::D),
+            min_head_dim,
+            ..opts(tmp.path())
+        })
+        .unwrap()
+    };
+    let all = fit(None);
+    let inside = fit(Some(9));
+    assert_eq!(inside.min_head_dim, Some(9));
+    assert_eq!(inside.n_runs + 2, all.n_runs);
+    assert!(inside.head_dim_range[0] >= 9 && all.head_dim_range[0] == 8);
+    assert!(
+        inside
+            .notes
+            .iter()
+            .any(|n| n.contains("--min-head-dim 9") && n.contains("head dim 8")),
+        "{:?}",
+        inside.notes
+    );
+    let d = |l: &LawFile| {
+        l.laws
+            .iter()
+            .find(|f| f.name == Form::D)
+            .unwrap()
+            .lack_of_fit
+            .clone()
+            .unwrap()
+    };
+    assert!(!d(&inside).rejects, "{:?}", d(&inside));
+    assert!(d(&all).rejects, "{:?}", d(&all));
 }

@@ -18,6 +18,10 @@ pub struct Args {
     pub seed: u64,
     /// Choose this law instead of the lowest CV error.
     pub law: Option<crate::law::Form>,
+    /// Where the floor E comes from.
+    pub floor: crate::law::FloorChoice,
+    /// Fit only shapes with at least this head dim.
+    pub min_head_dim: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -40,6 +44,8 @@ pub fn run(a: Args) -> Result<()> {
         hold_out,
         seed: a.seed,
         law: a.law,
+        floor: a.floor,
+        min_head_dim: a.min_head_dim,
     })?;
     // A held-out fit never replaces the sweep's law: by default it lands beside it, where
     // `ditkd report` picks it up as the held-out check.
@@ -91,11 +97,15 @@ pub fn summary(l: &LawFile) -> String {
         )),
         None => line("seed noise: unknown (single seeds)".into()),
     }
-    if let Some(f) = &l.floor {
-        line(format!(
+    match &l.floor {
+        Some(f) => line(format!(
             "floor E fixed at {:.4} ± {:.4} from {}",
             f.value, f.std, f.source
-        ));
+        )),
+        None => line(format!(
+            "floor E: --floor {} (no measured value pinned)",
+            l.floor_choice
+        )),
     }
     line(format!(
         "{:<6}{:>3}{:>6}{:>12}{:>10}{:>11}{:>11}{:>18}  formula",

@@ -449,14 +449,28 @@ fn law_section(w: &mut String, l: &LawFile) {
             let _ = writeln!(w, "**Seed noise unknown**: single seeds, so no lack-of-fit test; P(best) in `ditkd best` falls back on the CV error.\n");
         }
     }
-    if let Some(f) = &l.floor {
-        let _ = writeln!(
-            w,
-            "The floor E is fixed at the measured real-data floor {} ± {} ({}).\n",
-            num(f.value),
-            num(f.std),
-            f.source
-        );
+    match &l.floor {
+        Some(f) => {
+            let what = match f.kind {
+                crate::law::FloorChoice::Teacher => "the teacher's measured value",
+                _ => "the measured real-data floor",
+            };
+            let _ = writeln!(
+                w,
+                "The floor E is fixed at {what} {} ± {} ({}).\n",
+                num(f.value),
+                num(f.std),
+                f.source
+            );
+        }
+        None if l.floor_choice != crate::law::FloorChoice::Data => {
+            let _ = writeln!(
+                w,
+                "The floor E: `--floor {}` (see each law's coefficients).\n",
+                l.floor_choice
+            );
+        }
+        None => {}
     }
     let _ = writeln!(
         w,

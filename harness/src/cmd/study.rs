@@ -57,6 +57,8 @@ pub fn run(a: &Args) -> Result<()> {
         out: None,
         seed: 0,
         law: None,
+        floor: crate::law::FloorChoice::Data,
+        min_head_dim: None,
     });
     match fitted {
         Ok(()) => {}

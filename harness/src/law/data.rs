@@ -72,22 +72,6 @@ pub fn curve_points(dir: &Path, metric: &str, runs: &[Point]) -> Result<Vec<Curv
     Ok(out)
 }
 
-/// The real-data floor of `metric` (`reference.json`: FID-proxy, KID or FID), if measured.
-pub fn floor(dir: &Path, metric: &str) -> Option<super::FloorRef> {
-    let r = distill::reference::Reference::load(dir)?;
-    let m = (distill::column::column(metric)?.floor)(&r.floor)?;
-    (m.mean.is_finite() && m.mean > 0.0).then(|| super::FloorRef {
-        value: m.mean,
-        std: if m.std.is_finite() { m.std } else { 0.0 },
-        source: format!(
-            "{} (real-data floor, {} draws of {} samples)",
-            dir.join(distill::reference::FILE).display(),
-            r.floor.draws,
-            r.samples
-        ),
-    })
-}
-
 /// The step count the laws without a compute term are fitted at, the runs at it, and how many
 /// were left out: every run when they agree (or the table has no `steps` column); otherwise
 /// the step count most runs share (the larger among ties) — a racing sweep's pruned shapes

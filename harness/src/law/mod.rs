@@ -15,6 +15,7 @@ pub mod cv;
 pub mod data;
 pub mod design;
 pub mod fit;
+pub mod floor;
 pub mod forms;
 pub mod guard;
 pub mod holdout;
@@ -24,6 +25,8 @@ pub mod pipeline;
 pub mod query;
 pub mod rank;
 pub mod stats;
+
+pub use floor::{Fixed, FloorChoice};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -91,32 +94,6 @@ impl std::fmt::Display for Shape {
             "depth={},width={},heads={}",
             self.depth, self.width, self.heads
         )
-    }
-}
-
-/// Why a coefficient was held fixed instead of fitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fixed {
-    /// The floor E at the measured real-data floor (`reference.json`).
-    MeasuredFloor,
-    /// The floor E dropped (0): fitted freely it sat at its bound, so the data cannot identify it.
-    NotIdentified,
-    /// The floor E at 0: no measured floor, and this law never fits it (see `Form::floor_free`).
-    NoFloor,
-}
-
-impl Fixed {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Fixed::MeasuredFloor => "fixed at the measured real-data floor (reference.json)",
-            Fixed::NotIdentified => {
-                "dropped (fixed at 0): fitted freely it sat at its bound 0, not identified"
-            }
-            Fixed::NoFloor => {
-                "fixed at 0: no measured floor (reference.json), and this law does not fit one"
-            }
-        }
     }
 }
 
@@ -460,13 +437,16 @@ pub struct HeldShape {
     pub in_tie_set: bool,
 }
 
-/// The real-data floor the laws' E is fixed at.
+/// The measured value the laws' E is fixed at: the real-data floor, or the teacher's value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FloorRef {
     pub value: f64,
     /// Its standard deviation over the reference's draws.
     pub std: f64,
     pub source: String,
+    /// Which measured value it is (`ditkd fit --floor`; law files before it: the data's).
+    #[serde(default)]
+    pub kind: FloorChoice,
 }
 
 /// A shape as measured at the fitted step: mean and count of ln(metric) over its seeds.
@@ -591,9 +571,16 @@ pub struct LawFile {
     /// The pooled seed noise of ln(metric) at the fitted step (null with single seeds).
     #[serde(default)]
     pub noise: Option<Noise>,
-    /// The real-data floor E is fixed at (null: no reference.json, or no floor for this metric).
+    /// The measured floor E is fixed at (null: none measured for this metric, or `--floor free`
+    /// or `zero`; `floor_choice` says which was asked for).
     #[serde(default)]
     pub floor: Option<FloorRef>,
+    /// Where E was asked to come from (`ditkd fit --floor`).
+    #[serde(default)]
+    pub floor_choice: FloorChoice,
+    /// The law's domain in head dim (`ditkd fit --min-head-dim`): shapes below it were left out.
+    #[serde(default)]
+    pub min_head_dim: Option<usize>,
     /// Every shape measured at the fitted step (the seeds `ditkd best` combines with the law).
     #[serde(default)]
     pub measured: Vec<MeasuredShape>,

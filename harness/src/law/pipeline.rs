@@ -31,6 +31,11 @@ pub struct Options {
     pub seed: u64,
     /// Choose this law instead of the lowest CV error (`ditkd fit --law`).
     pub law: Option<Form>,
+    /// Where the floor E comes from (`ditkd fit --floor`).
+    pub floor: super::FloorChoice,
+    /// The law's domain: only shapes whose head dim is at least this are fitted, judged and
+    /// searched (`ditkd fit --min-head-dim`; None: every measured head dim).
+    pub min_head_dim: Option<usize>,
 }
 
 /// Fewer usable runs than this and no law is fitted.
@@ -90,11 +95,7 @@ fn fit_law(
     } else {
         (d.static_obs, d.static_targets)
     };
-    let (mut pin, mut why) = match (d.floor, form.floor_free()) {
-        (Some(f), _) => (Some(f.value), Some(Fixed::MeasuredFloor)),
-        (None, true) => (None, None),
-        (None, false) => (Some(0.0), Some(Fixed::NoFloor)),
-    };
+    let (mut pin, mut why) = super::floor::pin_for(form, o.floor, d.floor);
     let k_free = |pin: Pin| form.k() - usize::from(pin.is_some());
     let n = obs.len();
     if k_free(pin) + 1 > n {
@@ -253,6 +254,36 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         "status ok, mode `{}`, finite positive `{}`",
         o.mode, o.metric
     );
+    // The law's domain: shapes below the head dim asked for are left out of everything.
+    let mut domain_note = None;
+    let all = match o.min_head_dim {
+        None => all,
+        Some(h) => {
+            let (keep, out): (Vec<Point>, Vec<Point>) =
+                all.into_iter().partition(|q| q.shape.head_dim() >= h);
+            if !out.is_empty() {
+                let mut shapes: Vec<String> = out
+                    .iter()
+                    .map(|q| {
+                        format!(
+                            "{} at {} (head dim {})",
+                            super::query::label(q.shape.depth, q.shape.width, q.shape.heads),
+                            crate::fmt::si(q.budget as f64),
+                            q.shape.head_dim()
+                        )
+                    })
+                    .collect();
+                shapes.sort();
+                shapes.dedup();
+                domain_note = Some(format!(
+                    "--min-head-dim {h}: {} runs outside the law's domain left out of the fit, its checks and its design search: {}",
+                    out.len(),
+                    shapes.join(", ")
+                ));
+            }
+            keep
+        }
+    };
     let (train, held): (Vec<Point>, Vec<Point>) = match o.hold_out {
         None => (all, Vec::new()),
         Some(b) => {
@@ -280,7 +311,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
             train.len()
         );
     }
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = domain_note.into_iter().collect();
     if !copies.is_empty() {
         notes.push(format!(
             "{} runs repeat another run's experiment (same budget, shape and seed, e.g. a race's run and an audit's copy merged into one table) and count once, the longest kept: {}",
@@ -327,7 +358,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     let compute = fit_step
         .or_else(|| curve.iter().map(|c| c.step).max())
         .and_then(|st| compute_model(&curve, &base, st));
-    let floor = super::data::floor(&o.dir, &o.metric);
+    let floor = super::floor::measured(&o.dir, &o.metric, o.floor).map_err(anyhow::Error::msg)?;
 
     // Groups: one per (budget, shape).
     let key = |q: &Point| (q.budget, q.shape.depth, q.shape.width, q.shape.heads);
@@ -680,6 +711,8 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         rows,
         noise,
         floor,
+        floor_choice: o.floor,
+        min_head_dim: o.min_head_dim,
         measured,
         laws: cands.into_iter().map(|c| c.law).collect(),
     })
