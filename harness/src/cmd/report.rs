@@ -190,6 +190,7 @@ pub fn markdown_with(
     modes_section(w, sweep, &metric);
     paired_section(w, sweep, &metric);
     setups_section(w, sweep, &metric);
+    heads_section(w, sweep, &metric);
     for l in law.into_iter().chain(held) {
         if let Some(h) = l.holdout.as_ref() {
             holdout_section(w, l, h, &metric);
@@ -723,6 +724,63 @@ fn paired_section(w: &mut String, sweep: &Sweep, metric: &str) {
         );
     }
     let _ = writeln!(w);
+}
+
+/// The head count at fixed budget and depth (`results::heads`): shown when a depth ran with two or
+/// more head counts.
+fn heads_section(w: &mut String, sweep: &Sweep, metric: &str) {
+    let prior = crate::race::schedule::DEFAULT_PRIOR_SEED_NOISE;
+    let rows = crate::results::heads::compare_heads(sweep, prior);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "## The head count at fixed depth\n\n\
+         Per budget and depth trained with several head counts (`{}`), each head count's {metric} \
+         (geometric mean over its seeds, each seed in brackets) at the furthest step every head \
+         count reached (step-matched), P(best head count) by the race's Monte Carlo with the seed \
+         noise pooled over the replicated head counts (shrunk towards the prior {prior}), and the \
+         batch-1 latency where measured.\n",
+        sweep.mode
+    );
+    for c in &rows {
+        let at = c
+            .step
+            .map_or("each run's final evaluation".to_string(), |s| {
+                format!("{} steps", grouped(s as i64))
+            });
+        let _ = writeln!(
+            w,
+            "**{} depth {}** at {at} (seed sd {:.3} in ln, {} df)\n\n\
+             | heads | width | head dim | {metric} | P(best) | latency (ms/image) |\n\
+             |---:|---:|---:|---|---:|---:|",
+            si(c.budget as f64),
+            c.depth,
+            c.seed_sd,
+            c.df
+        );
+        for r in &c.rows {
+            let seeds: Vec<String> = r
+                .seeds
+                .iter()
+                .zip(&r.values)
+                .map(|(s, v)| format!("s{s} {}", num(*v)))
+                .collect();
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} ({}) | {:.2} | {} |",
+                r.heads,
+                r.width,
+                r.head_dim,
+                num(r.geo),
+                seeds.join(", "),
+                r.p_best,
+                r.latency_ms.map_or("–".into(), |l| format!("{l:.1}"))
+            );
+        }
+        let _ = writeln!(w);
+    }
 }
 
 /// Distillation setups shape by shape (`results::setups`): shown when a shape ran under a setup

@@ -1,6 +1,7 @@
 //! A sweep as plain structs: the runs of `runs.parquet`, their training curves, and the fitted
 //! law's overlays. The plots take these (not files), so tests can draw from hand-made data.
 
+pub mod heads;
 pub mod overlay;
 pub mod paired;
 pub mod setups;

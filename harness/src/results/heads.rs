@@ -1,0 +1,224 @@
+//! The head count as a design axis: for every budget and depth trained with two or more head
+//! counts (in the sweep's mode), each head count's metric over its seeds at one step count (the
+//! furthest step every head count reached: step-matched, and the same FLOPs but for the
+//! attention's small share), with P(best head count) by the race's Monte Carlo under the seed noise
+//! pooled over the replicated head counts (shrunk towards the prior), and the batch-1 latency
+//! where measured. More heads at one width means a smaller head dim and more, smaller attention
+//! GEMMs: the quality they buy is weighed against the time they cost.
+
+use std::collections::BTreeMap;
+
+use distill::setup::Setup;
+
+use super::{LearnPoint, Sweep};
+use crate::race::decide::{p_best, pooled_noise, ShapeScores, DRAWS};
+
+/// One head count of one (budget, depth).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadsRow {
+    pub heads: i64,
+    pub width: i64,
+    pub head_dim: i64,
+    /// The metric per seed (seed order) at the comparison's step.
+    pub seeds: Vec<i64>,
+    pub values: Vec<f64>,
+    /// Geometric mean over the seeds.
+    pub geo: f64,
+    pub p_best: f64,
+    /// Mean batch-1 latency (ms per image, all sampler steps) over the runs that measured it.
+    pub latency_ms: Option<f64>,
+}
+
+/// The head counts of one (budget, depth), best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadsComparison {
+    pub budget: i64,
+    pub depth: i64,
+    pub mode: Setup,
+    /// The step every row is read at; None: each run's final evaluation (a table without
+    /// learning curves, whose runs' steps are not known here).
+    pub step: Option<f64>,
+    pub rows: Vec<HeadsRow>,
+    /// The pooled seed sd in ln used for P(best), and its degrees of freedom.
+    pub seed_sd: f64,
+    pub df: usize,
+}
+
+/// Every (budget, depth) of `sweep.mode` with two or more head counts at a common step. `prior_sd`:
+/// the seed noise in ln assumed before replicates (the race's `prior_seed_noise`).
+pub fn compare_heads(sweep: &Sweep, prior_sd: f64) -> Vec<HeadsComparison> {
+    // (budget, depth) -> (heads, width) -> seed -> curve points.
+    type Runs<'a> = BTreeMap<(i64, i64), BTreeMap<i64, Vec<&'a LearnPoint>>>;
+    let mut by: BTreeMap<(i64, i64), Runs> = BTreeMap::new();
+    // Without learning curves, each run's final value stands in (read at "step" 0).
+    let finals: Vec<LearnPoint> = sweep
+        .runs
+        .iter()
+        .filter(|r| r.mode == Some(sweep.mode))
+        .filter_map(|r| {
+            r.value().map(|value| LearnPoint {
+                run_id: r.run_id.clone(),
+                budget: r.budget,
+                depth: r.depth,
+                width: r.width,
+                heads: r.heads,
+                mode: sweep.mode,
+                seed: r.seed,
+                step: 0.0,
+                train_flops: f64::NAN,
+                value,
+            })
+        })
+        .collect();
+    let curves = sweep.learning.iter().any(|p| p.mode == sweep.mode);
+    let points: &[LearnPoint] = if curves { &sweep.learning } else { &finals };
+    for p in points.iter().filter(|p| p.mode == sweep.mode) {
+        by.entry((p.budget, p.depth))
+            .or_default()
+            .entry((p.heads, p.width))
+            .or_default()
+            .entry(p.seed)
+            .or_default()
+            .push(p);
+    }
+    let mut out = Vec::new();
+    for ((budget, depth), shapes) in by {
+        let mut heads: Vec<i64> = shapes.keys().map(|k| k.0).collect();
+        heads.dedup();
+        if heads.len() < 2 {
+            continue;
+        }
+        // The furthest step reached by at least one run of every head count.
+        let reach = |runs: &BTreeMap<i64, Vec<&LearnPoint>>| {
+            runs.values()
+                .flat_map(|pts| pts.iter().map(|p| p.step))
+                .fold(f64::NEG_INFINITY, f64::max)
+        };
+        let step = shapes.values().map(reach).fold(f64::INFINITY, f64::min);
+        if !step.is_finite() {
+            continue;
+        }
+        let mut rows: Vec<(HeadsRow, ShapeScores)> = Vec::new();
+        for (&(h, w), runs) in &shapes {
+            let (seeds, values): (Vec<i64>, Vec<f64>) = runs
+                .iter()
+                .filter_map(|(&seed, pts)| {
+                    pts.iter().find(|p| p.step == step).map(|p| (seed, p.value))
+                })
+                .filter(|(_, v)| v.is_finite() && *v > 0.0)
+                .unzip();
+            if values.is_empty() {
+                continue;
+            }
+            let lat: Vec<f64> = sweep
+                .runs
+                .iter()
+                .filter(|r| {
+                    r.mode == Some(sweep.mode)
+                        && (r.budget, r.depth, r.width, r.heads) == (budget, depth, w, h)
+                })
+                .filter_map(|r| r.latency_ms)
+                .collect();
+            let s = ShapeScores {
+                shape: format!("h{h}"),
+                seeds: seeds.iter().map(|&s| s as u64).collect(),
+                ln_values: values.iter().map(|v| v.ln()).collect(),
+            };
+            rows.push((
+                HeadsRow {
+                    heads: h,
+                    width: w,
+                    head_dim: w / h.max(1),
+                    seeds,
+                    values,
+                    geo: s.mean().exp(),
+                    p_best: 0.0,
+                    latency_ms: (!lat.is_empty())
+                        .then(|| lat.iter().sum::<f64>() / lat.len() as f64),
+                },
+                s,
+            ));
+        }
+        if rows.len() < 2 {
+            continue;
+        }
+        let scores: Vec<ShapeScores> = rows.iter().map(|r| r.1.clone()).collect();
+        let noise = pooled_noise(&scores, prior_sd, 0.0);
+        let p = p_best(
+            &scores,
+            noise.seed_sd,
+            DRAWS,
+            0x6865_6164 ^ (budget as u64) ^ ((depth as u64) << 32),
+        );
+        let mut rows: Vec<HeadsRow> = rows
+            .into_iter()
+            .zip(p)
+            .map(|((mut r, _), p)| {
+                r.p_best = p;
+                r
+            })
+            .collect();
+        rows.sort_by(|a, b| a.geo.total_cmp(&b.geo).then(a.heads.cmp(&b.heads)));
+        out.push(HeadsComparison {
+            budget,
+            depth,
+            mode: sweep.mode,
+            step: curves.then_some(step),
+            rows,
+            seed_sd: noise.seed_sd,
+            df: noise.df,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::results::{test_point, test_sweep as sweep};
+
+    fn pt(heads: i64, width: i64, seed: i64, step: f64, value: f64) -> LearnPoint {
+        LearnPoint {
+            depth: 3,
+            width,
+            heads,
+            ..test_point(Setup::Kd, seed, step, step, value)
+        }
+    }
+
+    #[test]
+    fn head_counts_at_the_furthest_common_step_with_p_best() {
+        let mut l = Vec::new();
+        for seed in 0..3 {
+            let j = seed as f64 * 0.05;
+            // Two heads reached 16,000; one and four heads stopped at 8,000 (and 2,000).
+            l.push(pt(2, 40, seed, 8000.0, 12.0 + j));
+            l.push(pt(2, 40, seed, 16000.0, 10.0 + j));
+            l.push(pt(1, 40, seed, 8000.0, 11.0 + j));
+            l.push(pt(4, 40, seed, 2000.0, 30.0 + j));
+            l.push(pt(4, 40, seed, 8000.0, 20.0 + j));
+        }
+        // Another depth with one head count only: not compared; another setup: ignored.
+        let mut lone = pt(2, 48, 0, 8000.0, 1.0);
+        lone.depth = 2;
+        l.push(lone);
+        let mut other = pt(8, 40, 0, 8000.0, 1.0);
+        other.mode = Setup::Scratch;
+        l.push(other);
+        let c = compare_heads(&sweep(l), 0.084);
+        assert_eq!(c.len(), 1);
+        let c = &c[0];
+        assert_eq!((c.depth, c.step), (3, Some(8000.0)));
+        let order: Vec<i64> = c.rows.iter().map(|r| r.heads).collect();
+        assert_eq!(order, vec![1, 2, 4]);
+        let one = &c.rows[0];
+        assert_eq!((one.head_dim, one.seeds.clone()), (40, vec![0, 1, 2]));
+        assert!((one.geo - (11.0f64 * 11.05 * 11.1).cbrt()).abs() < 1e-9);
+        assert!(one.p_best > 0.99, "{one:?}");
+        let total: f64 = c.rows.iter().map(|r| r.p_best).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        assert_eq!(c.df, 6, "three head counts of three seeds");
+        assert_eq!(c.rows[2].head_dim, 10);
+    }
+}
