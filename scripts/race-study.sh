@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The racing study's analysis, end to end, from the committed sweeps (no training):
+#   bash scripts/race-study.sh [OUT]            (OUT defaults to results/race-study)
+# 1. `ditkd race pool`: the race with every audit, seed, head and scratch sweep, per budget at the
+#    last rung: P(best), the verdict (decided, tie set, or what to train), rank agreement between
+#    rungs, and the study's compute against the full grid -> results/race/race/pooled.json;
+# 2. `ditkd merge`: every run into one table (a run trained twice counts once);
+# 3. `ditkd fit` with the study's fixed protocol (--floor teacher --min-head-dim 12, chosen on
+#    50k-400k by the laws' leave-one-budget-out errors), then the same with 800k held out;
+# 4. plots, the report, and `ditkd best` at every budget.
+# DITKD names the binary for the analysis (default: target/release/ditkd); the rows themselves
+# come from the study's training build, whatever analyses them.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+DITKD="${DITKD:-target/release/ditkd}"
+OUT="${1:-results/race-study}"
+# Every sweep of the study that exists here, the race first.
+SOURCES=()
+for d in results/race results/race-audit results/race-audit-200k results/race-audit-400k \
+    results/race-audit-800k results/race-seeds-50k results/race-seed2-50k results/race-seeds-100k \
+    results/race-seeds-100k-d2 results/race-seeds-200k results/race-seeds-400k \
+    results/race-seeds-800k results/race-heads-100k results/race-heads-400k \
+    results/race-scratch-50k results/race-scratch-100k results/race-scratch-200k \
+    results/race-scratch-400k results/race-scratch-800k; do
+    [ -d "$d/runs" ] && SOURCES+=("$d")
+done
+echo "== sources: ${SOURCES[*]}"
+WITH=()
+for d in "${SOURCES[@]:1}"; do WITH+=(--with "$d"); done
+"$DITKD" race pool sweeps/race.yaml "${WITH[@]}"
+rm -rf "$OUT.tmp"
+"$DITKD" merge --allow-mixed --out "$OUT.tmp" "${SOURCES[@]}"
+rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
+cp results/race/race/pooled.json "$OUT/pooled.json"
+"$DITKD" fit "$OUT" --floor teacher --min-head-dim 12
+"$DITKD" fit "$OUT" --floor teacher --min-head-dim 12 --hold-out 800k
+"$DITKD" plot "$OUT"
+"$DITKD" report "$OUT"
+for b in 50k 100k 200k 400k 800k; do
+    "$DITKD" best --results "$OUT" --budget "$b" --force
+done
