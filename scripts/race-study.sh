@@ -31,7 +31,7 @@ for d in "${SOURCES[@]:1}"; do WITH+=(--with "$d"); done
 rm -rf "$OUT.tmp"
 "$DITKD" merge --allow-mixed --out "$OUT.tmp" "${SOURCES[@]}"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
-cp results/race/race/pooled.json "$OUT/pooled.json"
+mkdir -p "$OUT/race" && cp results/race/race/pooled.json "$OUT/race/pooled.json"
 "$DITKD" fit "$OUT" --floor teacher --min-head-dim 12
 "$DITKD" fit "$OUT" --floor teacher --min-head-dim 12 --hold-out 800k
 "$DITKD" plot "$OUT"

@@ -215,6 +215,9 @@ fn runs_section(w: &mut String, sweep: &Sweep) {
         sweep.runs.len(),
         failed.len()
     );
+    for note in &sweep.left_out {
+        let _ = writeln!(w, "Step-matched: {note}.\n");
+    }
     let _ = writeln!(w, "| mode | ok | failed | budgets |\n|---|---:|---:|---|");
     // Runs that do not record their setup first, then the setups by name.
     let unrecorded = sweep.runs.iter().any(|r| r.mode.is_none());

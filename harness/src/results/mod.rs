@@ -38,6 +38,8 @@ pub struct Run {
     /// How the run ended; None when the row does not record it.
     pub status: Option<RunStatus>,
     pub reason: Option<String>,
+    /// Training steps of the run (None when the table has no `steps` column).
+    pub steps: Option<i64>,
 }
 
 impl Run {
@@ -102,6 +104,8 @@ pub struct Sweep {
     pub race: Option<crate::race::summary::RaceSummary>,
     /// The race pooled with its audits (`race/pooled.json`), if `ditkd race pool` wrote one.
     pub pooled: Option<crate::race::pool::Pooled>,
+    /// What `step_matched` left out of `runs`, in words (empty: nothing).
+    pub left_out: Vec<String>,
 }
 
 /// One evaluation of one run part-way through training (a row of `curves.parquet`).
@@ -200,6 +204,7 @@ impl Sweep {
             .unwrap_or_else(|| "fid_proxy".into());
         let runs = runs_of(&df, &metric)
             .with_context(|| format!("{}: reading the table", dir.display()))?;
+        let (runs, left_out) = step_matched(runs);
         let mode = law
             .as_ref()
             .map(|l| l.mode)
@@ -222,6 +227,7 @@ impl Sweep {
             pooled: std::fs::read_to_string(dir.join("race").join("pooled.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok()),
+            left_out,
         };
         if let Some(l) = law {
             let overlay = overlay::overlay(&l, &sweep.points())
@@ -449,6 +455,7 @@ pub(crate) fn test_sweep(learning: Vec<LearnPoint>) -> Sweep {
         learning,
         race: None,
         pooled: None,
+        left_out: Vec::new(),
     }
 }
 
@@ -552,10 +559,11 @@ pub fn runs_of(df: &DataFrame, metric: &str) -> Result<Vec<Run>> {
         int("heads")?,
         int("head_dim")?,
     );
-    let (params, value, latency) = (
+    let (params, value, latency, steps) = (
         floats(df, "params")?,
         floats(df, metric)?,
         floats(df, "latency_ms")?,
+        floats(df, "steps")?,
     );
     let (id, mode, status, reason) = (
         strings(df, "run_id")?,
@@ -582,8 +590,71 @@ pub fn runs_of(df: &DataFrame, metric: &str) -> Result<Vec<Run>> {
             latency_ms: latency[i],
             status: status[i],
             reason: reason[i].clone(),
+            steps: steps[i].map(|s| s as i64),
         })
         .collect())
+}
+
+/// The runs every shape table and plot compares, step-matched, as the law's fit is: a run trained
+/// twice (same budget, setup, shape and seed: a race's run and an audit's copy merged into one
+/// table) counts once, the longest kept; then the finished runs that stopped at another step count
+/// than the one most finished runs share (the larger among ties; a racing sweep's pruned shapes)
+/// are left out (their learning curves stay in the learning plots). Runs that did not finish stay,
+/// for the run counts. Returns the runs kept and, in words, what was left out.
+pub fn step_matched(runs: Vec<Run>) -> (Vec<Run>, Vec<String>) {
+    type Key = (i64, Option<Setup>, i64, i64, i64, i64);
+    let key = |r: &Run| (r.budget, r.mode, r.depth, r.width, r.heads, r.seed);
+    let mut longest: BTreeMap<Key, usize> = BTreeMap::new();
+    for (i, r) in runs.iter().enumerate().filter(|(_, r)| r.ok()) {
+        longest
+            .entry(key(r))
+            .and_modify(|j| {
+                if r.steps > runs[*j].steps {
+                    *j = i;
+                }
+            })
+            .or_insert(i);
+    }
+    let mut count: BTreeMap<i64, usize> = BTreeMap::new();
+    for &i in longest.values() {
+        if let Some(s) = runs[i].steps {
+            *count.entry(s).or_default() += 1;
+        }
+    }
+    let step = count
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+        .map(|(s, _)| *s);
+    let (mut copies, mut short) = (Vec::new(), Vec::new());
+    let mut kept = Vec::new();
+    for (i, r) in runs.into_iter().enumerate() {
+        if !r.ok() {
+            kept.push(r);
+        } else if longest.get(&key(&r)) != Some(&i) {
+            copies.push(r.run_id);
+        } else if r.steps.is_some() && step.is_some() && r.steps != step {
+            short.push(format!("{} ({} steps)", r.run_id, r.steps.unwrap_or(0)));
+        } else {
+            kept.push(r);
+        }
+    }
+    let mut notes = Vec::new();
+    if !copies.is_empty() {
+        notes.push(format!(
+            "{} runs repeat another run's experiment (same budget, setup, shape and seed) and count once, the longest kept; left out: {}",
+            copies.len(),
+            copies.join(", ")
+        ));
+    }
+    if !short.is_empty() {
+        notes.push(format!(
+            "{} finished runs stopped at another step count than {} (a racing sweep's pruned shapes) and are left out of the shape tables and plots (their learning curves are kept): {}",
+            short.len(),
+            step.unwrap_or(0),
+            short.join(", ")
+        ));
+    }
+    (kept, notes)
 }
 
 /// Loss curves of the table's runs (runs without a readable metrics.jsonl are left out).
@@ -614,4 +685,57 @@ fn curves_of(dir: &Path, runs: &[Run]) -> Result<Vec<Curve>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, depth: i64, seed: i64, steps: i64, value: f64) -> Run {
+        Run {
+            run_id: id.into(),
+            budget: 100_000,
+            mode: Some(Setup::Kd),
+            seed,
+            depth,
+            width: 40,
+            heads: 2,
+            head_dim: 20,
+            params: 1e5,
+            metric: Some(value),
+            latency_ms: None,
+            status: Some(RunStatus::Ok),
+            reason: None,
+            steps: Some(steps),
+        }
+    }
+
+    #[test]
+    fn a_races_pruned_runs_and_copies_leave_the_shape_tables() {
+        let mut failed = run("f", 5, 0, 100, 1.0);
+        failed.status = Some(RunStatus::Failed);
+        let runs = vec![
+            // The race's run of d3 seed 0, pruned at 2,000 steps, and the audit's copy at 16,000.
+            run("race-d3-s0", 3, 0, 2000, 40.0),
+            run("audit-d3-s0", 3, 0, 16000, 11.6),
+            run("seed-d3-s1", 3, 0 + 1, 16000, 12.7),
+            // A shape the race pruned at 250 and nobody trained on.
+            run("race-d8-s0", 8, 0, 250, 110.0),
+            run("race-d2-s0", 2, 0, 16000, 13.2),
+            failed,
+        ];
+        let (kept, notes) = step_matched(runs);
+        let ids: Vec<&str> = kept.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, vec!["audit-d3-s0", "seed-d3-s1", "race-d2-s0", "f"]);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("race-d3-s0"), "{notes:?}");
+        assert!(
+            notes[1].contains("race-d8-s0 (250 steps)") && notes[1].contains("16000"),
+            "{notes:?}"
+        );
+        // A table of one step count and no copies is left alone.
+        let plain = vec![run("a", 1, 0, 4000, 1.0), run("b", 2, 0, 4000, 2.0)];
+        let (kept, notes) = step_matched(plain.clone());
+        assert_eq!((kept, notes.len()), (plain, 0));
+    }
 }
