@@ -718,7 +718,7 @@ mod tests {
             // The race's run of d3 seed 0, pruned at 2,000 steps, and the audit's copy at 16,000.
             run("race-d3-s0", 3, 0, 2000, 40.0),
             run("audit-d3-s0", 3, 0, 16000, 11.6),
-            run("seed-d3-s1", 3, 0 + 1, 16000, 12.7),
+            run("seed-d3-s1", 3, 1, 16000, 12.7),
             // A shape the race pruned at 250 and nobody trained on.
             run("race-d8-s0", 8, 0, 250, 110.0),
             run("race-d2-s0", 2, 0, 16000, 13.2),
