@@ -245,6 +245,10 @@ pub enum Command {
         /// at least this (shapes below it are named in law.json's notes).
         #[arg(long)]
         min_head_dim: Option<usize>,
+        /// Fit the compute law (f) on the learning-curve points from this step on (e.g. past a
+        /// plateau the students sit on before they learn).
+        #[arg(long)]
+        min_curve_step: Option<u64>,
     },
     /// The best DiT shape for a parameter budget, predicted by a fitted law.
     Best {
@@ -520,6 +524,7 @@ pub fn run(cli: Cli) -> Result<()> {
             law,
             floor,
             min_head_dim,
+            min_curve_step,
         } => crate::cmd::fit::run(crate::cmd::fit::Args {
             dir,
             metric,
@@ -531,6 +536,7 @@ pub fn run(cli: Cli) -> Result<()> {
             law,
             floor,
             min_head_dim,
+            min_curve_step,
         }),
         Command::Best {
             budget,

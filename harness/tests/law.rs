@@ -124,6 +124,7 @@ fn opts(dir: &Path) -> Options {
         law: None,
         floor: FloorChoice::Data,
         min_head_dim: None,
+        min_curve_step: None,
     }
 }
 
@@ -1289,6 +1290,24 @@ fn compute_law_fits_learning_curves_with_the_floor_fixed() {
         );
     }
     assert!(f.lack_of_fit.as_ref().unwrap().p > 0.01);
+    // `--min-curve-step`: the compute law sees only the points from that step on, and says so.
+    let late = fit_sweep(&Options {
+        bootstrap: 20,
+        min_curve_step: Some(1000),
+        ..opts(tmp.path())
+    })
+    .unwrap();
+    let lf = late.laws.iter().find(|l| l.name == Form::F).unwrap();
+    let early_points = 2 * 2 * ll_shapes().len(); // steps 250 and 500, two seeds
+    assert_eq!(lf.n, n_curve - early_points);
+    assert_eq!(late.min_curve_step, Some(1000));
+    assert!(
+        late.notes
+            .iter()
+            .any(|n| n.contains("--min-curve-step 1000")),
+        "{:?}",
+        late.notes
+    );
     assert!(f.cv_lobo_rmse.unwrap() < 0.08);
 
     // Queried as the chosen law (`--law f` when CV preferred another): predictions move with

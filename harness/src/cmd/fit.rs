@@ -22,6 +22,8 @@ pub struct Args {
     pub floor: crate::law::FloorChoice,
     /// Fit only shapes with at least this head dim.
     pub min_head_dim: Option<usize>,
+    /// Fit the compute law on curve points from this step on.
+    pub min_curve_step: Option<u64>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -46,6 +48,7 @@ pub fn run(a: Args) -> Result<()> {
         law: a.law,
         floor: a.floor,
         min_head_dim: a.min_head_dim,
+        min_curve_step: a.min_curve_step,
     })?;
     // A held-out fit never replaces the sweep's law: by default it lands beside it, where
     // `ditkd report` picks it up as the held-out check.

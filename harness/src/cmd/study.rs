@@ -59,6 +59,7 @@ pub fn run(a: &Args) -> Result<()> {
         law: None,
         floor: crate::law::FloorChoice::Data,
         min_head_dim: None,
+        min_curve_step: None,
     });
     match fitted {
         Ok(()) => {}

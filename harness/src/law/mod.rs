@@ -581,6 +581,9 @@ pub struct LawFile {
     /// The law's domain in head dim (`ditkd fit --min-head-dim`): shapes below it were left out.
     #[serde(default)]
     pub min_head_dim: Option<usize>,
+    /// The first learning-curve step the compute law was fitted on (`ditkd fit --min-curve-step`).
+    #[serde(default)]
+    pub min_curve_step: Option<u64>,
     /// Every shape measured at the fitted step (the seeds `ditkd best` combines with the law).
     #[serde(default)]
     pub measured: Vec<MeasuredShape>,

@@ -36,6 +36,10 @@ pub struct Options {
     /// The law's domain: only shapes whose head dim is at least this are fitted, judged and
     /// searched (`ditkd fit --min-head-dim`; None: every measured head dim).
     pub min_head_dim: Option<usize>,
+    /// The compute law is fitted on the learning-curve points from this step on (`ditkd fit
+    /// --min-curve-step`; None: every point): students that sit on a plateau before they learn
+    /// follow no power law in compute there.
+    pub min_curve_step: Option<u64>,
 }
 
 /// Fewer usable runs than this and no law is fitted.
@@ -354,7 +358,18 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
     }
     let (base, base_source, base_notes) = base_config(&o.dir, &table, &train);
     notes.extend(base_notes);
-    let curve = curve_points(&o.dir, &o.metric, &train)?;
+    let mut curve = curve_points(&o.dir, &o.metric, &train)?;
+    if let Some(s) = o.min_curve_step {
+        let before = curve.len();
+        curve.retain(|c| c.step >= s);
+        if curve.len() < before {
+            notes.push(format!(
+                "--min-curve-step {s}: the compute law is fitted on the {} learning-curve points from step {s} on ({} earlier points left out)",
+                curve.len(),
+                before - curve.len()
+            ));
+        }
+    }
     let compute = fit_step
         .or_else(|| curve.iter().map(|c| c.step).max())
         .and_then(|st| compute_model(&curve, &base, st));
@@ -713,6 +728,7 @@ pub fn fit_sweep(o: &Options) -> Result<LawFile> {
         floor,
         floor_choice: o.floor,
         min_head_dim: o.min_head_dim,
+        min_curve_step: o.min_curve_step,
         measured,
         laws: cands.into_iter().map(|c| c.law).collect(),
     })
