@@ -11,7 +11,8 @@
 //! * the rung at which the race stopped each shape: a pruned shape that is plausibly best at the
 //!   last rung means the race's pruning failed at that budget;
 //! * how the ranking at each earlier rung agrees with the last one (Spearman over the shapes with
-//!   both, first seed): where it is low, pruning at that rung is guessing;
+//!   both, each shape as its mean over the seeds measured at both): where it is low, pruning at
+//!   that rung is guessing;
 //! * the verdict: decided, a tie, or what to train next (seeds up to the schedule's
 //!   `final_seeds` for every plausible shape, then one more each while undecided).
 
@@ -117,7 +118,7 @@ pub struct ToRun {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RungAgreement {
     pub steps: usize,
-    /// Shapes with a first-seed value at both this rung and the last.
+    /// Shapes with a value at both this rung and the last (each its mean over the seeds with both).
     pub shapes: usize,
     pub spearman: Option<f64>,
     /// The best of those shapes at this rung (the last rung's best is `shapes[0]`).
@@ -496,7 +497,8 @@ impl Race<'_> {
         })
     }
 
-    /// Spearman of each earlier rung's first-seed values against the last rung's.
+    /// Spearman of each earlier rung's shape means against the last rung's (per shape, the seeds
+    /// measured at both).
     fn rank_agreement(
         &self,
         scores: &[(ShapeScores, Vec<&Found>)],
@@ -506,12 +508,17 @@ impl Race<'_> {
         for &steps in self.rungs.iter().filter(|&&s| s < last) {
             let (mut here, mut there, mut names) = (Vec::new(), Vec::new(), Vec::new());
             for (s, runs) in scores {
-                let (Some(run), Some(&now)) = (runs.first(), s.ln_values.first()) else {
-                    continue;
-                };
-                if let Some(v) = score_at(&run.run_dir, steps)? {
-                    here.push(v);
-                    there.push(now);
+                // The shape's mean over the seeds measured at both this rung and the last.
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for (run, &now) in runs.iter().zip(&s.ln_values) {
+                    if let Some(v) = score_at(&run.run_dir, steps)? {
+                        a.push(v);
+                        b.push(now);
+                    }
+                }
+                if !a.is_empty() {
+                    here.push(a.iter().sum::<f64>() / a.len() as f64);
+                    there.push(b.iter().sum::<f64>() / b.len() as f64);
                     names.push(s.shape.clone());
                 }
             }
@@ -673,7 +680,7 @@ pub fn describe(p: &Pooled) -> String {
         }
         let _ = writeln!(
             s,
-            "  ranking at each rung vs {} (Spearman, first seed, {} shapes): {}",
+            "  ranking at each rung vs {} (Spearman of seed means, {} shapes): {}",
             p.steps,
             b.rank_agreement.first().map_or(0, |a| a.shapes),
             agreement_cell(b)
@@ -737,7 +744,7 @@ pub fn markdown(p: &Pooled) -> String {
         }
         let _ = writeln!(
             w,
-            "\nRanking at each rung against {} steps (Spearman, first seed, {} shapes): {}.\n",
+            "\nRanking at each rung against {} steps (Spearman of seed means, {} shapes): {}.\n",
             p.steps,
             b.rank_agreement.first().map_or(0, |a| a.shapes),
             agreement_cell(b)
