@@ -238,7 +238,8 @@ pub enum Command {
         law: Option<crate::law::Form>,
         /// Where the floor E comes from: data (the real-data floor of reference.json), teacher
         /// (the teacher's value there: what distilled students approach), free (fitted by every
-        /// law), zero (none).
+        /// law), zero (none), auto (data, teacher and free in turn, keeping the one whose chosen
+        /// law has the lowest leave-one-budget-out error; never sees a held-out budget).
         #[arg(long, default_value = "data")]
         floor: crate::law::FloorChoice,
         /// The law's domain: fit, judge and search only shapes whose head dim (width / heads) is

@@ -1605,8 +1605,26 @@ fn the_floor_can_be_the_teacher_and_the_choice_is_recorded() {
         fd.coef["E"]
     );
 
-    // Asked for a teacher the reference does not have: refused, naming the file.
+    // `auto` tries data, teacher and free, and keeps the teacher's fit, which cross-validates best.
+    let auto = fit(FloorChoice::Auto).unwrap();
+    assert_eq!(auto.floor_choice, FloorChoice::Teacher);
+    assert!(
+        auto.notes[0].starts_with("--floor auto: chose `teacher`")
+            && auto.notes[0].contains("data "),
+        "{:?}",
+        auto.notes
+    );
+
+    // Asked for a teacher the reference does not have: refused, naming the file; `auto` goes on
+    // without it and says so.
     std::fs::write(tmp.path().join("reference.json"), reference(Value::Null)).unwrap();
+    let auto = fit(FloorChoice::Auto).unwrap();
+    assert_ne!(auto.floor_choice, FloorChoice::Teacher);
+    assert!(
+        auto.notes[0].contains("not tried: teacher"),
+        "{:?}",
+        auto.notes
+    );
     let err = fit(FloorChoice::Teacher).unwrap_err().to_string();
     assert!(
         err.contains("reference.json") && err.contains("teacher"),

@@ -6,7 +6,10 @@
 //!   distribution, so the teacher, not the data, is what it approaches as it grows; fixing E there
 //!   says "the gap to the teacher shrinks as a power of the shape".
 //! * `free`: every law fits E (dropped to 0 when the fit puts it at its bound).
-//! * `zero`: no floor (E = 0), a pure power law in the shape.
+//! * `zero`: no floor (E = 0), a pure power law in the shape;
+//! * `auto`: each of `data`, `teacher` and `free` in turn (those the sweep can give), keeping the
+//!   fit whose chosen law has the lowest leave-one-budget-out error (errors within 2 % of the
+//!   lowest are a tie, won in that order). With `--hold-out B` the choice never sees budget B.
 //!
 //! The choice is one setting of the fit, recorded in `law.json` (`floor.kind`); a study picks it
 //! by the laws' leave-one-budget-out errors, never by the held-out budget.
@@ -27,9 +30,13 @@ pub enum FloorChoice {
     Teacher,
     Free,
     Zero,
+    Auto,
 }
 
 impl FloorChoice {
+    /// What `auto` tries, in its tie-break order.
+    pub const AUTO: [FloorChoice; 3] = [FloorChoice::Data, FloorChoice::Teacher, FloorChoice::Free];
+
     pub const ALL: &'static [FloorChoice] = <FloorChoice as strum::VariantArray>::VARIANTS;
 
     pub fn name(self) -> &'static str {
@@ -38,6 +45,7 @@ impl FloorChoice {
             FloorChoice::Teacher => "teacher",
             FloorChoice::Free => "free",
             FloorChoice::Zero => "zero",
+            FloorChoice::Auto => "auto",
         }
     }
 }
@@ -96,7 +104,7 @@ pub fn measured(dir: &Path, metric: &str, choice: FloorChoice) -> Result<Option<
     let r = distill::reference::Reference::load(dir);
     let col = distill::column::column(metric);
     match choice {
-        FloorChoice::Free | FloorChoice::Zero => Ok(None),
+        FloorChoice::Free | FloorChoice::Zero | FloorChoice::Auto => Ok(None),
         FloorChoice::Data => Ok((|| {
             let r = r?;
             let m = (col?.floor)(&r.floor)?;

@@ -242,8 +242,60 @@ fn compute_model(curve: &[CurvePoint], base: &dit::DitConfig, step: u64) -> Opti
     })
 }
 
-/// Run the whole fit. Errors name the table file.
+/// Run the whole fit. Errors name the table file. `--floor auto` fits with each floor it can and
+/// keeps the one whose chosen law cross-validates best across budgets (see `floor`).
 pub fn fit_sweep(o: &Options) -> Result<LawFile> {
+    if o.floor != super::FloorChoice::Auto {
+        return fit_one(o);
+    }
+    let mut fits: Vec<(super::FloorChoice, LawFile)> = Vec::new();
+    let mut skipped = Vec::new();
+    for c in super::FloorChoice::AUTO {
+        match fit_one(&Options {
+            floor: c,
+            ..o.clone()
+        }) {
+            Ok(l) => fits.push((c, l)),
+            Err(e) if c == super::FloorChoice::Teacher => skipped.push(format!("teacher: {e:#}")),
+            Err(e) => return Err(e),
+        }
+    }
+    let lobo = |l: &LawFile| l.chosen().cv_rmse();
+    let best = fits
+        .iter()
+        .map(|(_, l)| lobo(l))
+        .fold(f64::INFINITY, f64::min);
+    let scores: Vec<String> = fits
+        .iter()
+        .map(|(c, l)| format!("{c} {:.4} (law ({}))", lobo(l), l.chosen))
+        .collect();
+    // The first (in `AUTO`'s order) within 2 % of the lowest error.
+    let i = fits
+        .iter()
+        .position(|(_, l)| lobo(l) <= best * (1.0 + CV_TIE))
+        .unwrap_or(0);
+    let (c, mut law) = fits.swap_remove(i);
+    law.notes.insert(
+        0,
+        format!(
+            "--floor auto: chose `{c}`, the lowest leave-one-budget-out error of the chosen law (within 2 %, in the order data, teacher, free){}: {}{}",
+            if o.hold_out.is_some() {
+                ", judged without the held-out budget"
+            } else {
+                ""
+            },
+            scores.join(", "),
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; not tried: {}", skipped.join("; "))
+            }
+        ),
+    );
+    Ok(law)
+}
+
+fn fit_one(o: &Options) -> Result<LawFile> {
     let table = Table::load(&o.dir)?;
     let p = table.path.display().to_string();
     let (all, copies) = table.points_with_copies(&o.metric, o.mode)?;
