@@ -7,7 +7,8 @@
 # 2. `ditkd merge`: every run into one table (a run trained twice counts once);
 # 3. `ditkd fit` with the study's fixed protocol (--floor auto --min-head-dim 12: the floor chosen
 #    by the laws' leave-one-budget-out errors, without 800k in the held-out fit; it picks the
-#    teacher's value on the data so far), then the same with 800k held out;
+#    teacher's value on the data so far; the compute laws on the curve points from 4,000 steps, past
+#    the students' plateau), then the same with 800k held out, and law (g) alone -> law-g.json;
 # 4. plots, the report, and `ditkd best` at every budget.
 # DITKD names the binary for the analysis (default: target/release/ditkd); the rows themselves
 # come from the study's training build, whatever analyses them.
@@ -33,8 +34,10 @@ rm -rf "$OUT.tmp"
 "$DITKD" merge --allow-mixed --out "$OUT.tmp" "${SOURCES[@]}"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 mkdir -p "$OUT/race" && cp results/race/race/pooled.json "$OUT/race/pooled.json"
-"$DITKD" fit "$OUT" --floor auto --min-head-dim 12
-"$DITKD" fit "$OUT" --floor auto --min-head-dim 12 --hold-out 800k
+"$DITKD" fit "$OUT" --floor auto --min-head-dim 12 --min-curve-step 4000
+"$DITKD" fit "$OUT" --floor auto --min-head-dim 12 --min-curve-step 4000 --hold-out 800k
+# The compute law (g) on its own (the training excess that grows with depth), for `best --steps`.
+"$DITKD" fit "$OUT" --floor auto --min-head-dim 12 --min-curve-step 4000 --law g --out "$OUT/law-g.json"
 "$DITKD" plot "$OUT"
 "$DITKD" report "$OUT"
 for b in 50k 100k 200k 400k 800k; do

@@ -831,8 +831,8 @@ fn few_points_skip_the_big_laws() {
     assert!(law.laws.iter().any(|l| l.name == Form::A));
     let skipped: Vec<&str> = law.skipped.iter().map(|s| s.name.name()).collect();
     // 5 shapes: (b) needs 6, (c) 8; (e)'s 4 coefficients fit, but its k-fold refits on 4 shapes
-    // cannot; (f) needs learning curves.
-    assert_eq!(skipped, vec!["b", "c", "e", "f"], "{:?}", law.skipped);
+    // cannot; (f) and (g) need learning curves.
+    assert_eq!(skipped, vec!["b", "c", "e", "f", "g"], "{:?}", law.skipped);
     assert_eq!(law.chosen, Form::A);
     assert!(law.design.exponents.is_none() && law.design.formula.contains("not identifiable"));
 }
@@ -1686,4 +1686,115 @@ fn min_head_dim_sets_the_laws_domain() {
     };
     assert!(!d(&inside).rejects, "{:?}", d(&inside));
     assert!(d(&all).rejects, "{:?}", d(&all));
+}
+
+/// Law (g) on learning curves whose training excess grows with depth (deeper students sit longer
+/// on a plateau): the truth is recovered within its bootstrap intervals and passes the lack-of-fit
+/// test, which law (f)'s shape-blind compute term fails; at convergence the excess vanishes.
+#[test]
+fn law_g_follows_a_training_excess_that_grows_with_depth() {
+    const E: f64 = 5.0;
+    // y = E + exp(c - a ln N + b ln d) * (1 + exp(k + delta ln d - beta ln S)).
+    const T: [(&str, f64); 6] = [
+        ("c", 10.0),
+        ("a", 0.55),
+        ("b", -0.5),
+        ("k", 12.0),
+        ("beta", 1.5),
+        ("delta", 1.5),
+    ];
+    let t: BTreeMap<&str, f64> = T.into_iter().collect();
+    let base = DitConfig::default();
+    let per_step = |s: &Shape| 6.4e9 + 192.0 * s.config(&base).forward_flops() as f64;
+    let truth = |s: &Shape, steps: f64| {
+        let (ln_n, ln_d) = ((s.params as f64).ln(), (s.depth as f64).ln());
+        let g = (t["c"] - t["a"] * ln_n + t["b"] * ln_d).exp();
+        E + g * (1.0 + (t["k"] + t["delta"] * ln_d - t["beta"] * steps.ln()).exp())
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (mut runs, mut curves) = (Vec::new(), Vec::new());
+    for (b, s) in ll_shapes() {
+        for seed in 0..3u64 {
+            let id = format!(
+                "{:03}-d{}-w{}-h{}-kd-s{seed}",
+                runs.len(),
+                s.depth,
+                s.width,
+                s.heads
+            );
+            let mut y_last = 0.0;
+            for step in [1000u64, 2000, 4000, 8000, 16000] {
+                let y = truth(&s, step as f64) * (0.03 * normal(&mut rng)).exp();
+                y_last = y;
+                curves.push(json!({
+                    "run_id": id, "budget": b, "depth": s.depth, "width": s.width, "heads": s.heads,
+                    "patch": 4, "params": s.params, "mode": "kd", "seed": seed, "step": step,
+                    "images_seen": step * 64, "train_flops": step as f64 * per_step(&s), "fid_proxy": y,
+                }).as_object().unwrap().clone());
+            }
+            let mut r = row(runs.len(), b, &s, "kd", seed, Some(y_last), "ok");
+            r.insert("run_id".into(), json!(id));
+            r.insert("steps".into(), json!(16000));
+            runs.push(r);
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_table(tmp.path(), &runs);
+    let mut df = harness::table::to_frame(&curves).unwrap();
+    ParquetWriter::new(File::create(tmp.path().join("curves.parquet")).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let ms = |m: f64| json!({"mean": m, "std": 0.1, "values": [m - 0.1, m + 0.1]});
+    let reference = json!({
+        "key": "test", "samples": 500,
+        "floor": {"draws": 2, "fid_proxy": ms(E), "kid": ms(0.01), "precision": ms(0.7),
+                  "recall": ms(0.7), "coverage": ms(0.9), "class_accuracy": ms(0.9)},
+        "teacher": null,
+    });
+    std::fs::write(tmp.path().join("reference.json"), reference.to_string()).unwrap();
+
+    let law = fit_sweep(&Options {
+        bootstrap: 40,
+        law: Some(Form::G),
+        ..opts(tmp.path())
+    })
+    .unwrap();
+    let g = law.chosen();
+    assert_eq!((g.name, g.k), (Form::G, 6));
+    for (name, v) in T {
+        let [lo, hi] = g.intervals[name];
+        let m = hi - lo;
+        assert!(
+            lo - m <= v && v <= hi + m && hi - lo < 0.5 * v.abs().max(0.5),
+            "{name}: true {v}, fit {} 90 % [{lo}, {hi}]",
+            g.coef[name]
+        );
+    }
+    assert!(
+        !g.lack_of_fit.as_ref().unwrap().rejects,
+        "{:?}",
+        g.lack_of_fit
+    );
+    let f = law.laws.iter().find(|l| l.name == Form::F).unwrap();
+    assert!(
+        f.lack_of_fit.as_ref().unwrap().rejects,
+        "{:?}",
+        f.lack_of_fit
+    );
+    // At convergence the excess is gone: E + G exactly, for the true coefficients.
+    let s = ll_shapes()[0].1;
+    let coef: BTreeMap<String, f64> = T
+        .iter()
+        .map(|(n, v)| (n.to_string(), *v))
+        .chain([("E".to_string(), E)])
+        .collect();
+    let conv = g.predict_at(&coef, &s, harness::law::At::Converged);
+    let g_true = (t["c"] - t["a"] * (s.params as f64).ln() + t["b"] * (s.depth as f64).ln()).exp();
+    assert!(
+        (conv - (E + g_true)).abs() < 1e-9 * conv,
+        "{conv} vs {}",
+        E + g_true
+    );
+    let at16k = g.predict_at(&coef, &s, harness::law::At::Steps(16000.0));
+    assert!((at16k - truth(&s, 16000.0)).abs() < 1e-9 * at16k);
 }

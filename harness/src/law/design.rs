@@ -195,7 +195,7 @@ pub fn ranked_by(
 pub fn law_key(form: Form, s: &Shape) -> (usize, usize, usize) {
     match form {
         Form::A => (s.params, 0, 0),
-        Form::B | Form::D | Form::E | Form::F => (s.depth, s.width, 0),
+        Form::B | Form::D | Form::E | Form::F | Form::G => (s.depth, s.width, 0),
         Form::C => (s.depth, s.width, s.heads),
     }
 }
@@ -455,12 +455,12 @@ pub fn design(
     let no_heads = |f: Form| format!(", head_dim* not determined (law ({f}) has no head term)");
     d.formula = match form {
         Form::A => format!("law (a) depends on parameters only: depth, width and head_dim are not identifiable (the optimum is the largest model within the budget) [{scope}]"),
-        Form::B | Form::C | Form::D | Form::E | Form::F => {
+        Form::B | Form::C | Form::D | Form::E | Form::F | Form::G => {
             let ex = Exponents { depth: exp(0), width: exp(1), head_dim: exp(2) };
             let mut f = format!("{}, {}", fmt("d", &ex.depth), fmt("w", &ex.width));
             f += &match form {
                 Form::C => format!(", {}", fmt("head_dim", &ex.head_dim)),
-                Form::A | Form::B | Form::D | Form::E | Form::F => no_heads(form),
+                Form::A | Form::B | Form::D | Form::E | Form::F | Form::G => no_heads(form),
             };
             f += &format!(" [{scope}]");
             let mut bounds = Vec::new();

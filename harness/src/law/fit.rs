@@ -62,16 +62,19 @@ pub struct Fitted {
 pub fn scales(obs: &[Obs]) -> Scales {
     let n = obs.len().max(1) as f64;
     let m = |f: fn(&Feat) -> f64| obs.iter().map(|o| f(&o.x)).sum::<f64>() / n;
-    let finite_c: Vec<f64> = obs
-        .iter()
-        .map(|o| o.x.ln_c)
-        .filter(|v| v.is_finite())
-        .collect();
-    let ln_c = if finite_c.is_empty() {
-        0.0
-    } else {
-        finite_c.iter().sum::<f64>() / finite_c.len() as f64
+    let finite_mean = |f: fn(&Feat) -> f64| {
+        let v: Vec<f64> = obs
+            .iter()
+            .map(|o| f(&o.x))
+            .filter(|v| v.is_finite())
+            .collect();
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
     };
+    let (ln_c, ln_s) = (finite_mean(|x| x.ln_c), finite_mean(|x| x.ln_s));
     let lo = obs.iter().map(|o| o.x.ln_h).fold(f64::INFINITY, f64::min);
     let hi = obs
         .iter()
@@ -85,6 +88,7 @@ pub fn scales(obs: &[Obs]) -> Scales {
             ln_w: m(|x| x.ln_w),
             ln_h: m(|x| x.ln_h),
             ln_c,
+            ln_s,
         },
         ln_h0: [lo - widen, hi + widen],
     }
@@ -203,13 +207,22 @@ pub fn grid_starts(form: Form, obs: &[Obs], thorough: bool) -> Vec<Vec<f64>> {
                     }
                 }
             }
+            Form::G => {
+                // Half the excess to the training term at the centre; no depth effect, or the
+                // deep-students-need-longer one, and a slow or a fast rate in steps.
+                for &a in exps {
+                    for (lb, delta) in [(0.0, 0.0), (0.5, 1.5)] {
+                        out.push(vec![e0.ln(), (rest / 2.0).ln(), a, 0.0, 0.0, lb, delta]);
+                    }
+                }
+            }
             Form::D | Form::E | Form::F => {
                 for &a in exps {
                     let v = match form {
                         Form::D => vec![e0.ln(), rest.ln(), a, 0.0],
                         Form::E => vec![e0.ln(), rest.ln(), a, 0.0, 0.0],
                         // Half the excess to the compute term, at a slow or a fast rate.
-                        Form::A | Form::B | Form::C | Form::F => vec![
+                        Form::A | Form::B | Form::C | Form::F | Form::G => vec![
                             e0.ln(),
                             (rest / 2.0).ln(),
                             a,

@@ -47,6 +47,10 @@ pub enum Form {
     /// y = E + exp(c − a·ln N + b·ln d) + B·C^(−β), C the training FLOPs: (d) at convergence plus
     /// a compute term, fitted on the learning-curve points (`curves.parquet`) of every run.
     F,
+    /// y = E + exp(c − a·ln N + b·ln d)·(1 + exp(k + δ·ln d − β·ln S)), S the training steps: the
+    /// converged gap of (d) times a training excess that shrinks as S^(−β) and grows with depth as
+    /// d^δ (deeper students sit longer on a plateau), fitted on the learning-curve points.
+    G,
 }
 
 /// The natural logs of a shape's variables (what every law is a function of), and of the training
@@ -59,6 +63,8 @@ pub struct Feat {
     pub ln_w: f64,
     pub ln_h: f64,
     pub ln_c: f64,
+    /// ln of the training steps (NaN when unknown, +∞ at convergence; only law (g) reads it).
+    pub ln_s: f64,
 }
 
 impl Feat {
@@ -69,13 +75,24 @@ impl Feat {
             ln_w: width.ln(),
             ln_h: head_dim.ln(),
             ln_c: f64::NAN,
+            ln_s: f64::NAN,
         }
     }
 
-    /// The same shape at `train_flops` of training (+∞: converged).
-    pub fn at_flops(self, train_flops: f64) -> Self {
+    /// The same shape after `steps` of training that cost `train_flops` (both +∞: converged).
+    pub fn at(self, steps: f64, train_flops: f64) -> Self {
         Self {
             ln_c: train_flops.ln(),
+            ln_s: steps.ln(),
+            ..self
+        }
+    }
+
+    /// Without the training position (what the laws without a compute term see).
+    pub fn static_only(self) -> Self {
+        Self {
+            ln_c: f64::NAN,
+            ln_s: f64::NAN,
             ..self
         }
     }
@@ -138,6 +155,7 @@ impl Form {
             Form::D => "d",
             Form::E => "e",
             Form::F => "f",
+            Form::G => "g",
         }
     }
 
@@ -149,6 +167,7 @@ impl Form {
             Form::D => "E + exp(c - a*ln(N) + b*ln(d))",
             Form::E => "E + exp(c - a*ln(N) + b*ln(d) + g*ln(N)*ln(d))",
             Form::F => "E + exp(c - a*ln(N) + b*ln(d)) + B*C^(-beta)",
+            Form::G => "E + exp(c - a*ln(N) + b*ln(d))*(1 + exp(k + delta*ln(d) - beta*ln(S)))",
         }
     }
 
@@ -161,6 +180,7 @@ impl Form {
             Form::D => &["E", "c", "a", "b"],
             Form::E => &["E", "c", "a", "b", "g"],
             Form::F => &["E", "c", "a", "b", "B", "beta"],
+            Form::G => &["E", "c", "a", "b", "k", "beta", "delta"],
         }
     }
 
@@ -173,13 +193,13 @@ impl Form {
     pub fn uses_shape(self) -> bool {
         match self {
             Form::A => false,
-            Form::B | Form::C | Form::D | Form::E | Form::F => true,
+            Form::B | Form::C | Form::D | Form::E | Form::F | Form::G => true,
         }
     }
     pub fn uses_heads(self) -> bool {
         match self {
             Form::C => true,
-            Form::A | Form::B | Form::D | Form::E | Form::F => false,
+            Form::A | Form::B | Form::D | Form::E | Form::F | Form::G => false,
         }
     }
 
@@ -191,13 +211,14 @@ impl Form {
         match self {
             Form::A | Form::B | Form::C => false,
             Form::D | Form::E | Form::F => matches!(name, "c" | "a" | "b" | "g"),
+            Form::G => matches!(name, "c" | "a" | "b" | "k" | "delta"),
         }
     }
 
     /// Is the law a function of the training compute (fitted on learning-curve points)?
     pub fn uses_compute(self) -> bool {
         match self {
-            Form::F => true,
+            Form::F | Form::G => true,
             Form::A | Form::B | Form::C | Form::D | Form::E => false,
         }
     }
@@ -208,7 +229,7 @@ impl Form {
     pub fn floor_free(self) -> bool {
         match self {
             Form::A | Form::B | Form::C => true,
-            Form::D | Form::E | Form::F => false,
+            Form::D | Form::E | Form::F | Form::G => false,
         }
     }
 
@@ -264,6 +285,25 @@ impl Form {
                 }
                 f
             }
+            Form::G => {
+                let t = cexp(th[1] - th[2] * xn + th[3] * xd);
+                let xs = x.ln_s - sc.c.ln_s;
+                let beta = cexp(th[5]);
+                // At convergence (ln S = +∞) the training excess and its gradient vanish.
+                let u = if xs == f64::INFINITY {
+                    0.0
+                } else {
+                    cexp(th[4] + th[6] * xd - beta * xs)
+                };
+                let m = 1.0 + u;
+                grad[1] = t * m;
+                grad[2] = -t * m * xn;
+                grad[3] = t * m * xd;
+                grad[4] = t * u;
+                grad[5] = if u == 0.0 { 0.0 } else { -t * u * xs * beta };
+                grad[6] = t * u * xd;
+                e + t * m
+            }
             Form::E => {
                 let t = cexp(th[1] - th[2] * xn + th[3] * xd + th[4] * xn * xd);
                 grad[1] = t;
@@ -304,6 +344,17 @@ impl Form {
                     r.extend([(th[4] + beta * sc.c.ln_c).exp(), beta]);
                 }
             }
+            Form::G => {
+                let (beta, delta) = (th[5].exp(), th[6]);
+                r.extend([
+                    th[1] + th[2] * cn - th[3] * cd,
+                    th[2],
+                    th[3],
+                    th[4] - delta * cd + beta * sc.c.ln_s,
+                    beta,
+                    delta,
+                ]);
+            }
             Form::E => {
                 let (a, b, g) = (th[2], th[3], th[4]);
                 r.extend([
@@ -340,6 +391,17 @@ impl Form {
                 if self == Form::F {
                     t.extend([raw[4].ln() - raw[5] * sc.c.ln_c, raw[5].ln()]);
                 }
+            }
+            Form::G => {
+                let (beta, delta) = (raw[5], raw[6]);
+                t.extend([
+                    raw[1] - raw[2] * cn + raw[3] * cd,
+                    raw[2],
+                    raw[3],
+                    raw[4] + delta * cd - beta * sc.c.ln_s,
+                    beta.ln(),
+                    delta,
+                ]);
             }
             Form::E => {
                 let g = raw[4];
@@ -378,6 +440,14 @@ impl Form {
                 raw[0]
                     + (raw[1] - raw[2] * x.ln_n + raw[3] * x.ln_d + raw[4] * x.ln_n * x.ln_d).exp()
             }
+            Form::G => {
+                let excess = if x.ln_s == f64::INFINITY {
+                    0.0
+                } else {
+                    (raw[4] + raw[6] * x.ln_d - raw[5] * x.ln_s).exp()
+                };
+                raw[0] + (raw[1] - raw[2] * x.ln_n + raw[3] * x.ln_d).exp() * (1.0 + excess)
+            }
         }
     }
 
@@ -405,14 +475,14 @@ mod tests {
 
     fn sc() -> Scales {
         Scales {
-            c: Feat::new(3e5, 4.0, 96.0, 24.0).at_flops(1e12),
+            c: Feat::new(3e5, 4.0, 96.0, 24.0).at(2000.0, 1e12),
             ln_h0: [2.0f64.ln(), 256.0f64.ln()],
         }
     }
 
     #[test]
     fn theta_and_raw_agree() {
-        let x = Feat::new(2.1e5, 6.0, 64.0, 16.0).at_flops(3e11);
+        let x = Feat::new(2.1e5, 6.0, 64.0, 16.0).at(700.0, 3e11);
         for &form in Form::ALL {
             let th: Vec<f64> = (0..form.k()).map(|i| 0.3 - 0.17 * i as f64).collect();
             let mut g = vec![0.0; form.k()];
@@ -431,7 +501,7 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences() {
-        let x = Feat::new(4.4e5, 3.0, 128.0, 32.0).at_flops(5e12);
+        let x = Feat::new(4.4e5, 3.0, 128.0, 32.0).at(4000.0, 5e12);
         for &form in Form::ALL {
             let th: Vec<f64> = (0..form.k()).map(|i| -0.2 + 0.11 * i as f64).collect();
             let mut g = vec![0.0; form.k()];

@@ -219,7 +219,7 @@ impl LawFit {
     /// A shape's features, at the fitted step's compute for a compute law.
     pub fn feat(&self, s: &Shape) -> Feat {
         match &self.compute {
-            Some(c) => s.feat().at_flops(c.flops(s, c.step as f64)),
+            Some(c) => s.feat().at(c.step as f64, c.flops(s, c.step as f64)),
             None => s.feat(),
         }
     }
@@ -227,9 +227,9 @@ impl LawFit {
     /// A shape's features at `at` (a law without a compute term ignores it).
     pub fn feat_at(&self, s: &Shape, at: At) -> Feat {
         match (&self.compute, at) {
-            (Some(c), At::Steps(st)) => s.feat().at_flops(c.flops(s, st)),
-            (Some(_), At::Flops(fl)) => s.feat().at_flops(fl),
-            (Some(_), At::Converged) => s.feat().at_flops(f64::INFINITY),
+            (Some(c), At::Steps(st)) => s.feat().at(st, c.flops(s, st)),
+            (Some(c), At::Flops(fl)) => s.feat().at(fl / c.flops(s, 1.0), fl),
+            (Some(_), At::Converged) => s.feat().at(f64::INFINITY, f64::INFINITY),
             (None, _) => s.feat(),
         }
     }

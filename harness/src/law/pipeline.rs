@@ -438,7 +438,7 @@ fn fit_one(o: &Options) -> Result<LawFile> {
     let group_of = |k: (u64, usize, usize, usize)| groups.iter().position(|g| g.0 == k);
     let group_budgets: Vec<u64> = groups.iter().map(|g| g.0 .0).collect();
     let feat_at_step = |s: &Shape| match (&compute, fit_step) {
-        (Some(c), Some(st)) => s.feat().at_flops(c.flops(s, st as f64)),
+        (Some(c), Some(st)) => s.feat().at(st as f64, c.flops(s, st as f64)),
         _ => s.feat(),
     };
     let items: Vec<(usize, usize, Feat, f64)> = at_step
@@ -460,10 +460,7 @@ fn fit_one(o: &Options) -> Result<LawFile> {
     let static_targets: Vec<Target> = targets
         .iter()
         .map(|t| Target {
-            x: Feat {
-                ln_c: f64::NAN,
-                ..t.x
-            },
+            x: t.x.static_only(),
             ..*t
         })
         .collect();
@@ -474,7 +471,7 @@ fn fit_one(o: &Options) -> Result<LawFile> {
             Some((
                 (g, c.step),
                 g,
-                c.shape.feat().at_flops(c.train_flops),
+                c.shape.feat().at(c.step as f64, c.train_flops),
                 c.y.ln(),
             ))
         })
@@ -545,7 +542,8 @@ fn fit_one(o: &Options) -> Result<LawFile> {
                 Form::D,
                 [0.3f64, 1.0].map(|b| [(0.1 * ygeo).ln(), b.ln()]).to_vec(),
             )),
-            Form::A | Form::B | Form::D | Form::E => None,
+            // (g) is not nested in a fitted law: its grid starts cover it.
+            Form::A | Form::B | Form::D | Form::E | Form::G => None,
         };
         let warm: Vec<Vec<f64>> = match nested
             .and_then(|(n, tails)| cands.iter().find(|c| c.law.name == n).map(|b| (b, tails)))

@@ -93,7 +93,8 @@ pub fn overlay(law: &LawFile, points: &[Point]) -> Result<LawOverlay> {
                     let mut x = Feat::new(n, d as f64, w as f64, hd_of(w));
                     // A compute law is drawn at the step it was fitted at.
                     if let Some(c) = &chosen.compute {
-                        x = x.at_flops(
+                        x = x.at(
+                            c.step as f64,
                             c.step as f64
                                 * (c.per_step[0] + c.per_step[1] * cfg.forward_flops() as f64),
                         );
