@@ -113,6 +113,23 @@ fn write_table(dir: &Path, rows: &[Map<String, Value>]) {
         .unwrap();
 }
 
+/// A measured value as reference.json holds it: mean, std and two draws.
+fn mean_std(m: f64) -> Value {
+    json!({"mean": m, "std": 0.1, "values": [m - 0.1, m + 0.1]})
+}
+
+/// `dir/reference.json` with a real-data floor of FID-proxy `floor` and `teacher` (null: none).
+fn write_reference(dir: &Path, floor: f64, teacher: Value) {
+    let ms = mean_std;
+    let reference = json!({
+        "key": "test", "samples": 500,
+        "floor": {"draws": 2, "fid_proxy": ms(floor), "kid": ms(0.01), "precision": ms(0.7),
+                  "recall": ms(0.7), "coverage": ms(0.9), "class_accuracy": ms(0.9)},
+        "teacher": teacher,
+    });
+    std::fs::write(dir.join("reference.json"), reference.to_string()).unwrap();
+}
+
 fn opts(dir: &Path) -> Options {
     Options {
         dir: dir.to_path_buf(),
@@ -1231,14 +1248,7 @@ fn curve_sweep(dir: &Path) -> (usize, usize) {
     ParquetWriter::new(File::create(dir.join("curves.parquet")).unwrap())
         .finish(&mut df)
         .unwrap();
-    let ms = |m: f64| json!({"mean": m, "std": 0.1, "values": [m - 0.1, m + 0.1]});
-    let reference = json!({
-        "key": "test", "samples": 500,
-        "floor": {"draws": 2, "fid_proxy": ms(E), "kid": ms(0.01), "precision": ms(0.7),
-                  "recall": ms(0.7), "coverage": ms(0.9), "class_accuracy": ms(0.9)},
-        "teacher": null,
-    });
-    std::fs::write(dir.join("reference.json"), reference.to_string()).unwrap();
+    write_reference(dir, E, Value::Null);
     (runs.len(), curves.len())
 }
 
@@ -1529,26 +1539,16 @@ fn the_floor_can_be_the_teacher_and_the_choice_is_recorded() {
     }
     let tmp = tempfile::tempdir().unwrap();
     write_table(tmp.path(), &rows);
-    let ms = |m: f64| json!({"mean": m, "std": 0.1, "values": [m - 0.1, m + 0.1]});
     let metrics = serde_json::to_value(distill::eval::EvalResult {
         fid_proxy: T,
         ..Default::default()
     })
     .unwrap();
-    let reference = |teacher: Value| {
-        json!({
-            "key": "test", "samples": 500,
-            "floor": {"draws": 2, "fid_proxy": ms(1.0), "kid": ms(0.01), "precision": ms(0.7),
-                      "recall": ms(0.7), "coverage": ms(0.9), "class_accuracy": ms(0.9)},
-            "teacher": teacher,
-        })
-        .to_string()
-    };
     let teacher = json!({
         "teacher_hash": "t", "depth": 4, "width": 128, "heads": 4, "params": 1_275_408,
-        "gflops": 0.08, "metrics": metrics, "eval_noise_fid_proxy": ms(T),
+        "gflops": 0.08, "metrics": metrics, "eval_noise_fid_proxy": mean_std(T),
     });
-    std::fs::write(tmp.path().join("reference.json"), reference(teacher)).unwrap();
+    write_reference(tmp.path(), 1.0, teacher);
     let fit = |floor: FloorChoice| {
         fit_sweep(&Options {
             bootstrap: 40,
@@ -1617,7 +1617,7 @@ fn the_floor_can_be_the_teacher_and_the_choice_is_recorded() {
 
     // Asked for a teacher the reference does not have: refused, naming the file; `auto` goes on
     // without it and says so.
-    std::fs::write(tmp.path().join("reference.json"), reference(Value::Null)).unwrap();
+    write_reference(tmp.path(), 1.0, Value::Null);
     let auto = fit(FloorChoice::Auto).unwrap();
     assert_ne!(auto.floor_choice, FloorChoice::Teacher);
     assert!(
@@ -1744,14 +1744,7 @@ fn law_g_follows_a_training_excess_that_grows_with_depth() {
     ParquetWriter::new(File::create(tmp.path().join("curves.parquet")).unwrap())
         .finish(&mut df)
         .unwrap();
-    let ms = |m: f64| json!({"mean": m, "std": 0.1, "values": [m - 0.1, m + 0.1]});
-    let reference = json!({
-        "key": "test", "samples": 500,
-        "floor": {"draws": 2, "fid_proxy": ms(E), "kid": ms(0.01), "precision": ms(0.7),
-                  "recall": ms(0.7), "coverage": ms(0.9), "class_accuracy": ms(0.9)},
-        "teacher": null,
-    });
-    std::fs::write(tmp.path().join("reference.json"), reference.to_string()).unwrap();
+    write_reference(tmp.path(), E, Value::Null);
 
     let law = fit_sweep(&Options {
         bootstrap: 40,

@@ -77,13 +77,7 @@ pub fn curve_points(dir: &Path, metric: &str, runs: &[Point]) -> Result<Vec<Curv
 /// the step count most runs share (the larger among ties) — a racing sweep's pruned shapes
 /// stopped earlier, and a law without a compute term cannot compare them with finished ones.
 pub fn at_common_step(pts: &[Point]) -> (Option<u64>, Vec<Point>, usize) {
-    let mut count: BTreeMap<u64, usize> = BTreeMap::new();
-    for q in pts {
-        if let Some(s) = q.steps {
-            *count.entry(s).or_default() += 1;
-        }
-    }
-    let Some((&step, _)) = count.iter().max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0))) else {
+    let Some(step) = modal_step(pts.iter().filter_map(|q| q.steps)) else {
         return (None, pts.to_vec(), 0);
     };
     let kept: Vec<Point> = pts
@@ -303,29 +297,59 @@ impl Table {
 /// trained longest is kept (it holds the other's learning curve), the first in table order on a
 /// tie. Returns the kept points, in table order, and the ids left out.
 pub fn one_per_experiment(pts: Vec<Point>) -> (Vec<Point>, Vec<String>) {
-    let mut keep: BTreeMap<(u64, [usize; 4], i64), usize> = BTreeMap::new();
-    for (i, p) in pts.iter().enumerate() {
-        let Some(seed) = p.seed else { continue };
-        let s = p.shape;
-        let key = (p.budget, [s.depth, s.width, s.heads, s.params], seed);
-        match keep.get(&key) {
-            Some(&j) if pts[j].steps >= p.steps => {}
+    let (kept, dropped) = longest_per_key(
+        pts,
+        |p| {
+            let s = p.shape;
+            p.seed
+                .map(|seed| (p.budget, [s.depth, s.width, s.heads, s.params], seed))
+        },
+        |p| p.steps,
+    );
+    (kept, dropped.into_iter().map(|p| p.run_id).collect())
+}
+
+/// Of the items sharing a key, the one with the most steps (the first in order on a tie); items
+/// without a key are all kept. Returns the kept items and the others, each in input order. The
+/// one rule behind the law's fit (`one_per_experiment`) and the report's step matching
+/// (`results::step_matched`).
+pub fn longest_per_key<T, K: Ord>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> Option<K>,
+    steps: impl Fn(&T) -> Option<u64>,
+) -> (Vec<T>, Vec<T>) {
+    let mut keep: BTreeMap<K, usize> = BTreeMap::new();
+    for (i, x) in items.iter().enumerate() {
+        let Some(k) = key(x) else { continue };
+        match keep.get(&k) {
+            Some(&j) if steps(&items[j]) >= steps(x) => {}
             _ => {
-                keep.insert(key, i);
+                keep.insert(k, i);
             }
         }
     }
     let kept: std::collections::BTreeSet<usize> = keep.values().copied().collect();
-    let mut out = Vec::new();
-    let mut dropped = Vec::new();
-    for (i, p) in pts.into_iter().enumerate() {
-        if p.seed.is_none() || kept.contains(&i) {
-            out.push(p);
+    let (mut out, mut dropped) = (Vec::new(), Vec::new());
+    for (i, x) in items.into_iter().enumerate() {
+        if key(&x).is_none() || kept.contains(&i) {
+            out.push(x);
         } else {
-            dropped.push(p.run_id);
+            dropped.push(x);
         }
     }
     (out, dropped)
+}
+
+/// The step count most items share (the larger among ties); None when no item has one.
+pub fn modal_step(steps: impl IntoIterator<Item = u64>) -> Option<u64> {
+    let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+    for s in steps {
+        *count.entry(s).or_default() += 1;
+    }
+    count
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+        .map(|(s, _)| *s)
 }
 
 /// The students' config minus depth/width/heads. Tried in order: a fitted run's `config.yaml`

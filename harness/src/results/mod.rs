@@ -602,40 +602,30 @@ pub fn runs_of(df: &DataFrame, metric: &str) -> Result<Vec<Run>> {
 /// are left out (their learning curves stay in the learning plots). Runs that did not finish stay,
 /// for the run counts. Returns the runs kept and, in words, what was left out.
 pub fn step_matched(runs: Vec<Run>) -> (Vec<Run>, Vec<String>) {
-    type Key = (i64, Option<Setup>, i64, i64, i64, i64);
-    let key = |r: &Run| (r.budget, r.mode, r.depth, r.width, r.heads, r.seed);
-    let mut longest: BTreeMap<Key, usize> = BTreeMap::new();
-    for (i, r) in runs.iter().enumerate().filter(|(_, r)| r.ok()) {
-        longest
-            .entry(key(r))
-            .and_modify(|j| {
-                if r.steps > runs[*j].steps {
-                    *j = i;
-                }
-            })
-            .or_insert(i);
-    }
-    let mut count: BTreeMap<i64, usize> = BTreeMap::new();
-    for &i in longest.values() {
-        if let Some(s) = runs[i].steps {
-            *count.entry(s).or_default() += 1;
-        }
-    }
-    let step = count
-        .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
-        .map(|(s, _)| *s);
-    let (mut copies, mut short) = (Vec::new(), Vec::new());
-    let mut kept = Vec::new();
-    for (i, r) in runs.into_iter().enumerate() {
-        if !r.ok() {
-            kept.push(r);
-        } else if longest.get(&key(&r)) != Some(&i) {
-            copies.push(r.run_id);
-        } else if r.steps.is_some() && step.is_some() && r.steps != step {
-            short.push(format!("{} ({} steps)", r.run_id, r.steps.unwrap_or(0)));
-        } else {
-            kept.push(r);
+    use crate::law::data::{longest_per_key, modal_step};
+    // Runs that did not finish have no key: they are all kept, for the run counts.
+    let (runs, copies) = longest_per_key(
+        runs,
+        |r| {
+            r.ok()
+                .then_some((r.budget, r.mode, r.depth, r.width, r.heads, r.seed))
+        },
+        |r| r.steps.map(|s| s as u64),
+    );
+    let copies: Vec<String> = copies.into_iter().map(|r| r.run_id).collect();
+    let step = modal_step(
+        runs.iter()
+            .filter(|r| r.ok())
+            .filter_map(|r| r.steps)
+            .map(|s| s as u64),
+    );
+    let (mut kept, mut short) = (Vec::new(), Vec::new());
+    for r in runs {
+        match (r.ok(), r.steps, step) {
+            (true, Some(s), Some(m)) if s as u64 != m => {
+                short.push(format!("{} ({s} steps)", r.run_id))
+            }
+            _ => kept.push(r),
         }
     }
     let mut notes = Vec::new();
