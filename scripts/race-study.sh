@@ -10,7 +10,8 @@
 #    teacher's value on the data so far; the compute laws on the curve points from 4,000 steps, past
 #    the students' plateau), then the same with 800k held out, and law (g) alone -> law-g.json;
 # 4. plots, the report, and `ditkd best` at every budget.
-# EXCLUDE="race-seeds-200k ..." leaves those sweeps out (to reproduce a number stated before they ran).
+# ONLY="race race-audit ..." takes just those sweeps (to reproduce a number stated before later ones
+# ran; the README names the list beside each such number); EXCLUDE="sweep ..." leaves sweeps out.
 # DITKD names the binary for the analysis (default: target/release/ditkd); the rows themselves
 # come from the study's training build, whatever analyses them.
 set -euo pipefail
@@ -27,6 +28,7 @@ for d in results/race results/race-audit results/race-audit-200k results/race-au
     results/race-heads-400k results/race-scratch-50k results/race-scratch-100k \
     results/race-scratch-200k results/race-scratch-400k results/race-scratch-800k; do
     case " ${EXCLUDE:-} " in *" ${d#results/} "*) continue ;; esac
+    if [ -n "${ONLY:-}" ]; then case " $ONLY " in *" ${d#results/} "*) ;; *) continue ;; esac; fi
     [ -d "$d/runs" ] && SOURCES+=("$d")
 done
 echo "== sources: ${SOURCES[*]}"
