@@ -18,15 +18,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DITKD="${DITKD:-target/release/ditkd}"
 OUT="${1:-results/race-study}"
-# Every sweep of the study that exists here, the race first.
+# Every sweep of the study that exists here (results/race-*, the output excepted), the race first.
 SOURCES=()
-for d in results/race results/race-audit results/race-audit-200k results/race-audit-400k \
-    results/race-audit-800k results/race-seeds-50k results/race-seed2-50k results/race-seed3-50k \
-    results/race-seeds-100k results/race-seeds-100k-d2 results/race-seed3-100k \
-    results/race-seeds-200k results/race-seeds-200k-d5 results/race-seed3-200k \
-    results/race-seeds-400k results/race-seeds-800k results/race-heads-100k \
-    results/race-heads-400k results/race-scratch-50k results/race-scratch-100k \
-    results/race-scratch-200k results/race-scratch-400k results/race-scratch-800k; do
+for d in results/race results/race-*; do
+    case "$d" in "$OUT" | "$OUT.tmp" | results/race-study*) continue ;; esac
     case " ${EXCLUDE:-} " in *" ${d#results/} "*) continue ;; esac
     if [ -n "${ONLY:-}" ]; then case " $ONLY " in *" ${d#results/} "*) ;; *) continue ;; esac; fi
     [ -d "$d/runs" ] && SOURCES+=("$d")
