@@ -242,10 +242,11 @@ fn verdict(
             reason: Outcome::TieWithinEvalNoise,
         };
     }
-    // One more seed of every plausible shape, while the seed list has one.
-    let more: Option<Vec<ToRun>> = plausible
+    // One more seed of every plausible shape that the seed list still has one for; the seed cap
+    // is reached only when no plausible shape has one left (pooled sweeps can leave them uneven).
+    let more: Vec<ToRun> = plausible
         .iter()
-        .map(|&i| {
+        .filter_map(|&i| {
             wanted
                 .iter()
                 .find(|s| !shapes[i].seeds.contains(s))
@@ -255,13 +256,14 @@ fn verdict(
                 })
         })
         .collect();
-    match more {
-        Some(runs) => Verdict::Train { runs },
-        None => Verdict::Done {
+    if more.is_empty() {
+        Verdict::Done {
             best,
             tie_set: names(),
             reason: Outcome::SeedCap,
-        },
+        }
+    } else {
+        Verdict::Train { runs: more }
     }
 }
 
@@ -819,6 +821,21 @@ mod tests {
                         seed: 3
                     }
                 ]
+            }
+        );
+        // One plausible shape at the cap and one below it: the one below gets its seed first.
+        let uneven = [
+            shape("a", &[0, 1, 2, 3], &[2.3, 2.4, 2.5, 2.4]),
+            shape("b", &[0, 1, 2], &[2.4, 2.45, 2.5]),
+        ];
+        let v = verdict(&h(), &[0, 1, 2, 3], &uneven, &[0.6, 0.4], &noise(0.0));
+        assert_eq!(
+            v,
+            Verdict::Train {
+                runs: vec![ToRun {
+                    shape: "b".into(),
+                    seed: 3
+                }]
             }
         );
         // At the seed cap: a tie set; within the evaluation noise: a tie for that reason.
