@@ -743,8 +743,11 @@ fn heads_section(w: &mut String, sweep: &Sweep, metric: &str) {
          Per budget and depth trained with several head counts (`{}`), each head count's {metric} \
          (geometric mean over its seeds, each seed in brackets) at the furthest step every head \
          count reached (step-matched), P(best head count) by the race's Monte Carlo with the seed \
-         noise pooled over the replicated head counts (shrunk towards the prior {prior}), and the \
-         batch-1 latency where measured.\n",
+         noise pooled over the replicated head counts (shrunk towards the prior {prior}), each \
+         head count against the most replicated one seed by seed (the head count changes no \
+         parameter's shape, so a seed gives them the same initial weights and batches: mean ± sd \
+         of the paired difference in ln, negative = better, and on how many seeds it is better), \
+         and the batch-1 latency where measured.\n",
         sweep.mode
     );
     for c in &rows {
@@ -756,12 +759,16 @@ fn heads_section(w: &mut String, sweep: &Sweep, metric: &str) {
         let _ = writeln!(
             w,
             "**{} depth {}** at {at} (seed sd {:.3} in ln, {} df)\n\n\
-             | heads | width | head dim | {metric} | P(best) | latency (ms/image) |\n\
-             |---:|---:|---:|---|---:|---:|",
+             | heads | width | head dim | {metric} | P(best) | vs {}, paired | latency (ms/image) |\n\
+             |---:|---:|---:|---|---:|---|---:|",
             si(c.budget as f64),
             c.depth,
             c.seed_sd,
-            c.df
+            c.df,
+            match c.reference {
+                1 => "1 head".to_string(),
+                h => format!("{h} heads"),
+            }
         );
         for r in &c.rows {
             let seeds: Vec<String> = r
@@ -770,9 +777,17 @@ fn heads_section(w: &mut String, sweep: &Sweep, metric: &str) {
                 .zip(&r.values)
                 .map(|(s, v)| format!("s{s} {}", num(*v)))
                 .collect();
+            let paired = match &r.vs_reference {
+                Some(d) => format!(
+                    "{:+.3} ± {:.3} ({}/{} better)",
+                    d.ln_diff, d.ln_diff_std, d.better, d.n
+                ),
+                None if r.heads == c.reference => "reference".into(),
+                None => "no shared seed".into(),
+            };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} ({}) | {:.2} | {} |",
+                "| {} | {} | {} | {} ({}) | {:.2} | {paired} | {} |",
                 r.heads,
                 r.width,
                 r.head_dim,

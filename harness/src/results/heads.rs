@@ -5,12 +5,16 @@
 //! pooled over the replicated head counts (shrunk towards the prior), and the batch-1 latency
 //! where measured. More heads at one width means a smaller head dim and more, smaller attention
 //! GEMMs: the quality they buy is weighed against the time they cost.
+//!
+//! The head count changes no parameter's shape, so one seed gives every head count the same initial
+//! weights and the same batches: each head count is also compared with the most replicated one
+//! seed by seed (the paired difference, free of the seed-to-seed spread they share).
 
 use std::collections::BTreeMap;
 
 use distill::setup::Setup;
 
-use super::{LearnPoint, Sweep};
+use super::{mean_std, LearnPoint, Sweep};
 use crate::race::decide::{p_best, pooled_noise, ShapeScores, DRAWS};
 
 /// One head count of one (budget, depth).
@@ -27,6 +31,21 @@ pub struct HeadsRow {
     pub p_best: f64,
     /// Mean batch-1 latency (ms per image, all sampler steps) over the runs that measured it.
     pub latency_ms: Option<f64>,
+    /// Seed by seed against the reference head count (None for the reference itself, or where no
+    /// seed is shared).
+    pub vs_reference: Option<PairedHeads>,
+}
+
+/// One head count against the reference on the seeds both ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairedHeads {
+    /// Seeds shared with the reference.
+    pub n: usize,
+    /// Mean and sample std of ln(this) − ln(reference) over them (negative: this one is better).
+    pub ln_diff: f64,
+    pub ln_diff_std: f64,
+    /// Seeds on which this head count is better.
+    pub better: usize,
 }
 
 /// The head counts of one (budget, depth), best first.
@@ -42,6 +61,8 @@ pub struct HeadsComparison {
     /// The pooled seed sd in ln used for P(best), and its degrees of freedom.
     pub seed_sd: f64,
     pub df: usize,
+    /// The head count the others are paired with: the one with the most seeds (of those, the best).
+    pub reference: i64,
 }
 
 /// Every (budget, depth) of `sweep.mode` with two or more head counts at a common step. `prior_sd`:
@@ -135,6 +156,7 @@ pub fn compare_heads(sweep: &Sweep, prior_sd: f64) -> Vec<HeadsComparison> {
                     p_best: 0.0,
                     latency_ms: (!lat.is_empty())
                         .then(|| lat.iter().sum::<f64>() / lat.len() as f64),
+                    vs_reference: None,
                 },
                 s,
             ));
@@ -159,6 +181,39 @@ pub fn compare_heads(sweep: &Sweep, prior_sd: f64) -> Vec<HeadsComparison> {
             })
             .collect();
         rows.sort_by(|a, b| a.geo.total_cmp(&b.geo).then(a.heads.cmp(&b.heads)));
+        let reference = rows
+            .iter()
+            .max_by(|a, b| {
+                a.seeds
+                    .len()
+                    .cmp(&b.seeds.len())
+                    .then(b.geo.total_cmp(&a.geo))
+            })
+            .map(|r| (r.heads, r.seeds.clone(), r.values.clone()));
+        let Some((ref_heads, ref_seeds, ref_values)) = reference else {
+            continue;
+        };
+        for r in rows.iter_mut().filter(|r| r.heads != ref_heads) {
+            let diffs: Vec<f64> = r
+                .seeds
+                .iter()
+                .zip(&r.values)
+                .filter_map(|(s, v)| {
+                    let j = ref_seeds.iter().position(|x| x == s)?;
+                    Some(v.ln() - ref_values[j].ln())
+                })
+                .collect();
+            if diffs.is_empty() {
+                continue;
+            }
+            let (m, sd) = mean_std(diffs.iter().copied());
+            r.vs_reference = Some(PairedHeads {
+                n: diffs.len(),
+                ln_diff: m,
+                ln_diff_std: sd,
+                better: diffs.iter().filter(|d| **d < 0.0).count(),
+            });
+        }
         out.push(HeadsComparison {
             budget,
             depth,
@@ -167,6 +222,7 @@ pub fn compare_heads(sweep: &Sweep, prior_sd: f64) -> Vec<HeadsComparison> {
             rows,
             seed_sd: noise.seed_sd,
             df: noise.df,
+            reference: ref_heads,
         });
     }
     out
@@ -220,5 +276,37 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-9);
         assert_eq!(c.df, 6, "three head counts of three seeds");
         assert_eq!(c.rows[2].head_dim, 10);
+        // All three have three seeds: the best (one head) is the reference, and the others are
+        // paired with it seed by seed (each seed's values move together, so the sd is 0).
+        assert_eq!(c.reference, 1);
+        assert!(c.rows[0].vs_reference.is_none());
+        let two = c.rows[1].vs_reference.as_ref().unwrap();
+        assert_eq!((two.n, two.better), (3, 0));
+        let want = [0.0, 0.05, 0.1].map(|j| (12.0f64 + j).ln() - (11.0f64 + j).ln());
+        assert!(
+            (two.ln_diff - want.iter().sum::<f64>() / 3.0).abs() < 1e-12,
+            "{two:?}"
+        );
+        assert!(two.ln_diff_std < 1e-3, "{two:?}");
+    }
+
+    #[test]
+    fn head_counts_pair_with_the_most_replicated_on_shared_seeds() {
+        let mut l = Vec::new();
+        // Two heads: seeds 0-3; one head: seeds 0 and 1, better on seed 0 and worse on seed 1.
+        for (seed, v) in [(0, 10.0), (1, 10.0), (2, 9.0), (3, 9.5)] {
+            l.push(pt(2, 40, seed, 16000.0, v));
+        }
+        l.push(pt(1, 40, 0, 16000.0, 9.0));
+        l.push(pt(1, 40, 1, 16000.0, 11.0));
+        let c = compare_heads(&sweep(l), 0.084);
+        assert_eq!(c[0].reference, 2);
+        let one = c[0].rows.iter().find(|r| r.heads == 1).unwrap();
+        let d = one.vs_reference.as_ref().unwrap();
+        assert_eq!((d.n, d.better), (2, 1));
+        let a = 0.9f64.ln();
+        let b = 1.1f64.ln();
+        assert!((d.ln_diff - (a + b) / 2.0).abs() < 1e-12);
+        assert!((d.ln_diff_std - (a - b).abs() / 2f64.sqrt()).abs() < 1e-12);
     }
 }
