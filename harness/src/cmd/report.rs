@@ -741,9 +741,10 @@ fn heads_section(w: &mut String, sweep: &Sweep, metric: &str) {
         w,
         "## The head count at fixed depth\n\n\
          Per budget and depth trained with several head counts (`{}`), each head count's {metric} \
-         (geometric mean over its seeds, each seed in brackets) at the furthest step every head \
-         count reached (step-matched), P(best head count) by the race's Monte Carlo with the seed \
-         noise pooled over the replicated head counts (shrunk towards the prior {prior}), each \
+         (geometric mean over the seeds every head count ran; each run in brackets) at the \
+         furthest step every head count reached (step-matched), P(best head count) on those seeds \
+         by the race's Monte Carlo with the seed noise pooled over every replicate (shrunk towards \
+         the prior {prior}), each \
          head count against the most replicated one seed by seed (the head count changes no \
          parameter's shape, so a seed gives them the same initial weights and batches: mean ± sd \
          of the paired difference in ln, negative = better, and on how many seeds it is better), \
@@ -758,11 +759,20 @@ fn heads_section(w: &mut String, sweep: &Sweep, metric: &str) {
             });
         let _ = writeln!(
             w,
-            "**{} depth {}** at {at} (seed sd {:.3} in ln, {} df)\n\n\
+            "**{} depth {}** at {at}, means on seed(s) {} (seed sd {:.3} in ln, {} df)\n\n\
              | heads | width | head dim | {metric} | P(best) | vs {}, paired | latency (ms/image) |\n\
              |---:|---:|---:|---|---:|---|---:|",
             si(c.budget as f64),
             c.depth,
+            if c.common_seeds.is_empty() {
+                "each head count's own".to_string()
+            } else {
+                c.common_seeds
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
             c.seed_sd,
             c.df,
             match c.reference {

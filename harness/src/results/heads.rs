@@ -26,7 +26,7 @@ pub struct HeadsRow {
     /// The metric per seed (seed order) at the comparison's step.
     pub seeds: Vec<i64>,
     pub values: Vec<f64>,
-    /// Geometric mean over the seeds.
+    /// Geometric mean over the comparison's common seeds.
     pub geo: f64,
     pub p_best: f64,
     /// Mean batch-1 latency (ms per image, all sampler steps) over the runs that measured it.
@@ -63,6 +63,9 @@ pub struct HeadsComparison {
     pub df: usize,
     /// The head count the others are paired with: the one with the most seeds (of those, the best).
     pub reference: i64,
+    /// The seeds every head count ran: the rows' means and P(best) are over these (all of each
+    /// row's seeds where no seed is shared).
+    pub common_seeds: Vec<i64>,
 }
 
 /// Every (budget, depth) of `sweep.mode` with two or more head counts at a common step. `prior_sd`:
@@ -165,9 +168,37 @@ pub fn compare_heads(sweep: &Sweep, prior_sd: f64) -> Vec<HeadsComparison> {
             continue;
         }
         let scores: Vec<ShapeScores> = rows.iter().map(|r| r.1.clone()).collect();
+        // The seed noise from every replicate; the means and P(best) on the seeds every head
+        // count ran (seeds share their noise across head counts, so means over different seed
+        // sets would compare the seeds as much as the head counts).
         let noise = pooled_noise(&scores, prior_sd, 0.0);
+        let mut common: Vec<u64> = scores[0].seeds.clone();
+        common.retain(|s| scores.iter().all(|x| x.seeds.contains(s)));
+        let balanced: Vec<ShapeScores> = scores
+            .iter()
+            .map(|x| {
+                if common.is_empty() {
+                    return x.clone();
+                }
+                let (seeds, ln_values) = x
+                    .seeds
+                    .iter()
+                    .zip(&x.ln_values)
+                    .filter(|(s, _)| common.contains(s))
+                    .map(|(s, v)| (*s, *v))
+                    .unzip();
+                ShapeScores {
+                    shape: x.shape.clone(),
+                    seeds,
+                    ln_values,
+                }
+            })
+            .collect();
+        for (r, b) in rows.iter_mut().zip(&balanced) {
+            r.0.geo = b.mean().exp();
+        }
         let p = p_best(
-            &scores,
+            &balanced,
             noise.seed_sd,
             DRAWS,
             0x6865_6164 ^ (budget as u64) ^ ((depth as u64) << 32),
@@ -223,6 +254,7 @@ pub fn compare_heads(sweep: &Sweep, prior_sd: f64) -> Vec<HeadsComparison> {
             seed_sd: noise.seed_sd,
             df: noise.df,
             reference: ref_heads,
+            common_seeds: common.iter().map(|&s| s as i64).collect(),
         });
     }
     out
@@ -301,6 +333,12 @@ mod tests {
         l.push(pt(1, 40, 1, 16000.0, 11.0));
         let c = compare_heads(&sweep(l), 0.084);
         assert_eq!(c[0].reference, 2);
+        // Means and P(best) on the seeds both ran; the noise from all five replicates.
+        assert_eq!(c[0].common_seeds, vec![0, 1]);
+        assert_eq!(c[0].df, 4);
+        let two = c[0].rows.iter().find(|r| r.heads == 2).unwrap();
+        assert!((two.geo - 10.0).abs() < 1e-9, "{two:?}");
+        assert_eq!(two.seeds, vec![0, 1, 2, 3]);
         let one = c[0].rows.iter().find(|r| r.heads == 1).unwrap();
         let d = one.vs_reference.as_ref().unwrap();
         assert_eq!((d.n, d.better), (2, 1));
