@@ -726,6 +726,35 @@ fn paired_section(w: &mut String, sweep: &Sweep, metric: &str) {
             r.equal_flops.as_ref().map_or("–".into(), |m| num(m.kd)),
         );
     }
+    let _ = writeln!(
+        w,
+        "\nAlong the learning curve, step-matched: Δ ln (mean ± sd over the pairs, KD better in k \
+         of n) at every step both runs of a pair evaluated.\n\n\
+         | budget | shape | Δ ln by step |\n|---|---|---|"
+    );
+    for r in &rows {
+        let cells: Vec<String> = r
+            .along
+            .iter()
+            .map(|(step, m)| {
+                format!(
+                    "{}: {:+.2} ± {:.2} ({}/{})",
+                    grouped(*step as i64),
+                    m.ln_diff,
+                    m.ln_diff_std,
+                    m.kd_better,
+                    m.n
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} |",
+            si(r.budget as f64),
+            r.shape,
+            cells.join("; ")
+        );
+    }
     let _ = writeln!(w);
 }
 

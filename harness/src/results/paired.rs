@@ -39,6 +39,9 @@ pub struct PairedShape {
     pub steps: f64,
     pub equal_steps: Option<Matched>,
     pub equal_flops: Option<Matched>,
+    /// Equal steps at every curve point both runs of a pair have, in step order: where along
+    /// training KD's lead (or lag) opens and closes.
+    pub along: Vec<(f64, Matched)>,
 }
 
 fn matched(pairs: &[(f64, f64, f64)]) -> Option<Matched> {
@@ -74,8 +77,10 @@ pub fn kd_vs_scratch(sweep: &Sweep) -> Vec<PairedShape> {
         curves.entry((key, p.mode, p.seed)).or_default().push(p);
     }
     // Per shape: (kd, scratch, kd step) at equal steps and at equal FLOPs, one per seed.
-    let mut by_shape: BTreeMap<Key, (f64, Vec<(f64, f64, f64)>, Vec<(f64, f64, f64)>)> =
-        BTreeMap::new();
+    type Pairs = Vec<(f64, f64, f64)>;
+    let mut by_shape: BTreeMap<Key, (f64, Pairs, Pairs)> = BTreeMap::new();
+    // (shape, step bits) -> the pairs at that step.
+    let mut along: BTreeMap<(Key, u64), Pairs> = BTreeMap::new();
     for ((key, mode, seed), pts) in &curves {
         if *mode != Setup::Scratch {
             continue;
@@ -93,6 +98,14 @@ pub fn kd_vs_scratch(sweep: &Sweep) -> Vec<PairedShape> {
         if let Some(k) = kd.iter().find(|k| k.step == last.step) {
             e.1.push((k.value, last.value, k.step));
         }
+        for p in pts {
+            if let Some(k) = kd.iter().find(|k| k.step == p.step) {
+                along
+                    .entry((*key, p.step.to_bits()))
+                    .or_default()
+                    .push((k.value, p.value, k.step));
+            }
+        }
         let near = super::point_at_flops(kd.iter().copied(), last.train_flops);
         if let Some(k) = near {
             e.2.push((k.value, last.value, k.step));
@@ -100,15 +113,22 @@ pub fn kd_vs_scratch(sweep: &Sweep) -> Vec<PairedShape> {
     }
     by_shape
         .into_iter()
-        .map(
-            |((budget, d, w, h), (steps, eq_steps, eq_flops))| PairedShape {
+        .map(|((budget, d, w, h), (steps, eq_steps, eq_flops))| {
+            let key = (budget, d, w, h);
+            let mut curve: Vec<(f64, Matched)> = along
+                .range((key, 0)..=(key, u64::MAX))
+                .filter_map(|((_, bits), pairs)| matched(pairs).map(|m| (f64::from_bits(*bits), m)))
+                .collect();
+            curve.sort_by(|a, b| a.0.total_cmp(&b.0));
+            PairedShape {
                 budget,
                 shape: crate::law::query::label(d as usize, w as usize, h as usize),
                 steps,
                 equal_steps: matched(&eq_steps),
                 equal_flops: matched(&eq_flops),
-            },
-        )
+                along: curve,
+            }
+        })
         .collect()
 }
 
@@ -143,5 +163,10 @@ mod tests {
         assert_eq!((f.n, f.kd_better, f.kd_steps), (2, 0, [10.0, 10.0]));
         let d = ((30.0f64 / 25.0).ln() + (40.0f64 / 24.0).ln()) / 2.0;
         assert!((f.ln_diff - d).abs() < 1e-9);
+        // Along the curve: the steps both runs of a pair evaluated (100; scratch's 50 and KD's
+        // 10 have no twin), each paired like the last one.
+        let steps: Vec<f64> = p[0].along.iter().map(|a| a.0).collect();
+        assert_eq!(steps, vec![100.0]);
+        assert_eq!(p[0].along[0].1, *s);
     }
 }
