@@ -115,11 +115,11 @@ pub fn kd_vs_scratch(sweep: &Sweep) -> Vec<PairedShape> {
         .into_iter()
         .map(|((budget, d, w, h), (steps, eq_steps, eq_flops))| {
             let key = (budget, d, w, h);
-            let mut curve: Vec<(f64, Matched)> = along
+            // Steps are non-negative, so their bits sort as the steps do.
+            let curve: Vec<(f64, Matched)> = along
                 .range((key, 0)..=(key, u64::MAX))
                 .filter_map(|((_, bits), pairs)| matched(pairs).map(|m| (f64::from_bits(*bits), m)))
                 .collect();
-            curve.sort_by(|a, b| a.0.total_cmp(&b.0));
             PairedShape {
                 budget,
                 shape: crate::law::query::label(d as usize, w as usize, h as usize),
