@@ -1791,3 +1791,60 @@ fn law_g_follows_a_training_excess_that_grows_with_depth() {
     let at16k = g.predict_at(&coef, &s, harness::law::At::Steps(16000.0));
     assert!((at16k - truth(&s, 16000.0)).abs() < 1e-9 * at16k);
 }
+
+/// Where the law has no head term, a shape measured at one head count stands for the law's pick
+/// of the same depth and width at another: `best` answers with the measured head count, and no
+/// two contenders are one shape in the law's eyes unless both were measured.
+#[test]
+fn best_answers_with_the_measured_heads_where_the_law_has_no_head_term() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rows = ll_rows(2, 5);
+    // One-head twins at 400k only (the law's truth has no head term): the domain now allows 1
+    // head with head dims up to 400k's widest, and at 200k every 1-head shape is unmeasured.
+    let base = DitConfig::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for (b, s) in ll_shapes().into_iter().filter(|(b, _)| *b == 400_000) {
+        let one = Shape::on_base(s.depth, s.width, 1, &base);
+        for seed in 0..2 {
+            let y = (ll_truth(&one) + LL_SIGMA * normal(&mut rng)).exp();
+            let mut r = row(rows.len(), b, &one, "kd", seed, Some(y), "ok");
+            r.insert("steps".into(), json!(4000));
+            rows.push(r);
+        }
+    }
+    write_table(tmp.path(), &rows);
+    let dir = tmp.path().to_str().unwrap();
+    let (code, out, err) = ditkd(&["fit", dir, "--bootstrap", "50", "--law", "d"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = ditkd(&["best", "--budget", "200k", "--results", dir, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let a: Value = serde_json::from_str(&out).unwrap();
+    // The pick's depth and width were measured at 2 heads only (the law alone would take the
+    // fewest heads): it is answered at 2 heads.
+    assert_eq!(a["best"]["heads"], 2, "{}", a["best"]);
+    let cont = a["contenders"].as_array().unwrap();
+    let mut dw: Vec<(i64, i64)> = cont
+        .iter()
+        .map(|c| (c["depth"].as_i64().unwrap(), c["width"].as_i64().unwrap()))
+        .collect();
+    let n = dw.len();
+    dw.sort();
+    dw.dedup();
+    assert_eq!(
+        dw.len(),
+        n,
+        "one shape in the law's eyes listed twice: {cont:?}"
+    );
+    // At 400k both head counts were measured: both stay contenders, each with its own seeds.
+    let (code, out, err) = ditkd(&["best", "--budget", "400k", "--results", dir, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let a: Value = serde_json::from_str(&out).unwrap();
+    let cont = a["contenders"].as_array().unwrap();
+    let (d, w) = (a["best"]["depth"].clone(), a["best"]["width"].clone());
+    let twins: Vec<&Value> = cont
+        .iter()
+        .filter(|c| c["depth"] == d && c["width"] == w)
+        .collect();
+    assert_eq!(twins.len(), 2, "{cont:?}");
+    assert!(twins.iter().all(|c| c["seeds"] == 2), "{twins:?}");
+}

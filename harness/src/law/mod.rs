@@ -125,6 +125,12 @@ pub struct LackOfFit {
     /// The shapes' spread about the law beyond the seed noise (ANOVA moment estimate, ≥ 0), in
     /// ln(metric): what an unmeasured shape may sit off the law by.
     pub sigma_between: f64,
+    /// Its one-sided 90 % upper confidence bound, from the F ratio (F / λ ~ F(df_lof, df_pe) with
+    /// λ = 1 + n0·τ²/σ²): what `ditkd best` carries into P(best) and its intervals, so that a test
+    /// that cannot rule a spread out does not make the law exact (the moment estimate is 0 whenever
+    /// F ≤ 1). 0 in law files written before it existed (then the estimate above is used).
+    #[serde(default)]
+    pub sigma_between_hi: f64,
     /// p < 0.05.
     pub rejects: bool,
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::fit::Obs;
 use super::forms::Feat;
-use super::stats::f_sf;
+use super::stats::{f_quantile, f_sf};
 use super::{LackOfFit, Noise};
 
 /// Group single observations into cells by `key`: the mean of ln y over the cell, the count as
@@ -56,6 +56,9 @@ pub fn pooled(obs: &[Obs]) -> Option<Noise> {
     })
 }
 
+/// Confidence of the upper bound on the shapes' spread about the law (`sigma_between_hi`).
+pub const TAU_CONFIDENCE: f64 = 0.9;
+
 /// Significance level below which the lack-of-fit test rejects the law.
 pub const ALPHA: f64 = 0.05;
 
@@ -89,6 +92,8 @@ pub fn lack_of_fit(obs: &[Obs], pred_ln: &[f64], k: usize) -> Option<LackOfFit> 
         1.0
     };
     let tau2 = ((ms_lof - ms_pe) / n0.max(1.0)).max(0.0);
+    let lambda_hi = f / f_quantile(1.0 - TAU_CONFIDENCE, df_lof, df_pe);
+    let tau2_hi = ((lambda_hi - 1.0) * ms_pe / n0.max(1.0)).max(tau2);
     Some(LackOfFit {
         f,
         df_lof: df_lof as usize,
@@ -97,6 +102,7 @@ pub fn lack_of_fit(obs: &[Obs], pred_ln: &[f64], k: usize) -> Option<LackOfFit> 
         ss_lof,
         ss_pe,
         sigma_between: tau2.sqrt(),
+        sigma_between_hi: tau2_hi.sqrt(),
         rejects: p < ALPHA,
     })
 }
@@ -133,6 +139,21 @@ mod tests {
         // Exact predictions: F = 0, p = 1.
         let exact = lack_of_fit(&c, &[1.0, 2.0], 1).unwrap();
         assert!(exact.p == 1.0 && !exact.rejects && exact.sigma_between == 0.0);
+        // Exact predictions leave no spread to bound above 0 only through F: F = 0 bounds τ at 0.
+        assert_eq!(exact.sigma_between_hi, 0.0);
+        // F = 20 on (1, 2): λ ≤ 20 / F₀.₁(1, 2) at 90 %, τ²_hi = (λ − 1)·MS_pe / n0 (n0 = 2).
+        let q = f_quantile(0.1, 1.0, 2.0);
+        assert!((1.0 - f_sf(q, 1.0, 2.0) - 0.1).abs() < 1e-9);
+        let hi = ((20.0 / q - 1.0) * 0.05 / 2.0).sqrt();
+        assert!(
+            (lof.sigma_between_hi - hi).abs() < 1e-9,
+            "{}",
+            lof.sigma_between_hi
+        );
+        assert!(lof.sigma_between_hi > lof.sigma_between);
+        // A law within the noise (F < 1) has the moment estimate 0, but not the bound.
+        let close = lack_of_fit(&c, &[1.05, 1.9], 1).unwrap();
+        assert!(close.f < 1.0 && close.sigma_between == 0.0 && close.sigma_between_hi > 0.0);
         // Single seeds: no pure error, no test.
         assert!(lack_of_fit(&cells(&items[..2]), &[1.0, 2.0], 1).is_none());
         assert!(pooled(&cells(&items[..2])).is_none());

@@ -17,7 +17,7 @@ use super::bootstrap::interval90;
 use super::data::{by_shape, Table};
 use super::design::{law_key, ranked_by};
 use super::rank::{self, Belief};
-use super::{At, Axis, LawFile, Shape};
+use super::{At, Axis, LawFile, MeasuredShape, Shape};
 
 /// Alternatives listed after the optimum.
 pub const ALTERNATIVES: usize = 5;
@@ -237,7 +237,7 @@ pub fn best(
         warnings.push(format!("no shape within the measured ranges ({}) fits this budget: the optimum below is searched over every feasible shape, an extrapolation", dom.describe()));
     }
     let ranked = if fallback { everywhere.clone() } else { inside };
-    let Some((top, top_pred)) = ranked.first().copied() else {
+    let Some((law_top, top_pred)) = ranked.first().copied() else {
         let smallest = shapes.first().map_or(0, |s| s.params);
         match max_latency_ms {
             Some(max) => {
@@ -249,6 +249,29 @@ pub fn best(
         }
     };
     let form = chosen.form();
+    // The measured shapes the law cannot tell from `s` (law (d) has no head term: d6-w40 at 1 and
+    // at 2 heads are one shape to it), lowest measured mean first. Where there are any, they stand
+    // for `s`: a law-only twin would ignore what the seeds say (and be a second contender with the
+    // same prediction, splitting or stealing its P(best)).
+    let measured_near = |m: &MeasuredShape| (m.params as f64) >= (1.0 - NEAR) * budget as f64;
+    let twins = |s: &Shape| -> Vec<Shape> {
+        if !comparable {
+            return Vec::new();
+        }
+        let mut v: Vec<(Shape, f64)> = ranked
+            .iter()
+            .filter(|(t, _)| law_key(form, t) == law_key(form, s))
+            .filter_map(|(t, _)| {
+                law.measured
+                    .iter()
+                    .find(|m| m.is(t) && measured_near(m))
+                    .map(|m| (*t, m.mean_ln))
+            })
+            .collect();
+        v.sort_by(|a, b| a.1.total_cmp(&b.1));
+        v.into_iter().map(|x| x.0).collect()
+    };
+    let top = twins(&law_top).first().copied().unwrap_or(law_top);
     let mut seen = vec![law_key(form, &top)];
     let mut alternatives = Vec::new();
     for (s, p) in ranked.iter().skip(1) {
@@ -258,7 +281,8 @@ pub fn best(
         let k = law_key(form, s);
         if !seen.contains(&k) {
             seen.push(k);
-            alternatives.push(pick(law, s, *p, lat(s)));
+            let s = twins(s).first().copied().unwrap_or(*s);
+            alternatives.push(pick(law, &s, *p, lat(&s)));
         }
     }
 
@@ -304,11 +328,19 @@ pub fn best(
         let k = law_key(form, s);
         if !keys.contains(&k) {
             keys.push(k);
-            cont.push(*s);
+            let tw = twins(s);
+            if tw.is_empty() {
+                cont.push(*s);
+            }
+            for t in tw {
+                if !cont.contains(&t) {
+                    cont.push(t);
+                }
+            }
         }
     }
     for m in &law.measured {
-        if (m.params as f64) < (1.0 - NEAR) * budget as f64 {
+        if !measured_near(m) {
             continue;
         }
         if let Some((s, _)) = ranked.iter().find(|(s, _)| m.is(s)) {

@@ -1,5 +1,7 @@
 //! Which shape is best, with what probability: the law's bootstrap draws, the shapes' spread
-//! about the law beyond the seed noise (τ, from the lack-of-fit test) and the seeds measured.
+//! about the law beyond the seed noise (τ, the lack-of-fit test's 90 % upper bound: its moment
+//! estimate is 0 whenever the law is within the noise, which would make the law exact) and the
+//! seeds measured.
 //!
 //! For every law draw b and every candidate shape s, the shape's true mean ln(metric) θ_s is
 //! drawn from what is known of it: the law's value m_b(s) with the shape's own deviation
@@ -76,20 +78,29 @@ pub fn draws(beliefs: &[Belief], tau: f64, sigma: f64, reps: usize, seed: u64) -
 }
 
 /// The seed noise σ and the shapes' spread τ about the law that P(best) and the intervals use,
-/// with where they come from: σ pooled over the shapes' seeds and τ from the lack-of-fit test when
-/// both were measured, else the law's CV error stands in for what is missing.
+/// with where they come from: σ pooled over the shapes' seeds and τ the lack-of-fit test's 90 %
+/// upper bound when both were measured, else the law's CV error stands in for what is missing.
 pub fn sigma_tau(
     noise: Option<&super::Noise>,
     lof: Option<&super::LackOfFit>,
     cv_rmse: f64,
 ) -> (f64, f64, String) {
     match (noise, lof) {
-        (Some(n), Some(l)) => (
+        // A law file from before the bound (its field 0 with a positive estimate) keeps the estimate.
+        (Some(n), Some(l)) if l.sigma_between_hi == 0.0 && l.sigma_between > 0.0 => (
             n.sigma,
             l.sigma_between,
             format!(
-                "σ pooled over {} shapes' seeds ({} dof); τ from the lack-of-fit test",
+                "σ pooled over {} shapes' seeds ({} dof); τ the lack-of-fit test's estimate (a law file without its upper bound)",
                 n.cells, n.dof
+            ),
+        ),
+        (Some(n), Some(l)) => (
+            n.sigma,
+            l.sigma_between_hi.max(l.sigma_between),
+            format!(
+                "σ pooled over {} shapes' seeds ({} dof); τ the lack-of-fit test's 90 % upper bound, its estimate {:.4}",
+                n.cells, n.dof, l.sigma_between
             ),
         ),
         (Some(n), None) => (

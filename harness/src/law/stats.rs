@@ -102,6 +102,20 @@ pub fn f_sf(f: f64, d1: f64, d2: f64) -> f64 {
     inc_beta(d2 / 2.0, d1 / 2.0, d2 / (d2 + d1 * f))
 }
 
+/// The q-quantile of F(d1, d2): the f with P(F ≤ f) = q (bisection on ln f; q in (0, 1)).
+pub fn f_quantile(q: f64, d1: f64, d2: f64) -> f64 {
+    let (mut lo, mut hi) = (-30.0f64, 30.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if 1.0 - f_sf(mid.exp(), d1, d2) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (0.5 * (lo + hi)).exp()
+}
+
 /// erfc(x) (Numerical Recipes `erfcc`: fractional error below 1.2e-7 everywhere, far below any
 /// probability this crate reports).
 fn erfc(x: f64) -> f64 {
