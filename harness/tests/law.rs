@@ -1128,6 +1128,8 @@ fn best_reports_p_best_and_a_tie_set() {
     let p: Vec<f64> = cont.iter().map(|c| c["p_best"].as_f64().unwrap()).collect();
     let total: f64 = p.iter().sum();
     assert!((total - 1.0).abs() < 1e-9, "P(best) sums to {total}");
+    // The pick is the contender most likely best.
+    assert!(p.iter().all(|&q| q <= p[0]), "{p:?}");
     assert_eq!(a["best"]["p_best"].as_f64().unwrap(), p[0]);
     assert_eq!(
         (cont[0]["depth"].clone(), cont[0]["width"].clone()),
@@ -1847,4 +1849,57 @@ fn best_answers_with_the_measured_heads_where_the_law_has_no_head_term() {
         .collect();
     assert_eq!(twins.len(), 2, "{cont:?}");
     assert!(twins.iter().all(|c| c["seeds"] == 2), "{twins:?}");
+}
+
+/// A measured shape off the design grid (widths in steps of 4, the grid's in steps of 8) is still a
+/// contender at its budget, with its seeds; and where its seeds put it ahead of the law's optimum,
+/// it is the pick.
+#[test]
+fn best_ranks_measured_shapes_off_the_width_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rows = ll_rows(2, 5);
+    let base = DitConfig::default();
+    let odd = Shape::on_base(3, 60, 2, &base);
+    assert!(!odd.width.is_multiple_of(8));
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    // 45 % below the law, and below the law's optimum at its budget (a shape the law's form
+    // misses), on four seeds.
+    for seed in 0..4 {
+        let y = (ll_truth(&odd) - 0.6 + LL_SIGMA * normal(&mut rng)).exp();
+        let mut r = row(rows.len(), 200_000, &odd, "kd", seed, Some(y), "ok");
+        r.insert("steps".into(), json!(4000));
+        rows.push(r);
+    }
+    write_table(tmp.path(), &rows);
+    let dir = tmp.path().to_str().unwrap();
+    let (code, out, err) = ditkd(&["fit", dir, "--bootstrap", "50", "--law", "d"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let budget = (odd.params + 1000).to_string();
+    let (code, out, err) = ditkd(&["best", "--budget", &budget, "--results", dir, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let a: Value = serde_json::from_str(&out).unwrap();
+    let found = a["contenders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["depth"] == 3 && c["width"] == 60);
+    assert!(
+        found.is_some_and(|c| c["seeds"] == 4),
+        "{}",
+        a["contenders"]
+    );
+    // Its seeds make it the pick, though the law ranks others first; the answer says so.
+    assert_eq!(
+        (a["best"]["depth"].clone(), a["best"]["width"].clone()),
+        (json!(3), json!(60)),
+        "{a}"
+    );
+    assert!(
+        a["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("the law's own optimum")),
+        "{a}"
+    );
 }

@@ -145,7 +145,19 @@ fn text(a: &Answer) -> String {
         "ms/image",
         "P(best)"
     );
-    s += &format!("{}   <- predicted optimum\n", row(&a.best));
+    let law_optimum = a
+        .alternatives
+        .iter()
+        .all(|p| p.predicted >= a.best.predicted);
+    s += &format!(
+        "{}   <- {}\n",
+        row(&a.best),
+        if law_optimum {
+            "predicted optimum"
+        } else {
+            "pick (most likely best with its seeds; the law's optimum is below)"
+        }
+    );
     for p in &a.alternatives {
         s += &format!("{}\n", row(p));
     }

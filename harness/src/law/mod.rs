@@ -681,9 +681,24 @@ impl LawFile {
         Ok(cfg)
     }
 
-    /// Every feasible shape on the base config (see `design::feasible`).
+    /// Every feasible shape on the base config (see `design::feasible`), and every measured shape
+    /// off that grid (a sweep's widths step by 4 where the grid's step by 8: d6-w60 must still
+    /// answer with its seeds), sorted by params.
     pub fn feasible_shapes(&self) -> Result<Vec<Shape>> {
-        Ok(design::feasible(&self.base_config()?))
+        let mut v = design::feasible(&self.base_config()?);
+        for m in &self.measured {
+            let s = Shape {
+                depth: m.depth,
+                width: m.width,
+                heads: m.heads,
+                params: m.params,
+            };
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+        v.sort_by_key(|s| (s.params, s.depth, s.width, s.heads));
+        Ok(v)
     }
 
     /// 90 % interval of the chosen law's prediction for `s`, from the bootstrap draws.

@@ -371,10 +371,53 @@ pub fn best(
             None
         },
     };
-    let beliefs: Vec<Belief> = cont.iter().map(|s| belief(s, at, comparable)).collect();
     let reps = DRAWS.div_ceil(law_draws.len());
-    let draws = rank::draws(&beliefs, tau, sigma, reps, law.seed);
-    let pb = rank::p_best(&draws);
+    let p_best_of = |cont: &[Shape]| {
+        let beliefs: Vec<Belief> = cont.iter().map(|s| belief(s, at, comparable)).collect();
+        let draws = rank::draws(&beliefs, tau, sigma, reps, law.seed);
+        let pb = rank::p_best(&draws);
+        (draws, pb)
+    };
+    let (mut draws, mut pb) = p_best_of(&cont);
+    // The pick is the contender most likely best once the seeds measured are counted, which need
+    // not be the law's own optimum: a measured shape sits off the law by what its seeds say.
+    let law_optimum = top;
+    if let Some(j) = (1..pb.len())
+        .filter(|&j| pb[j] > pb[0])
+        .max_by(|&a, &b| pb[a].total_cmp(&pb[b]))
+    {
+        let s = cont.remove(j);
+        cont.insert(0, s);
+        (draws, pb) = p_best_of(&cont);
+    }
+    let top = cont[0];
+    let top_pred = predict_pt(&top);
+    if top != law_optimum {
+        let p_law = cont
+            .iter()
+            .position(|s| *s == law_optimum)
+            .map_or(f64::NAN, |j| pb[j]);
+        warnings.push(format!(
+            "the pick {} is the contender most likely best once the seeds measured are counted (P(best) {:.2}); the law's own optimum is {} (predicted {:.4}, P(best) {:.2})",
+            label(top.depth, top.width, top.heads),
+            pb[0],
+            label(law_optimum.depth, law_optimum.width, law_optimum.heads),
+            predict_pt(&law_optimum),
+            p_law
+        ));
+        // The law's ranking (the first table) keeps its optimum, next to the pick.
+        alternatives.retain(|a| (a.depth, a.width, a.heads) != (top.depth, top.width, top.heads));
+        alternatives.insert(
+            0,
+            pick(
+                law,
+                &law_optimum,
+                predict_pt(&law_optimum),
+                lat(&law_optimum),
+            ),
+        );
+        alternatives.truncate(ALTERNATIVES);
+    }
     let mut contenders = Vec::new();
     for (j, s) in cont.iter().enumerate() {
         let (beats, gap) = if j == 0 {
