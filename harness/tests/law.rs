@@ -1010,6 +1010,13 @@ fn ll_truth(s: &Shape) -> f64 {
     t["c"] - t["a"] * (s.params as f64).ln() + t["b"] * (s.depth as f64).ln()
 }
 
+/// One KD run of `s` at 4,000 steps scoring `y`, appended to `rows`.
+fn push_ll_run(rows: &mut Vec<Map<String, Value>>, budget: u64, s: &Shape, seed: u64, y: f64) {
+    let mut r = row(rows.len(), budget, s, "kd", seed, Some(y), "ok");
+    r.insert("steps".into(), json!(4000));
+    rows.push(r);
+}
+
 /// `seeds` runs of every shape of `ll_shapes`, ln y = truth + σ·z.
 fn ll_rows(seeds: u64, rng_seed: u64) -> Vec<Map<String, Value>> {
     let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
@@ -1017,9 +1024,7 @@ fn ll_rows(seeds: u64, rng_seed: u64) -> Vec<Map<String, Value>> {
     for (b, s) in ll_shapes() {
         for seed in 0..seeds {
             let y = (ll_truth(&s) + LL_SIGMA * normal(&mut rng)).exp();
-            let mut r = row(rows.len(), b, &s, "kd", seed, Some(y), "ok");
-            r.insert("steps".into(), json!(4000));
-            rows.push(r);
+            push_ll_run(&mut rows, b, &s, seed, y);
         }
     }
     rows
@@ -1809,9 +1814,7 @@ fn best_answers_with_the_measured_heads_where_the_law_has_no_head_term() {
         let one = Shape::on_base(s.depth, s.width, 1, &base);
         for seed in 0..2 {
             let y = (ll_truth(&one) + LL_SIGMA * normal(&mut rng)).exp();
-            let mut r = row(rows.len(), b, &one, "kd", seed, Some(y), "ok");
-            r.insert("steps".into(), json!(4000));
-            rows.push(r);
+            push_ll_run(&mut rows, b, &one, seed, y);
         }
     }
     write_table(tmp.path(), &rows);
@@ -1866,9 +1869,7 @@ fn best_ranks_measured_shapes_off_the_width_grid() {
     // misses), on four seeds.
     for seed in 0..4 {
         let y = (ll_truth(&odd) - 0.6 + LL_SIGMA * normal(&mut rng)).exp();
-        let mut r = row(rows.len(), 200_000, &odd, "kd", seed, Some(y), "ok");
-        r.insert("steps".into(), json!(4000));
-        rows.push(r);
+        push_ll_run(&mut rows, 200_000, &odd, seed, y);
     }
     write_table(tmp.path(), &rows);
     let dir = tmp.path().to_str().unwrap();
